@@ -1,0 +1,149 @@
+"""EVAL/EVALSHA for the simulated Redis: the strategies' Lua run in Lua 5.1 via lupa.
+
+Conversions follow the Redis manual ("Scripting with Lua", data type
+conversion): integer reply -> number, bulk -> string, nil -> false, array ->
+table, status -> {ok=...}, error -> {err=...}; and back: number -> integer
+(truncated), string -> bulk, false/nil -> nil, table -> array up to the first
+nil, {ok=}/{err=} -> status/error. A script runs to its end without yielding;
+its writes are not rolled back when it fails half-way.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lupa import lua51
+
+from sim.backends.model.store import Status, Store
+from sim.commands import CommandError
+from sim.lua import LuaScript
+
+_PRELUDE = """
+local call_py, error_table = ...
+local unpack = unpack
+redis = {}
+function redis.call(...)
+  local ok, reply = call_py(...)
+  if ok then return reply end
+  error(reply, 0)
+end
+function redis.pcall(...)
+  local ok, reply = call_py(...)
+  if ok then return reply end
+  return {err = reply}
+end
+function redis.error_reply(message) return {err = message} end
+function redis.status_reply(message) return {ok = message} end
+function redis.log(...) end
+redis.LOG_DEBUG, redis.LOG_VERBOSE, redis.LOG_NOTICE, redis.LOG_WARNING = 0, 1, 2, 3
+"""
+
+
+def _lua_number_text(value: float) -> str:
+    # Redis formats a Lua number argument as the shortest round-trip text.
+    if value == math.floor(value) and abs(value) < 1e17:
+        return str(int(value))
+    return repr(value)
+
+
+def _has_error_code(message: str) -> bool:
+    code = message.split(" ", 1)[0]
+    return code.isupper() and code.isalpha()
+
+
+class ScriptEngine:
+    """The Lua VM of one simulated server, with its (volatile) script cache."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.runtime = lua51.LuaRuntime(unpack_returned_tuples=True, register_eval=False)
+        self.runtime.execute(_PRELUDE, self._call, None)
+        self._table_from = self.runtime.table_from
+        self._lua_type = lua51.lua_type
+        self.cache: dict[str, Any] = {}
+
+    # -- script cache -----------------------------------------------------
+    def load(self, script: LuaScript) -> str:
+        if script.sha not in self.cache:
+            try:
+                self.cache[script.sha] = self.runtime.eval(
+                    f"function(KEYS, ARGV)\n{script.source}\nend")
+            except lua51.LuaSyntaxError as error:
+                raise CommandError(f"ERR Error compiling script: {error}") from None
+        return script.sha
+
+    def flush(self) -> None:
+        """SCRIPT FLUSH, and what a restart or a failover does to the cache."""
+        self.cache.clear()
+
+    def evalsha(self, sha: str, keys: tuple, args: tuple) -> Any:
+        function = self.cache.get(sha)
+        if function is None:
+            raise CommandError("NOSCRIPT No matching script. Please use EVAL.")
+        try:
+            reply = function(self._table_from(keys), self._table_from(args))
+        except lua51.LuaError as error:
+            message = error.args[0] if error.args else str(error)
+            if not _has_error_code(str(message)):
+                message = f"ERR user_script: {message}"
+            raise CommandError(message) from None
+        return self._to_redis(reply)
+
+    # -- Lua -> Python ----------------------------------------------------------
+    def _call(self, *words: Any) -> tuple[bool, Any]:
+        if not words:
+            return False, "ERR Please specify at least one argument for this redis lib call"
+        converted = []
+        for word in words:
+            kind = type(word)
+            if kind is str:
+                converted.append(word)
+            elif kind is int:
+                converted.append(str(word))
+            elif kind is float:
+                converted.append(_lua_number_text(word))
+            else:
+                return False, "ERR Lua redis lib command arguments must be strings or integers"
+        name = converted[0].upper()
+        converted[0] = name
+        try:
+            reply = self.store.execute(tuple(converted))
+        except CommandError as error:
+            return False, str(error)
+        return True, self._to_lua(reply)
+
+    def _to_lua(self, reply: Any) -> Any:
+        if reply is None:
+            return False
+        if type(reply) is list:
+            return self._table_from([self._to_lua(item) for item in reply])
+        if type(reply) is Status:
+            return self._table_from({"ok": str(reply)})
+        return reply
+
+    def _to_redis(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is float:
+            return int(value)
+        if value is None or value is False:
+            return None
+        if value is True:
+            return 1
+        if kind is int or kind is str:
+            return value
+        if self._lua_type(value) == "table":
+            error = value["err"]
+            if error is not None:
+                raise CommandError(str(error))
+            status = value["ok"]
+            if status is not None:
+                return status
+            items = []
+            index = 1
+            while True:
+                item = value[index]
+                if item is None:
+                    return items
+                items.append(self._to_redis(item))
+                index += 1
+        return None

@@ -1,0 +1,159 @@
+"""A single-threaded Redis server as a computed FIFO queue.
+
+Real Redis executes one request at a time in arrival order. Instead of a
+SimPy Resource and an event per command, the server computes each request's
+service window when it arrives (start = max(arrival, previous end), end =
+start + service time) and commits requests lazily, in order, once the clock
+passes their end. A client sleeps until its reply time and then reads the
+committed result: one SimPy event per round trip.
+
+A request's effects become visible at the end of its service window, all at
+once: for a script or MULTI/EXEC this is what Redis guarantees, and it is what
+lets a fault at time t cut the queue exactly (everything that ended before t
+happened, nothing after did).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from sim.backends.model.scripting import ScriptEngine
+from sim.backends.model.store import OK, Store, check_arity
+from sim.commands import CommandError, Pipeline, Request, Script, Transaction
+from sim.lua import LuaScript
+
+
+@dataclass(frozen=True)
+class ServiceTimes:
+    """Service time of each kind of request, in seconds."""
+
+    command: float = 4e-6
+    script: float = 8e-6
+    script_per_key: float = 1.5e-6
+
+
+class Connection:
+    """Server-side state of one client connection (its WATCHed keys)."""
+
+    __slots__ = ("watched", "dirty")
+
+    def __init__(self) -> None:
+        self.watched: set[str] = set()
+        self.dirty = False
+
+
+class Entry:
+    """One request in the server's queue, and later its reply."""
+
+    __slots__ = ("start", "end", "request", "connection", "reply")
+
+    def __init__(self, start: float, end: float, request: Request, connection: Connection) -> None:
+        self.start = start
+        self.end = end
+        self.request = request
+        self.connection = connection
+        self.reply: Any = None
+
+
+class Server:
+    def __init__(self, service: ServiceTimes | None = None) -> None:
+        self.service = service or ServiceTimes()
+        self.store = Store()
+        self.scripts = ScriptEngine(self.store)
+        self.queue: deque[Entry] = deque()
+        self.free_at = 0.0
+        self.commands = 0
+
+    # -- timing -------------------------------------------------------------
+    def service_time(self, request: Request) -> float:
+        kind = type(request)
+        if kind is tuple:
+            return self.service.command
+        if kind is Script:
+            return self.service.script + self.service.script_per_key * len(request.keys)
+        if kind is Pipeline:
+            return sum(self.service_time(r) for r in request.commands)
+        if kind is Transaction:
+            return self.service.command * (len(request.commands) + 2)
+        raise TypeError(f"not a Redis request: {request!r}")
+
+    def submit(self, connection: Connection, request: Request, arrival: float) -> Entry:
+        """Queue a request that reaches the server at ``arrival``.
+
+        Requests must be submitted in arrival order (the driver's clients all
+        see the same network delay, so they do).
+        """
+        start = arrival if arrival > self.free_at else self.free_at
+        end = start + self.service_time(request)
+        self.free_at = end
+        entry = Entry(start, end, request, connection)
+        self.queue.append(entry)
+        return entry
+
+    def advance(self, now: float) -> None:
+        """Commit, in order, every queued request whose service ended by ``now``."""
+        queue = self.queue
+        while queue and queue[0].end <= now:
+            entry = queue.popleft()
+            self.store.now = entry.start
+            entry.reply = self.run(entry.connection, entry.request)
+
+    # -- execution ------------------------------------------------------------
+    def run(self, connection: Connection, request: Request) -> Any:
+        """Execute a request now; an error reply is returned as a CommandError."""
+        kind = type(request)
+        try:
+            if kind is tuple:
+                self.commands += 1
+                return self._command(connection, request)
+            if kind is Script:
+                self.commands += 1
+                return self.scripts.evalsha(request.script.sha, request.keys, request.args)
+            if kind is Pipeline:
+                return [self.run(connection, r) for r in request.commands]
+            if kind is Transaction:
+                return self._transaction(connection, request.commands)
+        except CommandError as error:
+            return error
+        raise TypeError(f"not a Redis request: {request!r}")
+
+    def _command(self, connection: Connection, words: tuple) -> Any:
+        name = words[0]
+        if name == "WATCH":
+            self.store.watch(connection, words[1:])
+            return OK
+        if name == "UNWATCH":
+            self.store.unwatch(connection)
+            return OK
+        if name == "SCRIPT":
+            return self._script_command(words)
+        return self.store.execute(words)
+
+    def _script_command(self, words: tuple) -> Any:
+        sub = str(words[1]).upper() if len(words) > 1 else ""
+        if sub == "LOAD" and len(words) == 3:
+            return self.scripts.load(LuaScript("loaded", words[2]))
+        if sub == "EXISTS":
+            return [int(sha in self.scripts.cache) for sha in words[2:]]
+        if sub == "FLUSH":
+            self.scripts.flush()
+            return OK
+        raise CommandError(f"ERR unknown subcommand or wrong number of arguments for 'SCRIPT {sub}'")
+
+    def _transaction(self, connection: Connection, commands: tuple) -> Any:
+        self.commands += 2  # MULTI and EXEC; the queued commands count as they run
+        try:
+            for words in commands:
+                if type(words) is not Script:
+                    check_arity(words)
+        except CommandError:
+            self.commands += len(commands)
+            self.store.unwatch(connection)
+            return CommandError("EXECABORT Transaction discarded because of previous errors.")
+        aborted = connection.dirty
+        self.store.unwatch(connection)
+        if aborted:
+            self.commands += len(commands)
+            return None
+        return [self.run(connection, command) for command in commands]

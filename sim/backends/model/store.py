@@ -1,0 +1,347 @@
+"""The simulated Redis keyspace and the commands the strategies use.
+
+Values are stored as Redis stores them: strings (``str``), hashes (``dict``)
+and sets (``set``); numbers are kept as their decimal text, so INCRBY on a
+non-integer fails as it does on a real server. Replies follow RESP2 as
+redis-py decodes them: integers as ``int``, bulk strings as ``str``, nil as
+``None``, arrays as ``list``.
+
+Commands run one at a time, in the order :class:`~sim.backends.model.server.Server`
+commits them; ``now`` is the server clock in seconds, used for key TTLs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sim.commands import CommandError
+
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+NOT_INTEGER = "ERR value is not an integer or out of range"
+HASH_NOT_INTEGER = "ERR hash value is not an integer"
+
+# Redis arity: n means exactly n words, -n at least n (the name included).
+ARITY = {
+    "PING": -1, "GET": 2, "SET": -3, "DEL": -2, "EXISTS": -2, "TYPE": 2,
+    "INCR": 2, "INCRBY": 3, "DECRBY": 3, "HGET": 3, "HSET": -4, "HDEL": -3,
+    "HINCRBY": 4, "HGETALL": 2, "HVALS": 2, "HKEYS": 2, "HLEN": 2,
+    "HEXISTS": 3, "SADD": -3, "SREM": -3, "SISMEMBER": 3, "SMEMBERS": 2,
+    "SCARD": 2, "EXPIRE": 3, "PEXPIRE": 3, "PTTL": 2, "KEYS": 2,
+    "DBSIZE": 1, "FLUSHALL": -1,
+}
+
+
+class Status(str):
+    """A status reply (+OK), as distinct from a bulk string that reads "OK"."""
+
+
+OK = Status("OK")
+
+
+def to_int(value: Any, error: str = NOT_INTEGER) -> int:
+    if type(value) is int:
+        return value
+    try:
+        text = value if isinstance(value, str) else str(value)
+        if text != text.strip() or (len(text) > 1 and text[0] == "0"):
+            raise ValueError
+        return int(text)
+    except (TypeError, ValueError):
+        raise CommandError(error) from None
+
+
+def check_arity(words: tuple) -> None:
+    """Raise the error Redis gives at queue time for an unknown command or wrong arity."""
+    name = str(words[0]).upper()
+    arity = ARITY.get(name)
+    if arity is None:
+        raise CommandError(f"ERR unknown command '{words[0]}'")
+    n = len(words)
+    if (arity >= 0 and n != arity) or (arity < 0 and n < -arity):
+        raise CommandError(f"ERR wrong number of arguments for '{name.lower()}' command")
+
+
+class Store:
+    """One Redis database: keys, TTLs and the WATCH bookkeeping."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.expires: dict[str, float] = {}
+        self.now = 0.0
+        # key -> connections WATCHing it; a write marks them dirty (touchWatchedKey).
+        self.watchers: dict[str, set] = {}
+        self.commands: dict[str, Callable[..., Any]] = {
+            name: getattr(self, "cmd_" + name.lower()) for name in ARITY
+        }
+
+    # -- access helpers -------------------------------------------------
+    def _lookup(self, key: str) -> Any:
+        value = self.data.get(key)
+        if value is not None and self.expires and key in self.expires:
+            if self.expires[key] <= self.now:
+                self._remove(key)
+                return None
+        return value
+
+    def _remove(self, key: str) -> None:
+        del self.data[key]
+        self.expires.pop(key, None)
+
+    def _touch(self, key: str) -> None:
+        watchers = self.watchers.get(key)
+        if watchers:
+            for connection in watchers:
+                connection.dirty = True
+
+    def _hash(self, key: str, create: bool = False) -> dict | None:
+        value = self._lookup(key)
+        if value is None:
+            if create:
+                value = self.data[key] = {}
+            return value
+        if type(value) is not dict:
+            raise CommandError(WRONGTYPE)
+        return value
+
+    def _set(self, key: str, create: bool = False) -> set | None:
+        value = self._lookup(key)
+        if value is None:
+            if create:
+                value = self.data[key] = set()
+            return value
+        if type(value) is not set:
+            raise CommandError(WRONGTYPE)
+        return value
+
+    def _string(self, key: str) -> str | None:
+        value = self._lookup(key)
+        if value is not None and type(value) is not str:
+            raise CommandError(WRONGTYPE)
+        return value
+
+    def execute(self, words: tuple) -> Any:
+        """Run one command given as its words, e.g. ``("HGET", "k", "f")``."""
+        handler = self.commands.get(words[0])
+        if handler is None:
+            check_arity(words)
+            handler = self.commands[str(words[0]).upper()]
+        else:
+            arity = ARITY[words[0]]
+            n = len(words)
+            if (arity >= 0 and n != arity) or (arity < 0 and n < -arity):
+                check_arity(words)
+        return handler(*words[1:])
+
+    # -- generic ----------------------------------------------------------
+    def cmd_ping(self, *message: str) -> str:
+        return message[0] if message else Status("PONG")
+
+    def cmd_del(self, *keys: str) -> int:
+        removed = 0
+        for key in keys:
+            if self._lookup(key) is not None:
+                self._remove(key)
+                self._touch(key)
+                removed += 1
+        return removed
+
+    def cmd_exists(self, *keys: str) -> int:
+        return sum(1 for key in keys if self._lookup(key) is not None)
+
+    def cmd_type(self, key: str) -> str:
+        value = self._lookup(key)
+        return {str: "string", dict: "hash", set: "set"}.get(type(value), "none")
+
+    def cmd_keys(self, pattern: str) -> list[str]:
+        if pattern != "*":
+            raise CommandError("ERR the simulated KEYS supports only '*'")
+        return [key for key in list(self.data) if self._lookup(key) is not None]
+
+    def cmd_dbsize(self) -> int:
+        return len(self.cmd_keys("*"))
+
+    def cmd_flushall(self, *mode: str) -> str:
+        for key in list(self.data):
+            self._touch(key)
+        self.data.clear()
+        self.expires.clear()
+        return OK
+
+    def cmd_expire(self, key: str, seconds: Any) -> int:
+        return self.cmd_pexpire(key, to_int(seconds) * 1000)
+
+    def cmd_pexpire(self, key: str, millis: Any) -> int:
+        if self._lookup(key) is None:
+            return 0
+        self.expires[key] = self.now + to_int(millis) / 1000.0
+        self._touch(key)
+        return 1
+
+    def cmd_pttl(self, key: str) -> int:
+        if self._lookup(key) is None:
+            return -2
+        if key not in self.expires:
+            return -1
+        return int(round((self.expires[key] - self.now) * 1000))
+
+    # -- strings ----------------------------------------------------------
+    def cmd_get(self, key: str) -> str | None:
+        return self._string(key)
+
+    def cmd_set(self, key: str, value: Any, *options: Any) -> str | None:
+        nx = xx = False
+        ttl = None
+        i = 0
+        while i < len(options):
+            option = str(options[i]).upper()
+            if option == "NX":
+                nx = True
+            elif option == "XX":
+                xx = True
+            elif option in ("EX", "PX") and i + 1 < len(options):
+                amount = to_int(options[i + 1])
+                if amount <= 0:
+                    raise CommandError("ERR invalid expire time in 'set' command")
+                ttl = amount if option == "EX" else amount / 1000.0
+                i += 1
+            else:
+                raise CommandError("ERR syntax error")
+            i += 1
+        exists = self._lookup(key) is not None
+        if (nx and exists) or (xx and not exists):
+            return None
+        self.data[key] = value if type(value) is str else str(value)
+        if ttl is None:
+            self.expires.pop(key, None)
+        else:
+            self.expires[key] = self.now + ttl
+        self._touch(key)
+        return OK
+
+    def cmd_incrby(self, key: str, amount: Any) -> int:
+        current = self._string(key)
+        value = (to_int(current) if current is not None else 0) + to_int(amount)
+        self.data[key] = str(value)
+        if self.watchers:
+            self._touch(key)
+        return value
+
+    def cmd_incr(self, key: str) -> int:
+        return self.cmd_incrby(key, 1)
+
+    def cmd_decrby(self, key: str, amount: Any) -> int:
+        return self.cmd_incrby(key, -to_int(amount))
+
+    # -- hashes -------------------------------------------------------------
+    def cmd_hget(self, key: str, field: str) -> str | None:
+        value = self._hash(key)
+        return None if value is None else value.get(field)
+
+    def cmd_hset(self, key: str, *pairs: Any) -> int:
+        if len(pairs) % 2:
+            raise CommandError("ERR wrong number of arguments for 'hset' command")
+        value = self._hash(key, create=True)
+        added = 0
+        for i in range(0, len(pairs), 2):
+            field = pairs[i]
+            if field not in value:
+                added += 1
+            item = pairs[i + 1]
+            value[field] = item if type(item) is str else str(item)
+        self._touch(key)
+        return added
+
+    def cmd_hdel(self, key: str, *fields: str) -> int:
+        value = self._hash(key)
+        if value is None:
+            return 0
+        removed = 0
+        for field in fields:
+            if value.pop(field, None) is not None:
+                removed += 1
+        if not value:
+            self._remove(key)
+        if removed:
+            self._touch(key)
+        return removed
+
+    def cmd_hincrby(self, key: str, field: str, amount: Any) -> int:
+        value = self._hash(key, create=True)
+        current = value.get(field)
+        total = (to_int(current, HASH_NOT_INTEGER) if current is not None else 0) + to_int(amount)
+        value[field] = str(total)
+        if self.watchers:
+            self._touch(key)
+        return total
+
+    def cmd_hgetall(self, key: str) -> list[str]:
+        value = self._hash(key)
+        if not value:
+            return []
+        flat: list[str] = []
+        for field, item in value.items():
+            flat.append(field)
+            flat.append(item)
+        return flat
+
+    def cmd_hvals(self, key: str) -> list[str]:
+        value = self._hash(key)
+        return list(value.values()) if value else []
+
+    def cmd_hkeys(self, key: str) -> list[str]:
+        value = self._hash(key)
+        return list(value) if value else []
+
+    def cmd_hlen(self, key: str) -> int:
+        value = self._hash(key)
+        return len(value) if value else 0
+
+    def cmd_hexists(self, key: str, field: str) -> int:
+        value = self._hash(key)
+        return int(bool(value) and field in value)
+
+    # -- sets -----------------------------------------------------------------
+    def cmd_sadd(self, key: str, *members: Any) -> int:
+        value = self._set(key, create=True)
+        before = len(value)
+        value.update(m if type(m) is str else str(m) for m in members)
+        self._touch(key)
+        return len(value) - before
+
+    def cmd_srem(self, key: str, *members: Any) -> int:
+        value = self._set(key)
+        if not value:
+            return 0
+        before = len(value)
+        value.difference_update(str(m) for m in members)
+        if not value:
+            self._remove(key)
+        self._touch(key)
+        return before - len(value)
+
+    def cmd_sismember(self, key: str, member: Any) -> int:
+        value = self._set(key)
+        return int(bool(value) and str(member) in value)
+
+    def cmd_smembers(self, key: str) -> list[str]:
+        value = self._set(key)
+        return sorted(value) if value else []
+
+    def cmd_scard(self, key: str) -> int:
+        value = self._set(key)
+        return len(value) if value else 0
+
+    # -- WATCH ----------------------------------------------------------------
+    def watch(self, connection: Any, keys: tuple) -> None:
+        for key in keys:
+            self.watchers.setdefault(key, set()).add(connection)
+            connection.watched.add(key)
+
+    def unwatch(self, connection: Any) -> None:
+        for key in connection.watched:
+            watchers = self.watchers.get(key)
+            if watchers is not None:
+                watchers.discard(connection)
+                if not watchers:
+                    del self.watchers[key]
+        connection.watched.clear()
+        connection.dirty = False

@@ -1,0 +1,85 @@
+"""Drift: the counters a strategy left in Redis against the truth.
+
+For each user: is the total equal to the sum of that user's conversation
+counts (consistency), is it inside the true range (correctness); for each
+(user, conversation): is the count inside the true range. A counter outside
+its range drifts by its distance to the nearest end.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import numpy as np
+
+from sim.truth import Memberships, TruthRanges
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What a strategy's keys say, flattened: one row per stored conversation count."""
+
+    entry_user: np.ndarray
+    entry_conv: np.ndarray
+    entry_value: np.ndarray
+    total: np.ndarray          # per user
+
+    @classmethod
+    def collect(cls, users: int, per_user: Iterable[tuple[int, dict[int, int], int]]) -> "Counters":
+        entry_user: list[int] = []
+        entry_conv: list[int] = []
+        entry_value: list[int] = []
+        total = np.zeros(users, np.int64)
+        for user, counts, user_total in per_user:
+            total[user] = user_total
+            if counts:
+                entry_user.extend([user] * len(counts))
+                entry_conv.extend(counts.keys())
+                entry_value.extend(counts.values())
+        return cls(np.array(entry_user, np.int64), np.array(entry_conv, np.int64),
+                   np.array(entry_value, np.int64), total)
+
+
+@dataclass(frozen=True)
+class Drift:
+    users: int
+    users_inconsistent: int
+    users_wrong_total: int
+    convs_wrong: int
+    abs_drift_sum: int
+    max_abs_drift: int
+    overcount: int
+    undercount: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _outside(value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Signed distance from value to [lo, hi]; 0 inside."""
+    return np.where(value > hi, value - hi, np.where(value < lo, value - lo, 0))
+
+
+def check(pairs: Memberships, truth: TruthRanges, counters: Counters) -> Drift:
+    users = len(counters.total)
+    pair = pairs.lookup(counters.entry_user, counters.entry_conv)
+    member = pair >= 0
+    stored = np.zeros(len(pairs), np.int64)
+    stored[pair[member]] = counters.entry_value[member]
+    conv_drift = _outside(stored, truth.lo, truth.hi)
+    # A count stored for a conversation the user is not in is all drift.
+    stray = counters.entry_value[~member]
+
+    conv_sum = np.bincount(counters.entry_user, weights=counters.entry_value, minlength=users)
+    inconsistent = counters.total != conv_sum.astype(np.int64)
+    total_drift = _outside(counters.total, truth.user_lo, truth.user_hi)
+    return Drift(
+        users=users,
+        users_inconsistent=int(inconsistent.sum()),
+        users_wrong_total=int(np.count_nonzero(total_drift)),
+        convs_wrong=int(np.count_nonzero(conv_drift) + np.count_nonzero(stray)),
+        abs_drift_sum=int(np.abs(total_drift).sum()),
+        max_abs_drift=int(np.abs(total_drift).max()) if users else 0,
+        overcount=int(conv_drift[conv_drift > 0].sum() + stray[stray > 0].sum()),
+        undercount=int(-conv_drift[conv_drift < 0].sum() - stray[stray < 0].sum()),
+    )

@@ -1,0 +1,145 @@
+"""The `countdrift` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sim import __version__
+from sim.results import write_json
+from sim.runner import peak_rss_mib, run_scenario, stderr_progress
+from sim.scenario import ScenarioError, load
+from sim.table import format_table
+from sim.traffic import Trace, generate
+from strategies import STRATEGIES
+
+FAULT_KINDS = {
+    "client_crash": "the app process dies between two commands of one operation; its work is not retried",
+    "client_pause": "a stop-the-world pause of one client (GC, SIGSTOP), longer than a lock's TTL",
+    "server_crash": "redis-server is killed (SIGKILL) and restarted; the OS page cache survives",
+    "power_loss": "the machine loses power: what was not fsynced is lost, the last write may be torn",
+    "mid_script_power_loss": "power fails while a script or MULTI/EXEC runs (between the two commands for naive)",
+    "failover": "the primary dies and a replica that lacks the latest writes is promoted",
+    "partition": "clients are cut from the primary for a while",
+    "latency": "added network delay and jitter",
+    "reset_peer": "connections are reset: a request may or may not have been applied",
+    "blackhole": "requests vanish without an answer; clients time out",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _strategies(option: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    if option is None:
+        return default
+    names = tuple(name.strip() for name in option.split(",") if name.strip())
+    unknown = [name for name in names if name not in STRATEGIES]
+    if unknown or not names:
+        raise UsageError(f"--strategies: unknown strategy {', '.join(unknown) or '(none given)'}; "
+                         f"allowed: {', '.join(STRATEGIES)}")
+    return names
+
+
+def command_run(args: argparse.Namespace) -> int:
+    scenario = load(args.scenario)
+    strategies = _strategies(args.strategies, scenario.strategies)
+    trace = None
+    if args.trace:
+        try:
+            trace = Trace.load(Path(args.trace))
+        except (OSError, ValueError, KeyError) as error:
+            raise UsageError(f"--trace {args.trace}: cannot load the trace: {error}") from None
+    seed = scenario.seed if args.seed is None else args.seed
+    out = Path(args.out) if args.out else Path("results") / f"{scenario.name}-s{seed}"
+    if not args.quiet:
+        print(f"countdrift {__version__}: scenario {scenario.name} ({scenario.path}), seed {seed}, "
+              f"backend sim, strategies {', '.join(strategies)}", file=sys.stderr)
+    if trace is None:
+        trace = generate(scenario.traffic, seed)
+    results = run_scenario(scenario, strategies, trace, None if args.quiet else stderr_progress())
+    trace.save(out / "trace.npz")
+    results["trace"]["file"] = "trace.npz"
+    write_json(out / "results.json", results)
+    print(format_table(results))
+    summary = results["trace"]
+    print(f"\n{summary['messages']} messages ({summary['deliveries']} deliveries), "
+          f"{summary['operations']} operations over {summary['span_s']:.1f} simulated s; "
+          f"wall {results['wall_seconds']:.1f} s, peak memory {peak_rss_mib():.0f} MiB")
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def command_trace(args: argparse.Namespace) -> int:
+    scenario = load(args.scenario)
+    seed = scenario.seed if args.seed is None else args.seed
+    trace = generate(scenario.traffic, seed)
+    out = Path(args.out)
+    trace.save(out)
+    for key, value in trace.summary().items():
+        print(f"{key:>14}: {value}")
+    print(f"trace: {out}")
+    return 0
+
+
+def command_list(args: argparse.Namespace) -> int:
+    print("strategies:")
+    for name, cls in STRATEGIES.items():
+        print(f"  {name:<15} {cls.summary}")
+    print("\nfault kinds:")
+    for name, text in FAULT_KINDS.items():
+        print(f"  {name:<22} {text}")
+    return 0
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from sim.bench import main as bench_main
+    return bench_main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="countdrift", description=__doc__)
+    top.add_argument("--version", action="version", version=f"countdrift {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="replay a scenario through each strategy, write results.json")
+    run.add_argument("scenario", help="a scenario TOML file, e.g. scenarios/quick.toml")
+    run.add_argument("--strategies", help="comma-separated strategies (default: the scenario's)")
+    run.add_argument("--seed", type=int, help="override the scenario's seed")
+    run.add_argument("--out", help="output folder (default: results/<scenario>-s<seed>)")
+    run.add_argument("--trace", help="replay a saved trace instead of generating one")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    run.set_defaults(handler=command_run)
+
+    trace = commands.add_parser("trace", help="generate a scenario's trace and save it")
+    trace.add_argument("scenario")
+    trace.add_argument("--seed", type=int)
+    trace.add_argument("--out", required=True, help="the .npz file to write")
+    trace.set_defaults(handler=command_trace)
+
+    listing = commands.add_parser("list", help="list strategies and fault kinds")
+    listing.set_defaults(handler=command_list)
+
+    bench = commands.add_parser("bench", help="measure the simulator's speed")
+    bench.add_argument("--scenario", default="scenarios/quick.toml")
+    bench.add_argument("--strategies", default="naive,lua")
+    bench.add_argument("--events", type=int, default=500_000, help="bare SimPy timeouts to time")
+    bench.set_defaults(handler=command_bench)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ScenarioError, UsageError) as error:
+        print(f"countdrift: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("countdrift: interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

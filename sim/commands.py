@@ -1,0 +1,87 @@
+"""The backend-neutral language in which strategies speak to Redis.
+
+A strategy operation is a generator that yields one of these requests and
+receives the reply, so the same strategy code runs on the SimPy model and on
+a real redis-server: each backend only has to execute a request.
+
+- a plain ``tuple`` such as ``("HINCRBY", key, field, 1)`` is one command,
+  one round trip; its reply is sent back, an error reply is raised as
+  :class:`CommandError` inside the generator;
+- :class:`Script` runs a Lua script by EVALSHA (the backend loads it when the
+  server answers NOSCRIPT);
+- :class:`Pipeline` sends several commands in one round trip, not atomic;
+  the reply is a list in which an error reply stands as a CommandError;
+- :class:`Transaction` is MULTI ... EXEC on the same connection: the reply is
+  the list of results, or ``None`` when a WATCHed key changed;
+- :class:`Backoff` asks the driver to wait; it counts as a retry.
+
+A lost reply (connection reset, timeout) is raised as :class:`ConnectionLost`:
+the command may or may not have been applied.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Union
+
+from sim.lua import LuaScript
+
+
+class CommandError(Exception):
+    """An error reply from Redis (WRONGTYPE, NOSCRIPT, a script error...)."""
+
+
+class ConnectionLost(Exception):
+    """The reply never came back: the outcome of the request is unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    script: LuaScript
+    keys: tuple
+    args: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    commands: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    commands: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    seconds: float
+
+
+Request = Union[tuple, Script, Pipeline, Transaction, Backoff]
+Operation = Generator[Request, Any, Any]
+
+
+def command_count(request: Request) -> int:
+    """How many commands the server executes for a request (MULTI/EXEC included)."""
+    kind = type(request)
+    if kind is tuple or kind is Script:
+        return 1
+    if kind is Pipeline:
+        return sum(command_count(c) for c in request.commands)
+    if kind is Transaction:
+        return len(request.commands) + 2
+    return 0
+
+
+def run_now(operation: Operation, execute: Callable[[Request], Any]) -> Any:
+    """Drive an operation to its end with ``execute``, outside simulated time
+    (used to read counters back for the checker)."""
+    reply: Any = None
+    error: CommandError | None = None
+    try:
+        while True:
+            request = operation.send(reply) if error is None else operation.throw(error)
+            reply, error = execute(request), None
+            if isinstance(reply, CommandError):
+                reply, error = None, reply
+    except StopIteration as stop:
+        return stop.value

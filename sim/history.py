@@ -1,0 +1,37 @@
+"""What happened to each operation of the trace, as Jepsen records it.
+
+Each operation is invoked once (its first request leaves the client) and
+completes once (its last reply arrives or the client gives up), with one
+outcome: ok, fail (the server said no: it did not apply, or not all of it)
+or unknown (a reply was lost: it may or may not have applied).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+NOT_RUN, OK, FAIL, UNKNOWN = 0, 1, 2, 3
+OUTCOME_NAMES = {OK: "ok", FAIL: "fail", UNKNOWN: "unknown"}
+
+
+class History:
+    def __init__(self, operations: int) -> None:
+        self.invoke = np.full(operations, np.nan)
+        self.complete = np.full(operations, np.nan)
+        self.outcome = np.zeros(operations, np.int8)
+        self.retries = 0       # re-runs after an unknown outcome, WATCH aborts, lock waits
+        self.ambiguous = 0     # attempts whose reply was lost
+        self.errors: Counter[str] = Counter()
+
+    def record(self, op: int, invoke: float, complete: float, outcome: int) -> None:
+        self.invoke[op] = invoke
+        self.complete[op] = complete
+        self.outcome[op] = outcome
+
+    def completed_by(self, at: float) -> int:
+        return int(np.count_nonzero(self.complete <= at))
+
+    def outcomes(self) -> dict[str, int]:
+        counts = np.bincount(self.outcome, minlength=4)
+        return {name: int(counts[code]) for code, name in OUTCOME_NAMES.items()}

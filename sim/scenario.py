@@ -1,0 +1,169 @@
+"""Scenarios: TOML files that say what traffic to replay, against which
+strategies, with which clients and server, checked before anything runs.
+
+A bad scenario fails with a :class:`ScenarioError` that names the file, the
+key and what is allowed, before any output is written.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sim.backends.model.driver import ClientConfig
+from sim.backends.model.server import ServiceTimes
+from sim.traffic import TrafficConfig
+from strategies import STRATEGIES
+from strategies.base import StrategyOptionError
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Service times of the simulated server, in microseconds."""
+
+    command_us: float = 4.0
+    script_us: float = 8.0
+    script_per_key_us: float = 1.5
+
+    def service_times(self) -> ServiceTimes:
+        return ServiceTimes(self.command_us / 1e6, self.script_us / 1e6, self.script_per_key_us / 1e6)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    timeline_points: int = 20
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: Path
+    sha256: str
+    name: str
+    description: str
+    seed: int
+    strategies: tuple[str, ...]
+    traffic: TrafficConfig
+    clients: ClientConfig
+    server: ServerConfig
+    run: RunConfig
+    strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "description": self.description, "path": str(self.path),
+            "sha256": self.sha256, "seed": self.seed, "strategies": list(self.strategies),
+            "traffic": asdict(self.traffic), "clients": asdict(self.clients),
+            "server": asdict(self.server), "run": asdict(self.run),
+            "strategy_options": self.strategy_options,
+        }
+
+
+SECTIONS = {"traffic": TrafficConfig, "clients": ClientConfig, "server": ServerConfig, "run": RunConfig}
+TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
+             "strategy_options": dict, **{name: dict for name in SECTIONS}}
+
+# Bounds a value must respect: (low, high), inclusive; None for open.
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "traffic.users": (2, None), "traffic.messages": (1, None), "traffic.message_rate": (1e-9, None),
+    "traffic.dm_per_user": (0, None), "traffic.groups": (0, None), "traffic.group_size_min": (3, None),
+    "traffic.group_size_alpha": (1e-9, None), "traffic.max_group_size": (3, None),
+    "traffic.activity_zipf": (0, None), "traffic.group_weight_exponent": (0, None),
+    "traffic.read_probability": (0, 1), "traffic.read_delay_mean_s": (0, None),
+    "traffic.badge_probability": (0, 1), "traffic.badge_delay_s": (0, None),
+    "clients.count": (1, None), "clients.rtt_ms": (1e-9, None), "clients.timeout_ms": (1e-9, None),
+    "clients.retries": (0, None), "clients.backoff_ms": (0, None),
+    "server.command_us": (1e-9, None), "server.script_us": (1e-9, None), "server.script_per_key_us": (0, None),
+    "run.timeline_points": (0, 10_000),
+}
+
+
+def _suggest(word: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(word, allowed, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _typename(kind: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            list: "a list", dict: "a table"}[kind]
+
+
+def _check_type(path: Path, key: str, value: Any, kind: type) -> Any:
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise ScenarioError(f"{path}: key '{key}' must be {_typename(kind)}, got {value!r}")
+    low, high = BOUNDS.get(key, (None, None))
+    if low is not None and value < low or high is not None and value > high:
+        limits = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ScenarioError(f"{path}: key '{key}' must be {limits}, got {value!r}")
+    return value
+
+
+def _section(path: Path, name: str, table: dict, config: type) -> Any:
+    allowed = {f.name: type(f.default) for f in fields(config)}
+    values = {}
+    for key, value in table.items():
+        if key not in allowed:
+            raise ScenarioError(
+                f"{path}: key '{name}.{key}' is unknown{_suggest(key, list(allowed))}; "
+                f"allowed in [{name}]: {', '.join(allowed)}")
+        values[key] = _check_type(path, f"{name}.{key}", value, allowed[key])
+    return config(**values)
+
+
+def parse(path: Path, text: str) -> Scenario:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(f"{path}: not valid TOML: {error}") from None
+    for key, value in data.items():
+        if key not in TOP_LEVEL:
+            raise ScenarioError(f"{path}: key '{key}' is unknown{_suggest(key, list(TOP_LEVEL))}; "
+                                f"allowed at the top level: {', '.join(TOP_LEVEL)}")
+        _check_type(path, key, value, TOP_LEVEL[key])
+    sections = {name: _section(path, name, data.get(name, {}), config) for name, config in SECTIONS.items()}
+    traffic: TrafficConfig = sections["traffic"]
+    if traffic.max_group_size < traffic.group_size_min:
+        raise ScenarioError(f"{path}: key 'traffic.max_group_size' ({traffic.max_group_size}) must be >= "
+                            f"'traffic.group_size_min' ({traffic.group_size_min})")
+
+    names = data.get("strategies", list(STRATEGIES))
+    strategies = tuple(_strategy_name(path, "strategies", name) for name in names)
+    if not strategies:
+        raise ScenarioError(f"{path}: key 'strategies' is empty; name at least one of: {', '.join(STRATEGIES)}")
+    options = data.get("strategy_options", {})
+    for name, table in options.items():
+        _strategy_name(path, "strategy_options", name)
+        if not isinstance(table, dict):
+            raise ScenarioError(f"{path}: key 'strategy_options.{name}' must be a table")
+        try:
+            STRATEGIES[name](**table)
+        except StrategyOptionError as error:
+            raise ScenarioError(f"{path}: key 'strategy_options.{name}': {error}") from None
+    return Scenario(
+        path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
+        name=data.get("name", path.stem), description=data.get("description", ""),
+        seed=data.get("seed", 1), strategies=strategies, strategy_options=options, **sections)
+
+
+def _strategy_name(path: Path, key: str, name: Any) -> str:
+    if name not in STRATEGIES:
+        raise ScenarioError(f"{path}: key '{key}' names unknown strategy {name!r}"
+                            f"{_suggest(str(name), list(STRATEGIES))}; allowed: {', '.join(STRATEGIES)}")
+    return name
+
+
+def load(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ScenarioError(f"{path}: cannot read the scenario: {error.strerror}") from None
+    return parse(path, text)

@@ -1,0 +1,40 @@
+"""The readable table `countdrift run` prints, one row per strategy."""
+from __future__ import annotations
+
+# (title, field path in a run, width, number format)
+COLUMNS = (
+    ("strategy", "strategy", 14, ""),
+    ("ops/s", "throughput_ops_per_s", 10, ".0f"),
+    ("p50 ms", "latency_ms.p50", 8, ".3f"),
+    ("p99 ms", "latency_ms.p99", 8, ".3f"),
+    ("max ms", "latency_ms.max", 9, ".2f"),
+    ("inconsistent", "drift.users_inconsistent", 12, ""),
+    ("wrong total", "drift.users_wrong_total", 11, ""),
+    ("convs wrong", "drift.convs_wrong", 11, ""),
+    ("|drift|", "drift.abs_drift_sum", 8, ""),
+    ("over", "drift.overcount", 6, ""),
+    ("under", "drift.undercount", 6, ""),
+    ("retries", "retries", 7, ""),
+    ("unknown", "ambiguous", 7, ""),
+    ("errors", "errors", 6, ""),
+)
+
+
+def _field(run: dict, path: str):
+    value = run
+    for part in path.split("."):
+        value = value[part]
+    return value
+
+
+def format_table(results: dict) -> str:
+    header = "  ".join(title.ljust(width) if i == 0 else title.rjust(width)
+                       for i, (title, _, width, _) in enumerate(COLUMNS))
+    lines = [header, "-" * len(header)]
+    for run in results["runs"]:
+        cells = []
+        for i, (_, path, width, number) in enumerate(COLUMNS):
+            text = format(_field(run, path), number)
+            cells.append(text.ljust(width) if i == 0 else text.rjust(width))
+        lines.append("  ".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,241 @@
+"""Synthetic chat traffic: a seeded, saved, replayable trace.
+
+The trace is generated once and drives every strategy of a run, so that
+strategies are compared on identical work. It holds:
+
+- the conversations: 1:1 pairs and groups whose sizes follow a capped Pareto
+  law (heavy-tailed: most groups are small, a few are huge), stored as CSR
+  arrays (``conv_offsets``, ``conv_members``);
+- the operations in time order: message deliveries (Poisson arrivals, senders
+  drawn by Zipf activity, each conversation's share of the messages
+  damped by size**-group_weight_exponent, so a big group is not flooded by
+  all its members), conversation reads (a recipient opens the conversation after an
+  exponential delay, or never) and badge fetches (a push reads the
+  recipient's total).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+DELIVER, READ, BADGE = 0, 1, 2
+KIND_NAMES = ("deliver", "open_conversation", "fetch_badge")
+TRACE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrafficConfig:
+    users: int = 1000
+    messages: int = 10_000
+    message_rate: float = 1000.0          # messages per second, Poisson
+    dm_per_user: float = 3.0              # mean 1:1 conversations per user
+    groups: int = 50
+    group_size_min: int = 3
+    group_size_alpha: float = 1.3         # Pareto tail index of group sizes
+    max_group_size: int = 200
+    include_max_group: bool = False       # force one group of max_group_size
+    activity_zipf: float = 1.1            # Zipf exponent of sender activity
+    group_weight_exponent: float = 1.0    # a conversation's pick weight is size**-this
+    read_probability: float = 0.7         # chance a delivery leads to a read
+    read_delay_mean_s: float = 2.0
+    badge_probability: float = 0.3        # chance a delivery pushes a badge fetch
+    badge_delay_s: float = 0.005
+
+
+@dataclass
+class Trace:
+    config: TrafficConfig
+    seed: int
+    conv_offsets: np.ndarray   # int64, len conversations + 1
+    conv_members: np.ndarray   # int32
+    t: np.ndarray              # float64, intended start of each operation, sorted
+    kind: np.ndarray           # int8: DELIVER, READ, BADGE
+    user: np.ndarray           # int32: sender, reader, or badge owner
+    conv: np.ndarray           # int32: conversation (-1 for a badge fetch)
+    message: np.ndarray        # int32: message id for a delivery, else -1
+
+    @property
+    def users(self) -> int:
+        return self.config.users
+
+    @property
+    def conversations(self) -> int:
+        return len(self.conv_offsets) - 1
+
+    def members(self, conversation: int) -> np.ndarray:
+        return self.conv_members[self.conv_offsets[conversation]:self.conv_offsets[conversation + 1]]
+
+    def recipients(self, op: int) -> list[int]:
+        members = self.members(int(self.conv[op])).tolist()
+        members.remove(int(self.user[op]))
+        return members
+
+    def deliveries(self) -> int:
+        """How many (message, recipient) pairs the trace fans out to."""
+        sizes = np.diff(self.conv_offsets)
+        return int((sizes[self.conv[self.kind == DELIVER]] - 1).sum())
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for array in self._arrays().values():
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+    def summary(self) -> dict:
+        sizes = np.diff(self.conv_offsets)
+        return {
+            "users": self.users,
+            "conversations": self.conversations,
+            "groups": int((sizes > 2).sum()),
+            "largest_group": int(sizes.max()) if len(sizes) else 0,
+            "messages": int((self.kind == DELIVER).sum()),
+            "deliveries": self.deliveries(),
+            "reads": int((self.kind == READ).sum()),
+            "badge_fetches": int((self.kind == BADGE).sum()),
+            "operations": len(self.t),
+            "span_s": float(self.t[-1]) if len(self.t) else 0.0,
+            "sha256": self.sha256(),
+        }
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in
+                ("conv_offsets", "conv_members", "t", "kind", "user", "conv", "message")}
+
+    def save(self, path: Path) -> None:
+        """Write the trace atomically (a failure leaves no partial file)."""
+        meta = json.dumps({"format": TRACE_FORMAT, "seed": self.seed, "config": asdict(self.config)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with open(partial, "wb") as out:
+                np.savez_compressed(out, meta=np.array(meta), **self._arrays())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: Path) -> "Trace":
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != TRACE_FORMAT:
+                raise ValueError(f"{path}: trace format {meta.get('format')} is not {TRACE_FORMAT}")
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+        return cls(config=TrafficConfig(**meta["config"]), seed=meta["seed"], **arrays)
+
+
+def generate(config: TrafficConfig, seed: int) -> Trace:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7261]))
+    offsets, members = _conversations(config, rng)
+    sender, conv = _messages(config, rng, offsets, members)
+    msg_t = np.cumsum(rng.exponential(1.0 / config.message_rate, len(sender)))
+    read_t, read_user, read_conv, badge_t, badge_user = _reads_and_badges(
+        config, rng, offsets, members, msg_t, sender, conv)
+
+    n_msg, n_read, n_badge = len(msg_t), len(read_t), len(badge_t)
+    t = np.concatenate([msg_t, read_t, badge_t])
+    order = np.argsort(t, kind="stable")
+    kind = np.concatenate([np.full(n_msg, DELIVER, np.int8), np.full(n_read, READ, np.int8),
+                           np.full(n_badge, BADGE, np.int8)])
+    user = np.concatenate([sender, read_user, badge_user]).astype(np.int32)
+    conv_all = np.concatenate([conv, read_conv, np.full(n_badge, -1)]).astype(np.int32)
+    message = np.concatenate([np.arange(n_msg), np.full(n_read + n_badge, -1)]).astype(np.int32)
+    return Trace(config, seed, offsets, members, t[order], kind[order], user[order],
+                 conv_all[order], message[order])
+
+
+def _conversations(config: TrafficConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n = config.users
+    # 1:1 conversations: distinct unordered pairs.
+    n_dm = int(round(n * config.dm_per_user / 2))
+    a = rng.integers(0, n, n_dm * 2)
+    b = rng.integers(0, n, n_dm * 2)
+    keep = a != b
+    low, high = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+    pairs = np.unique(low.astype(np.int64) * n + high)[:n_dm]
+    pairs = rng.permutation(pairs)
+    dm_members = np.stack([pairs // n, pairs % n], axis=1).ravel()
+
+    # Groups: capped Pareto sizes, members drawn without replacement.
+    cap = min(config.max_group_size, n)
+    sizes = np.floor(config.group_size_min * (1.0 - rng.random(config.groups)) ** (-1.0 / config.group_size_alpha))
+    sizes = np.clip(sizes, config.group_size_min, cap).astype(np.int64)
+    if config.include_max_group and config.groups:
+        sizes[0] = cap
+    group_members = [rng.choice(n, size=int(size), replace=False) for size in sizes]
+
+    all_sizes = np.concatenate([np.full(len(pairs), 2, np.int64), sizes])
+    offsets = np.zeros(len(all_sizes) + 1, np.int64)
+    np.cumsum(all_sizes, out=offsets[1:])
+    members = np.concatenate([dm_members] + group_members).astype(np.int32)
+    return offsets, members
+
+
+def _messages(config: TrafficConfig, rng: np.random.Generator, offsets: np.ndarray,
+              members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Draw each message's conversation, then its sender among the members.
+
+    Users have Zipf activity. A conversation's share of the messages is its
+    members' summed activity times size**-group_weight_exponent (with 1, a
+    group is as busy as its average member: big groups are not flooded), and
+    the sender is a member drawn by activity.
+    """
+    ranks = rng.permutation(config.users) + 1
+    activity = ranks.astype(np.float64) ** -config.activity_zipf
+    sizes = np.diff(offsets)
+    slot_activity = activity[members]
+    weight = np.add.reduceat(slot_activity, offsets[:-1]) * sizes.astype(np.float64) ** -config.group_weight_exponent
+    conv = rng.choice(len(sizes), size=config.messages, p=weight / weight.sum())
+
+    cum = np.cumsum(slot_activity)
+    before = np.concatenate([[0.0], cum])
+    start, end = offsets[conv], offsets[conv + 1]
+    target = before[start] + rng.random(config.messages) * (before[end] - before[start])
+    slot = np.clip(np.searchsorted(cum, target, side="right"), start, end - 1)
+    return members[slot].astype(np.int32), conv.astype(np.int32)
+
+
+def _reads_and_badges(config: TrafficConfig, rng: np.random.Generator, offsets: np.ndarray,
+                      members: np.ndarray, msg_t: np.ndarray, sender: np.ndarray,
+                      conv: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A recipient with no read pending for a conversation schedules one with
+    probability read_probability; a pending read covers later messages."""
+    n_conv = len(offsets) - 1
+    pending: dict[int, float] = {}
+    read_t: list[float] = []
+    read_user: list[int] = []
+    read_conv: list[int] = []
+    badge_t: list[np.ndarray] = []
+    badge_user: list[np.ndarray] = []
+    delays = rng.exponential(config.read_delay_mean_s, 1 << 16)
+    coins = rng.random(1 << 16)
+    draw = 0
+    for t, s, c in zip(msg_t.tolist(), sender.tolist(), conv.tolist()):
+        recipients = members[offsets[c]:offsets[c + 1]]
+        recipients = recipients[recipients != s]
+        pushed = rng.random(len(recipients)) < config.badge_probability
+        if pushed.any():
+            badge_user.append(recipients[pushed])
+            badge_t.append(np.full(int(pushed.sum()), t + config.badge_delay_s))
+        for u in recipients.tolist():
+            key = u * n_conv + c
+            if pending.get(key, -1.0) >= t:
+                continue
+            if draw == len(coins):
+                delays = rng.exponential(config.read_delay_mean_s, 1 << 16)
+                coins = rng.random(1 << 16)
+                draw = 0
+            if coins[draw] < config.read_probability:
+                when = t + delays[draw]
+                pending[key] = when
+                read_t.append(when)
+                read_user.append(u)
+                read_conv.append(c)
+            draw += 1
+    return (np.array(read_t, np.float64), np.array(read_user, np.int32), np.array(read_conv, np.int32),
+            np.concatenate(badge_t) if badge_t else np.zeros(0),
+            np.concatenate(badge_user) if badge_user else np.zeros(0, np.int32))

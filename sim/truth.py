@@ -1,0 +1,120 @@
+"""The true unread counts, from the trace and the history of what ran.
+
+The ground truth is the message log: a message is unread for a recipient
+until that recipient opens the conversation after it arrived. "After" is
+decided by the operations' real-time intervals, as a linearizability checker
+does: a delivery that completed before a read was invoked was read by it; one
+invoked after the read completed is unread; one that overlaps the read may
+have been applied on either side of it, so the truth for that pair is a range
+[lo, hi] and a counter anywhere inside it is right. Every strategy that
+applies each change atomically therefore shows zero drift when nothing fails,
+whatever the concurrency; only a counter outside the range is drift.
+
+The message store accepts every message at its trace time, whatever Redis
+did with the delivery: a delivery that failed or was lost is still unread
+until read, and a read that failed still moved the user's read position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.history import History
+from sim.traffic import DELIVER, READ, Trace
+
+
+class Memberships:
+    """Every (user, conversation) pair; pair p is slot p of ``trace.conv_members``."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.n_conv = trace.conversations
+        self.conv = np.repeat(np.arange(self.n_conv, dtype=np.int64), np.diff(trace.conv_offsets))
+        self.user = trace.conv_members.astype(np.int64)
+        keys = self.user * self.n_conv + self.conv
+        self._order = np.argsort(keys, kind="stable")
+        self._keys = keys[self._order]
+
+    def __len__(self) -> int:
+        return len(self.conv)
+
+    def lookup(self, users: np.ndarray, convs: np.ndarray) -> np.ndarray:
+        """Pair index of each (user, conversation), or -1 where the user is no member."""
+        keys = np.asarray(users, np.int64) * self.n_conv + np.asarray(convs, np.int64)
+        at = np.searchsorted(self._keys, keys)
+        at_clipped = np.minimum(at, len(self._keys) - 1)
+        found = (at < len(self._keys)) & (self._keys[at_clipped] == keys)
+        return np.where(found, self._order[at_clipped], -1)
+
+
+@dataclass
+class TruthRanges:
+    lo: np.ndarray        # per pair: fewest unread messages that are right
+    hi: np.ndarray        # per pair: most unread messages that are right
+    user_lo: np.ndarray   # per user
+    user_hi: np.ndarray
+
+
+def truth_ranges(trace: Trace, history: History, pairs: Memberships, at: float = np.inf) -> TruthRanges:
+    """The true unread range of every pair at time ``at`` (the end when omitted).
+
+    Operations not completed by ``at`` count as overlapping everything after
+    their invocation (their effect may or may not have landed yet).
+    """
+    n_pairs = len(pairs)
+    inf = np.inf
+    complete = np.where(history.complete <= at, history.complete, inf)
+
+    # The last read window of each pair: [first invoke, last completion] of
+    # the last read and of the reads that overlap it.
+    reads = np.flatnonzero((trace.kind == READ) & (history.invoke <= at))
+    r_pair = pairs.lookup(trace.user[reads], trace.conv[reads])
+    r_inv, r_comp = history.invoke[reads], complete[reads]
+    last_invoke = np.full(n_pairs, -inf)
+    np.maximum.at(last_invoke, r_pair, r_inv)
+    overlapping = r_comp >= last_invoke[r_pair]
+    window_start = np.full(n_pairs, inf)
+    np.minimum.at(window_start, r_pair[overlapping], r_inv[overlapping])
+    window_start[last_invoke == -inf] = -inf
+    window_end = np.full(n_pairs, -inf)
+    np.maximum.at(window_end, r_pair, r_comp)
+
+    # Messages the store holds by ``at``; only settled deliveries can be
+    # definitely read or definitely unread.
+    messages = np.flatnonzero((trace.kind == DELIVER) & (trace.t <= at))
+    m_conv = trace.conv[messages].astype(np.int64)
+    settled = complete[messages] < inf
+    s_conv = m_conv[settled]
+    s_inv = history.invoke[messages][settled]
+    s_comp = complete[messages][settled]
+
+    # Exact comparisons by rank: turn every time into its rank among all of them.
+    values, ranks = np.unique(np.concatenate([s_comp, s_inv, window_start, window_end]),
+                              return_inverse=True)
+    span = len(values) + 1
+    n_settled = len(s_comp)
+    rank_comp, rank_inv = ranks[:n_settled], ranks[n_settled:2 * n_settled]
+    rank_start, rank_end = ranks[2 * n_settled:2 * n_settled + n_pairs], ranks[2 * n_settled + n_pairs:]
+
+    comp_keys = np.sort(s_conv * span + rank_comp)
+    inv_keys = np.sort(s_conv * span + rank_inv)
+    base = pairs.conv * span
+    read_for_sure = np.searchsorted(comp_keys, base + rank_start, "left") - np.searchsorted(comp_keys, base, "left")
+    unread_for_sure = (np.searchsorted(inv_keys, base + span, "left")
+                       - np.searchsorted(inv_keys, base + rank_end, "right"))
+    in_conv = np.bincount(m_conv, minlength=pairs.n_conv)[pairs.conv]
+
+    # A sender's own messages are never unread for the sender.
+    own = pairs.lookup(trace.user[messages], m_conv)
+    in_conv -= np.bincount(own, minlength=n_pairs)
+    own_s = own[settled]
+    read_own = s_comp < window_start[own_s]
+    unread_own = s_inv > window_end[own_s]
+    read_for_sure -= np.bincount(own_s[read_own], minlength=n_pairs)
+    unread_for_sure -= np.bincount(own_s[unread_own], minlength=n_pairs)
+
+    lo = unread_for_sure
+    hi = in_conv - read_for_sure
+    return TruthRanges(lo, hi,
+                       np.bincount(pairs.user, weights=lo, minlength=trace.users).astype(np.int64),
+                       np.bincount(pairs.user, weights=hi, minlength=trace.users).astype(np.int64))

@@ -1,0 +1,22 @@
+"""The atomicity strategies, by name (DESIGN.md's vocabulary)."""
+from __future__ import annotations
+
+from strategies.base import Strategy
+from strategies.derived import Derived
+from strategies.idset import IdSet
+from strategies.lock import Lock
+from strategies.lua import Lua
+from strategies.lua_idempotent import LuaIdempotent
+from strategies.lua_repair import LuaRepair
+from strategies.multi import Multi
+from strategies.naive import Naive
+from strategies.watch import Watch
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (Naive, Multi, Watch, Lock, Lua, LuaRepair, Derived, IdSet, LuaIdempotent)
+}
+
+
+def make_strategy(name: str, **options) -> Strategy:
+    return STRATEGIES[name](**options)

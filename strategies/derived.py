@@ -1,0 +1,30 @@
+"""derived: store only the per-conversation counts; the total is their sum,
+computed on every badge fetch (HVALS). Nothing to keep in step, at the price
+of an O(conversations) read on every push."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from sim.commands import Operation, Pipeline
+from strategies import keys
+from strategies.base import Strategy, counts_from_flat
+
+
+class Derived(Strategy):
+    name = "derived"
+    summary = "per-conversation HINCRBY only; badge = sum of HVALS"
+
+    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+        field = str(conversation)
+        yield Pipeline(tuple(("HINCRBY", keys.unread(user), field, 1) for user in recipients))
+
+    def open_conversation(self, user: int, conversation: int) -> Operation:
+        yield ("HDEL", keys.unread(user), str(conversation))
+
+    def fetch_badge(self, user: int) -> Operation:
+        values = yield ("HVALS", keys.unread(user))
+        return sum(int(value) for value in values)
+
+    def counters(self, user: int) -> Operation:
+        counts = counts_from_flat((yield ("HGETALL", keys.unread(user))))
+        return counts, sum(counts.values())

@@ -1,0 +1,30 @@
+"""Key names shared by every strategy.
+
+Each key carries the user in a hash tag (``{u42}``), so that all of one
+user's keys hash to one Redis Cluster slot and a per-user script never fails
+with CROSSSLOT.
+"""
+
+
+def unread(user: int) -> str:
+    """Hash: conversation id -> unread count."""
+    return f"unread:{{u{user}}}"
+
+
+def total(user: int) -> str:
+    """String: the user's total unread count (the app badge)."""
+    return f"total:{{u{user}}}"
+
+
+def lock(user: int) -> str:
+    return f"lock:{{u{user}}}"
+
+
+def unread_ids(user: int) -> str:
+    """Hash: unread message id -> conversation id."""
+    return f"ids:{{u{user}}}"
+
+
+def seen(user: int, message: int) -> str:
+    """Dedup marker: this message was already counted for this user."""
+    return f"seen:{{u{user}}}:{message}"

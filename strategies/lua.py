@@ -1,0 +1,37 @@
+"""lua: one script per change, so both counters move together or not at all."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from sim.commands import Operation, Pipeline, Script
+from sim.lua import load_script
+from strategies import keys
+from strategies.base import Strategy
+
+DELIVER = load_script(__file__, "deliver")
+READ = load_script(__file__, "read")
+
+
+class Lua(Strategy):
+    name = "lua"
+    summary = "one EVALSHA per recipient (HINCRBY+INCRBY) and per read (HGET, HDEL, DECRBY)"
+    scripts = (DELIVER, READ)
+    deliver_script = DELIVER
+    read_script = READ
+
+    def extra_args(self) -> tuple:
+        """ARGV after the conversation id, for both scripts."""
+        return ()
+
+    def deliver_call(self, message: int, conversation: int, user: int) -> Script:
+        return Script(self.deliver_script, (keys.unread(user), keys.total(user)),
+                      (str(conversation), *self.extra_args()))
+
+    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+        # One script per recipient: each is atomic and touches one user's
+        # slot only, as Redis Cluster requires; pipelined in one round trip.
+        yield Pipeline(tuple(self.deliver_call(message, conversation, user) for user in recipients))
+
+    def open_conversation(self, user: int, conversation: int) -> Operation:
+        yield Script(self.read_script, (keys.unread(user), keys.total(user)),
+                     (str(conversation), *self.extra_args()))

@@ -1,0 +1,38 @@
+"""watch: optimistic WATCH + read + MULTI/EXEC, retried when a write intervenes."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from sim.commands import Backoff, Operation, Transaction
+from strategies import keys
+from strategies.base import Strategy
+from strategies.multi import increment_transactions
+
+
+class RetriesExhausted(Exception):
+    pass
+
+
+class Watch(Strategy):
+    name = "watch"
+    summary = "WATCH the user's hash, read, MULTI/EXEC the clear; retry on abort"
+    defaults = {"max_attempts": 50, "backoff_ms": 0.5}
+
+    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+        # Increments are blind writes: they need no WATCH, and they abort a racing reader.
+        yield increment_transactions(conversation, recipients)
+
+    def open_conversation(self, user: int, conversation: int) -> Operation:
+        unread, field = keys.unread(user), str(conversation)
+        for _ in range(self.max_attempts):
+            yield ("WATCH", unread)
+            count = yield ("HGET", unread, field)
+            if count is None:
+                yield ("UNWATCH",)
+                return
+            done = yield Transaction((("HDEL", unread, field),
+                                      ("DECRBY", keys.total(user), int(count))))
+            if done is not None:
+                return
+            yield Backoff(self.backoff_ms / 1000.0)
+        raise RetriesExhausted(f"WATCH aborted {self.max_attempts} times")
