@@ -65,14 +65,19 @@ def truth_ranges(trace: Trace, history: History, pairs: Memberships, at: float =
     inf = np.inf
     complete = np.where(history.complete <= at, history.complete, inf)
 
-    # The last read window of each pair: [first invoke, last completion] of
-    # the last read and of the reads that overlap it.
+    # The last read window of each pair. A delivery is surely read when it
+    # completed before the window starts: the first invoke among the last
+    # completed read and the completed reads overlapping it (a read still in
+    # flight may not have applied yet). It is surely unread when invoked after
+    # the window ends: the last completion of any read (never, while one is
+    # in flight).
     reads = np.flatnonzero((trace.kind == READ) & (history.invoke <= at))
     r_pair = pairs.lookup(trace.user[reads], trace.conv[reads])
     r_inv, r_comp = history.invoke[reads], complete[reads]
+    done = r_comp < inf
     last_invoke = np.full(n_pairs, -inf)
-    np.maximum.at(last_invoke, r_pair, r_inv)
-    overlapping = r_comp >= last_invoke[r_pair]
+    np.maximum.at(last_invoke, r_pair[done], r_inv[done])
+    overlapping = done & (r_comp >= last_invoke[r_pair])
     window_start = np.full(n_pairs, inf)
     np.minimum.at(window_start, r_pair[overlapping], r_inv[overlapping])
     window_start[last_invoke == -inf] = -inf
