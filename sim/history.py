@@ -24,10 +24,16 @@ class History:
         self.ambiguous = 0     # attempts whose reply was lost
         self.errors: Counter[str] = Counter()
 
-    def record(self, op: int, invoke: float, complete: float, outcome: int) -> None:
-        self.invoke[op] = invoke
-        self.complete[op] = complete
+    def invoked(self, op: int, at: float) -> None:
+        self.invoke[op] = at
+
+    def completed(self, op: int, at: float, outcome: int) -> None:
+        self.complete[op] = at
         self.outcome[op] = outcome
+
+    def record(self, op: int, invoke: float, complete: float, outcome: int) -> None:
+        self.invoked(op, invoke)
+        self.completed(op, complete, outcome)
 
     def completed_by(self, at: float) -> int:
         return int(np.count_nonzero(self.complete <= at))

@@ -46,6 +46,16 @@ def test_no_faults_no_drift_except_naive(small_scenario):
             continue
         wrong = {key: value for key, value in figures.items() if key != "users" and value}
         assert not wrong, f"{name} drifted without faults: {wrong}"
+    for run in results["runs"]:
+        if run["strategy"] == "naive":
+            continue
+        # Also while the run was going: in-flight operations are not drift.
+        # (multi lowers the total in a second step, so a snapshot between the
+        # two may see a user inconsistent for a moment.)
+        assert len(run["timeline"]) == 5
+        assert all(point["abs_drift_sum"] == 0 for point in run["timeline"])
+        if run["strategy"] != "multi":
+            assert all(point["users_inconsistent"] == 0 for point in run["timeline"])
     # Every operation ran and succeeded.
     for run in results["runs"]:
         assert run["outcomes"]["ok"] == run["operations"] == results["trace"]["operations"]

@@ -19,7 +19,7 @@ import simpy
 
 from sim.backends.model.server import Connection, Server, ServiceTimes
 from sim.checker import Counters, Drift, check
-from sim.commands import Backoff, CommandError, ConnectionLost, Script, run_now
+from sim.commands import Backoff, CommandError, ConnectionLost, run_now
 from sim.history import FAIL, OK, UNKNOWN, History
 from sim.traffic import DELIVER, READ, Trace
 from sim.truth import Memberships, truth_ranges
@@ -33,18 +33,6 @@ class ClientConfig:
     timeout_ms: float = 1000.0
     retries: int = 2            # re-runs of an operation whose outcome is unknown
     backoff_ms: float = 5.0
-
-
-def _error_in(reply: Any) -> CommandError | None:
-    """The first error reply inside a pipeline's or a transaction's replies."""
-    if isinstance(reply, list):
-        for item in reply:
-            found = _error_in(item)
-            if found is not None:
-                return found
-    elif isinstance(reply, CommandError):
-        return reply
-    return None
 
 
 class SimDriver:
@@ -68,6 +56,8 @@ class SimDriver:
         self._user = trace.user.tolist()
         self._conv = trace.conv.tolist()
         self._message = trace.message.tolist()
+        self._members = [trace.conv_members[start:end].tolist()
+                         for start, end in zip(trace.conv_offsets[:-1], trace.conv_offsets[1:])]
         for script in strategy.scripts:
             self.server.scripts.load(script)
 
@@ -86,16 +76,9 @@ class SimDriver:
         return check(self.pairs, truth, self.counters())
 
     def counters(self) -> Counters:
-        connection = Connection()
-
-        def execute(request: Any) -> Any:
-            return self.server.run(connection, request)
-
-        commands = self.server.commands
-        counters = Counters.collect(self.trace.users, (
-            (user, *run_now(self.strategy.counters(user), execute)) for user in range(self.trace.users)))
-        self.server.commands = commands  # reading back is not part of the workload
-        return counters
+        inspect = self.server.inspect
+        return Counters.collect(self.trace.users, (
+            (user, *run_now(self.strategy.counters(user), inspect)) for user in range(self.trace.users)))
 
     def _ticker(self):
         span = self._t[-1]
@@ -116,7 +99,9 @@ class SimDriver:
     def _operation(self, op: int):
         kind = self._kind[op]
         if kind == DELIVER:
-            return self.strategy.deliver(self._message[op], self._conv[op], self.trace.recipients(op))
+            sender = self._user[op]
+            recipients = [user for user in self._members[self._conv[op]] if user != sender]
+            return self.strategy.deliver(self._message[op], self._conv[op], recipients)
         if kind == READ:
             return self.strategy.open_conversation(self._user[op], self._conv[op])
         return self.strategy.fetch_badge(self._user[op])
@@ -131,7 +116,7 @@ class SimDriver:
             intended = self._t[op]
             if intended > env.now:
                 yield env.timeout(intended - env.now)
-            invoke = env.now
+            history.invoked(op, env.now)
             attempt = 0
             while True:
                 outcome = yield from self._attempt(op, session)
@@ -140,7 +125,7 @@ class SimDriver:
                 attempt += 1
                 history.retries += 1
                 yield env.timeout(backoff)
-            history.record(op, invoke, env.now, outcome)
+            history.completed(op, env.now, outcome)
 
     def _attempt(self, op: int, session: list[Connection]):
         """Run one attempt of an operation; returns its outcome."""
@@ -171,11 +156,9 @@ class SimDriver:
                 reply = entry.reply
                 if type(reply) is CommandError:
                     error, reply = reply, None
-                elif type(request) is not tuple and type(request) is not Script:
-                    found = _error_in(reply)
-                    if found is not None:
-                        failed = True
-                        history.errors[_error_code(found)] += 1
+                elif entry.error is not None:  # inside a pipeline or a transaction
+                    failed = True
+                    history.errors[_error_code(entry.error)] += 1
         except StopIteration:
             return FAIL if failed else OK
         except ConnectionLost:

@@ -19,23 +19,31 @@ from sim.commands import CommandError
 from sim.lua import LuaScript
 
 _PRELUDE = """
-local call_py, error_table = ...
-local unpack = unpack
+local call_py = ...
 redis = {}
-function redis.call(...)
-  local ok, reply = call_py(...)
-  if ok then return reply end
-  error(reply, 0)
-end
+-- redis.call is the Python function itself: an error reply raises
+-- CommandError, which aborts the script and comes out of the call unchanged.
+redis.call = call_py
 function redis.pcall(...)
-  local ok, reply = call_py(...)
+  local ok, reply = pcall(call_py, ...)
   if ok then return reply end
-  return {err = reply}
+  return {err = tostring(reply)}
 end
 function redis.error_reply(message) return {err = message} end
 function redis.status_reply(message) return {ok = message} end
 function redis.log(...) end
 redis.LOG_DEBUG, redis.LOG_VERBOSE, redis.LOG_NOTICE, redis.LOG_WARNING = 0, 1, 2, 3
+"""
+
+_INVOKE = """
+function(script, nkeys, ...)
+  local KEYS, ARGV = {...}, {}
+  for i = nkeys + 1, select("#", ...) do
+    ARGV[i - nkeys] = KEYS[i]
+    KEYS[i] = nil
+  end
+  return script(KEYS, ARGV)
+end
 """
 
 
@@ -44,6 +52,24 @@ def _lua_number_text(value: float) -> str:
     if value == math.floor(value) and abs(value) < 1e17:
         return str(int(value))
     return repr(value)
+
+
+def _words_from_lua(words: tuple) -> tuple:
+    """Redis's conversion of redis.call arguments to strings."""
+    if not words:
+        raise CommandError("ERR Please specify at least one argument for this redis lib call")
+    converted = []
+    for word in words:
+        kind = type(word)
+        if kind is str:
+            converted.append(word)
+        elif kind is int:
+            converted.append(str(word))
+        elif kind is float:
+            converted.append(_lua_number_text(word))
+        else:
+            raise CommandError("ERR Lua redis lib command arguments must be strings or integers")
+    return tuple(converted)
 
 
 def _has_error_code(message: str) -> bool:
@@ -57,10 +83,13 @@ class ScriptEngine:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.runtime = lua51.LuaRuntime(unpack_returned_tuples=True, register_eval=False)
-        self.runtime.execute(_PRELUDE, self._call, None)
+        self.runtime.execute(_PRELUDE, self._call)
+        # Builds KEYS and ARGV inside Lua: cheaper than two table_from calls.
+        self._invoke = self.runtime.eval(_INVOKE)
         self._table_from = self.runtime.table_from
         self._lua_type = lua51.lua_type
         self.cache: dict[str, Any] = {}
+        self.calls = 0  # redis.call / redis.pcall made by scripts
 
     # -- script cache -----------------------------------------------------
     def load(self, script: LuaScript) -> str:
@@ -81,36 +110,31 @@ class ScriptEngine:
         if function is None:
             raise CommandError("NOSCRIPT No matching script. Please use EVAL.")
         try:
-            reply = function(self._table_from(keys), self._table_from(args))
+            reply = self._invoke(function, len(keys), *keys, *args)
+        except CommandError:
+            raise
         except lua51.LuaError as error:
-            message = error.args[0] if error.args else str(error)
-            if not _has_error_code(str(message)):
+            message = str(error.args[0] if error.args else error)
+            if not _has_error_code(message):
                 message = f"ERR user_script: {message}"
             raise CommandError(message) from None
+        kind = type(reply)
+        if kind is int or kind is str:
+            return reply
         return self._to_redis(reply)
 
     # -- Lua -> Python ----------------------------------------------------------
-    def _call(self, *words: Any) -> tuple[bool, Any]:
-        if not words:
-            return False, "ERR Please specify at least one argument for this redis lib call"
-        converted = []
+    def _call(self, *words: Any) -> Any:
+        self.calls += 1
         for word in words:
-            kind = type(word)
-            if kind is str:
-                converted.append(word)
-            elif kind is int:
-                converted.append(str(word))
-            elif kind is float:
-                converted.append(_lua_number_text(word))
-            else:
-                return False, "ERR Lua redis lib command arguments must be strings or integers"
-        name = converted[0].upper()
-        converted[0] = name
-        try:
-            reply = self.store.execute(tuple(converted))
-        except CommandError as error:
-            return False, str(error)
-        return True, self._to_lua(reply)
+            if type(word) is not str:
+                words = _words_from_lua(words)
+                break
+        reply = self.store.execute(words)
+        kind = type(reply)
+        if kind is int or kind is str:
+            return reply
+        return self._to_lua(reply)
 
     def _to_lua(self, reply: Any) -> Any:
         if reply is None:

@@ -11,6 +11,10 @@ A request's effects become visible at the end of its service window, all at
 once: for a script or MULTI/EXEC this is what Redis guarantees, and it is what
 lets a fault at time t cut the queue exactly (everything that ended before t
 happened, nothing after did).
+
+A pipeline is served as one block, as Redis serves the commands it read from
+one client's socket in one go; a very large pipeline on a real server may be
+read in several pieces and interleave with other clients.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ class Connection:
 class Entry:
     """One request in the server's queue, and later its reply."""
 
-    __slots__ = ("start", "end", "request", "connection", "reply")
+    __slots__ = ("start", "end", "request", "connection", "reply", "error")
 
     def __init__(self, start: float, end: float, request: Request, connection: Connection) -> None:
         self.start = start
@@ -54,6 +58,7 @@ class Entry:
         self.request = request
         self.connection = connection
         self.reply: Any = None
+        self.error: CommandError | None = None  # the first error reply inside it
 
 
 class Server:
@@ -63,7 +68,14 @@ class Server:
         self.scripts = ScriptEngine(self.store)
         self.queue: deque[Entry] = deque()
         self.free_at = 0.0
-        self.commands = 0
+        self.requests = 0  # commands as clients sent them (MULTI, EXEC and EVALSHA included)
+        self._first_error: CommandError | None = None
+
+    @property
+    def commands(self) -> int:
+        """Commands executed, counted as INFO commandstats does: those a script
+        runs with redis.call count too."""
+        return self.requests + self.scripts.calls
 
     # -- timing -------------------------------------------------------------
     def service_time(self, request: Request) -> float:
@@ -97,7 +109,9 @@ class Server:
         while queue and queue[0].end <= now:
             entry = queue.popleft()
             self.store.now = entry.start
+            self._first_error = None
             entry.reply = self.run(entry.connection, entry.request)
+            entry.error = self._first_error
 
     # -- execution ------------------------------------------------------------
     def run(self, connection: Connection, request: Request) -> Any:
@@ -105,18 +119,29 @@ class Server:
         kind = type(request)
         try:
             if kind is tuple:
-                self.commands += 1
+                self.requests += 1
                 return self._command(connection, request)
             if kind is Script:
-                self.commands += 1
+                self.requests += 1
                 return self.scripts.evalsha(request.script.sha, request.keys, request.args)
             if kind is Pipeline:
                 return [self.run(connection, r) for r in request.commands]
             if kind is Transaction:
                 return self._transaction(connection, request.commands)
         except CommandError as error:
+            if self._first_error is None:
+                self._first_error = error
             return error
         raise TypeError(f"not a Redis request: {request!r}")
+
+    def inspect(self, request: Request) -> Any:
+        """Run a request outside the workload (the checker reading counters):
+        not counted, on a connection of its own."""
+        requests, calls = self.requests, self.scripts.calls
+        try:
+            return self.run(Connection(), request)
+        finally:
+            self.requests, self.scripts.calls = requests, calls
 
     def _command(self, connection: Connection, words: tuple) -> Any:
         name = words[0]
@@ -142,18 +167,18 @@ class Server:
         raise CommandError(f"ERR unknown subcommand or wrong number of arguments for 'SCRIPT {sub}'")
 
     def _transaction(self, connection: Connection, commands: tuple) -> Any:
-        self.commands += 2  # MULTI and EXEC; the queued commands count as they run
+        self.requests += 2  # MULTI and EXEC; the queued commands count as they run
         try:
             for words in commands:
                 if type(words) is not Script:
                     check_arity(words)
         except CommandError:
-            self.commands += len(commands)
+            self.requests += len(commands)
             self.store.unwatch(connection)
-            return CommandError("EXECABORT Transaction discarded because of previous errors.")
+            raise CommandError("EXECABORT Transaction discarded because of previous errors.") from None
         aborted = connection.dirty
         self.store.unwatch(connection)
         if aborted:
-            self.commands += len(commands)
+            self.requests += len(commands)
             return None
         return [self.run(connection, command) for command in commands]

@@ -38,15 +38,16 @@ OK = Status("OK")
 
 
 def to_int(value: Any, error: str = NOT_INTEGER) -> int:
+    """Parse an integer as Redis's string2ll does: canonical decimal text only."""
     if type(value) is int:
         return value
     try:
-        text = value if isinstance(value, str) else str(value)
-        if text != text.strip() or (len(text) > 1 and text[0] == "0"):
-            raise ValueError
-        return int(text)
+        number = int(value)
     except (TypeError, ValueError):
         raise CommandError(error) from None
+    if str(number) != value:
+        raise CommandError(error)
+    return number
 
 
 def check_arity(words: tuple) -> None:

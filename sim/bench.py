@@ -1,0 +1,61 @@
+"""`countdrift bench`: how fast the simulator runs, against bare SimPy.
+
+Prints the simulated Redis commands executed per wall second for each
+strategy, next to the rate of a minimal SimPy loop of timeouts measured in
+the same run on the same core, and their ratio. The ratio is what to compare
+across machines and commits; the absolute rates vary with the machine's load.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import simpy
+
+from sim.backends.model.driver import SimDriver
+from sim.scenario import load
+from sim.traffic import generate
+from strategies import STRATEGIES, make_strategy
+
+
+def bare_simpy_rate(events: int, processes: int) -> float:
+    """Timeouts per wall second of `processes` SimPy processes that only sleep."""
+    env = simpy.Environment()
+    per_process = events // processes
+
+    def sleeper(env: simpy.Environment, period: float):
+        for _ in range(per_process):
+            yield env.timeout(period)
+
+    for index in range(processes):
+        env.process(sleeper(env, 0.001 + index * 1e-6))
+    started = time.perf_counter()
+    env.run()
+    return per_process * processes / (time.perf_counter() - started)
+
+
+def main(args: argparse.Namespace) -> int:
+    scenario = load(args.scenario)
+    names = [name.strip() for name in args.strategies.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STRATEGIES]
+    if unknown:
+        from sim.cli import UsageError
+        raise UsageError(f"--strategies: unknown {', '.join(unknown)}; allowed: {', '.join(STRATEGIES)}")
+    trace = generate(scenario.traffic, scenario.seed)
+    print(f"scenario {scenario.name}: {len(trace.t)} operations, {trace.deliveries()} deliveries, "
+          f"{scenario.clients.count} clients")
+    bare = bare_simpy_rate(args.events, scenario.clients.count)
+    print(f"bare SimPy: {bare:,.0f} timeouts per wall second ({scenario.clients.count} processes)")
+    print("requests: as clients sent them (an EVALSHA is one); commands: as INFO commandstats\n"
+          "counts them (the redis.call commands inside a script count too)")
+    print(f"{'strategy':<15}{'wall s':>7}{'requests/s':>12}{'ratio':>7}{'commands/s':>12}{'ratio':>7}")
+    for name in names:
+        driver = SimDriver(trace, make_strategy(name, **scenario.strategy_options.get(name, {})),
+                           scenario.clients, scenario.server.service_times(), timeline_points=0)
+        started = time.perf_counter()
+        driver.run()
+        wall = time.perf_counter() - started
+        requests, commands = driver.server.requests / wall, driver.server.commands / wall
+        print(f"{name:<15}{wall:>7.2f}{requests:>12,.0f}{requests / bare:>7.3f}"
+              f"{commands:>12,.0f}{commands / bare:>7.3f}")
+    return 0
