@@ -60,18 +60,6 @@ Request = Union[tuple, Script, Pipeline, Transaction, Backoff]
 Operation = Generator[Request, Any, Any]
 
 
-def command_count(request: Request) -> int:
-    """How many commands the server executes for a request (MULTI/EXEC included)."""
-    kind = type(request)
-    if kind is tuple or kind is Script:
-        return 1
-    if kind is Pipeline:
-        return sum(command_count(c) for c in request.commands)
-    if kind is Transaction:
-        return len(request.commands) + 2
-    return 0
-
-
 def run_now(operation: Operation, execute: Callable[[Request], Any]) -> Any:
     """Drive an operation to its end with ``execute``, outside simulated time
     (used to read counters back for the checker)."""

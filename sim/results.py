@@ -33,8 +33,3 @@ def write_json(path: Path, document: dict) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
-
-
-def read_json(path: Path) -> dict:
-    with open(path) as handle:
-        return json.load(handle)

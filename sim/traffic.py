@@ -70,11 +70,6 @@ class Trace:
     def members(self, conversation: int) -> np.ndarray:
         return self.conv_members[self.conv_offsets[conversation]:self.conv_offsets[conversation + 1]]
 
-    def recipients(self, op: int) -> list[int]:
-        members = self.members(int(self.conv[op])).tolist()
-        members.remove(int(self.user[op]))
-        return members
-
     def deliveries(self) -> int:
         """How many (message, recipient) pairs the trace fans out to."""
         sizes = np.diff(self.conv_offsets)

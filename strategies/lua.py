@@ -19,13 +19,14 @@ class Lua(Strategy):
     deliver_script = DELIVER
     read_script = READ
 
-    def extra_args(self) -> tuple:
-        """ARGV after the conversation id, for both scripts."""
-        return ()
+    def deliver_args(self, conversation: int) -> tuple:
+        return (str(conversation),)
+
+    def read_args(self, conversation: int) -> tuple:
+        return (str(conversation),)
 
     def deliver_call(self, message: int, conversation: int, user: int) -> Script:
-        return Script(self.deliver_script, (keys.unread(user), keys.total(user)),
-                      (str(conversation), *self.extra_args()))
+        return Script(self.deliver_script, (keys.unread(user), keys.total(user)), self.deliver_args(conversation))
 
     def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
         # One script per recipient: each is atomic and touches one user's
@@ -33,5 +34,4 @@ class Lua(Strategy):
         yield Pipeline(tuple(self.deliver_call(message, conversation, user) for user in recipients))
 
     def open_conversation(self, user: int, conversation: int) -> Operation:
-        yield Script(self.read_script, (keys.unread(user), keys.total(user)),
-                     (str(conversation), *self.extra_args()))
+        yield Script(self.read_script, (keys.unread(user), keys.total(user)), self.read_args(conversation))

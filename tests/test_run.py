@@ -89,3 +89,18 @@ def test_naive_read_then_clear_races_an_increment():
 def test_atomic_strategies_survive_the_same_race(name):
     drift = drive(name, race_trace()).drift()
     assert drift.users_inconsistent == 0 and drift.abs_drift_sum == 0 and drift.convs_wrong == 0
+
+
+def test_timeouts_are_unknown_outcomes_and_retries_can_double_count(small_scenario):
+    """A reply later than the timeout is given up on but still applied: the
+    retry of a big group's fan-out counts it twice, unless deduplicated."""
+    scenario = load(small_scenario)
+    text = small_scenario.read_text().replace("[clients]\ncount = 16", "[clients]\ncount = 16\ntimeout_ms = 0.4")
+    small_scenario.write_text(text)
+    results = run_scenario(load(small_scenario), ["lua", "lua_idempotent"])
+    lua, idempotent = results["runs"]
+    assert lua["ambiguous"] > 0 and lua["retries"] > 0
+    assert lua["drift"]["overcount"] > 0
+    assert idempotent["ambiguous"] > 0
+    assert idempotent["drift"]["overcount"] == 0 and idempotent["drift"]["users_inconsistent"] == 0
+    assert scenario.clients.timeout_ms == 1000.0  # the default the test overrode
