@@ -13,6 +13,7 @@ import time
 import simpy
 
 from sim.backends.model.driver import SimDriver
+from sim.backends.model.server import Server
 from sim.scenario import load
 from sim.traffic import generate
 from strategies import STRATEGIES, make_strategy
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'strategy':<15}{'wall s':>7}{'requests/s':>12}{'ratio':>7}{'commands/s':>12}{'ratio':>7}")
     for name in names:
         driver = SimDriver(trace, make_strategy(name, **scenario.strategy_options.get(name, {})),
-                           scenario.clients, scenario.server.service_times(), timeline_points=0)
+                           scenario.clients, Server(scenario.server.service_times()), timeline_points=0)
         started = time.perf_counter()
         driver.run()
         wall = time.perf_counter() - started

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from sim.backends.model.driver import ClientConfig
+from sim.backends.model.persistence import Persistence
 from sim.backends.model.server import ServiceTimes
+from sim.faults import FAULT_KINDS, Fault, FaultRate
 from sim.traffic import TrafficConfig
 from strategies import STRATEGIES
 from strategies.base import StrategyOptionError
@@ -26,14 +28,25 @@ class ScenarioError(ValueError):
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Service times of the simulated server, in microseconds."""
+    """The Redis deployment: service times (microseconds), persistence,
+    replication and Sentinel."""
 
     command_us: float = 4.0
     script_us: float = 8.0
     script_per_key_us: float = 1.5
+    appendonly: bool = True
+    appendfsync: str = "everysec"
+    rdb_interval_s: float = 60.0
+    replicas: int = 1
+    replication_lag_ms: float = 5.0
+    auto_failover: bool = False        # Sentinel promotes a replica when the primary stays down
+    failover_detection_s: float = 1.0  # Sentinel's down-after plus election
 
     def service_times(self) -> ServiceTimes:
         return ServiceTimes(self.command_us / 1e6, self.script_us / 1e6, self.script_per_key_us / 1e6)
+
+    def persistence(self) -> Persistence:
+        return Persistence(self.appendonly, self.appendfsync, self.rdb_interval_s)
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,8 @@ class Scenario:
     server: ServerConfig
     run: RunConfig
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    faults: tuple[Fault, ...] = ()
+    fault_rates: tuple[FaultRate, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -62,12 +77,16 @@ class Scenario:
             "traffic": asdict(self.traffic), "clients": asdict(self.clients),
             "server": asdict(self.server), "run": asdict(self.run),
             "strategy_options": self.strategy_options,
+            "faults": [fault.to_dict() for fault in self.faults],
+            "fault_rates": [asdict(rate) for rate in self.fault_rates],
         }
 
 
 SECTIONS = {"traffic": TrafficConfig, "clients": ClientConfig, "server": ServerConfig, "run": RunConfig}
 TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
-             "strategy_options": dict, **{name: dict for name in SECTIONS}}
+             "strategy_options": dict, "faults": list, "fault_rates": list,
+             **{name: dict for name in SECTIONS}}
+APPENDFSYNC = ("always", "everysec", "no")
 
 # Bounds a value must respect: (low, high), inclusive; None for open.
 BOUNDS: dict[str, tuple[float | None, float | None]] = {
@@ -80,6 +99,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "clients.count": (1, None), "clients.rtt_ms": (1e-9, None), "clients.timeout_ms": (1e-9, None),
     "clients.retries": (0, None), "clients.backoff_ms": (0, None),
     "server.command_us": (1e-9, None), "server.script_us": (1e-9, None), "server.script_per_key_us": (0, None),
+    "server.rdb_interval_s": (1e-3, None), "server.replicas": (0, 5), "server.replication_lag_ms": (0, None),
+    "server.failover_detection_s": (0, None), "clients.wait_timeout_ms": (0, None),
     "run.timeline_points": (0, 10_000),
 }
 
@@ -129,6 +150,9 @@ def parse(path: Path, text: str) -> Scenario:
                                 f"allowed at the top level: {', '.join(TOP_LEVEL)}")
         _check_type(path, key, value, TOP_LEVEL[key])
     sections = {name: _section(path, name, data.get(name, {}), config) for name, config in SECTIONS.items()}
+    if sections["server"].appendfsync not in APPENDFSYNC:
+        raise ScenarioError(f"{path}: key 'server.appendfsync' must be one of {', '.join(APPENDFSYNC)}, "
+                            f"got {sections['server'].appendfsync!r}")
     traffic: TrafficConfig = sections["traffic"]
     if traffic.max_group_size < traffic.group_size_min:
         raise ScenarioError(f"{path}: key 'traffic.max_group_size' ({traffic.max_group_size}) must be >= "
@@ -147,10 +171,49 @@ def parse(path: Path, text: str) -> Scenario:
             STRATEGIES[name](**table)
         except StrategyOptionError as error:
             raise ScenarioError(f"{path}: key 'strategy_options.{name}': {error}") from None
+    faults = tuple(_fault(path, f"faults[{i}]", table, Fault) for i, table in enumerate(data.get("faults", [])))
+    rates = tuple(_fault(path, f"fault_rates[{i}]", table, FaultRate)
+                  for i, table in enumerate(data.get("fault_rates", [])))
+    needs_replica = [f.kind for f in faults + rates if f.kind == "failover"]
+    if needs_replica and sections["server"].replicas < 1:
+        raise ScenarioError(f"{path}: a failover needs a replica: set 'server.replicas' to 1 or more")
     return Scenario(
         path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
         name=data.get("name", path.stem), description=data.get("description", ""),
-        seed=data.get("seed", 1), strategies=strategies, strategy_options=options, **sections)
+        seed=data.get("seed", 1), strategies=strategies, strategy_options=options,
+        faults=faults, fault_rates=rates, **sections)
+
+
+def _fault(path: Path, where: str, table: Any, kind_of: type) -> Fault | FaultRate:
+    """One [[faults]] or [[fault_rates]] entry, checked."""
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{path}: {where} must be a table")
+    timing = {"at": float} if kind_of is Fault else {"per_minute": float}
+    allowed = {"kind": str, **timing, "duration": float, "params": dict}
+    for key, value in table.items():
+        if key not in allowed:
+            raise ScenarioError(f"{path}: key '{where}.{key}' is unknown{_suggest(key, list(allowed))}; "
+                                f"allowed: {', '.join(allowed)}")
+        _check_type(path, f"{where}.{key}", value, allowed[key])
+    for key in ("kind", *timing):
+        if key not in table:
+            raise ScenarioError(f"{path}: {where} needs '{key}'")
+    kind = table["kind"]
+    if kind not in FAULT_KINDS:
+        raise ScenarioError(f"{path}: key '{where}.kind' names unknown fault {kind!r}"
+                            f"{_suggest(kind, list(FAULT_KINDS))}; allowed: {', '.join(FAULT_KINDS)}")
+    _, default_duration, param_defaults = FAULT_KINDS[kind]
+    params = {}
+    for name, value in table.get("params", {}).items():
+        if name not in param_defaults:
+            raise ScenarioError(f"{path}: key '{where}.params.{name}' is unknown for {kind}; "
+                                f"allowed: {', '.join(param_defaults) or 'none'}")
+        params[name] = _check_type(path, f"{where}.params.{name}", value, type(param_defaults[name]))
+    numbers = {key: float(table[key]) for key in timing}
+    duration = float(table.get("duration", default_duration))
+    if duration < 0 or min(numbers.values()) < 0:
+        raise ScenarioError(f"{path}: {where}: times must be >= 0")
+    return kind_of(kind=kind, duration=duration, params=params, **numbers)
 
 
 def _strategy_name(path: Path, key: str, name: Any) -> str:

@@ -22,17 +22,21 @@ class Strategy:
     scripts: ClassVar[tuple[LuaScript, ...]] = ()
     # Options this strategy accepts, with their defaults.
     defaults: ClassVar[dict[str, Any]] = {}
+    # Options every strategy accepts: after each write, WAIT for this many
+    # replicas (the driver sends the WAIT; 0 = never).
+    common_defaults: ClassVar[dict[str, Any]] = {"wait_replicas": 0}
 
     def __init__(self, **options: Any) -> None:
-        unknown = set(options) - set(self.defaults)
+        defaults = {**self.common_defaults, **self.defaults}
+        unknown = set(options) - set(defaults)
         if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
+            allowed = ", ".join(sorted(defaults))
             raise StrategyOptionError(
                 f"unknown option(s) {', '.join(sorted(unknown))} for strategy "
                 f"'{self.name}'; allowed: {allowed}")
-        self.options = {**self.defaults, **options}
+        self.options = {**defaults, **options}
         for name, value in self.options.items():
-            default = self.defaults[name]
+            default = defaults[name]
             if type(default) is float and type(value) is int:
                 value = float(value)
             if type(value) is not type(default):

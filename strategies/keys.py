@@ -16,8 +16,11 @@ def total(user: int) -> str:
     return f"total:{{u{user}}}"
 
 
+LOCK_PREFIX = "lock:"
+
+
 def lock(user: int) -> str:
-    return f"lock:{{u{user}}}"
+    return f"{LOCK_PREFIX}{{u{user}}}"
 
 
 def unread_ids(user: int) -> str:

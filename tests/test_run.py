@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sim.backends.model.driver import ClientConfig, SimDriver
-from sim.backends.model.server import ServiceTimes
+from sim.backends.model.server import Server, ServiceTimes
 from sim.results import strip_wall
 from sim.runner import run_scenario
 from sim.scenario import load
@@ -71,7 +71,7 @@ def race_trace() -> Trace:
 
 def drive(name: str, trace: Trace) -> SimDriver:
     driver = SimDriver(trace, make_strategy(name), ClientConfig(count=2, rtt_ms=0.2),
-                       ServiceTimes(), timeline_points=0)
+                       Server(ServiceTimes()), timeline_points=0)
     driver.run()
     return driver
 

@@ -18,10 +18,13 @@ read in several pieces and interleave with other clients.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from sim.backends.model.journal import Journal
+from sim.backends.model.persistence import Persistence, ReplicationLag
 from sim.backends.model.scripting import ScriptEngine
 from sim.backends.model.store import OK, Store, check_arity
 from sim.commands import CommandError, Pipeline, Request, Script, Transaction
@@ -37,20 +40,37 @@ class ServiceTimes:
     script_per_key: float = 1.5e-6
 
 
+READ_ONLY = frozenset({"GET", "HGET", "HGETALL", "HVALS", "HKEYS", "HLEN", "HEXISTS", "EXISTS",
+                       "TYPE", "PTTL", "SISMEMBER", "SMEMBERS", "SCARD", "KEYS", "DBSIZE", "PING",
+                       "WATCH", "UNWATCH", "SCRIPT", "WAIT"})
+
+
+def may_write(request: Request) -> bool:
+    kind = type(request)
+    if kind is tuple:
+        return request[0] not in READ_ONLY
+    if kind is Pipeline or kind is Transaction:
+        return any(may_write(r) for r in request.commands)
+    return True
+
+
 class Connection:
-    """Server-side state of one client connection (its WATCHed keys)."""
+    """Server-side state of one client connection: its WATCHed keys, the
+    server process it belongs to, the end of its last write (for WAIT)."""
 
-    __slots__ = ("watched", "dirty")
+    __slots__ = ("watched", "dirty", "incarnation", "last_write")
 
-    def __init__(self) -> None:
+    def __init__(self, incarnation: int = 0) -> None:
         self.watched: set[str] = set()
         self.dirty = False
+        self.incarnation = incarnation
+        self.last_write = -math.inf
 
 
 class Entry:
     """One request in the server's queue, and later its reply."""
 
-    __slots__ = ("start", "end", "request", "connection", "reply", "error")
+    __slots__ = ("start", "end", "request", "connection", "reply", "error", "committed", "lost")
 
     def __init__(self, start: float, end: float, request: Request, connection: Connection) -> None:
         self.start = start
@@ -59,11 +79,18 @@ class Entry:
         self.connection = connection
         self.reply: Any = None
         self.error: CommandError | None = None  # the first error reply inside it
+        self.committed = False   # its effects happened (all of them, or a pipeline's prefix)
+        self.lost = False        # the server died before replying
 
 
 class Server:
-    def __init__(self, service: ServiceTimes | None = None) -> None:
+    def __init__(self, service: ServiceTimes | None = None, persistence: Persistence | None = None,
+                 lag: ReplicationLag | None = None) -> None:
         self.service = service or ServiceTimes()
+        self.persistence = persistence or Persistence()
+        self.lag = lag               # None: no replica
+        self.incarnation = 0         # bumped when the process dies: old connections are dead
+        self.down_until = -math.inf  # connections are refused until then
         self.store = Store()
         self.scripts = ScriptEngine(self.store)
         self.queue: deque[Entry] = deque()
@@ -101,17 +128,88 @@ class Server:
         self.free_at = end
         entry = Entry(start, end, request, connection)
         self.queue.append(entry)
+        if may_write(request):
+            connection.last_write = end
         return entry
+
+    def wait(self, connection: Connection, arrival: float, replicas: int, timeout: float) -> tuple[float, int]:
+        """WAIT: when the reply leaves the server, and how many replicas acknowledged
+        the connection's last write. WAIT blocks the client only, not the server."""
+        self.requests += 1
+        ready = arrival + self.service.command
+        if self.lag is None or replicas <= 0 or connection.last_write == -math.inf:
+            return ready, 0
+        acknowledged = connection.last_write + self.lag.at(connection.last_write)
+        if acknowledged <= arrival + timeout:
+            return max(ready, acknowledged), 1
+        return arrival + timeout, 0
 
     def advance(self, now: float) -> None:
         """Commit, in order, every queued request whose service ended by ``now``."""
         queue = self.queue
         while queue and queue[0].end <= now:
             entry = queue.popleft()
-            self.store.now = entry.start
+            self.store.now = entry.end
             self._first_error = None
             entry.reply = self.run(entry.connection, entry.request)
             entry.error = self._first_error
+            entry.committed = True
+
+    # -- faults ---------------------------------------------------------------
+    def keep_history(self, seconds: float) -> None:
+        """Journal writes so that a fault can roll back up to ``seconds``."""
+        self.store.journal = Journal(keep_s=seconds + 1.0)
+
+    def crash(self, at: float, down_for: float, keep_until: float,
+              preserve_prefix: str | None = None) -> dict:
+        """The server process dies at ``at``: what ended by then happened; of
+        the request being served, a pipeline keeps its finished commands and a
+        script or a transaction is lost whole; the rest of the queue is lost.
+        The keyspace is rolled back to ``keep_until`` (what the disk or the
+        promoted replica holds), except keys starting with ``preserve_prefix``.
+        The script cache is empty afterwards and old connections are dead."""
+        self.advance(at)
+        effects: dict[str, Any] = {"cut": None, "requests_lost": len(self.queue), "keys_rolled_back": 0}
+        if self.queue and self.queue[0].start < at:
+            head = self.queue[0]
+            effects["cut"] = type(head.request).__name__
+            if type(head.request) is Pipeline:
+                finished, t = [], head.start
+                for request in head.request.commands:
+                    t += self.service_time(request)
+                    if t > at:
+                        break
+                    finished.append(request)
+                self.store.now = at
+                self.run(head.connection, Pipeline(tuple(finished)))
+                head.committed = bool(finished)
+                effects["pipeline_commands_kept"] = len(finished)
+        for entry in self.queue:
+            entry.lost = True
+        self.queue.clear()
+        if keep_until < at and self.store.journal is not None:
+            effects["keys_rolled_back"] = self._rollback(keep_until, preserve_prefix)
+        self.store.watchers.clear()
+        self.scripts.flush()
+        self.incarnation += 1
+        self.down_until = self.free_at = at + down_for
+        return effects
+
+    def _rollback(self, to: float, preserve_prefix: str | None) -> int:
+        data, expires = self.store.data, self.store.expires
+        kept = {}
+        if preserve_prefix:
+            kept = {key: (value, expires.get(key)) for key, value in data.items() if key.startswith(preserve_prefix)}
+        changed = self.store.journal.rollback(data, expires, to)
+        if preserve_prefix:
+            for key in [key for key in data if key.startswith(preserve_prefix)]:
+                del data[key]
+                expires.pop(key, None)
+            for key, (value, expire) in kept.items():
+                data[key] = value
+                if expire is not None:
+                    expires[key] = expire
+        return len(changed)
 
     # -- execution ------------------------------------------------------------
     def run(self, connection: Connection, request: Request) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from sim.backends.model.journal import Journal
 from sim.commands import CommandError
 
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
@@ -66,6 +67,8 @@ class Store:
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
+        # Set when a fault may need to take writes back (see journal.py).
+        self.journal: Journal | None = None
         self.expires: dict[str, float] = {}
         self.now = 0.0
         # key -> connections WATCHing it; a write marks them dirty (touchWatchedKey).
@@ -79,6 +82,7 @@ class Store:
         value = self.data.get(key)
         if value is not None and self.expires and key in self.expires:
             if self.expires[key] <= self.now:
+                self._write(key)
                 self._remove(key)
                 return None
         return value
@@ -87,11 +91,15 @@ class Store:
         del self.data[key]
         self.expires.pop(key, None)
 
-    def _touch(self, key: str) -> None:
-        watchers = self.watchers.get(key)
-        if watchers:
-            for connection in watchers:
-                connection.dirty = True
+    def _write(self, key: str) -> None:
+        """Every command calls this before it changes a key."""
+        if self.journal is not None:
+            self.journal.before_write(self.data, self.expires, key, self.now)
+        if self.watchers:
+            watchers = self.watchers.get(key)
+            if watchers:
+                for connection in watchers:
+                    connection.dirty = True
 
     def _hash(self, key: str, create: bool = False) -> dict | None:
         value = self._lookup(key)
@@ -140,8 +148,8 @@ class Store:
         removed = 0
         for key in keys:
             if self._lookup(key) is not None:
+                self._write(key)
                 self._remove(key)
-                self._touch(key)
                 removed += 1
         return removed
 
@@ -162,7 +170,7 @@ class Store:
 
     def cmd_flushall(self, *mode: str) -> str:
         for key in list(self.data):
-            self._touch(key)
+            self._write(key)
         self.data.clear()
         self.expires.clear()
         return OK
@@ -173,8 +181,8 @@ class Store:
     def cmd_pexpire(self, key: str, millis: Any) -> int:
         if self._lookup(key) is None:
             return 0
+        self._write(key)
         self.expires[key] = self.now + to_int(millis) / 1000.0
-        self._touch(key)
         return 1
 
     def cmd_pttl(self, key: str) -> int:
@@ -210,20 +218,19 @@ class Store:
         exists = self._lookup(key) is not None
         if (nx and exists) or (xx and not exists):
             return None
+        self._write(key)
         self.data[key] = value if type(value) is str else str(value)
         if ttl is None:
             self.expires.pop(key, None)
         else:
             self.expires[key] = self.now + ttl
-        self._touch(key)
         return OK
 
     def cmd_incrby(self, key: str, amount: Any) -> int:
         current = self._string(key)
         value = (to_int(current) if current is not None else 0) + to_int(amount)
+        self._write(key)
         self.data[key] = str(value)
-        if self.watchers:
-            self._touch(key)
         return value
 
     def cmd_incr(self, key: str) -> int:
@@ -240,6 +247,8 @@ class Store:
     def cmd_hset(self, key: str, *pairs: Any) -> int:
         if len(pairs) % 2:
             raise CommandError("ERR wrong number of arguments for 'hset' command")
+        self._hash(key)
+        self._write(key)
         value = self._hash(key, create=True)
         added = 0
         for i in range(0, len(pairs), 2):
@@ -248,30 +257,29 @@ class Store:
                 added += 1
             item = pairs[i + 1]
             value[field] = item if type(item) is str else str(item)
-        self._touch(key)
         return added
 
     def cmd_hdel(self, key: str, *fields: str) -> int:
         value = self._hash(key)
-        if value is None:
+        if value is None or not any(field in value for field in fields):
             return 0
+        self._write(key)
         removed = 0
         for field in fields:
             if value.pop(field, None) is not None:
                 removed += 1
         if not value:
             self._remove(key)
-        if removed:
-            self._touch(key)
         return removed
 
     def cmd_hincrby(self, key: str, field: str, amount: Any) -> int:
-        value = self._hash(key, create=True)
-        current = value.get(field)
+        value = self._hash(key)
+        current = None if value is None else value.get(field)
         total = (to_int(current, HASH_NOT_INTEGER) if current is not None else 0) + to_int(amount)
+        self._write(key)
+        if value is None:
+            value = self.data[key] = {}
         value[field] = str(total)
-        if self.watchers:
-            self._touch(key)
         return total
 
     def cmd_hgetall(self, key: str) -> list[str]:
@@ -302,21 +310,22 @@ class Store:
 
     # -- sets -----------------------------------------------------------------
     def cmd_sadd(self, key: str, *members: Any) -> int:
+        self._set(key)
+        self._write(key)
         value = self._set(key, create=True)
         before = len(value)
         value.update(m if type(m) is str else str(m) for m in members)
-        self._touch(key)
         return len(value) - before
 
     def cmd_srem(self, key: str, *members: Any) -> int:
         value = self._set(key)
         if not value:
             return 0
+        self._write(key)
         before = len(value)
         value.difference_update(str(m) for m in members)
         if not value:
             self._remove(key)
-        self._touch(key)
         return before - len(value)
 
     def cmd_sismember(self, key: str, member: Any) -> int:
