@@ -93,6 +93,9 @@ class Server:
         self.down_until = -math.inf  # connections are refused until then
         self.store = Store()
         self.scripts = ScriptEngine(self.store)
+        # End times of recent committed writes, kept while a fault may roll back.
+        self._recent_writes: deque[float] | None = None
+        self._history_s = 0.0
         self.queue: deque[Entry] = deque()
         self.free_at = 0.0
         self.requests = 0  # commands as clients sent them (MULTI, EXEC and EVALSHA included)
@@ -154,11 +157,17 @@ class Server:
             entry.reply = self.run(entry.connection, entry.request)
             entry.error = self._first_error
             entry.committed = True
+            if self._recent_writes is not None and may_write(entry.request):
+                self._recent_writes.append(entry.end)
+                while self._recent_writes[0] < entry.end - self._history_s:
+                    self._recent_writes.popleft()
 
     # -- faults ---------------------------------------------------------------
     def keep_history(self, seconds: float) -> None:
         """Journal writes so that a fault can roll back up to ``seconds``."""
         self.store.journal = Journal(keep_s=seconds + 1.0)
+        self._recent_writes = deque()
+        self._history_s = seconds + 1.0
 
     def crash(self, at: float, down_for: float, keep_until: float,
               preserve_prefix: str | None = None) -> dict:
@@ -169,7 +178,8 @@ class Server:
         promoted replica holds), except keys starting with ``preserve_prefix``.
         The script cache is empty afterwards and old connections are dead."""
         self.advance(at)
-        effects: dict[str, Any] = {"cut": None, "requests_lost": len(self.queue), "keys_rolled_back": 0}
+        effects: dict[str, Any] = {"cut": None, "requests_lost": len(self.queue), "keys_rolled_back": 0,
+                                   "acknowledged_writes_lost": 0}
         if self.queue and self.queue[0].start < at:
             head = self.queue[0]
             effects["cut"] = type(head.request).__name__
@@ -189,6 +199,9 @@ class Server:
         self.queue.clear()
         if keep_until < at and self.store.journal is not None:
             effects["keys_rolled_back"] = self._rollback(keep_until, preserve_prefix)
+            # Writes whose reply had left the server: the client was told "done".
+            effects["acknowledged_writes_lost"] = sum(1 for end in self._recent_writes if end > keep_until)
+            self._recent_writes.clear()
         self.store.watchers.clear()
         self.scripts.flush()
         self.incarnation += 1
