@@ -6,26 +6,13 @@ import sys
 from pathlib import Path
 
 from sim import __version__
+from sim.faults import FAULT_KINDS
 from sim.results import write_json
 from sim.runner import peak_rss_mib, run_scenario, stderr_progress
 from sim.scenario import ScenarioError, load
-from sim.table import format_table
+from sim.table import format_causes, format_faults, format_table
 from sim.traffic import Trace, generate
 from strategies import STRATEGIES
-
-FAULT_KINDS = {
-    "client_crash": "the app process dies between two commands of one operation; its work is not retried",
-    "client_pause": "a stop-the-world pause of one client (GC, SIGSTOP), longer than a lock's TTL",
-    "server_crash": "redis-server is killed (SIGKILL) and restarted; the OS page cache survives",
-    "power_loss": "the machine loses power: what was not fsynced is lost, the last write may be torn",
-    "mid_script_power_loss": "power fails while a script or MULTI/EXEC runs (between the two commands for naive)",
-    "failover": "the primary dies and a replica that lacks the latest writes is promoted",
-    "partition": "clients are cut from the primary for a while",
-    "latency": "added network delay and jitter",
-    "reset_peer": "connections are reset: a request may or may not have been applied",
-    "blackhole": "requests vanish without an answer; clients time out",
-}
-
 
 class UsageError(Exception):
     pass
@@ -63,6 +50,11 @@ def command_run(args: argparse.Namespace) -> int:
     results["trace"]["file"] = "trace.npz"
     write_json(out / "results.json", results)
     print(format_table(results))
+    if results["runs"] and results["runs"][0]["faults"]:
+        print()
+        print(format_faults(results))
+        print()
+        print(format_causes(results))
     summary = results["trace"]
     print(f"\n{summary['messages']} messages ({summary['deliveries']} deliveries), "
           f"{summary['operations']} operations over {summary['span_s']:.1f} simulated s; "
@@ -88,7 +80,7 @@ def command_list(args: argparse.Namespace) -> int:
     for name, cls in STRATEGIES.items():
         print(f"  {name:<15} {cls.summary}")
     print("\nfault kinds:")
-    for name, text in FAULT_KINDS.items():
+    for name, (text, _, _) in FAULT_KINDS.items():
         print(f"  {name:<22} {text}")
     return 0
 

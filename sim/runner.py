@@ -90,22 +90,27 @@ def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: lis
 
 
 def recovery(timeline: list[dict], faults: list[dict]) -> list[dict]:
-    """For each fault: the drift just before it, the peak after it, and how
-    long after the fault ended the drift came back down (None: it did not,
-    within the run)."""
+    """For each fault, until the next one starts: the drift just before it,
+    the peak after it, and how long after the fault ended the drift came back
+    down to where it was (None: not before the next fault or the run's end)."""
     out = []
-    for fault in faults:
+    starts = [fault["at"] for fault in faults]
+    for index, fault in enumerate(faults):
         start, end = fault["at"], fault["at"] + fault["duration"]
+        following = [t for t in starts[index + 1:] if t > start]
+        until = min(following) if following else float("inf")
         before = [point["abs_drift_sum"] for point in timeline if point["t"] <= start]
         baseline = before[-1] if before else 0
-        after = [point for point in timeline if point["t"] > start]
-        peak = max((point["abs_drift_sum"] for point in after), default=baseline)
+        window = [point for point in timeline if start < point["t"] <= until]
+        peak = max((point["abs_drift_sum"] for point in window), default=baseline)
         recovered = None
         if peak > baseline:
-            for point in after:
+            for point in window:
                 if point["t"] >= end and point["abs_drift_sum"] <= baseline:
                     recovered = round(point["t"] - end, 6)
                     break
+        else:
+            recovered = 0.0
         out.append({"kind": fault["kind"], "at": start, "drift_before": baseline,
                     "peak_drift": peak, "recovered_after_s": recovered})
     return out

@@ -38,3 +38,24 @@ def format_table(results: dict) -> str:
             cells.append(text.ljust(width) if i == 0 else text.rjust(width))
         lines.append("  ".join(cells))
     return "\n".join(lines)
+
+
+def format_faults(results: dict) -> str:
+    """The schedule that was applied (the same for every strategy), one line a fault."""
+    faults = results["runs"][0]["faults"] if results["runs"] else []
+    lines = []
+    for fault in faults:
+        params = ", ".join(f"{key}={value}" for key, value in fault["params"].items())
+        lines.append(f"  {fault['at']:8.3f} s  {fault['kind']:<22} for {fault['duration']:.3f} s"
+                     + (f"  ({params})" if params else ""))
+    return "\n".join(["faults:", *lines]) if lines else ""
+
+
+def format_causes(results: dict) -> str:
+    """|drift| by cause, strategy by strategy (only the causes that contributed)."""
+    lines = []
+    for run in results["runs"]:
+        shares = run["drift_by_cause"]["abs_drift_sum"]
+        parts = [f"{cause} {value:+d}" for cause, value in shares.items() if value]
+        lines.append(f"  {run['strategy']:<15} {run['drift']['abs_drift_sum']:>6} = " + (", ".join(parts) or "0"))
+    return "\n".join(["|drift| by cause:", *lines])
