@@ -97,6 +97,9 @@ class SimDriver:
         self._half_rtt = clients.rtt_ms / 2000.0
         self._timeout = clients.timeout_ms / 1000.0
         self._wait_replicas = int(strategy.options.get("wait_replicas", 0))
+        # Counterfactual when "retry_applied_twice" is off: the reply of a
+        # request that reached the server is never lost (no timeout, no reset).
+        self._replies_lost = "retry_applied_twice" in causes
         self._t = trace.t.tolist()
         self._kind = trace.kind.tolist()
         self._user = trace.user.tolist()
@@ -221,7 +224,7 @@ class SimDriver:
                     operation.close()
                     return Attempt(UNKNOWN, crashed=True)
                 try:
-                    reply = yield from self._request(client, request, entries, (op, attempt, sent))
+                    reply = yield from self._request(client, request, entries, op, attempt, sent)
                 except CommandError as found:
                     error = found
                     continue
@@ -249,12 +252,12 @@ class SimDriver:
             history.errors[type(gave_up).__name__] += 1
             return Attempt(FAIL)
 
-    def _request(self, client: Client, request: Any, entries: list[Entry], which: tuple[int, int, int]):
+    def _request(self, client: Client, request: Any, entries: list[Entry], op: int, attempt: int, number: int):
         """Send one request and return its reply; raise CommandError for an
-        error reply, ConnectionLost when the reply is lost. ``which`` is
-        (operation, attempt, request number): it decides the network's dice."""
+        error reply, ConnectionLost when the reply is lost. The operation, the
+        attempt and the request's number decide the network's dice."""
         env, server = self.env, self.server
-        route = self.network.route(env.now, *which)
+        route = self.network.route(env.now, op, attempt, number) if self.network.windows else network.CLEAR
         if route.fate == network.REFUSE:
             yield env.timeout(2 * self._half_rtt)
             client.connection = None
@@ -279,9 +282,7 @@ class SimDriver:
         entry = server.submit(connection, request, sent + self._half_rtt)
         entries.append(entry)
         reply_at = entry.end + self._half_rtt + route.delay_back
-        # Counterfactual when "retry_applied_twice" is off: the reply of a
-        # request that reached the server is never lost (no timeout, no reset).
-        replies_lost = "retry_applied_twice" in self.causes
+        replies_lost = self._replies_lost
         if reply_at - sent > self._timeout and replies_lost:
             yield env.timeout(self._timeout)
             client.connection = None
@@ -298,7 +299,7 @@ class SimDriver:
             if str(reply).startswith("NOSCRIPT"):
                 self.noscript += 1
                 client.connection = None  # reconnect, load the scripts, send again
-                return (yield from self._request(client, request, entries, which))
+                return (yield from self._request(client, request, entries, op, attempt, number))
             raise reply
         if self._wait_replicas and may_write(request):
             ready, _ = server.wait(connection, env.now + self._half_rtt, self._wait_replicas,

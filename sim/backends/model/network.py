@@ -21,7 +21,7 @@ class Route:
     delay_back: float = 0.0
 
 
-_CLEAR = Route()
+CLEAR = Route()
 _MASK = (1 << 64) - 1
 
 
@@ -49,11 +49,11 @@ class Network:
         """What happens to request number ``request`` of attempt ``attempt``
         of operation ``op``, sent now."""
         if not self.windows:
-            return _CLEAR
+            return CLEAR
         self.windows = [window for window in self.windows if window.end > now]
         active = [window for window in self.windows if window.at <= now]
         if not active:
-            return _CLEAR
+            return CLEAR
         route = Route()
         for window in active:
             kind = window.kind
