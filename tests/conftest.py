@@ -34,3 +34,14 @@ def small_scenario(tmp_path: Path) -> Path:
     path = tmp_path / "small.toml"
     path.write_text(SMALL_SCENARIO)
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server of our own for the session, stopped by its PID at the end."""
+    from sim.backends.real.processes import RedisServer
+
+    server = RedisServer("test", tmp_path_factory.mktemp("redis"), {"appendonly": "no"})
+    server.start()
+    yield server
+    server.stop()

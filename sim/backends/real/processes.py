@@ -1,0 +1,205 @@
+"""redis-server and toxiproxy-server processes that the harness owns.
+
+Every process listens on 127.0.0.1 on a port picked free, keeps its files in
+a private temporary folder, and is registered so that it is stopped, by its
+PID, when the run ends, fails, or is interrupted (Ctrl-C, SIGTERM, or the
+interpreter exiting).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class ProcessError(RuntimeError):
+    pass
+
+
+class _Registry:
+    """Every child process started, so that none outlives the harness."""
+
+    def __init__(self) -> None:
+        self.processes: dict[int, subprocess.Popen] = {}
+        atexit.register(self.stop_all)
+        self._previous_sigterm = None
+
+    def add(self, process: subprocess.Popen) -> None:
+        if not self.processes and self._previous_sigterm is None:
+            self._previous_sigterm = signal.getsignal(signal.SIGTERM)
+            try:
+                signal.signal(signal.SIGTERM, self._on_sigterm)
+            except ValueError:  # not the main thread: atexit still covers us
+                pass
+        self.processes[process.pid] = process
+
+    def remove(self, process: subprocess.Popen) -> None:
+        self.processes.pop(process.pid, None)
+
+    def stop_all(self) -> None:
+        for process in list(self.processes.values()):
+            stop_process(process)
+        self.processes.clear()
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.stop_all()
+        raise SystemExit(128 + signum)
+
+
+REGISTRY = _Registry()
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Stop a child by its PID: SIGCONT (in case it is paused), SIGTERM, then SIGKILL."""
+    if process.poll() is None:
+        for sig in (signal.SIGCONT, signal.SIGTERM):
+            try:
+                os.kill(process.pid, sig)
+            except ProcessLookupError:
+                break
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+    REGISTRY.remove(process)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def find_binary(name: str, env_var: str) -> str:
+    """An explicit path in ``env_var``, else PATH, else the project's tools/."""
+    explicit = os.environ.get(env_var)
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise ProcessError(f"{env_var}={explicit} is not an executable file")
+        return explicit
+    found = shutil.which(name) or (str(ROOT / "tools" / name) if os.access(ROOT / "tools" / name, os.X_OK) else None)
+    if not found:
+        raise ProcessError(f"{name} not found: run scripts/setup, put it on PATH, or set {env_var}")
+    return found
+
+
+def _wait_until(check, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as error:  # the process is still coming up
+            last = error
+        time.sleep(0.02)
+    raise ProcessError(f"{what} did not come up within {timeout:.0f} s ({last})")
+
+
+class RedisServer:
+    """One redis-server process with its own folder and port."""
+
+    def __init__(self, name: str, folder: Path, config: dict[str, str]) -> None:
+        self.name = name
+        self.folder = folder
+        self.port = free_port()
+        self.config = config
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def aof_folder(self) -> Path:
+        return self.folder / "appendonlydir"
+
+    def _write_config(self) -> Path:
+        lines = {
+            "bind": "127.0.0.1", "port": str(self.port), "dir": str(self.folder),
+            "daemonize": "no", "protected-mode": "yes", "logfile": str(self.folder / "redis.log"),
+            "dbfilename": "dump.rdb", "appenddirname": "appendonlydir",
+            "aof-load-truncated": "yes", "auto-aof-rewrite-percentage": "0",
+            "aof-use-rdb-preamble": "yes", "save": '""', **self.config,
+        }
+        path = self.folder / "redis.conf"
+        path.write_text("".join(f"{key} {value}\n" for key, value in lines.items()))
+        return path
+
+    def start(self) -> None:
+        binary = find_binary("redis-server", "COUNTDRIFT_REDIS_SERVER")
+        config = self._write_config()
+        self.process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        REGISTRY.add(self.process)
+        _wait_until(lambda: self.client().ping(), f"redis-server {self.name} on port {self.port}")
+
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
+                           socket_timeout=5, **options)
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once; the OS keeps what it had written."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        if self.process is not None:
+            REGISTRY.remove(self.process)
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class ToxiproxyServer:
+    """A toxiproxy-server on 127.0.0.1, driven with toxiproxy-python."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        from toxiproxy import Toxiproxy
+
+        binary = find_binary("toxiproxy-server", "COUNTDRIFT_TOXIPROXY")
+        log = open(self.folder / "toxiproxy.log", "wb")
+        self.process = subprocess.Popen([binary, "-host", "127.0.0.1", "-port", str(self.port)],
+                                        stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        REGISTRY.add(self.process)
+        self.api = Toxiproxy()
+        self.api.update_api_consumer("127.0.0.1", self.port)
+        _wait_until(self.api.running, f"toxiproxy-server on port {self.port}")
+
+    def proxy(self, name: str, upstream: str):
+        """A proxy listening on a free port of 127.0.0.1 to ``upstream``."""
+        return self.api.create(upstream=upstream, name=name, listen=f"127.0.0.1:{free_port()}")
+
+    def set_upstream(self, name: str, upstream: str) -> None:
+        from toxiproxy.api import APIConsumer
+
+        APIConsumer.post(f"/proxies/{name}", json={"upstream": upstream})
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)

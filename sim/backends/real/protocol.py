@@ -1,0 +1,72 @@
+"""Backend-neutral requests (sim/commands.py) as Redis commands on one
+connection, and their replies back.
+
+A request becomes a flat list of commands sent in one write (a pipeline: one
+round trip): a Script is an EVALSHA, a Transaction is MULTI ... EXEC on the
+same connection (so WATCH works), a Pipeline is its parts in a row. The
+replies are read in order and put back in the request's shape; an error
+reply becomes a CommandError, as in the simulation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from sim.commands import CommandError, Pipeline, Request, Script, Transaction
+
+
+def flatten(request: Request) -> list[tuple]:
+    kind = type(request)
+    if kind is tuple:
+        return [request]
+    if kind is Script:
+        return [("EVALSHA", request.script.sha, len(request.keys), *request.keys, *request.args)]
+    if kind is Transaction:
+        return [("MULTI",), *(command for part in request.commands for command in flatten(part)), ("EXEC",)]
+    if kind is Pipeline:
+        return [command for part in request.commands for command in flatten(part)]
+    raise TypeError(f"not a Redis request: {request!r}")
+
+
+def as_command_error(error: ResponseError) -> CommandError:
+    """redis-py strips the error code of the errors it knows (ERR, NOSCRIPT,
+    EXECABORT...) into ``status_code``: put it back, as the server sent it."""
+    code = getattr(error, "status_code", None)
+    return CommandError(f"{code} {error}" if code else str(error))
+
+
+def _reply(value: Any) -> Any:
+    if isinstance(value, ResponseError):
+        return as_command_error(value)
+    if isinstance(value, list):
+        return [_reply(item) for item in value]
+    return value
+
+
+def assemble(request: Request, replies: list) -> Any:
+    """The replies to ``flatten(request)`` in the request's shape."""
+    reply, rest = _take(request, [_reply(value) for value in replies])
+    assert not rest
+    return reply
+
+
+def _take(request: Request, replies: list) -> tuple[Any, list]:
+    kind = type(request)
+    if kind is tuple or kind is Script:
+        return replies[0], replies[1:]
+    if kind is Pipeline:
+        out = []
+        for part in request.commands:
+            value, replies = _take(part, replies)
+            out.append(value)
+        return out, replies
+    count = len(flatten(request))
+    block, rest = replies[:count], replies[count:]
+    queued_errors = [value for value in block[1:-1] if isinstance(value, CommandError)]
+    exec_reply = block[-1]
+    if isinstance(exec_reply, CommandError):
+        return exec_reply, rest
+    if queued_errors and exec_reply is None:
+        return queued_errors[0], rest
+    return exec_reply, rest

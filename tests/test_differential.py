@@ -1,0 +1,126 @@
+"""The same requests against the simulated Redis and a real redis-server end
+in the same keys, values and replies (DESIGN.md's facts, checked at the source)."""
+from __future__ import annotations
+
+import pytest
+
+from sim.backends.model.server import Server
+from sim.backends.real.connection import SyncConnection
+from sim.commands import CommandError, Pipeline, Script, Transaction, run_now
+from sim.lua import LuaScript
+from strategies import STRATEGIES, make_strategy
+
+pytestmark = pytest.mark.redis
+
+
+def dump(execute) -> dict:
+    """Every key: its type and value, and whether it has a TTL."""
+    state = {}
+    for key in sorted(execute(("KEYS", "*"))):
+        kind = execute(("TYPE", key))
+        value = {"string": ("GET", key), "hash": ("HGETALL", key), "set": ("SMEMBERS", key)}[kind]
+        raw = execute(value)
+        if kind == "hash":
+            raw = dict(zip(raw[::2], raw[1::2]))
+        elif kind == "set":
+            raw = sorted(raw)
+        state[key] = (kind, raw, execute(("PTTL", key)) > 0)
+    return state
+
+
+def normalise(reply):
+    if isinstance(reply, CommandError):
+        return ("error", str(reply).split(" ", 1)[0])
+    if isinstance(reply, list):
+        return [normalise(item) for item in reply]
+    return reply
+
+
+class Both:
+    """Run each request on the simulated server and on the real one."""
+
+    def __init__(self, real: SyncConnection) -> None:
+        self.sim = Server()
+        self.real = real
+        self.real.execute(("FLUSHALL",))
+        for strategy in STRATEGIES.values():
+            for script in strategy.scripts:
+                self.sim.scripts.load(script)
+                self.real.execute(("SCRIPT", "LOAD", script.source))
+
+    def sim_execute(self, request):
+        if type(request) is Script:
+            self.sim.scripts.load(request.script)
+        return self.sim.inspect(request)
+
+    def run(self, operation_factory):
+        sim_reply = run_now(operation_factory(), self.sim_execute)
+        real_reply = run_now(operation_factory(), self.real.execute)
+        assert normalise(sim_reply) == normalise(real_reply)
+        return sim_reply
+
+    def assert_same_state(self):
+        assert dump(self.sim.inspect) == dump(self.real.execute)
+
+
+@pytest.fixture
+def both(redis_server):
+    connection = SyncConnection("127.0.0.1", redis_server.port)
+    yield Both(connection)
+    connection.close()
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_each_strategy_ends_in_the_same_keys(both, name):
+    strategy = make_strategy(name)
+    sequence = [
+        lambda: strategy.deliver(1, 7, [1, 2]),
+        lambda: strategy.deliver(2, 7, [1]),
+        lambda: strategy.deliver(3, 8, [1, 2, 3]),
+        lambda: strategy.fetch_badge(1),
+        lambda: strategy.open_conversation(1, 7),
+        lambda: strategy.deliver(3, 8, [1, 2, 3]),   # a retried delivery
+        lambda: strategy.open_conversation(2, 9),    # nothing to clear
+        lambda: strategy.fetch_badge(2),
+        lambda: strategy.counters(1),
+        lambda: strategy.open_conversation(3, 8),
+        lambda: strategy.counters(3),
+    ]
+    for step in sequence:
+        both.run(step)
+    both.assert_same_state()
+
+
+def one(request):
+    def operation():
+        try:
+            return (yield request)
+        except CommandError as error:
+            return error
+    return operation
+
+
+def test_redis_semantics_match(both):
+    error_after_write = LuaScript("half", 'redis.call("INCRBY", KEYS[1], 5)\n'
+                                          'redis.call("HSET", KEYS[2], "f", "v")\nreturn 1')
+    conversions = LuaScript("conv", 'return {1, "two", false, 4, 3.7, redis.call("GET", "nope")}')
+    cut = LuaScript("cut", 'return {1, nil, 3}')
+    requests = [
+        ("SET", "s", "text"),
+        Transaction((("INCRBY", "a", 1), ("HSET", "s", "f", "v"), ("INCRBY", "b", 1))),  # no rollback
+        Transaction((("INCRBY", "a", 1), ("INCRBY", "b"))),                                # EXECABORT
+        Script(error_after_write, ("c", "s")),                                              # keeps INCRBY
+        Script(conversions, ()),
+        Script(cut, ()),
+        Pipeline((("HINCRBY", "h", "f", 2), ("HINCRBY", "s", "f", 1), ("HGET", "h", "f"))),
+        ("HSET", "h", "g", "x"),
+        ("HINCRBY", "h", "g", 1),
+        ("INCRBY", "n", "1.5"),
+        ("SET", "lock", "a", "NX", "PX", 100000),
+        ("SET", "lock", "b", "NX", "PX", 100000),
+        ("HDEL", "h", "f", "g"),
+        ("SADD", "set", "x", "y"),
+    ]
+    for request in requests:
+        both.run(one(request))
+    both.assert_same_state()
