@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sim.backends.model.driver import CAUSES
+from sim.client import CAUSES
 from sim.checker import Drift
 from sim.faults import Fault
 

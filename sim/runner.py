@@ -7,7 +7,8 @@ import time
 from typing import Callable, Iterable, TextIO
 
 from sim import __version__
-from sim.backends.model.driver import CAUSES, SimDriver
+from sim.backends.model.driver import SimDriver
+from sim.client import CAUSES
 from sim.backends.model.nemesis import Nemesis
 from sim.backends.model.persistence import ReplicationLag
 from sim.backends.model.server import Server

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sim.backends.model.driver import ClientConfig
+from sim.client import ClientConfig
 from sim.backends.model.persistence import Persistence
 from sim.backends.model.server import ServiceTimes
 from sim.faults import FAULT_KINDS, Fault, FaultRate

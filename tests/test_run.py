@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.backends.model.driver import ClientConfig, SimDriver
+from sim.backends.model.driver import SimDriver
+from sim.client import ClientConfig
 from sim.backends.model.server import Server, ServiceTimes
 from sim.results import strip_wall
 from sim.runner import run_scenario

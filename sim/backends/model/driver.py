@@ -13,65 +13,22 @@ survive a restart or a failover).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import simpy
 
 from sim.backends.model import network
+from sim.client import CAUSES, Attempt, Client, ClientConfig, ConnectionRefused
 from sim.backends.model.network import Network
 from sim.backends.model.server import Connection, Entry, Server, may_write
 from sim.checker import Counters, Drift, check
 from sim.commands import Backoff, CommandError, ConnectionLost, Pipeline, run_now
 from sim.history import FAIL, OK, UNKNOWN, History
-from sim.traffic import DELIVER, READ, Trace
+from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
+from sim.workload import Workload
 from strategies.base import Strategy
-
-# Mechanisms by which counters go wrong, each one the simulation can switch
-# off to measure what it contributes (see sim/causes.py).
-CAUSES = ("gave_up", "retry_applied_twice", "lost_unfsynced", "lost_on_failover", "two_lock_holders")
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    count: int = 32
-    rtt_ms: float = 0.2
-    timeout_ms: float = 1000.0
-    retries: int = 2            # re-runs of an operation that failed to reach Redis or lost a reply
-    backoff_ms: float = 5.0     # doubled at each retry...
-    max_backoff_ms: float = 1000.0  # ...up to this
-    wait_timeout_ms: float = 10.0
-
-
-class ConnectionRefused(ConnectionLost):
-    """The request never reached the server (it is down, or partitioned away)."""
-
-
-class Client:
-    """One virtual client: a connection, and what the nemesis did to it."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.connection: Connection | None = None
-        self.crash_for: float | None = None   # set by a client_crash: dies mid-operation
-        self.pause_for: float | None = None   # set by a client_pause: freezes mid-operation
-        self.struck_since = 0.0               # when the crash or pause was set
-
-    def crash(self, now: float, down_for: float) -> None:
-        self.crash_for, self.struck_since = down_for, now
-
-    def pause(self, now: float, pause_for: float) -> None:
-        self.pause_for, self.struck_since = pause_for, now
-
-
-@dataclass(frozen=True)
-class Attempt:
-    outcome: int
-    retriable: bool = False        # it failed at the connection: the retry policy may run it again
-    crashed: bool = False          # the client died inside it
-
 
 class SimDriver:
     def __init__(self, trace: Trace, strategy: Strategy, clients: ClientConfig, server: Server,
@@ -100,13 +57,8 @@ class SimDriver:
         # Counterfactual when "retry_applied_twice" is off: the reply of a
         # request that reached the server is never lost (no timeout, no reset).
         self._replies_lost = "retry_applied_twice" in causes
-        self._t = trace.t.tolist()
-        self._kind = trace.kind.tolist()
-        self._user = trace.user.tolist()
-        self._conv = trace.conv.tolist()
-        self._message = trace.message.tolist()
-        self._members = [trace.conv_members[start:end].tolist()
-                         for start, end in zip(trace.conv_offsets[:-1], trace.conv_offsets[1:])]
+        self.workload = Workload(trace)
+        self._t = self.workload.t
         for script in strategy.scripts:
             self.server.scripts.load(script)
 
@@ -151,19 +103,8 @@ class SimDriver:
                 self.progress(at, ops)
 
     # -- clients ----------------------------------------------------------------
-    def _operation(self, op: int):
-        kind = self._kind[op]
-        if kind == DELIVER:
-            sender = self._user[op]
-            recipients = [user for user in self._members[self._conv[op]] if user != sender]
-            return self.strategy.deliver(self._message[op], self._conv[op], recipients)
-        if kind == READ:
-            return self.strategy.open_conversation(self._user[op], self._conv[op])
-        return self.strategy.fetch_badge(self._user[op])
-
     def _client(self, client: Client, ops: range):
         env, history = self.env, self.history
-        backoff, max_backoff = self.config.backoff_ms / 1000.0, self.config.max_backoff_ms / 1000.0
         for op in ops:
             intended = self._t[op]
             if intended > env.now:
@@ -187,24 +128,17 @@ class SimDriver:
                     break  # (counterfactual when off: retry until it goes through)
                 attempt += 1
                 history.retries += 1
-                yield env.timeout(min(max_backoff, backoff * 2 ** min(attempt - 1, 30)))
+                yield env.timeout(self.config.backoff(attempt))
             history.completed(op, env.now, result.outcome)
 
     def _pause(self, client: Client):
         yield self.env.timeout(client.pause_for)
         client.pause_for = None
 
-    def _strikes(self, client: Client, requests_done: int, wanted: int) -> bool:
-        """Does a pending client crash or pause strike now? It waits for an
-        operation that has done ``wanted`` requests; after a second it settles
-        for one request done, after two for any moment."""
-        waited = self.env.now - client.struck_since
-        return requests_done >= wanted or (waited > 1.0 and requests_done) or waited > 2.0
-
     def _attempt(self, client: Client, op: int, attempt: int):
         """One attempt of an operation."""
         history = self.history
-        operation = self._operation(op)
+        operation = self.workload.operation(self.strategy, op)
         entries: list[Entry] = []
         reply: Any = None
         error: Exception | None = None
@@ -220,7 +154,7 @@ class SimDriver:
                     yield self.env.timeout(request.seconds)
                     continue
                 # A client crash strikes between two requests of an operation.
-                if client.crash_for is not None and self._strikes(client, len(entries), 1):
+                if client.crash_for is not None and client.strikes(self.env.now, len(entries), 1):
                     operation.close()
                     return Attempt(UNKNOWN, crashed=True)
                 try:
@@ -234,7 +168,7 @@ class SimDriver:
                 # A pause strikes when a reply comes back, preferably one that
                 # an operation will act on (it has read, and will write).
                 if (client.pause_for is not None and "two_lock_holders" in self.causes
-                        and self._strikes(client, len(entries), 2)):
+                        and client.strikes(self.env.now, len(entries), 2)):
                     yield from self._pause(client)
         except StopIteration:
             return Attempt(FAIL if failed else OK)
