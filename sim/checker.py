@@ -8,11 +8,13 @@ its range drifts by its distance to the nearest end.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from sim.commands import Request, run_batch
 from sim.truth import Memberships, TruthRanges
+from strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,18 @@ class Drift:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def read_counters(strategy: Strategy, users: int, execute: Callable[[Request], Any],
+                  batch: int = 1000) -> Counters:
+    """Read every user's counters back through a backend's ``execute``,
+    ``batch`` users per round trip."""
+    rows = []
+    for first in range(0, users, batch):
+        chunk = range(first, min(users, first + batch))
+        replies = run_batch([strategy.counters(user) for user in chunk], execute)
+        rows.extend((user, counts, total) for user, (counts, total) in zip(chunk, replies))
+    return Counters.collect(users, rows)
 
 
 def _outside(value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -42,10 +42,10 @@ def command_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / f"{scenario.name}-s{seed}"
     if not args.quiet:
         print(f"countdrift {__version__}: scenario {scenario.name} ({scenario.path}), seed {seed}, "
-              f"backend sim, strategies {', '.join(strategies)}", file=sys.stderr)
+              f"backend {args.backend}, strategies {', '.join(strategies)}", file=sys.stderr)
     if trace is None:
         trace = generate(scenario.traffic, seed)
-    results = run_scenario(scenario, strategies, trace, None if args.quiet else stderr_progress())
+    results = run_scenario(scenario, strategies, trace, None if args.quiet else stderr_progress(), args.backend)
     trace.save(out / "trace.npz")
     results["trace"]["file"] = "trace.npz"
     write_json(out / "results.json", results)
@@ -101,6 +101,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the scenario's seed")
     run.add_argument("--out", help="output folder (default: results/<scenario>-s<seed>)")
     run.add_argument("--trace", help="replay a saved trace instead of generating one")
+    run.add_argument("--backend", choices=("sim", "redis"), default="sim",
+                     help="sim: the SimPy model (default); redis: real redis-server and toxiproxy-server processes")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(handler=command_run)
 

@@ -74,3 +74,30 @@ def run_now(operation: Operation, execute: Callable[[Request], Any]) -> Any:
                 reply, error = None, reply
     except StopIteration as stop:
         return stop.value
+
+
+def run_batch(operations: list[Operation], execute: Callable[[Request], Any]) -> list[Any]:
+    """Drive many operations in lockstep, their pending requests sent
+    together as one Pipeline per step (one round trip to a real server).
+    Error replies are thrown into their operations; Backoff does not wait."""
+    results: list[Any] = [None] * len(operations)
+    pending: dict[int, tuple[Any, CommandError | None]] = {i: (None, None) for i in range(len(operations))}
+    while pending:
+        requests: dict[int, Request] = {}
+        for index, (reply, error) in pending.items():
+            operation = operations[index]
+            try:
+                while True:
+                    request = operation.send(reply) if error is None else operation.throw(error)
+                    if type(request) is not Backoff:
+                        break
+                    reply, error = None, None
+                requests[index] = request
+            except StopIteration as stop:
+                results[index] = stop.value
+        if not requests:
+            break
+        replies = execute(Pipeline(tuple(requests.values())))
+        pending = {index: ((None, reply) if isinstance(reply, CommandError) else (reply, None))
+                   for index, reply in zip(requests, replies)}
+    return results

@@ -25,7 +25,7 @@ FAULT_KINDS: dict[str, tuple[str, float, dict[str, Any]]] = {
         0.5, {}),
     "power_loss": (
         "the machine loses power: what was not fsynced is lost; back after `duration`",
-        1.0, {}),
+        1.0, {"tear_bytes": 0}),
     "mid_script_power_loss": (
         "power fails while a script or MULTI/EXEC runs (between two commands for naive)",
         1.0, {"within_s": 5.0}),

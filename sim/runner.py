@@ -44,7 +44,7 @@ def stderr_progress(stream: TextIO = sys.stderr, every_s: float = 2.0) -> Progre
             last[0] = now
             fraction = at / span if span else 1.0
             eta = (now - started) * (1 - fraction) / fraction if fraction else 0.0
-            stream.write(f"  [{strategy}] sim {at:8.2f}/{span:.2f} s  ops {done}/{total} "
+            stream.write(f"  [{strategy}] t {at:8.2f}/{span:.2f} s  ops {done}/{total} "
                          f"({100 * fraction:3.0f}%)  wall {now - started:6.1f} s  eta {eta:5.1f} s\n")
             stream.flush()
 
@@ -117,6 +117,33 @@ def recovery(timeline: list[dict], faults: list[dict]) -> list[dict]:
     return out
 
 
+def run_record(scenario: Scenario, trace: Trace, strategy: Strategy, driver, faults: list[dict],
+               drift: Drift) -> dict:
+    """The part of a run's results that every backend reports alike."""
+    history = driver.history
+    return {
+        "strategy": strategy.name,
+        "options": {**strategy.options, "retries": scenario.clients.retries,
+                    "backoff_ms": scenario.clients.backoff_ms, "timeout_ms": scenario.clients.timeout_ms,
+                    "appendfsync": scenario.server.appendfsync if scenario.server.appendonly else "off"},
+        "messages": int((trace.kind == DELIVER).sum()),
+        **performance(trace, history),
+        "faults": faults,
+        "drift": drift.as_dict(),
+        "recovery": recovery(driver.timeline, faults),
+        "outcomes": history.outcomes(),
+        "retries": history.retries,
+        "ambiguous": history.ambiguous,
+        "errors": sum(history.errors.values()),
+        "errors_by_kind": dict(sorted(history.errors.items())),
+        "reconnects": driver.reconnects,
+        "script_loads": driver.script_loads,
+        "noscript": driver.noscript,
+        "operations_cut_by_client_crash": driver.crashed_operations,
+        "timeline": driver.timeline,
+    }
+
+
 def run_strategy(scenario: Scenario, trace: Trace, name: str, schedule: list[Fault],
                  progress: ProgressFactory | None = None) -> dict:
     options = scenario.strategy_options.get(name, {})
@@ -138,48 +165,35 @@ def run_strategy(scenario: Scenario, trace: Trace, name: str, schedule: list[Fau
     outcomes = history.outcomes()
     switchable = relevant(name, schedule, outcomes["fail"] + outcomes["unknown"], history.ambiguous,
                           scenario.server.auto_failover)
-    return {
-        "strategy": name,
-        "options": {**strategy.options, "retries": scenario.clients.retries,
-                    "backoff_ms": scenario.clients.backoff_ms, "timeout_ms": scenario.clients.timeout_ms,
-                    "appendfsync": scenario.server.appendfsync if scenario.server.appendonly else "off"},
-        "messages": int((trace.kind == DELIVER).sum()),
-        **performance(trace, history),
+    record = run_record(scenario, trace, strategy, driver, nemesis.applied, drift)
+    record.update({
         "redis_requests": driver.server.requests,
         "redis_commands": driver.server.commands,
-        "faults": nemesis.applied,
-        "drift": drift.as_dict(),
         "drift_by_cause": attribute(drift, switchable, replay),
-        "recovery": recovery(driver.timeline, nemesis.applied),
-        "outcomes": outcomes,
-        "retries": history.retries,
-        "ambiguous": history.ambiguous,
-        "errors": sum(history.errors.values()),
-        "errors_by_kind": dict(sorted(history.errors.items())),
-        "reconnects": driver.reconnects,
-        "script_loads": driver.script_loads,
-        "noscript": driver.noscript,
-        "operations_cut_by_client_crash": driver.crashed_operations,
-        "timeline": driver.timeline,
         "wall_seconds": round(wall_run, 3),
         "wall_seconds_attribution": round(time.perf_counter() - started - wall_run, 3),
         "wall_redis_commands_per_s": round(driver.server.commands / wall_run, 1) if wall_run else 0.0,
-    }
+    })
+    return record
 
 
 def run_scenario(scenario: Scenario, strategies: Iterable[str] | None = None, trace: Trace | None = None,
-                 progress: ProgressFactory | None = None) -> dict:
+                 progress: ProgressFactory | None = None, backend: str = "sim") -> dict:
     """Run the strategies (default: the scenario's) on a trace (default: the
     scenario's, generated with its seed)."""
     started = time.perf_counter()
     if trace is None:
         trace = generate(scenario.traffic, scenario.seed)
     schedule = schedule_for(scenario, trace)
-    runs = [run_strategy(scenario, trace, name, schedule, progress) for name in (strategies or scenario.strategies)]
+    if backend == "redis":
+        from sim.backends.real.run import run_strategy_on_redis as run_one
+    else:
+        run_one = run_strategy
+    runs = [run_one(scenario, trace, name, schedule, progress) for name in (strategies or scenario.strategies)]
     return {
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,
-        "backend": "sim",
+        "backend": backend,
         "seed": trace.seed,
         "scenario": scenario.to_dict(),
         "trace": trace.summary(),

@@ -22,8 +22,8 @@ from sim.backends.model import network
 from sim.client import CAUSES, Attempt, Client, ClientConfig, ConnectionRefused
 from sim.backends.model.network import Network
 from sim.backends.model.server import Connection, Entry, Server, may_write
-from sim.checker import Counters, Drift, check
-from sim.commands import Backoff, CommandError, ConnectionLost, Pipeline, run_now
+from sim.checker import Counters, Drift, check, read_counters
+from sim.commands import Backoff, CommandError, ConnectionLost, Pipeline
 from sim.history import FAIL, OK, UNKNOWN, History
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
@@ -81,9 +81,7 @@ class SimDriver:
         return check(self.pairs, truth, self.counters())
 
     def counters(self) -> Counters:
-        inspect = self.server.inspect
-        return Counters.collect(self.trace.users, (
-            (user, *run_now(self.strategy.counters(user), inspect)) for user in range(self.trace.users)))
+        return read_counters(self.strategy, self.trace.users, self.server.inspect)
 
     def _ticker(self):
         span = self._t[-1]

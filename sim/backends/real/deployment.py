@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from sim.backends.real.processes import RedisServer, ToxiproxyServer
@@ -78,6 +79,15 @@ class Deployment:
         self.toxiproxy.stop()
         if not self.keep_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def wait_for_replicas(self, timeout: float = 10.0) -> None:
+        """Until every replica's link to the primary is up and synced."""
+        deadline = time.monotonic() + timeout
+        for replica in self.replicas:
+            while replica.client().info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica {replica.name} did not sync within {timeout:.0f} s")
+                time.sleep(0.05)
 
     # -- addresses ------------------------------------------------------------------
     @property

@@ -1,0 +1,217 @@
+"""The asyncio driver: virtual clients replay a trace through a strategy
+against real redis-server processes, in wall-clock time.
+
+The same round-robin dealing, retry policy and history as the simulated
+driver: each virtual client is an asyncio task with one connection of its
+own (redis.asyncio with hiredis, redis-py's retry off), through the
+toxiproxy proxy unless the run is direct. An operation's intended start is
+its trace time after the run's start; latency is measured from it.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import numpy as np
+import redis.exceptions
+
+from sim.backends.real.connection import AsyncConnection, SyncConnection
+from sim.checker import Counters, Drift, check, read_counters
+from sim.client import CAUSES, Attempt, Client, ClientConfig, ConnectionRefused
+from sim.commands import Backoff, CommandError, ConnectionLost
+from sim.history import FAIL, OK, UNKNOWN, History
+from sim.traffic import Trace
+from sim.truth import Memberships, truth_ranges
+from sim.workload import Workload
+from strategies.base import Strategy
+
+CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError,
+                     asyncio.IncompleteReadError)
+
+
+class RealDriver:
+    def __init__(self, trace: Trace, strategy: Strategy, config: ClientConfig, address: tuple[str, int],
+                 direct_address: tuple[str, int], timeline_points: int = 0,
+                 causes: frozenset[str] = frozenset(CAUSES),
+                 progress: Callable[[float, int], None] | None = None) -> None:
+        self.trace = trace
+        self.strategy = strategy
+        self.config = config
+        self.address = address
+        self.direct_address = direct_address
+        self.timeline_points = timeline_points
+        self.causes = causes
+        self.progress = progress
+        self.workload = Workload(trace)
+        self.history = History(len(trace.t))
+        self.pairs = Memberships(trace)
+        self.clients = [Client(index) for index in range(config.count)]
+        self.timeline: list[dict] = []
+        self.reconnects = 0
+        self.script_loads = 0
+        self.crashed_operations = 0
+        self.noscript = 0
+        self._timeout = config.timeout_ms / 1000.0
+        self._start = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def now(self) -> float:
+        """Seconds since the run started (history times are in these)."""
+        return self._loop.time() - self._start
+
+    # -- the run ------------------------------------------------------------------
+    async def run(self, background: tuple = ()) -> None:
+        """Run the trace to its end; ``background`` coroutines (the nemesis)
+        run beside it and are cancelled at the end."""
+        self._loop = asyncio.get_running_loop()
+        self._start = self._loop.time() + 0.05
+        n_ops = len(self.workload)
+        clients = [asyncio.create_task(self._client(client, range(client.index, n_ops, len(self.clients))))
+                   for client in self.clients]
+        helpers = [asyncio.create_task(coroutine) for coroutine in background]
+        if self.timeline_points and n_ops:
+            helpers.append(asyncio.create_task(self._ticker()))
+        try:
+            await asyncio.gather(*clients)
+        finally:
+            for task in clients + helpers:
+                task.cancel()
+            await asyncio.gather(*clients, *helpers, return_exceptions=True)
+            for client in self.clients:
+                if client.connection is not None:
+                    await client.connection.close()
+
+    def counters(self) -> Counters:
+        connection = SyncConnection(*self.direct_address)
+        try:
+            return read_counters(self.strategy, self.trace.users, connection.execute)
+        finally:
+            connection.close()
+
+    def drift(self, at: float = np.inf) -> Drift:
+        truth = truth_ranges(self.trace, self.history, self.pairs, at)
+        return check(self.pairs, truth, self.counters())
+
+    async def _ticker(self):
+        span = self.workload.t[-1]
+        previous_ops, previous_at = 0, 0.0
+        for point in range(1, self.timeline_points + 1):
+            at = span * point / self.timeline_points
+            await asyncio.sleep(max(0.0, at - self.now()))
+            at = self.now()
+            drift = await asyncio.to_thread(self.drift, at)
+            ops = self.history.completed_by(at)
+            self.timeline.append({"t": round(at, 6), "ops": ops,
+                                  "ops_per_s": round((ops - previous_ops) / max(at - previous_at, 1e-9), 3),
+                                  "users_inconsistent": drift.users_inconsistent,
+                                  "abs_drift_sum": drift.abs_drift_sum})
+            previous_ops, previous_at = ops, at
+            if self.progress:
+                self.progress(at, ops)
+
+    # -- clients --------------------------------------------------------------------
+    async def _client(self, client: Client, ops: range) -> None:
+        history = self.history
+        for op in ops:
+            delay = self.workload.t[op] - self.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if client.pause_for is not None and "two_lock_holders" not in self.causes:
+                await self._pause(client)
+            history.invoked(op, self.now())
+            attempt = 0
+            while True:
+                result = await self._attempt(client, op)
+                if result.crashed:
+                    self.crashed_operations += 1
+                    await asyncio.sleep(client.crash_for)
+                    client.crash_for = None
+                    await self._drop(client)
+                    break
+                if not result.retriable:
+                    break
+                if attempt >= self.config.retries and "gave_up" in self.causes:
+                    break
+                attempt += 1
+                history.retries += 1
+                await asyncio.sleep(self.config.backoff(attempt))
+            history.completed(op, self.now(), result.outcome)
+
+    async def _pause(self, client: Client) -> None:
+        await asyncio.sleep(client.pause_for)
+        client.pause_for = None
+
+    async def _attempt(self, client: Client, op: int) -> Attempt:
+        history = self.history
+        operation = self.workload.operation(self.strategy, op)
+        reply: Any = None
+        error: Exception | None = None
+        failed = False
+        sent = 0
+        try:
+            while True:
+                request = operation.send(reply) if error is None else operation.throw(error)
+                reply = error = None
+                if type(request) is Backoff:
+                    history.retries += 1
+                    await asyncio.sleep(request.seconds)
+                    continue
+                if client.crash_for is not None and client.strikes(self.now(), sent, 1):
+                    operation.close()
+                    return Attempt(UNKNOWN, crashed=True)
+                sent += 1
+                reply = await self._request(client, request)
+                if isinstance(reply, CommandError):
+                    error, reply = reply, None
+                elif isinstance(reply, list) and _has_error(reply):
+                    failed = True
+                    history.errors["error inside a pipeline"] += 1
+                if (client.pause_for is not None and "two_lock_holders" in self.causes
+                        and client.strikes(self.now(), sent, 2)):
+                    await self._pause(client)
+        except StopIteration:
+            return Attempt(FAIL if failed else OK)
+        except ConnectionLost as lost:
+            refused = isinstance(lost, ConnectionRefused)
+            if refused:
+                history.errors["connection refused"] += 1
+            return Attempt(FAIL if refused and sent <= 1 else UNKNOWN, retriable=True)
+        except CommandError as found:
+            history.errors[str(found).split(" ", 1)[0]] += 1
+            return Attempt(FAIL)
+        except Exception as gave_up:  # a strategy gave up: lock busy, WATCH kept aborting
+            history.errors[type(gave_up).__name__] += 1
+            return Attempt(FAIL)
+
+    async def _request(self, client: Client, request: Any) -> Any:
+        if client.connection is None:
+            connection = AsyncConnection(*self.address, timeout=self._timeout)
+            try:
+                await asyncio.wait_for(connection.connect(self.strategy.scripts), self._timeout)
+            except (asyncio.TimeoutError, *CONNECTION_ERRORS) as error:
+                await connection.close()
+                raise ConnectionRefused(str(error)) from None
+            self.reconnects += 1
+            self.script_loads += bool(self.strategy.scripts)
+            client.connection = connection
+        try:
+            reply = await asyncio.wait_for(client.connection.execute(request), self._timeout)
+        except asyncio.TimeoutError:
+            self.history.ambiguous += 1
+            await self._drop(client)
+            raise ConnectionLost("timeout") from None
+        except CONNECTION_ERRORS as error:
+            self.history.ambiguous += 1
+            await self._drop(client)
+            raise ConnectionLost(str(error)) from None
+        return reply
+
+    async def _drop(self, client: Client) -> None:
+        if client.connection is not None:
+            self.noscript += client.connection.noscript
+            await client.connection.close()
+            client.connection = None
+
+
+def _has_error(reply: list) -> bool:
+    return any(isinstance(item, CommandError) or (isinstance(item, list) and _has_error(item)) for item in reply)
