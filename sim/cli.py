@@ -51,10 +51,9 @@ def command_run(args: argparse.Namespace) -> int:
     write_json(out / "results.json", results)
     print(format_table(results))
     if results["runs"] and results["runs"][0]["faults"]:
-        print()
-        print(format_faults(results))
-        print()
-        print(format_causes(results))
+        for part in (format_faults(results), format_causes(results)):
+            if part:
+                print(f"\n{part}")
     summary = results["trace"]
     print(f"\n{summary['messages']} messages ({summary['deliveries']} deliveries), "
           f"{summary['operations']} operations over {summary['span_s']:.1f} simulated s; "

@@ -55,7 +55,9 @@ def format_causes(results: dict) -> str:
     """|drift| by cause, strategy by strategy (only the causes that contributed)."""
     lines = []
     for run in results["runs"]:
+        if "drift_by_cause" not in run:
+            continue  # only the simulation can replay a run with a cause switched off
         shares = run["drift_by_cause"]["abs_drift_sum"]
         parts = [f"{cause} {value:+d}" for cause, value in shares.items() if value]
         lines.append(f"  {run['strategy']:<15} {run['drift']['abs_drift_sum']:>6} = " + (", ".join(parts) or "0"))
-    return "\n".join(["|drift| by cause:", *lines])
+    return "\n".join(["|drift| by cause:", *lines]) if lines else ""

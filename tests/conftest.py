@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,35 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+def _children(names: tuple[str, ...]) -> list[tuple[int, str]]:
+    """Our child processes with one of these names (from /proc)."""
+    found = []
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        parent = stat[stat.rindex(")") + 2:].split()[1]
+        if parent == me and name.startswith(names):
+            found.append((int(entry.name), name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_outlives_the_tests():
+    """Whatever a test did, no redis-server or toxiproxy-server it started
+    survives the session: stop any leftover by its PID, and say so."""
+    from sim.backends.real.processes import REGISTRY
+
+    yield
+    REGISTRY.stop_all()
+    leftovers = _children(("redis-server", "redis-sentinel", "toxiproxy"))
+    for pid, _ in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"processes left running by the tests: {leftovers}"

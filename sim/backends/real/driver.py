@@ -31,7 +31,7 @@ CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutE
 
 class RealDriver:
     def __init__(self, trace: Trace, strategy: Strategy, config: ClientConfig, address: tuple[str, int],
-                 direct_address: tuple[str, int], timeline_points: int = 0,
+                 direct_address: Callable[[], tuple[str, int]], timeline_points: int = 0,
                  causes: frozenset[str] = frozenset(CAUSES),
                  progress: Callable[[float, int], None] | None = None) -> None:
         self.trace = trace
@@ -82,7 +82,7 @@ class RealDriver:
                     await client.connection.close()
 
     def counters(self) -> Counters:
-        connection = SyncConnection(*self.direct_address)
+        connection = SyncConnection(*self.direct_address())  # the primary of the moment, not via the proxy
         try:
             return read_counters(self.strategy, self.trace.users, connection.execute)
         finally:

@@ -25,6 +25,7 @@ from sim.backends.real.driver import RealDriver
 from sim.faults import Fault
 
 _BUSY_PROBE_S = 0.005
+_REARM_S = 0.02
 
 
 def growing_aof(folder: Path) -> Path | None:
@@ -97,7 +98,9 @@ class RealNemesis:
     async def mid_script_power_loss(self, fault: Fault) -> dict:
         """Wait for the primary to be busy (a PING goes unanswered for 5 ms:
         a script or a long pipeline is running), then cut the power."""
-        probe = self.deployment.primary.client(socket_timeout=_BUSY_PROBE_S)
+        # A busy server also holds up redis-py's connection handshake: time it out too.
+        probe = self.deployment.primary.client(socket_timeout=_BUSY_PROBE_S,
+                                               socket_connect_timeout=_BUSY_PROBE_S)
         deadline = self.driver.now() + fault.param("within_s")
         hit = None
         while self.driver.now() < deadline:
@@ -175,9 +178,23 @@ class RealNemesis:
                                              "jitter": int(2 * fault.param("jitter_ms"))})
 
     async def reset_peer(self, fault: Fault) -> dict:
-        # On the replies: the request reached Redis and ran; the reply is lost to a reset.
-        return await self._toxic(fault, type="reset_peer", stream="downstream",
-                                 toxicity=float(fault.param("probability")), attributes={"timeout": 0})
+        """Connections are cut after the request reached Redis: applied, reply
+        lost. toxiproxy's reset_peer toxic resets a link a set time after it is
+        armed, whatever the link carries then; limit_data on the replies cuts a
+        link at its next reply, which is the moment wanted. toxiproxy draws
+        ``toxicity`` per link when the toxic is added, so it is re-armed every
+        20 ms for the fault's duration."""
+        proxy = self.deployment.client_proxy
+        end = self.driver.now() + fault.duration
+        armed = 0
+        while self.driver.now() < end:
+            await asyncio.to_thread(lambda: proxy.add_toxic(
+                name=fault.kind, type="limit_data", stream="downstream",
+                toxicity=float(fault.param("probability")), attributes={"bytes": 1}))
+            await asyncio.sleep(_REARM_S)
+            await asyncio.to_thread(proxy.destroy_toxic, fault.kind)
+            armed += 1
+        return {"armed": armed}
 
     async def blackhole(self, fault: Fault) -> dict:
         # The timeout toxic with timeout 0 drops data until it is removed.

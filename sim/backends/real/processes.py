@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -147,8 +149,9 @@ class RedisServer:
         _wait_until(lambda: self.client().ping(), f"redis-server {self.name} on port {self.port}")
 
     def client(self, **options: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
-                           socket_timeout=5, **options)
+        """A direct client; like the driver's, it never retries on its own."""
+        return redis.Redis(**{"host": "127.0.0.1", "port": self.port, "decode_responses": True,
+                              "socket_timeout": 5, "retry": Retry(NoBackoff(), 0), **options})
 
     def kill(self) -> None:
         """SIGKILL: the process dies at once; the OS keeps what it had written."""

@@ -24,7 +24,7 @@ def run_strategy_on_redis(scenario: Scenario, trace: Trace, name: str, schedule:
                     replicas=server.replicas if needs_replica else 0) as deployment:
         driver = RealDriver(trace, strategy, scenario.clients,
                             deployment.direct_address if direct else deployment.client_address,
-                            deployment.direct_address, scenario.run.timeline_points,
+                            lambda: deployment.direct_address, scenario.run.timeline_points,
                             progress=progress(name, trace) if progress else None)
         nemesis = RealNemesis(driver, deployment, schedule, trace.seed, server.replication_lag_ms)
         nemesis.add_replication_lag()

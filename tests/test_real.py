@@ -1,0 +1,172 @@
+"""The real backend against redis-server and toxiproxy-server processes that
+the tests start and stop themselves (all on 127.0.0.1, bounded in time)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import redis
+
+from sim.backends.real.deployment import Deployment
+from sim.backends.real.processes import REGISTRY
+from sim.runner import run_scenario
+from sim.scenario import parse
+
+from conftest import ROOT, SMALL_SCENARIO
+
+pytestmark = pytest.mark.redis
+
+SCENARIOS = ROOT / "scenarios"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def runs(results: dict) -> dict[str, dict]:
+    return {run["strategy"]: run for run in results["runs"]}
+
+
+def fault_scenario(name: str, replace: dict[str, str]):
+    path = SCENARIOS / f"{name}.toml"
+    text = path.read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return parse(path, text)
+
+
+def test_fault_free_run_has_no_drift_but_naive(tmp_path):
+    text = SMALL_SCENARIO.replace("messages = 3000", "messages = 1500").replace("message_rate = 1500.0",
+                                                                               "message_rate = 1000.0")
+    results = run_scenario(parse(tmp_path / "small.toml", text), backend="redis")
+    assert results["backend"] == "redis"
+    for name, run in runs(results).items():
+        assert run["outcomes"]["ok"] == run["operations"]
+        if name != "naive":
+            wrong = {key: value for key, value in run["drift"].items() if key != "users" and value}
+            assert not wrong, f"{name} drifted on a real server without faults: {wrong}"
+        assert run["wall_seconds"] > 0 and run["redis_commands"] > 0
+
+
+def test_lua_killed_mid_script_is_all_or_nothing():
+    """A script that writes 300,000 fields is killed while it runs; after the
+    restart from the AOF (appendfsync always) it is wholly absent."""
+    long_script = ("for i = 1, tonumber(ARGV[1]) do redis.call('HSET', KEYS[1], i, i) end "
+                   "redis.call('SET', KEYS[2], 'done') return 1")
+    with Deployment(appendfsync="always") as deployment:
+        primary = deployment.primary
+        client = primary.client(socket_timeout=30)
+        client.set("before", "1")
+        sha = client.script_load(long_script)
+        failure: list[Exception] = []
+
+        def run_script():
+            try:
+                primary.client(socket_timeout=30).evalsha(sha, 2, "big", "marker", 300_000)
+            except redis.exceptions.ConnectionError as error:
+                failure.append(error)
+
+        probe = primary.client(socket_timeout=0.005, socket_connect_timeout=1.0)
+        probe.ping()  # connected while the server is idle
+        worker = threading.Thread(target=run_script)
+        worker.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:   # wait until the server is busy in the script
+            try:
+                probe.ping()
+            except redis.exceptions.TimeoutError:
+                break
+            time.sleep(0.001)
+        else:
+            pytest.fail("the script never kept the server busy")
+        primary.kill()
+        worker.join(10)
+        assert failure, "the client saw the connection die"
+        primary.start()
+        after = primary.client()
+        assert after.get("before") == "1"              # acknowledged before: kept
+        assert after.hlen("big") in (0, 300_000)       # never half a script
+        assert after.exists("marker") == (after.hlen("big") == 300_000)
+        assert after.hlen("big") == 0                   # killed mid-script: lost whole
+        with pytest.raises(redis.exceptions.NoScriptError):
+            after.evalsha(sha, 2, "big", "marker", 1)   # the script cache did not survive
+
+
+def test_multi_exec_with_a_failing_command_applies_the_others():
+    with Deployment(appendonly=False) as deployment:
+        client = deployment.primary.client()
+        client.set("text", "x")
+        pipe = client.pipeline(transaction=True)
+        pipe.incr("a").hset("text", "f", "v").incr("b")
+        replies = pipe.execute(raise_on_error=False)
+        assert isinstance(replies[1], redis.exceptions.ResponseError)
+        assert client.get("a") == "1" and client.get("b") == "1"
+
+
+def test_failover_under_write_load_loses_acknowledged_writes_without_wait(capsys):
+    """INCR as fast as one client can while the replication link lags 50 ms;
+    the primary dies and the replica is promoted: the acknowledged increments
+    it never received are gone. Three trials."""
+    losses = []
+    for _ in range(3):
+        with Deployment(appendonly=False, replicas=1) as deployment:
+            link = next(iter(deployment.replication_proxies.values()))
+            deployment.wait_for_replicas()
+            link.add_toxic(name="lag", type="latency", stream="downstream", attributes={"latency": 50})
+            writer = redis.Redis(*deployment.client_address, decode_responses=True, socket_timeout=2)
+            acknowledged = 0
+            started = time.monotonic()
+            while time.monotonic() - started < 0.5:
+                writer.incr("counter")
+                acknowledged += 1
+            link.disable()
+            deployment.primary.kill()
+            deployment.promote()
+            survived = int(deployment.primary.client().get("counter") or 0)
+            losses.append((acknowledged, acknowledged - survived))
+    with capsys.disabled():
+        print("\nfailover trials (acknowledged, lost):", losses)
+    assert all(lost >= 0 for _, lost in losses)
+    assert sum(lost for _, lost in losses) > 0
+
+
+def test_reset_peer_with_retries_overcounts_lua_but_not_lua_idempotent():
+    # No reads, so that a double-counted message stays counted.
+    scenario = fault_scenario("faults_reset_peer", {"read_probability = 0.8": "read_probability = 0.0",
+                                                    "probability = 0.3": "probability = 0.6"})
+    results = runs(run_scenario(scenario, ["lua", "lua_idempotent"], backend="redis"))
+    assert results["lua"]["ambiguous"] > 0 and results["lua_idempotent"]["ambiguous"] > 0
+    assert results["lua"]["drift"]["overcount"] > 0
+    assert results["lua_idempotent"]["drift"]["overcount"] == 0
+
+
+@pytest.mark.parametrize("fsync, tear", [("everysec", 0), ("everysec", 7), ("always", 0)])
+def test_power_loss_emulation(fsync, tear):
+    scenario = fault_scenario("faults_power_loss", {'appendfsync = "everysec"': f'appendfsync = "{fsync}"',
+                                                     "duration = 0.5": f"duration = 0.5\nparams = {{ tear_bytes = {tear} }}"})
+    lua = runs(run_scenario(scenario, ["lua"], backend="redis"))["lua"]
+    cut = lua["faults"][0]["effects"]["aof_bytes_cut"]
+    assert lua["drift"]["users_inconsistent"] == 0       # a torn AOF tail is repaired at start-up
+    if fsync == "always":
+        assert cut == 0 and lua["drift"]["abs_drift_sum"] == 0
+    else:
+        assert cut > 0 and lua["drift"]["abs_drift_sum"] > 0
+
+
+def test_a_failed_run_leaves_no_process_and_no_folder():
+    with pytest.raises(RuntimeError):
+        with Deployment(replicas=1) as deployment:
+            pids = [deployment.primary.process.pid, deployment.replicas[0].process.pid,
+                    deployment.toxiproxy.process.pid]
+            folder = deployment.folder
+            raise RuntimeError("a run fails half-way")
+    assert not any(alive(pid) for pid in pids)
+    assert not folder.exists()
+    assert not REGISTRY.processes
