@@ -85,7 +85,10 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from sim.bench import main as bench_main
+    if args.backend == "redis":
+        from sim.backends.real.bench import main as bench_main
+    else:
+        from sim.bench import main as bench_main
     return bench_main(args)
 
 
@@ -118,6 +121,11 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--scenario", default="scenarios/quick.toml")
     bench.add_argument("--strategies", default="naive,lua")
     bench.add_argument("--events", type=int, default=500_000, help="bare SimPy timeouts to time")
+    bench.add_argument("--backend", choices=("sim", "redis"), default="sim",
+                       help="redis: the asyncio driver against redis-server, next to redis-benchmark")
+    bench.add_argument("--clients", type=int, default=50, help="(redis) concurrent clients")
+    bench.add_argument("--requests", type=int, default=200_000, help="(redis) redis-benchmark -n")
+    bench.add_argument("--operations", type=int, default=50_000, help="(redis) deliveries the driver makes")
     bench.set_defaults(handler=command_bench)
     return top
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import redis
 import redis.asyncio
+from hiredis import pack_command
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
@@ -72,7 +73,8 @@ class AsyncConnection:
 
     async def execute(self, request: Request) -> object:
         commands = flatten(request)
-        await self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=False)
+        # hiredis packs in C: several times faster than redis-py's Python packer.
+        await self.connection.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
         replies = []
         for _ in commands:
             try:

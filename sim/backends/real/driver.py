@@ -33,8 +33,9 @@ class RealDriver:
     def __init__(self, trace: Trace, strategy: Strategy, config: ClientConfig, address: tuple[str, int],
                  direct_address: Callable[[], tuple[str, int]], timeline_points: int = 0,
                  causes: frozenset[str] = frozenset(CAUSES),
-                 progress: Callable[[float, int], None] | None = None) -> None:
+                 progress: Callable[[float, int], None] | None = None, paced: bool = True) -> None:
         self.trace = trace
+        self.paced = paced  # False: closed loop, each client starts its next operation at once (benchmarks)
         self.strategy = strategy
         self.config = config
         self.address = address
@@ -114,7 +115,7 @@ class RealDriver:
         history = self.history
         for op in ops:
             delay = self.workload.t[op] - self.now()
-            if delay > 0:
+            if delay > 0 and self.paced:
                 await asyncio.sleep(delay)
             if client.pause_for is not None and "two_lock_holders" not in self.causes:
                 await self._pause(client)
@@ -187,16 +188,19 @@ class RealDriver:
         if client.connection is None:
             connection = AsyncConnection(*self.address, timeout=self._timeout)
             try:
-                await asyncio.wait_for(connection.connect(self.strategy.scripts), self._timeout)
-            except (asyncio.TimeoutError, *CONNECTION_ERRORS) as error:
+                async with asyncio.timeout(self._timeout):
+                    await connection.connect(self.strategy.scripts)
+            except (TimeoutError, *CONNECTION_ERRORS) as error:
                 await connection.close()
                 raise ConnectionRefused(str(error)) from None
             self.reconnects += 1
             self.script_loads += bool(self.strategy.scripts)
             client.connection = connection
         try:
-            reply = await asyncio.wait_for(client.connection.execute(request), self._timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no task per request.
+            async with asyncio.timeout(self._timeout):
+                reply = await client.connection.execute(request)
+        except TimeoutError:
             self.history.ambiguous += 1
             await self._drop(client)
             raise ConnectionLost("timeout") from None

@@ -1,8 +1,9 @@
 """One strategy's run on real redis-server processes."""
 from __future__ import annotations
 
-import asyncio
 import time
+
+import uvloop
 
 from sim.backends.real.deployment import Deployment
 from sim.backends.real.driver import RealDriver
@@ -30,7 +31,7 @@ def run_strategy_on_redis(scenario: Scenario, trace: Trace, name: str, schedule:
         nemesis.add_replication_lag()
         deployment.wait_for_replicas()
         started = time.perf_counter()
-        asyncio.run(driver.run(tuple(nemesis.coroutines())))
+        uvloop.run(driver.run(tuple(nemesis.coroutines())))
         wall = time.perf_counter() - started
         info = deployment.primary.client().info("commandstats")
         drift = driver.drift()
