@@ -74,6 +74,34 @@ def command_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from sim.report import ReportError, find_results, load_results, write_report
+
+    try:
+        documents = [load_results(path) for path in find_results(args.results)]
+    except ReportError as error:
+        raise UsageError(str(error)) from None
+    markdown, page = write_report(documents, Path(args.out))
+    print(f"report: {page} (and {markdown.name}, charts as PNG and SVG in {args.out})")
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from sim.compare import as_json, as_markdown, as_text, compare
+    from sim.report import ReportError
+
+    try:
+        changes = compare([args.baseline], [args.current], args.tolerance)
+    except ReportError as error:
+        raise UsageError(str(error)) from None
+    print(as_text(changes))
+    if args.json:
+        Path(args.json).write_text(as_json(changes))
+    if args.markdown:
+        Path(args.markdown).write_text(as_markdown(changes))
+    return 1 if any(change.regression for change in changes) else 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     print("strategies:")
     for name, cls in STRATEGIES.items():
@@ -113,6 +141,20 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--seed", type=int)
     trace.add_argument("--out", required=True, help="the .npz file to write")
     trace.set_defaults(handler=command_trace)
+
+    report = commands.add_parser("report", help="charts and a summary page from results.json files")
+    report.add_argument("results", nargs="+", help="results.json files, or folders to search for them")
+    report.add_argument("--out", default="results/report", help="output folder (default: results/report)")
+    report.set_defaults(handler=command_report)
+
+    comparison = commands.add_parser("compare", help="what got worse between two results; exit 1 if anything did")
+    comparison.add_argument("baseline", help="a results.json, or a folder of them")
+    comparison.add_argument("current", help="a results.json, or a folder of them")
+    comparison.add_argument("--tolerance", type=float, default=0.05,
+                            help="allowed fall in throughput (and growth of drift on real runs), as a fraction")
+    comparison.add_argument("--json", help="also write the verdict as JSON here")
+    comparison.add_argument("--markdown", help="also write a short Markdown table here (for a CI comment)")
+    comparison.set_defaults(handler=command_compare)
 
     listing = commands.add_parser("list", help="list strategies and fault kinds")
     listing.set_defaults(handler=command_list)

@@ -20,7 +20,7 @@ COLUMNS = (
 )
 
 
-def _field(run: dict, path: str):
+def field_of(run: dict, path: str):
     value = run
     for part in path.split("."):
         value = value[part]
@@ -34,7 +34,7 @@ def format_table(results: dict) -> str:
     for run in results["runs"]:
         cells = []
         for i, (_, path, width, number) in enumerate(COLUMNS):
-            text = format(_field(run, path), number)
+            text = format(field_of(run, path), number)
             cells.append(text.ljust(width) if i == 0 else text.rjust(width))
         lines.append("  ".join(cells))
     return "\n".join(lines)

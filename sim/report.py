@@ -1,0 +1,163 @@
+"""`countdrift report`: charts and one summary page (Markdown, and HTML with
+the charts embedded) from one or more results.json files."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from sim import charts
+from sim.table import COLUMNS, field_of
+
+
+class ReportError(ValueError):
+    pass
+
+
+def find_results(paths: list[str]) -> list[Path]:
+    """results.json files named, or found under folders named; in a stable order."""
+    found: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found.extend(sorted(path.rglob("results.json")))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ReportError(f"{path}: no such file or folder")
+    if not found:
+        raise ReportError(f"no results.json under {', '.join(paths)}")
+    return found
+
+
+def load_results(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ReportError(f"{path}: not a readable results.json ({error})") from None
+    if document.get("schema_version") != 1 or "runs" not in document:
+        raise ReportError(f"{path}: not a countdrift results.json (schema_version 1 expected)")
+    return document
+
+
+def _slug(document: dict) -> str:
+    return f"{document['scenario']['name']}-{document['backend']}-s{document['seed']}"
+
+
+def draw_all(documents: list[dict], folder: Path) -> list[tuple[str, Path]]:
+    """Every chart, as (caption, PNG path)."""
+    drawn: list[tuple[str, Path]] = []
+    if len(documents) > 1:
+        for field, caption in (("drift", "Drift by strategy and scenario"),
+                               ("throughput", "Throughput by strategy and scenario")):
+            drawn.append((caption, charts.save(charts.matrix(documents, field), folder, f"matrix-{field}")[0]))
+    for document in documents:
+        slug = _slug(document)
+        for name, chart, caption in (("tradeoff", charts.tradeoff, "Throughput and p99 latency vs drift"),
+                                     ("timeline", charts.timeline, "Drift and throughput over time"),
+                                     ("latency", charts.latency, "Latency percentiles")):
+            figure = chart(document)
+            drawn.append((f"{caption}: {charts.title_of(document)}",
+                          charts.save(figure, folder, f"{name}-{slug}")[0]))
+    return drawn
+
+
+def _markdown_table(document: dict) -> list[str]:
+    titles = [title for title, _, _, _ in COLUMNS]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for run in document["runs"]:
+        cells = [format(field_of(run, path), number) for _, path, _, number in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _section(document: dict) -> list[str]:
+    scenario = document["scenario"]
+    lines = [f"## {charts.title_of(document)}", "",
+             f"- scenario: `{scenario['name']}` from `{scenario.get('path', '?')}` "
+             f"(sha256 `{scenario['sha256'][:12]}`): {scenario.get('description', '')}",
+             f"- backend: {document['backend']}, seed: {document['seed']}, "
+             f"countdrift {document['tool_version']}",
+             f"- trace: {document['trace']['messages']} messages, {document['trace']['operations']} operations, "
+             f"sha256 `{document['trace']['sha256'][:12]}`",
+             f"- reproduce: `countdrift run {scenario.get('path', 'SCENARIO')} --seed {document['seed']}"
+             + (" --backend redis" if document["backend"] == "redis" else "") + "`", ""]
+    lines += _markdown_table(document)
+    faults = document["runs"][0]["faults"] if document["runs"] else []
+    if faults:
+        lines += ["", "Faults applied (the same schedule for every strategy):", ""]
+        for fault in faults:
+            params = ", ".join(f"{key}={value}" for key, value in fault["params"].items())
+            lines.append(f"- {fault['at']:.3f} s: {fault['kind']} for {fault['duration']} s"
+                         + (f" ({params})" if params else ""))
+    causes = [run for run in document["runs"] if "drift_by_cause" in run]
+    if causes and faults:
+        names = list(causes[0]["drift_by_cause"]["abs_drift_sum"])
+        lines += ["", "|drift| by cause (adds up to |drift|):", "",
+                  "| strategy | |drift| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+        for run in causes:
+            shares = run["drift_by_cause"]["abs_drift_sum"]
+            lines.append(f"| {run['strategy']} | {run['drift']['abs_drift_sum']} | "
+                         + " | ".join(str(shares[name]) for name in names) + " |")
+    return lines + [""]
+
+
+def write_report(documents: list[dict], folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn = draw_all(documents, folder)
+    markdown = ["# countdrift report", "",
+                "Drift is how far the counters ended from the truth (the message log): `inconsistent` users "
+                "have a total that is not the sum of their conversation counts, `wrong total` users a total "
+                "outside the true range. Latency is measured from each operation's intended start.", ""]
+    for document in documents:
+        markdown += _section(document)
+    markdown += ["## Charts", ""]
+    for caption, png in drawn:
+        markdown += [f"### {caption}", "", f"![{caption}]({png.name})", ""]
+    markdown_path = folder / "summary.md"
+    markdown_path.write_text("\n".join(markdown))
+    html_path = folder / "summary.html"
+    html_path.write_text(_html(markdown, drawn))
+    return markdown_path, html_path
+
+
+def _cells(row: list[str], tag: str) -> str:
+    return "".join(f"<{tag}>{html.escape(cell.strip())}</{tag}>" for cell in row)
+
+
+def _html(markdown: list[str], drawn: list[tuple[str, Path]]) -> str:
+    """A self-contained page: the Markdown's text and tables, the charts inline."""
+    images = {png.name: base64.b64encode(png.read_bytes()).decode() for _, png in drawn}
+    body: list[str] = []
+    table: list[str] = []
+
+    def flush_table() -> None:
+        if table:
+            rows = [row.strip("|").split("|") for row in table if not set(row) <= set("|-")]
+            body.append("<table><tr>" + _cells(rows[0], "th") + "</tr>"
+                        + "".join("<tr>" + _cells(row, "td") + "</tr>" for row in rows[1:]) + "</table>")
+            table.clear()
+
+    for line in markdown:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("!["):
+            name = line[line.rindex("](") + 2:-1]
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{images[name]}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:]).replace('`', '')}</li>")
+        elif line:
+            body.append(f"<p>{html.escape(line).replace('`', '')}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f2f2f2}"
+             "img{max-width:100%;margin:1em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>countdrift report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
