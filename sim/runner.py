@@ -4,6 +4,8 @@ from __future__ import annotations
 import resource
 import sys
 import time
+
+from tqdm import tqdm
 from typing import Callable, Iterable, TextIO
 
 from sim import __version__
@@ -29,24 +31,21 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def stderr_progress(stream: TextIO = sys.stderr, every_s: float = 2.0) -> ProgressFactory:
-    """Progress lines on long runs: strategy, simulated time, operations, ETA."""
+def stderr_progress(stream: TextIO = sys.stderr) -> ProgressFactory:
+    """A progress bar per strategy on long runs: time replayed, operations
+    done, ETA (tqdm)."""
 
     def factory(strategy: str, trace: Trace) -> Callable[[float, int], None]:
-        started = time.perf_counter()
-        last = [started]
-        span, total = float(trace.t[-1]), len(trace.t)
+        span = float(trace.t[-1]) if len(trace.t) else 0.0
+        bar = tqdm(total=round(span, 2), desc=f"{strategy:<15}", unit="s", file=stream, leave=False,
+                   mininterval=0.5, bar_format="{desc} {percentage:3.0f}%|{bar:20}| t {n:.1f}/{total:.1f} s "
+                                               "[{elapsed}<{remaining}{postfix}]")
 
         def report(at: float, done: int) -> None:
-            now = time.perf_counter()
-            if now - last[0] < every_s and at < span:
-                return
-            last[0] = now
-            fraction = at / span if span else 1.0
-            eta = (now - started) * (1 - fraction) / fraction if fraction else 0.0
-            stream.write(f"  [{strategy}] t {at:8.2f}/{span:.2f} s  ops {done}/{total} "
-                         f"({100 * fraction:3.0f}%)  wall {now - started:6.1f} s  eta {eta:5.1f} s\n")
-            stream.flush()
+            bar.set_postfix_str(f"{done}/{len(trace.t)} ops", refresh=False)
+            bar.update(round(min(at, span), 2) - bar.n)
+            if at >= span:
+                bar.close()
 
         return report
 

@@ -73,6 +73,8 @@ class SimDriver:
             self.env.process(process)
         if self.timeline_points and n_ops:
             self.env.process(self._ticker())
+        if self.progress and n_ops:
+            self.env.process(self._progress_ticker())
         self.env.run()
         self.server.advance(np.inf)
 
@@ -97,8 +99,12 @@ class SimDriver:
                 "ops_per_s": round((ops - previous_ops) / (at - previous_at), 3),
                 "users_inconsistent": drift.users_inconsistent, "abs_drift_sum": drift.abs_drift_sum})
             previous_ops, previous_at = ops, at
-            if self.progress:
-                self.progress(at, ops)
+
+    def _progress_ticker(self, steps: int = 100):
+        span = self._t[-1]
+        for step in range(1, steps + 1):
+            yield self.env.timeout(span * step / steps - self.env.now)
+            self.progress(self.env.now, self.history.completed_by(self.env.now))
 
     # -- clients ----------------------------------------------------------------
     def _client(self, client: Client, ops: range):

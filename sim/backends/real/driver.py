@@ -72,6 +72,8 @@ class RealDriver:
         helpers = [asyncio.create_task(coroutine) for coroutine in background]
         if self.timeline_points and n_ops:
             helpers.append(asyncio.create_task(self._ticker()))
+        if self.progress and n_ops:
+            helpers.append(asyncio.create_task(self._progress_ticker()))
         try:
             await asyncio.gather(*clients)
         finally:
@@ -107,8 +109,12 @@ class RealDriver:
                                   "users_inconsistent": drift.users_inconsistent,
                                   "abs_drift_sum": drift.abs_drift_sum})
             previous_ops, previous_at = ops, at
-            if self.progress:
-                self.progress(at, ops)
+
+    async def _progress_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            at = self.now()
+            self.progress(min(at, self.workload.t[-1]), self.history.completed_by(at))
 
     # -- clients --------------------------------------------------------------------
     async def _client(self, client: Client, ops: range) -> None:
