@@ -1,0 +1,115 @@
+"""report, compare, the committed baselines, and the notebook."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sim.cli import main
+from sim.runner import run_scenario
+from sim.scenario import load
+
+from conftest import ROOT
+
+BASELINES = ROOT / "results" / "baselines"
+
+
+@pytest.fixture(scope="module")
+def small_results(tmp_path_factory) -> Path:
+    from conftest import SMALL_SCENARIO
+
+    folder = tmp_path_factory.mktemp("small")
+    scenario = folder / "small.toml"
+    scenario.write_text(SMALL_SCENARIO + '\n[[faults]]\nkind = "reset_peer"\nat = 0.5\nduration = 0.5\n')
+    out = folder / "run"
+    assert main(["run", str(scenario), "--strategies", "naive,lua,lua_idempotent", "--out", str(out), "-q"]) == 0
+    return out / "results.json"
+
+
+def test_report_writes_every_chart_and_the_page(small_results, tmp_path, capsys):
+    second = tmp_path / "second" / "results.json"
+    second.parent.mkdir()
+    document = json.loads(small_results.read_text())
+    document["scenario"]["name"] = "small_copy"
+    second.write_text(json.dumps(document))
+    out = tmp_path / "report"
+    assert main(["report", str(small_results), str(second.parent), "--out", str(out)]) == 0
+    for chart in ("matrix-drift", "matrix-throughput", "tradeoff-small-sim-s7", "timeline-small-sim-s7",
+                  "latency-small-sim-s7"):
+        png, svg = out / f"{chart}.png", out / f"{chart}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, chart
+        assert svg.read_text().lstrip().startswith("<?xml") and svg.stat().st_size > 10_000, chart
+    page = (out / "summary.html").read_text()
+    markdown = (out / "summary.md").read_text()
+    for text in (page, markdown):
+        assert "small" in text and "seed 7" in text and "reset_peer" in text and "0.1.0" in text
+    assert page.count("data:image/png;base64,") == 8   # self-contained: every chart inline
+
+
+def test_report_explains_a_missing_file(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope.json"), "--out", str(tmp_path / "r")]) == 2
+    assert "nope.json" in capsys.readouterr().err
+
+
+def write(document: dict, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(document))
+    return folder
+
+
+def test_compare_identical_results_pass(small_results, tmp_path, capsys):
+    assert main(["compare", str(small_results), str(small_results)]) == 0
+    assert "no change" in capsys.readouterr().out
+
+
+def test_compare_fails_when_one_strategys_drift_grew(small_results, tmp_path, capsys):
+    document = json.loads(small_results.read_text())
+    worse = copy.deepcopy(document)
+    worse["runs"][1]["drift"]["overcount"] += 1            # lua
+    current = write(worse, tmp_path / "current")
+    verdict = tmp_path / "verdict.json"
+    table = tmp_path / "verdict.md"
+    assert main(["compare", str(small_results), str(current), "--json", str(verdict), "--markdown", str(table)]) == 1
+    out = capsys.readouterr().out
+    assert "lua" in out and "drift.overcount" in out and "!!" in out
+    parsed = json.loads(verdict.read_text())
+    assert parsed["regression"] and parsed["changes"][0]["strategy"] == "lua"
+    assert "1 regression" in table.read_text()
+
+
+def test_compare_throughput_tolerance(small_results, tmp_path):
+    document = json.loads(small_results.read_text())
+    slower = copy.deepcopy(document)
+    slower["runs"][0]["throughput_ops_per_s"] *= 0.97
+    assert main(["compare", str(small_results), str(write(slower, tmp_path / "a")), "--tolerance", "0.05"]) == 0
+    much_slower = copy.deepcopy(document)
+    much_slower["runs"][0]["throughput_ops_per_s"] *= 0.90
+    assert main(["compare", str(small_results), str(write(much_slower, tmp_path / "b")), "--tolerance", "0.05"]) == 1
+
+
+@pytest.mark.parametrize("baseline", sorted(BASELINES.glob("*/results.json")), ids=lambda p: p.parent.name)
+def test_no_strategy_drifts_more_than_its_committed_baseline(baseline, tmp_path):
+    """CI's regression check: the committed baselines, run again."""
+    document = json.loads(baseline.read_text())
+    scenario = load(ROOT / document["scenario"]["path"])
+    strategies = [run["strategy"] for run in document["runs"]]
+    current = write(run_scenario(scenario, strategies), tmp_path / "current")
+    assert main(["compare", str(baseline), str(current)]) == 0
+
+
+def test_the_notebook_runs(small_results):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(ROOT / "notebooks" / "compare_strategies.ipynb", as_version=4)
+    os.environ["COUNTDRIFT_RESULTS"] = str(small_results)
+    try:
+        nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        del os.environ["COUNTDRIFT_RESULTS"]
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert any("image/png" in output.get("data", {}) for output in outputs)
