@@ -3,9 +3,12 @@ nemesis can do to a client, and how an attempt ended."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable
 
-from sim.commands import ConnectionLost
+from sim.commands import Backoff, CommandError, ConnectionLost
+from sim.history import FAIL, OK, UNKNOWN, History
+from sim.workload import Workload
+from strategies.base import Strategy
 
 # Mechanisms by which counters go wrong, each one a run can switch off to
 # measure what it contributes (see sim/causes.py).
@@ -60,3 +63,134 @@ class Attempt:
     outcome: int
     retriable: bool = False        # it failed at the connection: the retry policy may run it again
     crashed: bool = False          # the client died inside it
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send a request; the backend answers (reply, first error reply inside
+    it or None), or raises ConnectionLost / ConnectionRefused into the loop.
+    (operation, attempt, number) name the request, for the network's dice."""
+
+    request: Any
+    operation: int
+    attempt: int
+    number: int
+
+
+class Disconnect:
+    """Drop the client's connection (it crashed)."""
+
+
+DISCONNECT = Disconnect()
+
+
+def error_code(error: CommandError) -> str:
+    text = str(error)
+    return text.split(" ", 1)[0] if text else "ERR"
+
+
+class ClientLoop:
+    """How a virtual client runs its operations, written once for every
+    backend: a generator of instructions (Sleep, Send, DISCONNECT) that the
+    SimPy driver and the asyncio driver each carry out.
+
+    An operation starts at its trace time (``paced``) or as soon as the
+    client is free; it is retried, whole, after a connection-level failure
+    while the retry policy allows; a client crash strikes between two of its
+    requests and nobody retries it; a pause strikes when a reply comes back.
+    """
+
+    def __init__(self, workload: Workload, strategy: Strategy, config: ClientConfig, history: History,
+                 causes: frozenset[str], clock: Callable[[], float], paced: bool = True) -> None:
+        self.workload = workload
+        self.strategy = strategy
+        self.config = config
+        self.history = history
+        self.causes = causes
+        self.clock = clock
+        self.paced = paced
+        self.crashed_operations = 0
+
+    def run(self, client: Client, ops: Iterable[int]):
+        clock, history = self.clock, self.history
+        for op in ops:
+            delay = self.workload.t[op] - clock()
+            if delay > 0 and self.paced:
+                yield Sleep(delay)
+            if client.pause_for is not None and "two_lock_holders" not in self.causes:
+                # Counterfactual: the pause falls between operations, never inside one.
+                yield from self._pause(client)
+            history.invoked(op, clock())
+            attempt = 0
+            while True:
+                result = yield from self._attempt(client, op, attempt)
+                if result.crashed:
+                    self.crashed_operations += 1
+                    yield Sleep(client.crash_for)
+                    client.crash_for = None
+                    yield DISCONNECT
+                    break
+                if not result.retriable:
+                    break
+                if attempt >= self.config.retries and "gave_up" in self.causes:
+                    break  # (counterfactual when off: retry until it goes through)
+                attempt += 1
+                history.retries += 1
+                yield Sleep(self.config.backoff(attempt))
+            history.completed(op, clock(), result.outcome)
+
+    def _pause(self, client: Client):
+        yield Sleep(client.pause_for)
+        client.pause_for = None
+
+    def _attempt(self, client: Client, op: int, attempt: int):
+        history = self.history
+        operation = self.workload.operation(self.strategy, op)
+        reply: Any = None
+        error: Exception | None = None
+        failed = False
+        number = done = 0
+        try:
+            while True:
+                request = operation.send(reply) if error is None else operation.throw(error)
+                reply = error = None
+                number += 1
+                if type(request) is Backoff:
+                    history.retries += 1
+                    yield Sleep(request.seconds)
+                    continue
+                if client.crash_for is not None and client.strikes(self.clock(), done, 1):
+                    operation.close()
+                    return Attempt(UNKNOWN, crashed=True)
+                reply, inside = yield Send(request, op, attempt, number)
+                done += 1
+                if isinstance(reply, CommandError):
+                    error, reply = reply, None
+                    continue
+                if inside is not None:
+                    failed = True
+                    history.errors[error_code(inside)] += 1
+                # A pause strikes when a reply comes back, preferably one that
+                # the operation will act on (it has read, and will write).
+                if (client.pause_for is not None and "two_lock_holders" in self.causes
+                        and client.strikes(self.clock(), done, 2)):
+                    yield from self._pause(client)
+        except StopIteration:
+            return Attempt(FAIL if failed else OK)
+        except ConnectionLost as lost:
+            refused = isinstance(lost, ConnectionRefused)
+            if refused:
+                history.errors["connection refused"] += 1
+            # Refused before anything was sent: it surely did not apply.
+            return Attempt(FAIL if refused and not done else UNKNOWN, retriable=True)
+        except CommandError as found:
+            history.errors[error_code(found)] += 1
+            return Attempt(FAIL)
+        except Exception as gave_up:  # a strategy gave up: lock busy, WATCH kept aborting
+            history.errors[type(gave_up).__name__] += 1
+            return Attempt(FAIL)

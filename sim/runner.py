@@ -138,7 +138,7 @@ def run_record(scenario: Scenario, trace: Trace, strategy: Strategy, driver, fau
         "reconnects": driver.reconnects,
         "script_loads": driver.script_loads,
         "noscript": driver.noscript,
-        "operations_cut_by_client_crash": driver.crashed_operations,
+        "operations_cut_by_client_crash": driver.loop.crashed_operations,
         "timeline": driver.timeline,
     }
 

@@ -19,12 +19,12 @@ import numpy as np
 import simpy
 
 from sim.backends.model import network
-from sim.client import CAUSES, Attempt, Client, ClientConfig, ConnectionRefused
 from sim.backends.model.network import Network
-from sim.backends.model.server import Connection, Entry, Server, may_write
+from sim.backends.model.server import Connection, Server, may_write
 from sim.checker import Counters, Drift, check, read_counters
-from sim.commands import Backoff, CommandError, ConnectionLost, Pipeline
-from sim.history import FAIL, OK, UNKNOWN, History
+from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep
+from sim.commands import CommandError, ConnectionLost, Pipeline
+from sim.history import History
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
@@ -50,7 +50,6 @@ class SimDriver:
         self.reconnects = 0
         self.script_loads = 0
         self.noscript = 0
-        self.crashed_operations = 0
         self._half_rtt = clients.rtt_ms / 2000.0
         self._timeout = clients.timeout_ms / 1000.0
         self._wait_replicas = int(strategy.options.get("wait_replicas", 0))
@@ -59,6 +58,7 @@ class SimDriver:
         self._replies_lost = "retry_applied_twice" in causes
         self.workload = Workload(trace)
         self._t = self.workload.t
+        self.loop = ClientLoop(self.workload, strategy, clients, self.history, causes, lambda: self.env.now)
         for script in strategy.scripts:
             self.server.scripts.load(script)
 
@@ -108,94 +108,36 @@ class SimDriver:
 
     # -- clients ----------------------------------------------------------------
     def _client(self, client: Client, ops: range):
-        env, history = self.env, self.history
-        for op in ops:
-            intended = self._t[op]
-            if intended > env.now:
-                yield env.timeout(intended - env.now)
-            if client.pause_for is not None and "two_lock_holders" not in self.causes:
-                # Counterfactual: the pause falls between operations, never inside one.
-                yield from self._pause(client)
-            history.invoked(op, env.now)
-            attempt = 0
-            while True:
-                result = yield from self._attempt(client, op, attempt)
-                if result.crashed:
-                    # The client died inside the operation: nobody retries it.
-                    self.crashed_operations += 1
-                    yield env.timeout(client.crash_for)
-                    client.crash_for = client.connection = None
-                    break
-                if not result.retriable:
-                    break
-                if attempt >= self.config.retries and "gave_up" in self.causes:
-                    break  # (counterfactual when off: retry until it goes through)
-                attempt += 1
-                history.retries += 1
-                yield env.timeout(self.config.backoff(attempt))
-            history.completed(op, env.now, result.outcome)
-
-    def _pause(self, client: Client):
-        yield self.env.timeout(client.pause_for)
-        client.pause_for = None
-
-    def _attempt(self, client: Client, op: int, attempt: int):
-        """One attempt of an operation."""
-        history = self.history
-        operation = self.workload.operation(self.strategy, op)
-        entries: list[Entry] = []
-        reply: Any = None
+        """Carry out the shared client loop's instructions in simulated time."""
+        env = self.env
+        loop = self.loop.run(client, ops)
+        answer: Any = None
         error: Exception | None = None
-        failed = False
-        sent = 0
-        try:
-            while True:
-                request = operation.send(reply) if error is None else operation.throw(error)
-                reply = error = None
-                sent += 1
-                if type(request) is Backoff:
-                    history.retries += 1
-                    yield self.env.timeout(request.seconds)
-                    continue
-                # A client crash strikes between two requests of an operation.
-                if client.crash_for is not None and client.strikes(self.env.now, len(entries), 1):
-                    operation.close()
-                    return Attempt(UNKNOWN, crashed=True)
+        while True:
+            try:
+                instruction = loop.send(answer) if error is None else loop.throw(error)
+            except StopIteration:
+                return
+            answer = error = None
+            kind = type(instruction)
+            if kind is Send:
                 try:
-                    reply = yield from self._request(client, request, entries, op, attempt, sent)
-                except CommandError as found:
-                    error = found
-                    continue
-                if entries[-1].error is not None:  # inside a pipeline or a transaction
-                    failed = True
-                    history.errors[_error_code(entries[-1].error)] += 1
-                # A pause strikes when a reply comes back, preferably one that
-                # an operation will act on (it has read, and will write).
-                if (client.pause_for is not None and "two_lock_holders" in self.causes
-                        and client.strikes(self.env.now, len(entries), 2)):
-                    yield from self._pause(client)
-        except StopIteration:
-            return Attempt(FAIL if failed else OK)
-        except ConnectionLost as lost:
-            refused = isinstance(lost, ConnectionRefused)
-            if refused:
-                history.errors["connection refused"] += 1
-            # Refused before anything was sent: it surely did not apply.
-            outcome = FAIL if refused and not entries else UNKNOWN
-            return Attempt(outcome, retriable=True)
-        except CommandError as found:
-            history.errors[_error_code(found)] += 1
-            return Attempt(FAIL)
-        except Exception as gave_up:  # a strategy gave up: lock busy, WATCH kept aborting
-            history.errors[type(gave_up).__name__] += 1
-            return Attempt(FAIL)
+                    answer = yield from self._request(client, instruction)
+                except ConnectionLost as lost:
+                    error = lost
+            elif kind is Sleep:
+                yield env.timeout(instruction.seconds)
+            else:
+                client.connection = None
 
-    def _request(self, client: Client, request: Any, entries: list[Entry], op: int, attempt: int, number: int):
-        """Send one request and return its reply; raise CommandError for an
-        error reply, ConnectionLost when the reply is lost. The operation, the
-        attempt and the request's number decide the network's dice."""
+    def _request(self, client: Client, send: Send):
+        """Send one request; return (reply, first error inside it); raise
+        ConnectionLost when the reply is lost. The operation, the attempt and
+        the request's number decide the network's dice."""
         env, server = self.env, self.server
-        route = self.network.route(env.now, op, attempt, number) if self.network.windows else network.CLEAR
+        request = send.request
+        route = (self.network.route(env.now, send.operation, send.attempt, send.number)
+                 if self.network.windows else network.CLEAR)
         if route.fate == network.REFUSE:
             yield env.timeout(2 * self._half_rtt)
             client.connection = None
@@ -218,7 +160,6 @@ class SimDriver:
         connection = client.connection
         sent = env.now
         entry = server.submit(connection, request, sent + self._half_rtt)
-        entries.append(entry)
         reply_at = entry.end + self._half_rtt + route.delay_back
         replies_lost = self._replies_lost
         if reply_at - sent > self._timeout and replies_lost:
@@ -233,17 +174,15 @@ class SimDriver:
             self.history.ambiguous += 1
             raise ConnectionLost("connection reset" if not entry.lost else "server went away")
         reply = entry.reply
-        if type(reply) is CommandError:
-            if str(reply).startswith("NOSCRIPT"):
-                self.noscript += 1
-                client.connection = None  # reconnect, load the scripts, send again
-                return (yield from self._request(client, request, entries, op, attempt, number))
-            raise reply
+        if type(reply) is CommandError and str(reply).startswith("NOSCRIPT"):
+            self.noscript += 1
+            client.connection = None  # reconnect, load the scripts, send again
+            return (yield from self._request(client, send))
         if self._wait_replicas and may_write(request):
             ready, _ = server.wait(connection, env.now + self._half_rtt, self._wait_replicas,
                                    self.config.wait_timeout_ms / 1000.0)
             yield env.timeout(ready + self._half_rtt - env.now)
-        return reply
+        return reply, entry.error
 
     def _reconnect(self, client: Client):
         env, server = self.env, self.server
@@ -261,8 +200,3 @@ class SimDriver:
             if entry.lost:
                 client.connection = None
                 raise ConnectionRefused("server went away while loading scripts")
-
-
-def _error_code(error: CommandError) -> str:
-    text = str(error)
-    return text.split(" ", 1)[0] if text else "ERR"

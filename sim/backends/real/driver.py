@@ -17,9 +17,9 @@ import redis.exceptions
 
 from sim.backends.real.connection import AsyncConnection, SyncConnection
 from sim.checker import Counters, Drift, check, read_counters
-from sim.client import CAUSES, Attempt, Client, ClientConfig, ConnectionRefused
-from sim.commands import Backoff, CommandError, ConnectionLost
-from sim.history import FAIL, OK, UNKNOWN, History
+from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep
+from sim.commands import CommandError, ConnectionLost
+from sim.history import History
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
@@ -35,22 +35,20 @@ class RealDriver:
                  causes: frozenset[str] = frozenset(CAUSES),
                  progress: Callable[[float, int], None] | None = None, paced: bool = True) -> None:
         self.trace = trace
-        self.paced = paced  # False: closed loop, each client starts its next operation at once (benchmarks)
         self.strategy = strategy
-        self.config = config
         self.address = address
         self.direct_address = direct_address
         self.timeline_points = timeline_points
-        self.causes = causes
         self.progress = progress
         self.workload = Workload(trace)
         self.history = History(len(trace.t))
+        # paced=False: closed loop, each client starts its next operation at once (benchmarks).
+        self.loop = ClientLoop(self.workload, strategy, config, self.history, causes, self.now, paced)
         self.pairs = Memberships(trace)
         self.clients = [Client(index) for index in range(config.count)]
         self.timeline: list[dict] = []
         self.reconnects = 0
         self.script_loads = 0
-        self.crashed_operations = 0
         self.noscript = 0
         self._timeout = config.timeout_ms / 1000.0
         self._start = 0.0
@@ -118,77 +116,27 @@ class RealDriver:
 
     # -- clients --------------------------------------------------------------------
     async def _client(self, client: Client, ops: range) -> None:
-        history = self.history
-        for op in ops:
-            delay = self.workload.t[op] - self.now()
-            if delay > 0 and self.paced:
-                await asyncio.sleep(delay)
-            if client.pause_for is not None and "two_lock_holders" not in self.causes:
-                await self._pause(client)
-            history.invoked(op, self.now())
-            attempt = 0
-            while True:
-                result = await self._attempt(client, op)
-                if result.crashed:
-                    self.crashed_operations += 1
-                    await asyncio.sleep(client.crash_for)
-                    client.crash_for = None
-                    await self._drop(client)
-                    break
-                if not result.retriable:
-                    break
-                if attempt >= self.config.retries and "gave_up" in self.causes:
-                    break
-                attempt += 1
-                history.retries += 1
-                await asyncio.sleep(self.config.backoff(attempt))
-            history.completed(op, self.now(), result.outcome)
-
-    async def _pause(self, client: Client) -> None:
-        await asyncio.sleep(client.pause_for)
-        client.pause_for = None
-
-    async def _attempt(self, client: Client, op: int) -> Attempt:
-        history = self.history
-        operation = self.workload.operation(self.strategy, op)
-        reply: Any = None
+        """Carry out the shared client loop's instructions in wall-clock time."""
+        loop = self.loop.run(client, ops)
+        answer: Any = None
         error: Exception | None = None
-        failed = False
-        sent = 0
-        try:
-            while True:
-                request = operation.send(reply) if error is None else operation.throw(error)
-                reply = error = None
-                if type(request) is Backoff:
-                    history.retries += 1
-                    await asyncio.sleep(request.seconds)
-                    continue
-                if client.crash_for is not None and client.strikes(self.now(), sent, 1):
-                    operation.close()
-                    return Attempt(UNKNOWN, crashed=True)
-                sent += 1
-                reply = await self._request(client, request)
-                if isinstance(reply, CommandError):
-                    error, reply = reply, None
-                elif isinstance(reply, list) and _has_error(reply):
-                    failed = True
-                    history.errors["error inside a pipeline"] += 1
-                if (client.pause_for is not None and "two_lock_holders" in self.causes
-                        and client.strikes(self.now(), sent, 2)):
-                    await self._pause(client)
-        except StopIteration:
-            return Attempt(FAIL if failed else OK)
-        except ConnectionLost as lost:
-            refused = isinstance(lost, ConnectionRefused)
-            if refused:
-                history.errors["connection refused"] += 1
-            return Attempt(FAIL if refused and sent <= 1 else UNKNOWN, retriable=True)
-        except CommandError as found:
-            history.errors[str(found).split(" ", 1)[0]] += 1
-            return Attempt(FAIL)
-        except Exception as gave_up:  # a strategy gave up: lock busy, WATCH kept aborting
-            history.errors[type(gave_up).__name__] += 1
-            return Attempt(FAIL)
+        while True:
+            try:
+                instruction = loop.send(answer) if error is None else loop.throw(error)
+            except StopIteration:
+                return
+            answer = error = None
+            kind = type(instruction)
+            if kind is Send:
+                try:
+                    reply = await self._request(client, instruction.request)
+                    answer = (reply, _first_error(reply) if isinstance(reply, list) else None)
+                except ConnectionLost as lost:
+                    error = lost
+            elif kind is Sleep:
+                await asyncio.sleep(instruction.seconds)
+            else:
+                await self._drop(client)
 
     async def _request(self, client: Client, request: Any) -> Any:
         if client.connection is None:
@@ -205,7 +153,7 @@ class RealDriver:
         try:
             # asyncio.timeout, not wait_for: no task per request.
             async with asyncio.timeout(self._timeout):
-                reply = await client.connection.execute(request)
+                return await client.connection.execute(request)
         except TimeoutError:
             self.history.ambiguous += 1
             await self._drop(client)
@@ -214,7 +162,6 @@ class RealDriver:
             self.history.ambiguous += 1
             await self._drop(client)
             raise ConnectionLost(str(error)) from None
-        return reply
 
     async def _drop(self, client: Client) -> None:
         if client.connection is not None:
@@ -223,5 +170,13 @@ class RealDriver:
             client.connection = None
 
 
-def _has_error(reply: list) -> bool:
-    return any(isinstance(item, CommandError) or (isinstance(item, list) and _has_error(item)) for item in reply)
+def _first_error(reply: list) -> CommandError | None:
+    """The first error reply inside a pipeline's or a transaction's replies."""
+    for item in reply:
+        if isinstance(item, CommandError):
+            return item
+        if isinstance(item, list):
+            found = _first_error(item)
+            if found is not None:
+                return found
+    return None
