@@ -60,6 +60,21 @@ Request = Union[tuple, Script, Pipeline, Transaction, Backoff]
 Operation = Generator[Request, Any, Any]
 
 
+READ_ONLY = frozenset({"GET", "HGET", "HGETALL", "HVALS", "HKEYS", "HLEN", "HEXISTS", "EXISTS",
+                       "TYPE", "PTTL", "SISMEMBER", "SMEMBERS", "SCARD", "KEYS", "DBSIZE", "PING",
+                       "WATCH", "UNWATCH", "SCRIPT", "WAIT"})
+
+
+def may_write(request: Request) -> bool:
+    """Whether a request may change the keyspace (WAIT follows such requests)."""
+    kind = type(request)
+    if kind is tuple:
+        return request[0] not in READ_ONLY
+    if kind is Pipeline or kind is Transaction:
+        return any(may_write(r) for r in request.commands)
+    return True
+
+
 def run_now(operation: Operation, execute: Callable[[Request], Any]) -> Any:
     """Drive an operation to its end with ``execute``, outside simulated time
     (reading counters back for the checker, the differential tests); a

@@ -67,9 +67,6 @@ class Trace:
     def conversations(self) -> int:
         return len(self.conv_offsets) - 1
 
-    def members(self, conversation: int) -> np.ndarray:
-        return self.conv_members[self.conv_offsets[conversation]:self.conv_offsets[conversation + 1]]
-
     def deliveries(self) -> int:
         """How many (message, recipient) pairs the trace fans out to."""
         sizes = np.diff(self.conv_offsets)

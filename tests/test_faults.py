@@ -147,3 +147,18 @@ def test_the_mixed_schedule_is_drawn_from_the_seed_and_repeats():
     other_seed = parse(path, path.read_text().replace("seed = 11", "seed = 12"))
     third = run_scenario(other_seed, ["lua"])
     assert third["runs"][0]["faults"] != first["runs"][0]["faults"]
+
+
+def test_wait_narrows_the_failover_loss_and_costs_latency():
+    import dataclasses
+
+    base = scenario("faults_failover")
+    without = runs(run_scenario(base, ["lua"]))["lua"]
+    waiting = runs(run_scenario(dataclasses.replace(base, strategy_options={"lua": {"wait_replicas": 1}}),
+                                ["lua"]))["lua"]
+    def lost(run: dict) -> int:
+        return run["drift_by_cause"]["abs_drift_sum"]["lost_on_failover"]
+
+    assert 0 <= lost(waiting) < lost(without)
+    assert waiting["options"]["wait_replicas"] == 1
+    assert waiting["latency_ms"]["p50"] > 10 * without["latency_ms"]["p50"]

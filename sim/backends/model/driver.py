@@ -20,10 +20,10 @@ import simpy
 
 from sim.backends.model import network
 from sim.backends.model.network import Network
-from sim.backends.model.server import Connection, Server, may_write
+from sim.backends.model.server import Connection, Server
 from sim.checker import Counters, Drift, check, read_counters
 from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep
-from sim.commands import CommandError, ConnectionLost, Pipeline
+from sim.commands import CommandError, ConnectionLost, Pipeline, may_write
 from sim.history import History
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges

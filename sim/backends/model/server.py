@@ -27,7 +27,7 @@ from sim.backends.model.journal import Journal
 from sim.backends.model.persistence import Persistence, ReplicationLag
 from sim.backends.model.scripting import ScriptEngine
 from sim.backends.model.store import OK, Store, check_arity
-from sim.commands import CommandError, Pipeline, Request, Script, Transaction
+from sim.commands import CommandError, Pipeline, Request, Script, Transaction, may_write
 from sim.lua import LuaScript
 
 
@@ -38,20 +38,6 @@ class ServiceTimes:
     command: float = 4e-6
     script: float = 8e-6
     script_per_key: float = 1.5e-6
-
-
-READ_ONLY = frozenset({"GET", "HGET", "HGETALL", "HVALS", "HKEYS", "HLEN", "HEXISTS", "EXISTS",
-                       "TYPE", "PTTL", "SISMEMBER", "SMEMBERS", "SCARD", "KEYS", "DBSIZE", "PING",
-                       "WATCH", "UNWATCH", "SCRIPT", "WAIT"})
-
-
-def may_write(request: Request) -> bool:
-    kind = type(request)
-    if kind is tuple:
-        return request[0] not in READ_ONLY
-    if kind is Pipeline or kind is Transaction:
-        return any(may_write(r) for r in request.commands)
-    return True
 
 
 class Connection:

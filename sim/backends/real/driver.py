@@ -18,7 +18,7 @@ import redis.exceptions
 from sim.backends.real.connection import AsyncConnection, SyncConnection
 from sim.checker import Counters, Drift, check, read_counters
 from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep
-from sim.commands import CommandError, ConnectionLost
+from sim.commands import CommandError, ConnectionLost, may_write
 from sim.history import History
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
@@ -51,6 +51,8 @@ class RealDriver:
         self.script_loads = 0
         self.noscript = 0
         self._timeout = config.timeout_ms / 1000.0
+        self._wait_replicas = int(strategy.options.get("wait_replicas", 0))
+        self._wait_timeout_ms = config.wait_timeout_ms
         self._start = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -153,7 +155,11 @@ class RealDriver:
         try:
             # asyncio.timeout, not wait_for: no task per request.
             async with asyncio.timeout(self._timeout):
-                return await client.connection.execute(request)
+                reply = await client.connection.execute(request)
+            if self._wait_replicas and may_write(request):
+                async with asyncio.timeout(self._timeout + self._wait_timeout_ms / 1000.0):
+                    await client.connection.execute(("WAIT", self._wait_replicas, int(self._wait_timeout_ms)))
+            return reply
         except TimeoutError:
             self.history.ambiguous += 1
             await self._drop(client)

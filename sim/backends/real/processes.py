@@ -161,16 +161,9 @@ class RedisServer:
         if self.process is not None:
             REGISTRY.remove(self.process)
 
-    def signal(self, sig: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 class ToxiproxyServer:
