@@ -64,7 +64,7 @@ def draw_all(documents: list[dict], folder: Path) -> list[tuple[str, Path]]:
 
 
 def _markdown_table(document: dict) -> list[str]:
-    titles = [title for title, _, _, _ in COLUMNS]
+    titles = [title.replace("|drift|", "abs drift") for title, _, _, _ in COLUMNS]  # a pipe would split the cell
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for run in document["runs"]:
         cells = [format(field_of(run, path), number) for _, path, _, number in COLUMNS]
@@ -94,8 +94,8 @@ def _section(document: dict) -> list[str]:
     causes = [run for run in document["runs"] if "drift_by_cause" in run]
     if causes and faults:
         names = list(causes[0]["drift_by_cause"]["abs_drift_sum"])
-        lines += ["", "|drift| by cause (adds up to |drift|):", "",
-                  "| strategy | |drift| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+        lines += ["", "Drift by cause (the shares add up to the abs drift):", "",
+                  "| strategy | abs drift | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
         for run in causes:
             shares = run["drift_by_cause"]["abs_drift_sum"]
             lines.append(f"| {run['strategy']} | {run['drift']['abs_drift_sum']} | "

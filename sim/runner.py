@@ -120,6 +120,7 @@ def run_record(scenario: Scenario, trace: Trace, strategy: Strategy, driver, fau
                drift: Drift) -> dict:
     """The part of a run's results that every backend reports alike."""
     history = driver.history
+    faults = sorted(faults, key=lambda fault: (fault["at"], fault["kind"]))
     return {
         "strategy": strategy.name,
         "options": {**strategy.options, "retries": scenario.clients.retries,
