@@ -1,15 +1,13 @@
 """The SimPy driver: virtual clients replay a trace through a strategy
 against the simulated server, while the nemesis breaks things.
 
-Operations are dealt to the clients round-robin in trace order; each client
-runs its operations one after another on its own connection, starting each
-at its trace time or, when it is behind, as soon as it is free (the wait is
-latency). Every request costs one network round trip plus its place in the
-server's FIFO queue. The driver owns every retry: an operation whose outcome
-is unknown (reply lost, timeout) or that could not reach the server is run
-again, whole, by the retry policy; a client that lost its connection
-reconnects and loads the strategy's scripts again (the script cache does not
-survive a restart or a failover).
+Operations are dealt to the clients round-robin in trace order; what a
+client does with them (start times, retries, crashes, pauses) is the shared
+ClientLoop (sim/client.py); this driver carries its instructions out in
+simulated time. Every request costs one network round trip plus its place in
+the server's FIFO queue; a client that lost its connection reconnects and
+loads the strategy's scripts again (the script cache does not survive a
+restart or a failover).
 """
 from __future__ import annotations
 
@@ -29,6 +27,7 @@ from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
 from strategies.base import Strategy
+
 
 class SimDriver:
     def __init__(self, trace: Trace, strategy: Strategy, clients: ClientConfig, server: Server,
