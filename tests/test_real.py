@@ -3,6 +3,7 @@ the tests start and stop themselves (all on 127.0.0.1, bounded in time)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import threading
 import time
 
@@ -170,3 +171,35 @@ def test_a_failed_run_leaves_no_process_and_no_folder():
     assert not any(alive(pid) for pid in pids)
     assert not folder.exists()
     assert not set(pids) & set(REGISTRY.processes)
+
+
+def test_ctrl_c_stops_every_server_and_writes_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(SCENARIOS / "faults_failover.toml"),
+                            "--backend", "redis", "-q", "--out", str(out)], cwd=ROOT,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    servers: list[int] = []
+    while time.monotonic() < deadline and len(servers) < 2:   # the run has started its servers
+        servers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == run.pid]
+        time.sleep(0.1)
+    assert servers, "the run never started its servers"
+    time.sleep(1.0)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 130 and "interrupted" in err
+    assert not any(alive(pid) for pid in servers)
+    assert not out.exists()
+
+
+def _parent(proc: Path) -> int:
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return -1
+    return int(stat[stat.rindex(")") + 2:].split()[1])
