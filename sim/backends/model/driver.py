@@ -143,15 +143,11 @@ class SimDriver:
             raise ConnectionRefused("partitioned")
         if route.fate == network.VANISH:
             yield env.timeout(self._timeout)
-            client.connection = None
-            self.history.ambiguous += 1
-            raise ConnectionLost("timeout")
+            raise self._lose(client, "timeout")
         if client.connection is not None and client.connection.incarnation != server.incarnation:
             # The server this connection went to has died: the socket is closed.
             yield env.timeout(2 * self._half_rtt)
-            client.connection = None
-            self.history.ambiguous += 1
-            raise ConnectionLost("connection closed by server")
+            raise self._lose(client, "connection closed by server")
         if client.connection is None:
             yield from self._reconnect(client)
         if route.delay_out:
@@ -163,17 +159,13 @@ class SimDriver:
         replies_lost = self._replies_lost
         if reply_at - sent > self._timeout and replies_lost:
             yield env.timeout(self._timeout)
-            client.connection = None
-            self.history.ambiguous += 1
-            raise ConnectionLost("timeout")
+            raise self._lose(client, "timeout")
         yield env.timeout(reply_at - sent)
         server.advance(env.now)
         if entry.lost or (route.fate == network.RESET and replies_lost):
-            client.connection = None
-            self.history.ambiguous += 1
-            raise ConnectionLost("connection reset" if not entry.lost else "server went away")
+            raise self._lose(client, "connection reset" if not entry.lost else "server went away")
         reply = entry.reply
-        if type(reply) is CommandError and str(reply).startswith("NOSCRIPT"):
+        if _is_noscript(reply):
             self.noscript += 1
             client.connection = None  # reconnect, load the scripts, send again
             return (yield from self._request(client, send))
@@ -182,6 +174,12 @@ class SimDriver:
                                    self.config.wait_timeout_ms / 1000.0)
             yield env.timeout(ready + self._half_rtt - env.now)
         return reply, entry.error
+
+    def _lose(self, client: Client, why: str) -> ConnectionLost:
+        """The reply is lost: the client drops the connection; the outcome is unknown."""
+        client.connection = None
+        self.history.ambiguous += 1
+        return ConnectionLost(why)
 
     def _reconnect(self, client: Client):
         env, server = self.env, self.server
@@ -199,3 +197,7 @@ class SimDriver:
             if entry.lost:
                 client.connection = None
                 raise ConnectionRefused("server went away while loading scripts")
+
+
+def _is_noscript(reply: Any) -> bool:
+    return type(reply) is CommandError and str(reply).startswith("NOSCRIPT")
