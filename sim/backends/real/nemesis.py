@@ -36,8 +36,9 @@ def growing_aof(folder: Path) -> Path | None:
 
 class RealNemesis:
     def __init__(self, driver: RealDriver, deployment: Deployment, schedule: list[Fault], seed: int,
-                 replication_lag_ms: float) -> None:
+                 replication_lag_ms: float, auto_failover_s: float | None = None) -> None:
         self.driver = driver
+        self.auto_failover_s = auto_failover_s
         self.deployment = deployment
         self.schedule = schedule
         self.replication_lag_ms = replication_lag_ms
@@ -68,6 +69,14 @@ class RealNemesis:
 
     # -- the server -------------------------------------------------------------
     async def server_crash(self, fault: Fault) -> dict:
+        """SIGKILL and a restart after ``duration``; with automatic failover,
+        a replica is promoted instead once the primary has been down for the
+        detection delay (as Sentinel would)."""
+        detection = self.auto_failover_s
+        if detection is not None and self.deployment.replicas and fault.duration > detection:
+            await self._cut_replication_and_kill()
+            await asyncio.sleep(detection)
+            return {"auto_failover": await self._promote()}
         await asyncio.to_thread(self.deployment.primary.kill)
         await asyncio.sleep(fault.duration)
         await asyncio.to_thread(self.deployment.primary.start)
@@ -120,14 +129,19 @@ class RealNemesis:
     async def failover(self, fault: Fault) -> dict:
         """Cut the replication link (what was in flight on it never arrives),
         kill the primary, and after ``duration`` promote the replica."""
-        deployment = self.deployment
-        for proxy in deployment.replication_proxies.values():
-            await asyncio.to_thread(proxy.disable)
-        await asyncio.to_thread(deployment.primary.kill)
+        await self._cut_replication_and_kill()
         await asyncio.sleep(fault.duration)
-        new = await asyncio.to_thread(deployment.promote)
+        return {"promoted": await self._promote()}
+
+    async def _cut_replication_and_kill(self) -> None:
+        for proxy in self.deployment.replication_proxies.values():
+            await asyncio.to_thread(proxy.disable)
+        await asyncio.to_thread(self.deployment.primary.kill)
+
+    async def _promote(self) -> str:
+        new = await asyncio.to_thread(self.deployment.promote)
         await asyncio.to_thread(self.add_replication_lag)
-        return {"promoted": new.name}
+        return new.name
 
     def add_replication_lag(self) -> None:
         """Delay the replication links, as distance and load would."""

@@ -20,14 +20,16 @@ def run_strategy_on_redis(scenario: Scenario, trace: Trace, name: str, schedule:
     """A fresh deployment for each strategy: nothing carries over between them."""
     strategy = make_strategy(name, **scenario.strategy_options.get(name, {}))
     server = scenario.server
-    needs_replica = any(fault.kind == "failover" for fault in schedule)
+    needs_replica = any(fault.kind == "failover" or (fault.kind == "server_crash" and server.auto_failover)
+                        for fault in schedule)
     with Deployment(server.appendonly, server.appendfsync, server.rdb_interval_s,
                     replicas=server.replicas if needs_replica else 0) as deployment:
         driver = RealDriver(trace, strategy, scenario.clients,
                             deployment.direct_address if direct else deployment.client_address,
                             lambda: deployment.direct_address, scenario.run.timeline_points,
                             progress=progress(name, trace) if progress else None)
-        nemesis = RealNemesis(driver, deployment, schedule, trace.seed, server.replication_lag_ms)
+        nemesis = RealNemesis(driver, deployment, schedule, trace.seed, server.replication_lag_ms,
+                              server.failover_detection_s if server.auto_failover else None)
         nemesis.add_replication_lag()
         deployment.wait_for_replicas()
         started = time.perf_counter()
