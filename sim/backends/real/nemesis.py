@@ -122,6 +122,8 @@ class RealNemesis:
                 break
             await asyncio.sleep(0.001)
         probe.close()
+        if hit is None:
+            return {"hit_busy_server_at": None}  # never caught it busy: no power cut, as in the simulation
         effects = await self.power_loss(fault)
         effects["hit_busy_server_at"] = hit
         return effects
