@@ -194,3 +194,25 @@ class ClientLoop:
         except Exception as gave_up:  # a strategy gave up: lock busy, WATCH kept aborting
             history.errors[type(gave_up).__name__] += 1
             return Attempt(FAIL)
+
+
+def next_instruction(loop, answer: Any, error: Exception | None):
+    """Resume a ClientLoop with the answer to its last instruction (or the
+    error it raised); None when the loop is done."""
+    try:
+        return loop.send(answer) if error is None else loop.throw(error)
+    except StopIteration:
+        return None
+
+
+def strike_clients(fault: Any, clients: list[Client], rng: Any, now: float) -> dict:
+    """A client_crash or client_pause: pick ``clients`` of them (seeded) and
+    set the fault on each; it strikes inside their next operation."""
+    count = min(int(fault.param("clients")), len(clients))
+    chosen = [clients[i] for i in sorted(rng.choice(len(clients), size=count, replace=False).tolist())]
+    for client in chosen:
+        if fault.kind == "client_crash":
+            client.crash(now, fault.duration)
+        else:
+            client.pause(now, fault.duration)
+    return {"clients": [client.index for client in chosen]}

@@ -20,7 +20,7 @@ from sim.backends.model import network
 from sim.backends.model.network import Network
 from sim.backends.model.server import Connection, Server
 from sim.checker import Counters, Drift, check, read_counters
-from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep
+from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep, next_instruction
 from sim.commands import CommandError, ConnectionLost, Pipeline, may_write
 from sim.history import History
 from sim.traffic import Trace
@@ -112,11 +112,7 @@ class SimDriver:
         loop = self.loop.run(client, ops)
         answer: Any = None
         error: Exception | None = None
-        while True:
-            try:
-                instruction = loop.send(answer) if error is None else loop.throw(error)
-            except StopIteration:
-                return
+        while (instruction := next_instruction(loop, answer, error)) is not None:
             answer = error = None
             kind = type(instruction)
             if kind is Send:

@@ -10,6 +10,7 @@ import numpy as np
 from sim.backends.model.driver import SimDriver
 from sim.backends.model.persistence import ReplicationLag
 from sim.commands import Pipeline, Script, Transaction
+from sim.client import strike_clients
 from sim.faults import Fault
 from strategies import keys
 
@@ -106,24 +107,11 @@ class Nemesis:
         return self._crash(now, down_for, keep, preserve_locks=preserve)
 
     # -- the clients ----------------------------------------------------------------
-    def _pick_clients(self, fault: Fault) -> list:
-        count = min(int(fault.param("clients")), len(self.driver.clients))
-        chosen = self.rng.choice(len(self.driver.clients), size=count, replace=False)
-        return [self.driver.clients[i] for i in sorted(chosen.tolist())]
-
     def client_crash(self, fault: Fault):
-        clients = self._pick_clients(fault)
-        for client in clients:
-            client.crash(self.driver.env.now, fault.duration)
-        return {"clients": [client.index for client in clients]}
+        return strike_clients(fault, self.driver.clients, self.rng, self.driver.env.now)
         yield
 
-    def client_pause(self, fault: Fault):
-        clients = self._pick_clients(fault)
-        for client in clients:
-            client.pause(self.driver.env.now, fault.duration)
-        return {"clients": [client.index for client in clients]}
-        yield
+    client_pause = client_crash
 
     # -- the network ------------------------------------------------------------------
     def _network(self, fault: Fault):

@@ -17,7 +17,7 @@ import redis.exceptions
 
 from sim.backends.real.connection import AsyncConnection, SyncConnection
 from sim.checker import Counters, Drift, check, read_counters
-from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep
+from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep, next_instruction
 from sim.commands import CommandError, ConnectionLost, may_write
 from sim.history import History
 from sim.traffic import Trace
@@ -122,11 +122,7 @@ class RealDriver:
         loop = self.loop.run(client, ops)
         answer: Any = None
         error: Exception | None = None
-        while True:
-            try:
-                instruction = loop.send(answer) if error is None else loop.throw(error)
-            except StopIteration:
-                return
+        while (instruction := next_instruction(loop, answer, error)) is not None:
             answer = error = None
             kind = type(instruction)
             if kind is Send:

@@ -22,6 +22,7 @@ import redis
 
 from sim.backends.real.deployment import Deployment
 from sim.backends.real.driver import RealDriver
+from sim.client import strike_clients
 from sim.faults import Fault
 
 _BUSY_PROBE_S = 0.005
@@ -155,22 +156,10 @@ class RealNemesis:
                                 attributes={"latency": int(self.replication_lag_ms), "jitter": 0})
 
     # -- the clients --------------------------------------------------------------------
-    def _pick_clients(self, fault: Fault) -> list:
-        count = min(int(fault.param("clients")), len(self.driver.clients))
-        chosen = self.rng.choice(len(self.driver.clients), size=count, replace=False)
-        return [self.driver.clients[i] for i in sorted(chosen.tolist())]
-
     async def client_crash(self, fault: Fault) -> dict:
-        clients = self._pick_clients(fault)
-        for client in clients:
-            client.crash(self.driver.now(), fault.duration)
-        return {"clients": [client.index for client in clients]}
+        return strike_clients(fault, self.driver.clients, self.rng, self.driver.now())
 
-    async def client_pause(self, fault: Fault) -> dict:
-        clients = self._pick_clients(fault)
-        for client in clients:
-            client.pause(self.driver.now(), fault.duration)
-        return {"clients": [client.index for client in clients]}
+    client_pause = client_crash
 
     # -- the network (toxiproxy, on the clients' proxy) -----------------------------------
     async def _toxic(self, fault: Fault, **toxic: Any) -> dict:
