@@ -1,14 +1,18 @@
 """One client connection to a real redis-server, sync or asyncio.
 
-redis-py's own retry is turned off (``Retry(NoBackoff(), 0)``): the driver
-owns every retry, so a non-idempotent command is sent again only when the
-strategy's retry policy says so. Replies are raw (no response callbacks):
-the same shapes the simulated server returns.
+The driver owns every retry, so a non-idempotent command is sent again only
+when the strategy's retry policy says so: the sync connection is redis-py's
+with its retry turned off (``Retry(NoBackoff(), 0)``), the asyncio one has
+none. Replies are raw RESP2 (no response callbacks): the same shapes the
+simulated server returns.
 """
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+
+import hiredis
 import redis
-import redis.asyncio
 from hiredis import pack_command
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
@@ -18,8 +22,8 @@ from sim.commands import CommandError, Request, Script
 from sim.lua import LuaScript
 
 
-def _no_retry(module) -> object:
-    return module.retry.Retry(NoBackoff(), 0)
+def _no_retry() -> object:
+    return redis.retry.Retry(NoBackoff(), 0)
 
 
 def _is_noscript(reply: object) -> bool:
@@ -31,7 +35,7 @@ class SyncConnection:
 
     def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
         self.connection = redis.Connection(host=host, port=port, decode_responses=True, protocol=2,
-                                           retry=_no_retry(redis), socket_timeout=timeout,
+                                           retry=_no_retry(), socket_timeout=timeout,
                                            socket_connect_timeout=timeout)
 
     def execute(self, request: Request) -> object:
@@ -57,30 +61,63 @@ class SyncConnection:
         self.connection.disconnect()
 
 
+class _RespProtocol(asyncio.Protocol):
+    """Replies parsed by hiredis, handed to the requests waiting for them, in order."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(encoding="utf-8")
+        self.waiting: deque[asyncio.Future] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = ConnectionError(f"connection lost: {exc or 'closed by the server'}")
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(self.lost)
+
+
 class AsyncConnection:
-    """One virtual client's connection: WATCH, MULTI and EXEC stay on it."""
+    """One virtual client's connection: WATCH, MULTI and EXEC stay on it.
+
+    A bare asyncio protocol with hiredis's parser rather than redis-py's
+    asyncio Connection: measured in one run, alternating, the driver made
+    about a fifth more deliveries per second with it (32,754 vs 27,548/s,
+    29,222 vs 24,820, 21,109 vs 17,597), and it has no retry of its own.
+    """
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.connection = redis.asyncio.Connection(host=host, port=port, decode_responses=True, protocol=2,
-                                                   retry=_no_retry(redis.asyncio), socket_timeout=None,
-                                                   socket_connect_timeout=timeout)
+        self.host, self.port = host, port
+        self.protocol: _RespProtocol | None = None
         self.noscript = 0
 
     async def connect(self, scripts: tuple[LuaScript, ...]) -> None:
-        await self.connection.connect()
+        loop = asyncio.get_running_loop()
+        _, self.protocol = await loop.create_connection(_RespProtocol, self.host, self.port)
         for script in scripts:
             await self.execute(("SCRIPT", "LOAD", script.source))
 
     async def execute(self, request: Request) -> object:
+        protocol = self.protocol
+        if protocol.lost is not None:
+            raise protocol.lost
         commands = flatten(request)
-        # hiredis packs in C: several times faster than redis-py's Python packer.
-        await self.connection.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
-        replies = []
-        for _ in commands:
-            try:
-                replies.append(await self.connection.read_response())
-            except ResponseError as error:
-                replies.append(error)
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in commands]
+        protocol.waiting.extend(waiters)
+        protocol.transport.write(b"".join(map(pack_command, commands)))
+        replies = [await waiter for waiter in waiters]
         reply = assemble(request, replies)
         if type(request) is Script and _is_noscript(reply):
             # The script cache was emptied (restart, failover): load, send again.
@@ -90,4 +127,5 @@ class AsyncConnection:
         return reply
 
     async def close(self) -> None:
-        await self.connection.disconnect(nowait=True)
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.abort()

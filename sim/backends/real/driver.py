@@ -2,8 +2,8 @@
 against real redis-server processes, in wall-clock time.
 
 The same round-robin dealing, retry policy and history as the simulated
-driver: each virtual client is an asyncio task with one connection of its
-own (redis.asyncio with hiredis, redis-py's retry off), through the
+driver (the shared ClientLoop): each virtual client is an asyncio task with
+one connection of its own (hiredis, no retry of its own), through the
 toxiproxy proxy unless the run is direct. An operation's intended start is
 its trace time after the run's start; latency is measured from it.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import hiredis
 from redis.exceptions import ResponseError
 
 from sim.commands import CommandError, Pipeline, Request, Script, Transaction
@@ -39,6 +40,8 @@ def as_command_error(error: ResponseError) -> CommandError:
 def _reply(value: Any) -> Any:
     if isinstance(value, ResponseError):
         return as_command_error(value)
+    if isinstance(value, hiredis.ReplyError):
+        return CommandError(str(value))
     if isinstance(value, list):
         return [_reply(item) for item in value]
     return value
