@@ -101,6 +101,7 @@ class AsyncConnection:
         self.host, self.port = host, port
         self.protocol: _RespProtocol | None = None
         self.noscript = 0
+        self.timed_out = False
 
     async def connect(self, scripts: tuple[LuaScript, ...]) -> None:
         loop = asyncio.get_running_loop()
@@ -117,7 +118,15 @@ class AsyncConnection:
         waiters = [loop.create_future() for _ in commands]
         protocol.waiting.extend(waiters)
         protocol.transport.write(b"".join(map(pack_command, commands)))
-        replies = [await waiter for waiter in waiters]
+        try:
+            replies = [await waiter for waiter in waiters]
+        except BaseException:
+            for waiter in waiters:  # the connection died: the other replies will never come
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()
+                else:
+                    waiter.cancel()
+            raise
         reply = assemble(request, replies)
         if type(request) is Script and _is_noscript(reply):
             # The script cache was emptied (restart, failover): load, send again.
@@ -125,6 +134,12 @@ class AsyncConnection:
             await self.execute(("SCRIPT", "LOAD", request.script.source))
             return await self.execute(request)
         return reply
+
+    def time_out(self) -> None:
+        """The request is late: drop the connection; the waiting request fails."""
+        self.timed_out = True
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.abort()
 
     async def close(self) -> None:
         if self.protocol is not None and self.protocol.transport is not None:

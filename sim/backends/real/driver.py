@@ -55,6 +55,7 @@ class RealDriver:
         self._wait_timeout_ms = config.wait_timeout_ms
         self._start = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: dict[AsyncConnection, float] = {}   # connection -> when its request times out
 
     def now(self) -> float:
         """Seconds since the run started (history times are in these)."""
@@ -69,7 +70,7 @@ class RealDriver:
         n_ops = len(self.workload)
         clients = [asyncio.create_task(self._client(client, range(client.index, n_ops, len(self.clients))))
                    for client in self.clients]
-        helpers = [asyncio.create_task(coroutine) for coroutine in background]
+        helpers = [asyncio.create_task(coroutine) for coroutine in (*background, self._watchdog())]
         if self.timeline_points and n_ops:
             helpers.append(asyncio.create_task(self._ticker()))
         if self.progress and n_ops:
@@ -148,22 +149,31 @@ class RealDriver:
             self.reconnects += 1
             self.script_loads += bool(self.strategy.scripts)
             client.connection = connection
+        connection = client.connection
         try:
-            # asyncio.timeout, not wait_for: no task per request.
-            async with asyncio.timeout(self._timeout):
-                reply = await client.connection.execute(request)
+            # The watchdog, not a timer per request, enforces the timeout.
+            self._deadlines[connection] = self._loop.time() + self._timeout
+            reply = await connection.execute(request)
             if self._wait_replicas and may_write(request):
-                async with asyncio.timeout(self._timeout + self._wait_timeout_ms / 1000.0):
-                    await client.connection.execute(("WAIT", self._wait_replicas, int(self._wait_timeout_ms)))
+                self._deadlines[connection] += self._wait_timeout_ms / 1000.0
+                await connection.execute(("WAIT", self._wait_replicas, int(self._wait_timeout_ms)))
             return reply
-        except TimeoutError:
-            self.history.ambiguous += 1
-            await self._drop(client)
-            raise ConnectionLost("timeout") from None
         except CONNECTION_ERRORS as error:
             self.history.ambiguous += 1
             await self._drop(client)
-            raise ConnectionLost(str(error)) from None
+            raise ConnectionLost("timeout" if connection.timed_out else str(error)) from None
+        finally:
+            self._deadlines.pop(connection, None)
+
+    async def _watchdog(self) -> None:
+        """Abort the connections whose request is late: their clients see a
+        timeout (checked every quarter of the timeout, at most every 50 ms)."""
+        period = min(0.05, self._timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = self._loop.time()
+            for connection in [c for c, deadline in self._deadlines.items() if deadline < now]:
+                connection.time_out()
 
     async def _drop(self, client: Client) -> None:
         if client.connection is not None:
