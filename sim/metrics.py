@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.checker import Drift
 from sim.history import NOT_RUN, History
 from sim.traffic import KIND_NAMES, Trace
 
@@ -36,3 +37,13 @@ def performance(trace: Trace, history: History) -> dict:
         "latency_ms_by_kind": {name: latency_summary(latency[kinds == code])
                                for code, name in enumerate(KIND_NAMES)},
     }
+
+
+def timeline_point(at: float, drift: Drift, history: History, previous: dict | None) -> dict:
+    """One point of a run's timeline: operations done by ``at``, the rate
+    since the previous point, and the drift then."""
+    ops = history.completed_by(at)
+    previous_ops, previous_at = (previous["ops"], previous["t"]) if previous else (0, 0.0)
+    return {"t": round(at, 9), "ops": ops,
+            "ops_per_s": round((ops - previous_ops) / max(at - previous_at, 1e-9), 3),
+            "users_inconsistent": drift.users_inconsistent, "abs_drift_sum": drift.abs_drift_sum}

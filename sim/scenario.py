@@ -97,7 +97,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "traffic.read_probability": (0, 1), "traffic.read_delay_mean_s": (0, None),
     "traffic.badge_probability": (0, 1), "traffic.badge_delay_s": (0, None),
     "clients.count": (1, None), "clients.rtt_ms": (1e-9, None), "clients.timeout_ms": (1e-9, None),
-    "clients.retries": (0, None), "clients.backoff_ms": (0, None),
+    "clients.retries": (0, None), "clients.backoff_ms": (0, None), "clients.max_backoff_ms": (0, None),
     "server.command_us": (1e-9, None), "server.script_us": (1e-9, None), "server.script_per_key_us": (0, None),
     "server.rdb_interval_s": (1e-3, None), "server.replicas": (0, 5), "server.replication_lag_ms": (0, None),
     "server.failover_detection_s": (0, None), "clients.wait_timeout_ms": (0, None),

@@ -23,6 +23,7 @@ from sim.checker import Counters, Drift, check, read_counters
 from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep, next_instruction
 from sim.commands import CommandError, ConnectionLost, Pipeline, may_write
 from sim.history import History
+from sim.metrics import timeline_point
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
@@ -86,18 +87,12 @@ class SimDriver:
 
     def _ticker(self):
         span = self._t[-1]
-        previous_ops, previous_at = 0, 0.0
         for point in range(1, self.timeline_points + 1):
             at = span * point / self.timeline_points
             yield self.env.timeout(at - self.env.now)
             self.server.advance(at)
-            drift = self.drift(at)
-            ops = self.history.completed_by(at)
-            self.timeline.append({
-                "t": round(at, 9), "ops": ops,
-                "ops_per_s": round((ops - previous_ops) / (at - previous_at), 3),
-                "users_inconsistent": drift.users_inconsistent, "abs_drift_sum": drift.abs_drift_sum})
-            previous_ops, previous_at = ops, at
+            self.timeline.append(timeline_point(at, self.drift(at), self.history,
+                                                self.timeline[-1] if self.timeline else None))
 
     def _progress_ticker(self, steps: int = 100):
         span = self._t[-1]

@@ -20,6 +20,7 @@ from sim.checker import Counters, Drift, check, read_counters
 from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep, next_instruction
 from sim.commands import CommandError, ConnectionLost, may_write
 from sim.history import History
+from sim.metrics import timeline_point
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
@@ -98,18 +99,12 @@ class RealDriver:
 
     async def _ticker(self):
         span = self.workload.t[-1]
-        previous_ops, previous_at = 0, 0.0
         for point in range(1, self.timeline_points + 1):
-            at = span * point / self.timeline_points
-            await asyncio.sleep(max(0.0, at - self.now()))
+            await asyncio.sleep(max(0.0, span * point / self.timeline_points - self.now()))
             at = self.now()
             drift = await asyncio.to_thread(self.drift, at)
-            ops = self.history.completed_by(at)
-            self.timeline.append({"t": round(at, 6), "ops": ops,
-                                  "ops_per_s": round((ops - previous_ops) / max(at - previous_at, 1e-9), 3),
-                                  "users_inconsistent": drift.users_inconsistent,
-                                  "abs_drift_sum": drift.abs_drift_sum})
-            previous_ops, previous_at = ops, at
+            self.timeline.append(timeline_point(at, drift, self.history,
+                                                self.timeline[-1] if self.timeline else None))
 
     async def _progress_ticker(self) -> None:
         while True:
