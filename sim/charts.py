@@ -10,6 +10,7 @@ from pathlib import Path
 from functools import wraps
 
 import matplotlib
+import matplotlib.patches
 import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
@@ -105,6 +106,38 @@ def matrix(documents: list[dict], field: str) -> Figure:
     return figure
 
 
+_CLASS_SHORT = {"none": "none", "inconsistent": "incons.", "total over": "over", "total under": "under",
+                "conversations wrong": "convs"}
+
+
+@styled
+def fidelity(document: dict) -> Figure:
+    """Backend against backend, cell by cell: each one's drift class and
+    |drift|; green where they agree, red where they do not."""
+    left, right = document["backends"]
+    columns = sorted({(cell["scenario"], cell["seed"]) for cell in document["cells"]})
+    rows = [name for name in STRATEGIES if any(cell["strategy"] == name for cell in document["cells"])]
+    figure = Figure(figsize=(1.5 * len(columns) + 2.5, 0.7 * len(rows) + 2))
+    axis = figure.subplots()
+    for cell in document["cells"]:
+        x, y = columns.index((cell["scenario"], cell["seed"])), rows.index(cell["strategy"])
+        agree = cell["disagreement"] is None
+        axis.add_patch(matplotlib.patches.Rectangle((x - 0.5, y - 0.5), 1, 1, color="#b7e4b7" if agree else "#f4a6a6"))
+        text = (f"{_CLASS_SHORT[cell[left]['class']]} / {_CLASS_SHORT[cell[right]['class']]}\n"
+                f"{cell[left]['figures']['|drift|']} / {cell[right]['figures']['|drift|']}")
+        axis.text(x, y, text, ha="center", va="center", fontsize=7)
+    axis.set_xlim(-0.5, len(columns) - 0.5)
+    axis.set_ylim(len(rows) - 0.5, -0.5)
+    axis.set_xticks(range(len(columns)), [f"{name.replace('faults_', '')} s{seed}" for name, seed in columns],
+                    rotation=35, ha="right")
+    axis.set_yticks(range(len(rows)), rows)
+    axis.grid(False)
+    agreeing = sum(cell["disagreement"] is None for cell in document["cells"])
+    axis.set_title(f"Fidelity, {left} / {right}: drift class and |drift| per cell "
+                   f"({agreeing} of {len(document['cells'])} agree)")
+    return figure
+
+
 @styled
 def timeline(document: dict) -> Figure:
     """Drift and throughput over time, each fault shaded where it struck."""
@@ -122,7 +155,9 @@ def timeline(document: dict) -> Figure:
     faults = document["runs"][0]["faults"] if document["runs"] else []
     seen = set()
     for fault in faults:
-        start = fault.get("started", fault["at"])
+        start = fault["effects"]["struck_at"]
+        if start is None:
+            continue   # it never struck (the record says why)
         for axis in (top, bottom):
             axis.axvspan(start, start + max(fault["duration"], 0.02), color=FAULT_COLOURS.get(fault["kind"]),
                          alpha=0.5, label=fault["kind"] if axis is top and fault["kind"] not in seen else None)

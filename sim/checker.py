@@ -52,6 +52,8 @@ class Drift:
     max_abs_drift: int
     overcount: int
     undercount: int
+    total_over: int = 0      # sum of totals above their true range
+    total_under: int = 0     # sum of totals below it (as a positive number)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -96,4 +98,6 @@ def check(pairs: Memberships, truth: TruthRanges, counters: Counters) -> Drift:
         max_abs_drift=int(np.abs(total_drift).max()) if users else 0,
         overcount=int(conv_drift[conv_drift > 0].sum() + stray[stray > 0].sum()),
         undercount=int(-conv_drift[conv_drift < 0].sum() - stray[stray < 0].sum()),
+        total_over=int(total_drift[total_drift > 0].sum()),
+        total_under=int(-total_drift[total_drift < 0].sum()),
     )

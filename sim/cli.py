@@ -5,18 +5,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim import __version__
-from sim.faults import FAULT_KINDS
+from sim import __version__, backends
+from sim.errors import UsageError
+from sim.faults import SPECS
 from sim.results import write_json
 from sim.runner import peak_rss_mib, run_scenario, stderr_progress
 from sim.scenario import ScenarioError, load
 from sim.table import format_causes, format_faults, format_table
 from sim.traffic import Trace, generate
 from strategies import STRATEGIES
-
-class UsageError(Exception):
-    pass
-
 
 def _strategies(option: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     if option is None:
@@ -75,13 +72,14 @@ def command_trace(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from sim.report import ReportError, find_results, load_results, write_report
+    from sim.report import ReportError, find_fidelity, find_results, load_results, write_report
 
     try:
         documents = [load_results(path) for path in find_results(args.results)]
+        fidelities = find_fidelity(args.results)
     except ReportError as error:
         raise UsageError(str(error)) from None
-    markdown, page = write_report(documents, Path(args.out))
+    markdown, page = write_report(documents, Path(args.out), fidelities)
     print(f"report: {page} (and {markdown.name}, charts as PNG and SVG in {args.out})")
     return 0
 
@@ -106,18 +104,36 @@ def command_list(args: argparse.Namespace) -> int:
     print("strategies:")
     for name, cls in STRATEGIES.items():
         print(f"  {name:<15} {cls.summary}")
-    print("\nfault kinds:")
-    for name, (text, _, _) in FAULT_KINDS.items():
-        print(f"  {name:<22} {text}")
+    print("\nbackends:")
+    for name in backends.BACKENDS:
+        print(f"  {name:<15} {backends.get(name).summary}")
+    print("\nfault kinds (each parameter: type, unit, bounds, default):")
+    for spec in SPECS.values():
+        print(f"  {spec.kind:<22} {spec.summary}")
+        print(f"  {'':<24}duration: {spec.duration} (default {spec.default_duration:g} s)")
+        for param in spec.params:
+            print(f"  {'':<24}{param.name}: {param.describe()}")
     return 0
 
 
+def command_fidelity(args: argparse.Namespace) -> int:
+    from sim.fidelity import format_matrix, run_fidelity
+
+    scenarios = [load(path) for path in args.scenarios]
+    strategies = _strategies(args.strategies, ("naive", "lua", "lock", "lua_idempotent"))
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise UsageError(f"--seeds: a comma-separated list of integers, got {args.seeds!r}") from None
+    out = Path(args.out)
+    document = run_fidelity(scenarios, strategies, seeds, out, progress=None if args.quiet else stderr_progress())
+    print(format_matrix(document))
+    print(f"fidelity: {out / 'fidelity.json'}")
+    return 1 if document["disagreements"] else 0
+
+
 def command_bench(args: argparse.Namespace) -> int:
-    if args.backend == "redis":
-        from sim.backends.real.bench import main as bench_main
-    else:
-        from sim.bench import main as bench_main
-    return bench_main(args)
+    return backends.get(args.backend).bench(args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -131,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override the scenario's seed")
     run.add_argument("--out", help="output folder (default: results/<scenario>-s<seed>)")
     run.add_argument("--trace", help="replay a saved trace instead of generating one")
-    run.add_argument("--backend", choices=("sim", "redis"), default="sim",
+    run.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",
                      help="sim: the SimPy model (default); redis: real redis-server and toxiproxy-server processes")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(handler=command_run)
@@ -156,6 +172,15 @@ def parser() -> argparse.ArgumentParser:
     comparison.add_argument("--markdown", help="also write a short Markdown table here (for a CI comment)")
     comparison.set_defaults(handler=command_compare)
 
+    fidelity = commands.add_parser("fidelity", help="run scenarios on the simulation and on real servers; "
+                                                    "name the cells whose drift class differs (exit 1 if any)")
+    fidelity.add_argument("scenarios", nargs="+", help="scenario TOML files")
+    fidelity.add_argument("--strategies", help="comma-separated (default: naive,lua,lock,lua_idempotent)")
+    fidelity.add_argument("--seeds", help="comma-separated seeds (default: each scenario's own)")
+    fidelity.add_argument("--out", default="results/fidelity", help="output folder (default: results/fidelity)")
+    fidelity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    fidelity.set_defaults(handler=command_fidelity)
+
     listing = commands.add_parser("list", help="list strategies and fault kinds")
     listing.set_defaults(handler=command_list)
 
@@ -163,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--scenario", default="scenarios/quick.toml")
     bench.add_argument("--strategies", default="naive,lua")
     bench.add_argument("--events", type=int, default=500_000, help="bare SimPy timeouts to time")
-    bench.add_argument("--backend", choices=("sim", "redis"), default="sim",
+    bench.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",
                        help="redis: the asyncio driver against redis-server, next to redis-benchmark")
     bench.add_argument("--clients", type=int, default=50, help="(redis) concurrent clients")
     bench.add_argument("--requests", type=int, default=200_000, help="(redis) redis-benchmark -n")

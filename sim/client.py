@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from sim.commands import Backoff, CommandError, ConnectionLost
+from sim import stall
+from sim.commands import Backoff, CommandError, ConnectionLost, may_write
 from sim.history import FAIL, OK, UNKNOWN, History
+from sim.nemesis import AckLog, StallTarget
+from sim.traffic import KIND_NAMES
 from sim.workload import Workload
 from strategies.base import Strategy
 
@@ -19,7 +22,7 @@ CAUSES = ("gave_up", "retry_applied_twice", "lost_unfsynced", "lost_on_failover"
 class ClientConfig:
     count: int = 32
     rtt_ms: float = 0.2           # the simulated network's round trip
-    timeout_ms: float = 1000.0
+    timeout_ms: float = 1000.0    # from sending a request to giving up on its reply
     retries: int = 2              # re-runs of an operation that failed to reach Redis or lost a reply
     backoff_ms: float = 5.0       # doubled at each retry...
     max_backoff_ms: float = 1000.0  # ...up to this
@@ -31,7 +34,8 @@ class ClientConfig:
 
 
 class ConnectionRefused(ConnectionLost):
-    """The request never reached the server (it is down, or partitioned away)."""
+    """The request was never sent: the server is down or partitioned away,
+    or the connection was already closed. It surely did not apply."""
 
 
 class Client:
@@ -40,6 +44,7 @@ class Client:
     def __init__(self, index: int) -> None:
         self.index = index
         self.connection: Any = None
+        self.sending = False                  # a request is out, its reply not back
         self.crash_for: float | None = None   # set by a client_crash: dies mid-operation
         self.pause_for: float | None = None   # set by a client_pause: freezes mid-operation
         self.struck_since = 0.0               # when the crash or pause was set
@@ -58,6 +63,11 @@ class Client:
         return requests_done >= wanted or (waited > 1.0 and requests_done > 0) or waited > 2.0
 
 
+def in_flight(clients: list[Client]) -> int:
+    """Operations with a request out and its reply not back."""
+    return sum(client.sending for client in clients)
+
+
 @dataclass(frozen=True)
 class Attempt:
     outcome: int
@@ -73,8 +83,9 @@ class Sleep:
 @dataclass(frozen=True, slots=True)
 class Send:
     """Send a request; the backend answers (reply, first error reply inside
-    it or None), or raises ConnectionLost / ConnectionRefused into the loop.
-    (operation, attempt, number) name the request, for the network's dice."""
+    it or None, when the server applied it), or raises ConnectionLost /
+    ConnectionRefused into the loop. (operation, attempt, number) name the
+    request, for the network's dice."""
 
     request: Any
     operation: int
@@ -103,10 +114,14 @@ class ClientLoop:
     client is free; it is retried, whole, after a connection-level failure
     while the retry policy allows; a client crash strikes between two of its
     requests and nobody retries it; a pause strikes when a reply comes back.
+    After each write the loop sends WAIT when the strategy asks for it, and
+    it logs acknowledged writes (``acks``) for the faults that can take them
+    back, and puts the stall of an armed ``mid_script_power_loss`` in place.
     """
 
     def __init__(self, workload: Workload, strategy: Strategy, config: ClientConfig, history: History,
-                 causes: frozenset[str], clock: Callable[[], float], paced: bool = True) -> None:
+                 causes: frozenset[str], clock: Callable[[], float], paced: bool = True,
+                 acks: AckLog | None = None, target: StallTarget | None = None) -> None:
         self.workload = workload
         self.strategy = strategy
         self.config = config
@@ -114,7 +129,11 @@ class ClientLoop:
         self.causes = causes
         self.clock = clock
         self.paced = paced
+        self.acks = acks
+        self.target = target
+        self.wait_replicas = int(strategy.options.get("wait_replicas", 0))
         self.crashed_operations = 0
+        self.wait_replies: dict[int, int] = {}    # replicas WAIT confirmed -> how many times
 
     def run(self, client: Client, ops: Iterable[int]):
         clock, history = self.clock, self.history
@@ -148,18 +167,24 @@ class ClientLoop:
         yield Sleep(client.pause_for)
         client.pause_for = None
 
+    def _send(self, client: Client, request: Any, op: int, attempt: int, number: int):
+        client.sending = True
+        try:
+            return (yield Send(request, op, attempt, number))
+        finally:
+            client.sending = False
+
     def _attempt(self, client: Client, op: int, attempt: int):
-        history = self.history
+        history, target, acks = self.history, self.target, self.acks
         operation = self.workload.operation(self.strategy, op)
         reply: Any = None
         error: Exception | None = None
-        failed = False
+        failed = between = False
         number = done = 0
         try:
             while True:
                 request = operation.send(reply) if error is None else operation.throw(error)
                 reply = error = None
-                number += 1
                 if type(request) is Backoff:
                     history.retries += 1
                     yield Sleep(request.seconds)
@@ -167,8 +192,37 @@ class ClientLoop:
                 if client.crash_for is not None and client.strikes(self.clock(), done, 1):
                     operation.close()
                     return Attempt(UNKNOWN, crashed=True)
-                reply, inside = yield Send(request, op, attempt, number)
+                unwrap = None
+                deferred = False
+                if target is not None and target.armed:
+                    placed = stall.before(request, target.stall_s) if between else stall.inside(request,
+                                                                                                target.stall_s)
+                    deferred = placed is stall.DEFER
+                    if isinstance(placed, stall.Placed):
+                        unwrap = placed.unwrap
+                        target.catch(placed.target, KIND_NAMES[self.workload.kind[op]], op, placed.request,
+                                     self.clock())
+                        request, original = placed.request, request
+                number += 1
+                reply, inside, applied_at = yield from self._send(client, request, op, attempt, number)
                 done += 1
+                if unwrap is not None:
+                    reply = unwrap(reply)
+                    request = original
+                    if isinstance(reply, CommandError):
+                        inside = None
+                between = deferred
+                writes = may_write(request)
+                if writes and acks is not None:
+                    acked = acks.acknowledged(applied_at, op)
+                if writes and self.wait_replicas:
+                    number += 1
+                    replicas, _, _ = yield from self._send(
+                        client, ("WAIT", self.wait_replicas, int(self.config.wait_timeout_ms)), op, attempt, number)
+                    replicas = replicas if type(replicas) is int else 0
+                    self.wait_replies[replicas] = self.wait_replies.get(replicas, 0) + 1
+                    if acks is not None and replicas >= self.wait_replicas:
+                        acked.confirmed = True
                 if isinstance(reply, CommandError):
                     error, reply = reply, None
                     continue

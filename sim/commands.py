@@ -15,6 +15,12 @@ a real redis-server: each backend only has to execute a request.
   the list of results, or ``None`` when a WATCHed key changed;
 - :class:`Backoff` asks the driver to wait; it counts as a retry.
 
+The harness itself adds one more (strategies never yield it):
+:class:`Stall` inside a Pipeline or Transaction, or ``Script.stall_s``,
+holds the server at that point, writing nothing, so that
+``mid_script_power_loss`` can strike an operation between two of its
+writes on every backend (see :mod:`sim.stall`).
+
 A lost reply (connection reset, timeout) is raised as :class:`ConnectionLost`:
 the command may or may not have been applied.
 """
@@ -39,6 +45,15 @@ class Script:
     script: LuaScript
     keys: tuple
     args: tuple = ()
+    stall_s: float = 0.0   # hold the server this long after the script's first redis.call
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """Hold the server for ``seconds`` here, writing nothing (a busy loop in
+    a script of its own on a real server; service time in the simulation)."""
+
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +71,7 @@ class Backoff:
     seconds: float
 
 
-Request = Union[tuple, Script, Pipeline, Transaction, Backoff]
+Request = Union[tuple, Script, Pipeline, Transaction, Backoff, Stall]
 Operation = Generator[Request, Any, Any]
 
 
@@ -72,7 +87,27 @@ def may_write(request: Request) -> bool:
         return request[0] not in READ_ONLY
     if kind is Pipeline or kind is Transaction:
         return any(may_write(r) for r in request.commands)
-    return True
+    return kind is not Stall
+
+
+def wire_size(request: Request) -> int:
+    """Bytes of the request in RESP, as a client sends it (EVALSHA for a
+    script, MULTI ... EXEC around a transaction)."""
+    kind = type(request)
+    if kind is tuple:
+        words = [str(word).encode() for word in request]
+    elif kind is Script:
+        words = [b"EVALSHA", request.script.sha.encode(), str(len(request.keys)).encode(),
+                 *(str(word).encode() for word in (*request.keys, *request.args))]
+    elif kind is Pipeline:
+        return sum(wire_size(item) for item in request.commands)
+    elif kind is Transaction:
+        return wire_size(("MULTI",)) + sum(wire_size(item) for item in request.commands) + wire_size(("EXEC",))
+    elif kind is Stall:
+        return 160   # EVAL of a short busy loop
+    else:
+        raise TypeError(f"not a Redis request: {request!r}")
+    return len(f"*{len(words)}\r\n") + sum(len(f"${len(word)}\r\n") + len(word) + 2 for word in words)
 
 
 def run_now(operation: Operation, execute: Callable[[Request], Any]) -> Any:

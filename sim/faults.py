@@ -1,51 +1,142 @@
-"""Fault schedules: what breaks, when, for how long (DESIGN.md's vocabulary).
+"""Fault kinds: one specification each, shared by scenarios, backends and results.
 
 A scenario lists faults explicitly (``[[faults]]`` with kind, at, duration,
 params) or gives per-kind rates (``[[fault_rates]]``) from which a schedule
-is drawn with the run's seed. Both backends read the same schedule; the one
-actually applied is written into results.json.
+is drawn with the run's seed. Each kind's :class:`FaultSpec` says what its
+parameters mean (type, unit, bounds, default), what its duration means, and
+which effects every backend records when it applies it. Scenarios are
+checked against the specification once, when they load; every backend's
+nemesis implements every kind and reads its parameters through
+:meth:`Fault.param`, and writes its effects through :func:`effects_record`,
+so the same fault means the same thing on every backend.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-# kind -> (what it is, default duration in seconds, {param: default})
-FAULT_KINDS: dict[str, tuple[str, float, dict[str, Any]]] = {
-    "client_crash": (
-        "the app process dies between two commands of one operation; its work is not retried",
-        0.5, {"clients": 1}),
-    "client_pause": (
-        "a stop-the-world pause of clients (GC, SIGSTOP) in the middle of an operation",
-        2.0, {"clients": 1}),
-    "server_crash": (
-        "redis-server is killed (SIGKILL) and restarted after `duration`; the OS page cache survives",
-        0.5, {}),
-    "power_loss": (
-        "the machine loses power: what was not fsynced is lost; back after `duration`",
-        1.0, {"tear_bytes": 0}),
-    "mid_script_power_loss": (
-        "power fails while a script or MULTI/EXEC runs (between two commands for naive)",
-        1.0, {"within_s": 5.0}),
-    "failover": (
-        "the primary dies; after `duration` a replica that lacks the writes of the last "
-        "replication lag is promoted",
-        1.0, {"lag_ms": -1.0}),
-    "partition": (
-        "clients are cut from the primary: connections refused and reset",
-        1.0, {}),
-    "latency": (
-        "added network delay and jitter on every request, each way",
-        2.0, {"delay_ms": 20.0, "jitter_ms": 5.0}),
-    "reset_peer": (
-        "connections are reset after the request reached the server: applied, reply lost",
-        1.0, {"probability": 0.5}),
-    "blackhole": (
-        "requests vanish without an answer; clients time out",
-        1.0, {}),
+
+class FaultSpecError(ValueError):
+    """A fault's parameter is missing from its kind's specification, of the
+    wrong type, or out of bounds."""
+
+    def __init__(self, message: str, param: str = "") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type            # int or float
+    unit: str
+    default: Any
+    low: float
+    high: float
+    doc: str
+
+    def describe(self) -> str:
+        return (f"{self.type.__name__}, {self.unit}, {number(self.low)} to {number(self.high)}, "
+                f"default {number(self.default)}: {self.doc}")
+
+    def check(self, value: Any) -> Any:
+        """The value, converted to the parameter's type; raises FaultSpecError."""
+        if self.type is float and type(value) is int:
+            value = float(value)
+        if type(value) is not self.type:
+            kind = "an integer" if self.type is int else "a number"
+            raise FaultSpecError(f"must be {kind}, got {value!r}")
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            raise FaultSpecError(f"must be between {number(self.low)} and {number(self.high)} ({self.unit}), "
+                                 f"got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    kind: str
+    summary: str
+    duration: str              # what the fault's duration means for this kind
+    default_duration: float
+    params: tuple[Param, ...] = ()
+    effects: dict[str, str] = field(default_factory=dict)   # effect -> what it counts
+
+    def param(self, name: str) -> Param:
+        for param in self.params:
+            if param.name == name:
+                return param
+        raise KeyError(f"{self.kind} has no parameter {name!r}")
+
+
+# Effects recorded for every fault, applied or not.
+COMMON_EFFECTS = {
+    "applied": "whether the fault struck at all",
+    "reason": "why it did not strike, or why it ended early (null otherwise)",
+    "struck_at": "when it struck, in run seconds (null if it did not)",
+    "ended_at": "when it was undone (the server back, the network healed), in run seconds",
 }
+_SERVER_LOSS = {
+    "operations_in_flight": "operations with a request at the server when it died (their outcome is unknown)",
+    "writes_lost_s": "how far back the surviving copy reaches: seconds of writes it lacks",
+    "acknowledged_writes_lost": "operations whose write the server had acknowledged and that did not survive",
+    "wait_confirmed_writes_lost": "of those, operations that WAIT had confirmed on enough replicas",
+}
+_TEAR = Param("tear_bytes", int, "bytes", 0, 0, 1 << 20,
+              "bytes of the first unsynced AOF write that reach the disk anyway (a torn tail)")
+
+SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
+    FaultSpec("client_crash", "the app process dies between two requests of one operation; nobody retries it",
+              "how long the crashed client stays down", 0.5,
+              (Param("clients", int, "clients", 1, 1, 100_000, "virtual clients that crash"),),
+              {"clients": "the virtual clients struck"}),
+    FaultSpec("client_pause", "a stop-the-world pause (GC, SIGSTOP) of clients in the middle of an operation",
+              "how long the pause lasts", 2.0,
+              (Param("clients", int, "clients", 1, 1, 100_000, "virtual clients that pause"),),
+              {"clients": "the virtual clients struck"}),
+    FaultSpec("server_crash", "redis-server is killed (SIGKILL); the OS page cache survives",
+              "how long the server stays down (a replica is promoted first if Sentinel is on)", 0.5,
+              (), {**_SERVER_LOSS, "promoted": "whether a replica was promoted instead of a restart"}),
+    FaultSpec("power_loss", "the machine loses power: what was not fsynced is lost",
+              "how long the machine stays down", 1.0, (_TEAR,), _SERVER_LOSS),
+    FaultSpec("mid_script_power_loss",
+              "power fails while an operation is between two of its writes: inside a script or a "
+              "MULTI/EXEC, or between two requests (naive); strikes anyway when the window ends",
+              "how long the machine stays down", 1.0,
+              (Param("within_s", float, "s", 5.0, 0.0, 3600.0, "how long to wait for an operation to strike"),
+               Param("stall_ms", float, "ms", 20.0, 1.0, 1000.0,
+                     "how long the struck operation holds the server between its two writes"),
+               _TEAR),
+              {**_SERVER_LOSS, "target": "what it struck: Script, Transaction, Pipeline, between requests, "
+                                         "or none (the window ended)",
+               "target_operation": "the kind of operation struck (deliver, open_conversation), or null"}),
+    FaultSpec("failover", "the primary dies; a replica that lacks the last `lag_ms` of writes is promoted",
+              "how long until the replica is promoted", 1.0,
+              (Param("lag_ms", float, "ms", -1.0, -1.0, 600_000.0,
+                     "how far the replica is behind (-1: the scenario's replication_lag_ms)"),),
+              _SERVER_LOSS),
+    FaultSpec("partition", "clients are cut from the primary: connections refused and reset",
+              "how long the partition lasts", 1.0),
+    FaultSpec("latency", "added network delay and jitter on every request, each way",
+              "how long the delay lasts", 2.0,
+              (Param("delay_ms", float, "ms", 20.0, 0.0, 60_000.0, "added one-way delay"),
+               Param("jitter_ms", float, "ms", 5.0, 0.0, 60_000.0, "added one-way delay, uniform in [0, jitter)")),
+              ),
+    FaultSpec("reset_peer", "a request reaches the server and runs; the connection is reset before the reply",
+              "how long requests are exposed", 1.0,
+              (Param("probability", float, "probability", 0.5, 0.0, 1.0, "chance that a request's reply is lost"),),
+              {"replies_lost": "requests that ran and whose reply the reset took"}),
+    FaultSpec("blackhole", "requests vanish without an answer; clients time out",
+              "how long requests vanish", 1.0),
+)}
+
+FAULT_KINDS = tuple(SPECS)
 
 
 @dataclass(frozen=True)
@@ -56,7 +147,8 @@ class Fault:
     params: dict[str, Any] = field(default_factory=dict)
 
     def param(self, name: str) -> Any:
-        return self.params.get(name, FAULT_KINDS[self.kind][2][name])
+        """A parameter's value (its default when the scenario left it out)."""
+        return self.params.get(name, SPECS[self.kind].param(name).default)
 
     @property
     def end(self) -> float:
@@ -64,7 +156,7 @@ class Fault:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "at": round(self.at, 9), "duration": self.duration,
-                "params": {name: self.param(name) for name in FAULT_KINDS[self.kind][2]}}
+                "params": {param.name: self.param(param.name) for param in SPECS[self.kind].params}}
 
 
 @dataclass(frozen=True)
@@ -73,6 +165,46 @@ class FaultRate:
     per_minute: float
     duration: float
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def check_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters checked against the kind's specification; raises
+    FaultSpecError naming the parameter."""
+    spec = SPECS[kind]
+    allowed = {param.name: param for param in spec.params}
+    checked = {}
+    for name, value in params.items():
+        if name not in allowed:
+            raise FaultSpecError(f"is not a parameter of {kind}; allowed: {', '.join(allowed) or 'none'}", name)
+        try:
+            checked[name] = allowed[name].check(value)
+        except FaultSpecError as error:
+            raise FaultSpecError(str(error), name) from None
+    return checked
+
+
+def effects_record(kind: str, **effects: Any) -> dict[str, Any]:
+    """A fault's effects as results.json holds them: every field of the
+    kind's specification (None where the fault did not get that far), in
+    the specification's order, and nothing else."""
+    names = [*COMMON_EFFECTS, *SPECS[kind].effects]
+    unknown = set(effects) - set(names)
+    if unknown:
+        raise KeyError(f"effects {sorted(unknown)} are not in the specification of {kind}")
+    return {name: effects.get(name) for name in names}
+
+
+def faults_markdown() -> str:
+    """The specification as a Markdown table (README.md holds it; a test
+    keeps the two the same)."""
+    lines = ["| kind | what it does | duration | parameters (type, unit, bounds, default) | effects recorded |",
+             "|---|---|---|---|---|"]
+    for spec in SPECS.values():
+        params = "<br>".join(f"`{p.name}`: {p.describe()}" for p in spec.params) or "none"
+        effects = ", ".join(f"`{name}`" for name in spec.effects) or "the common ones only"
+        lines.append(f"| `{spec.kind}` | {spec.summary} | {spec.duration} (default {spec.default_duration:g} s) "
+                     f"| {params} | {effects} |")
+    return "\n".join(lines)
 
 
 def draw_schedule(rates: list[FaultRate], span_s: float, seed: int) -> list[Fault]:

@@ -22,12 +22,28 @@ def find_results(paths: list[str]) -> list[Path]:
         path = Path(name)
         if path.is_dir():
             found.extend(sorted(path.rglob("results.json")))
-        elif path.is_file():
+        elif path.is_file() and path.name != "fidelity.json":
             found.append(path)
+        elif path.is_file():
+            continue
         else:
             raise ReportError(f"{path}: no such file or folder")
     if not found:
         raise ReportError(f"no results.json under {', '.join(paths)}")
+    return found
+
+
+def find_fidelity(paths: list[str]) -> list[dict]:
+    """The fidelity.json documents under the folders named (or named themselves)."""
+    found = []
+    for name in paths:
+        path = Path(name)
+        candidates = sorted(path.rglob("fidelity.json")) if path.is_dir() else [path] * (path.name == "fidelity.json")
+        for candidate in candidates:
+            try:
+                found.append(json.loads(candidate.read_text()))
+            except (OSError, json.JSONDecodeError) as error:
+                raise ReportError(f"{candidate}: not a readable fidelity.json ({error})") from None
     return found
 
 
@@ -103,13 +119,30 @@ def _section(document: dict) -> list[str]:
     return lines + [""]
 
 
-def write_report(documents: list[dict], folder: Path) -> tuple[Path, Path]:
+def _fidelity_section(document: dict, index: int, folder: Path, drawn: list[tuple[str, Path]]) -> list[str]:
+    left, right = document["backends"]
+    caption = f"Fidelity {left} / {right}"
+    drawn.append((caption, charts.save(charts.fidelity(document), folder, f"fidelity-{index}")[0]))
+    lines = [f"## {caption}", "",
+             f"Each cell ran the same trace and schedule on both backends. A cell disagrees when the drift "
+             f"classes differ, or when |drift| is above {document['size_floor']} on either side and the two are "
+             f"more than {document['size_factor']:g}x apart.", ""]
+    disagreeing = [cell for cell in document["cells"] if cell["disagreement"] is not None]
+    lines.append(f"{len(document['cells']) - len(disagreeing)} of {len(document['cells'])} cells agree.")
+    lines += [""] + [f"- {cell['scenario']} seed {cell['seed']}, {cell['strategy']}: {cell['disagreement']}"
+                     for cell in disagreeing]
+    return lines + [""]
+
+
+def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = ()) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     drawn = draw_all(documents, folder)
     markdown = ["# countdrift report", "",
                 "Drift is how far the counters ended from the truth (the message log): `inconsistent` users "
                 "have a total that is not the sum of their conversation counts, `wrong total` users a total "
                 "outside the true range. Latency is measured from each operation's intended start.", ""]
+    for index, fidelity in enumerate(fidelities):
+        markdown += _fidelity_section(fidelity, index, folder, drawn)
     for document in documents:
         markdown += _section(document)
     markdown += ["## Charts", ""]

@@ -7,6 +7,7 @@ key and what is allowed, before any output is written.
 from __future__ import annotations
 
 import difflib
+import math
 import hashlib
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -14,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.client import ClientConfig
-from sim.backends.model.persistence import Persistence
-from sim.backends.model.server import ServiceTimes
-from sim.faults import FAULT_KINDS, Fault, FaultRate
+from sim.faults import FAULT_KINDS, SPECS, Fault, FaultRate, FaultSpecError, check_params
 from sim.traffic import TrafficConfig
 from strategies import STRATEGIES
 from strategies.base import StrategyOptionError
@@ -41,12 +40,6 @@ class ServerConfig:
     replication_lag_ms: float = 5.0
     auto_failover: bool = False        # Sentinel promotes a replica when the primary stays down
     failover_detection_s: float = 1.0  # Sentinel's down-after plus election
-
-    def service_times(self) -> ServiceTimes:
-        return ServiceTimes(self.command_us / 1e6, self.script_us / 1e6, self.script_per_key_us / 1e6)
-
-    def persistence(self) -> Persistence:
-        return Persistence(self.appendonly, self.appendfsync, self.rdb_interval_s)
 
 
 @dataclass(frozen=True)
@@ -87,6 +80,8 @@ TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
              "strategy_options": dict, "faults": list, "fault_rates": list,
              **{name: dict for name in SECTIONS}}
 APPENDFSYNC = ("always", "everysec", "no")
+# Bounds of a fault's timing: seconds, and faults per minute.
+FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}
 
 # Bounds a value must respect: (low, high), inclusive; None for open.
 BOUNDS: dict[str, tuple[float | None, float | None]] = {
@@ -202,17 +197,17 @@ def _fault(path: Path, where: str, table: Any, kind_of: type) -> Fault | FaultRa
     if kind not in FAULT_KINDS:
         raise ScenarioError(f"{path}: key '{where}.kind' names unknown fault {kind!r}"
                             f"{_suggest(kind, list(FAULT_KINDS))}; allowed: {', '.join(FAULT_KINDS)}")
-    _, default_duration, param_defaults = FAULT_KINDS[kind]
-    params = {}
-    for name, value in table.get("params", {}).items():
-        if name not in param_defaults:
-            raise ScenarioError(f"{path}: key '{where}.params.{name}' is unknown for {kind}; "
-                                f"allowed: {', '.join(param_defaults) or 'none'}")
-        params[name] = _check_type(path, f"{where}.params.{name}", value, type(param_defaults[name]))
+    try:
+        params = check_params(kind, table.get("params", {}))
+    except FaultSpecError as error:
+        raise ScenarioError(f"{path}: key '{where}.params.{error.param}' {error}; "
+                            f"see `countdrift list`") from None
     numbers = {key: float(table[key]) for key in timing}
-    duration = float(table.get("duration", default_duration))
-    if duration < 0 or min(numbers.values()) < 0:
-        raise ScenarioError(f"{path}: {where}: times must be >= 0")
+    duration = float(table.get("duration", SPECS[kind].default_duration))
+    for key, value in (*numbers.items(), ("duration", duration)):
+        low, high = FAULT_TIMING[key]
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ScenarioError(f"{path}: key '{where}.{key}' must be between {low:g} and {high:g}, got {value!r}")
     return kind_of(kind=kind, duration=duration, params=params, **numbers)
 
 

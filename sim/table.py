@@ -48,6 +48,12 @@ def format_faults(results: dict) -> str:
         params = ", ".join(f"{key}={value}" for key, value in fault["params"].items())
         lines.append(f"  {fault['at']:8.3f} s  {fault['kind']:<22} for {fault['duration']:.3f} s"
                      + (f"  ({params})" if params else ""))
+    for run in results["runs"]:
+        for fault in run["faults"]:
+            effects = fault["effects"]
+            if not effects["applied"] or effects["reason"]:
+                what = "did not strike" if not effects["applied"] else "was cut short"
+                lines.append(f"  {run['strategy']}: {fault['kind']} at {fault['at']:.3f} s {what}: {effects['reason']}")
     return "\n".join(["faults:", *lines]) if lines else ""
 
 

@@ -63,8 +63,9 @@ def test_no_faults_no_drift_except_naive(small_scenario):
 
 
 def race_trace() -> Trace:
-    """u0 -> u1 in a DM; u1 opens it while a second message is being counted."""
-    t = np.array([0.0, 0.010, 0.01015])
+    """u0 -> u1 in a DM; u1 opens it while a second message is being counted
+    (u1's client first opens its connection: one round trip)."""
+    t = np.array([0.0, 0.010, 0.01035])
     return Trace(TrafficConfig(users=2), 0, np.array([0, 2]), np.array([0, 1], np.int32), t,
                  np.array([DELIVER, READ, DELIVER], np.int8), np.array([0, 1, 0], np.int32),
                  np.array([0, 0, 0], np.int32), np.array([0, -1, 1], np.int32))

@@ -1,0 +1,4 @@
+"""The simulated backend (see backend.py)."""
+from sim.backends.model.backend import SimBackend
+
+BACKEND = SimBackend()

@@ -2,12 +2,15 @@
 against the simulated server, while the nemesis breaks things.
 
 Operations are dealt to the clients round-robin in trace order; what a
-client does with them (start times, retries, crashes, pauses) is the shared
-ClientLoop (sim/client.py); this driver carries its instructions out in
-simulated time. Every request costs one network round trip plus its place in
-the server's FIFO queue; a client that lost its connection reconnects and
-loads the strategy's scripts again (the script cache does not survive a
-restart or a failover).
+client does with them (start times, retries, crashes, pauses, WAIT, the
+stall of a mid-script power loss) is the shared ClientLoop
+(sim/client.py); this driver carries its instructions out in simulated time.
+Every request costs one network round trip plus its place in the server's
+FIFO queue. A client opens a connection with a handshake (PING, and SCRIPT
+LOAD of the strategy's scripts: the script cache does not survive a
+restart or a failover), as the real driver does; a request on a connection
+the server has closed, or to a server that is down, is refused without being
+sent. The run ends when every client has finished its operations.
 """
 from __future__ import annotations
 
@@ -16,14 +19,16 @@ from typing import Any, Callable
 import numpy as np
 import simpy
 
-from sim.backends.model import network
-from sim.backends.model.network import Network
+from sim import network
 from sim.backends.model.server import Connection, Server
 from sim.checker import Counters, Drift, check, read_counters
-from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep, next_instruction
-from sim.commands import CommandError, ConnectionLost, Pipeline, may_write
+from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
+                        next_instruction)
+from sim.commands import CommandError, ConnectionLost, Pipeline
 from sim.history import History
 from sim.metrics import timeline_point
+from sim.nemesis import AckLog, StallTarget
+from sim.network import Network
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
@@ -33,7 +38,8 @@ from strategies.base import Strategy
 class SimDriver:
     def __init__(self, trace: Trace, strategy: Strategy, clients: ClientConfig, server: Server,
                  seed: int = 0, timeline_points: int = 20, causes: frozenset[str] = frozenset(CAUSES),
-                 progress: Callable[[float, int], None] | None = None) -> None:
+                 progress: Callable[[float, int], None] | None = None, acks: AckLog | None = None,
+                 target: StallTarget | None = None) -> None:
         self.trace = trace
         self.strategy = strategy
         self.config = clients
@@ -50,33 +56,35 @@ class SimDriver:
         self.reconnects = 0
         self.script_loads = 0
         self.noscript = 0
+        self.run_end = 0.0
         self._half_rtt = clients.rtt_ms / 2000.0
         self._timeout = clients.timeout_ms / 1000.0
-        self._wait_replicas = int(strategy.options.get("wait_replicas", 0))
         # Counterfactual when "retry_applied_twice" is off: the reply of a
         # request that reached the server is never lost (no timeout, no reset).
         self._replies_lost = "retry_applied_twice" in causes
+        self._handshake = Pipeline((("PING",), *(("SCRIPT", "LOAD", script.source) for script in strategy.scripts)))
         self.workload = Workload(trace)
         self._t = self.workload.t
-        self.loop = ClientLoop(self.workload, strategy, clients, self.history, causes, lambda: self.env.now)
-        for script in strategy.scripts:
-            self.server.scripts.load(script)
+        self.loop = ClientLoop(self.workload, strategy, clients, self.history, causes, lambda: self.env.now,
+                               acks=acks, target=target)
 
     # -- the run ----------------------------------------------------------------
     def run(self, processes: tuple = ()) -> None:
-        """Run the trace to its end; ``processes`` (the nemesis) run beside it."""
+        """Run the trace to its end; ``processes`` (the nemesis) run beside it
+        and stop with it."""
         n_ops = len(self._t)
-        for client in self.clients:
-            client.connection = Connection(self.server.incarnation)
-            self.env.process(self._client(client, range(client.index, n_ops, len(self.clients))))
+        env = self.env
+        clients = [env.process(self._client(client, range(client.index, n_ops, len(self.clients))))
+                   for client in self.clients]
         for process in processes:
-            self.env.process(process)
+            env.process(process)
         if self.timeline_points and n_ops:
-            self.env.process(self._ticker())
+            env.process(self._ticker())
         if self.progress and n_ops:
-            self.env.process(self._progress_ticker())
-        self.env.run()
-        self.server.advance(np.inf)
+            env.process(self._progress_ticker())
+        env.run(until=env.all_of(clients))
+        self.run_end = env.now
+        self.server.advance(np.inf)   # requests whose clients gave up still run
 
     def drift(self, at: float = np.inf) -> Drift:
         truth = truth_ranges(self.trace, self.history, self.pairs, at)
@@ -121,50 +129,58 @@ class SimDriver:
                 client.connection = None
 
     def _request(self, client: Client, send: Send):
-        """Send one request; return (reply, first error inside it); raise
-        ConnectionLost when the reply is lost. The operation, the attempt and
+        """Send one request; return (reply, first error inside it, when the
+        server applied it); raise ConnectionRefused when it was not sent,
+        ConnectionLost when its reply is lost. The operation, the attempt and
         the request's number decide the network's dice."""
         env, server = self.env, self.server
         request = send.request
+        if client.connection is not None and client.connection.incarnation != server.incarnation:
+            client.connection = None   # the server died and closed the socket: the client knows
+            raise ConnectionRefused("connection closed by the server")
         route = (self.network.route(env.now, send.operation, send.attempt, send.number)
                  if self.network.windows else network.CLEAR)
-        if route.fate == network.REFUSE:
-            yield env.timeout(2 * self._half_rtt)
+        if route.fate == network.REFUSE:   # a partition refuses new connections and closes the others
             client.connection = None
+            yield env.timeout(2 * self._half_rtt)
             raise ConnectionRefused("partitioned")
+        if client.connection is None:
+            yield from self._connect(client, route)
+        sent = env.now
         if route.fate == network.VANISH:
             yield env.timeout(self._timeout)
             raise self._lose(client, "timeout")
-        if client.connection is not None and client.connection.incarnation != server.incarnation:
-            # The server this connection went to has died: the socket is closed.
-            yield env.timeout(2 * self._half_rtt)
-            raise self._lose(client, "connection closed by server")
-        if client.connection is None:
-            yield from self._reconnect(client)
-        if route.delay_out:
-            yield env.timeout(route.delay_out)
         connection = client.connection
-        sent = env.now
-        entry = server.submit(connection, request, sent + self._half_rtt)
-        reply_at = entry.end + self._half_rtt + route.delay_back
-        replies_lost = self._replies_lost
-        if reply_at - sent > self._timeout and replies_lost:
-            yield env.timeout(self._timeout)
+        arrival = sent + route.delay_out + self._half_rtt
+        timeout = self._timeout
+        if type(request) is tuple and request[0] == "WAIT":
+            ready, answer = server.wait(connection, arrival, request[1], request[2] / 1000.0)
+            timeout += request[2] / 1000.0
+            entry = None
+        else:
+            entry = server.submit(connection, request, arrival)
+            ready = entry.end
+        reply_at = ready + self._half_rtt + route.delay_back
+        if reply_at - sent > timeout and self._replies_lost:
+            yield env.timeout(timeout)
             raise self._lose(client, "timeout")
         yield env.timeout(reply_at - sent)
+        if entry is None:
+            if connection.incarnation != server.incarnation:
+                raise self._lose(client, "server went away")
+            return answer, None, ready
         server.advance(env.now)
-        if entry.lost or (route.fate == network.RESET and replies_lost):
-            raise self._lose(client, "connection reset" if not entry.lost else "server went away")
+        if entry.lost:
+            raise self._lose(client, "server went away")
+        if route.fate == network.RESET and self._replies_lost:
+            self.network.replies_lost[route.window] += 1
+            raise self._lose(client, "connection reset")
         reply = entry.reply
-        if _is_noscript(reply):
+        if type(reply) is CommandError and str(reply).startswith("NOSCRIPT"):
             self.noscript += 1
             client.connection = None  # reconnect, load the scripts, send again
             return (yield from self._request(client, send))
-        if self._wait_replicas and may_write(request):
-            ready, _ = server.wait(connection, env.now + self._half_rtt, self._wait_replicas,
-                                   self.config.wait_timeout_ms / 1000.0)
-            yield env.timeout(ready + self._half_rtt - env.now)
-        return reply, entry.error
+        return reply, entry.error, entry.end
 
     def _lose(self, client: Client, why: str) -> ConnectionLost:
         """The reply is lost: the client drops the connection; the outcome is unknown."""
@@ -172,23 +188,28 @@ class SimDriver:
         self.history.ambiguous += 1
         return ConnectionLost(why)
 
-    def _reconnect(self, client: Client):
+    def _connect(self, client: Client, route: network.Route):
+        """Open a connection: PING and SCRIPT LOAD in one round trip; refused
+        (nothing of the operation sent) when the server is down or does not
+        answer."""
         env, server = self.env, self.server
         if env.now < server.down_until:
             yield env.timeout(2 * self._half_rtt)
             raise ConnectionRefused("server down")
+        if route.fate == network.VANISH:
+            yield env.timeout(self._timeout)
+            raise ConnectionRefused("no answer to the handshake")
+        connection = Connection(server.incarnation)
+        started = env.now
+        entry = server.submit(connection, self._handshake, started + route.delay_out + self._half_rtt)
+        reply_at = entry.end + self._half_rtt + route.delay_back
+        if reply_at - started > self._timeout:
+            yield env.timeout(self._timeout)
+            raise ConnectionRefused("the handshake timed out")
+        yield env.timeout(reply_at - started)
+        server.advance(env.now)
+        if entry.lost:
+            raise ConnectionRefused("server went away during the handshake")
         self.reconnects += 1
-        client.connection = Connection(server.incarnation)
-        if self.strategy.scripts:
-            self.script_loads += 1
-            load = Pipeline(tuple(("SCRIPT", "LOAD", script.source) for script in self.strategy.scripts))
-            entry = server.submit(client.connection, load, env.now + self._half_rtt)
-            yield env.timeout(entry.end + 2 * self._half_rtt - env.now)
-            server.advance(env.now)
-            if entry.lost:
-                client.connection = None
-                raise ConnectionRefused("server went away while loading scripts")
-
-
-def _is_noscript(reply: Any) -> bool:
-    return type(reply) is CommandError and str(reply).startswith("NOSCRIPT")
+        self.script_loads += bool(self.strategy.scripts)
+        client.connection = connection

@@ -15,20 +15,31 @@ happened, nothing after did).
 A pipeline is served as one block, as Redis serves the commands it read from
 one client's socket in one go; a very large pipeline on a real server may be
 read in several pieces and interleave with other clients.
+
+What a crash keeps of the request in service follows when Redis writes the
+AOF: once per event-loop iteration, before it sends that iteration's replies
+(``beforeSleep``). A script, a MULTI/EXEC and a pipeline that fits in one
+read of the socket (16 KB) are lost whole; a larger pipeline keeps the
+16 KB pieces served in earlier iterations.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from sim.backends.model.aof import AppendOnlyFile
 from sim.backends.model.journal import Journal
-from sim.backends.model.persistence import Persistence, ReplicationLag
+from sim.backends.model.persistence import Persistence
 from sim.backends.model.scripting import ScriptEngine
 from sim.backends.model.store import OK, Store, check_arity
-from sim.commands import CommandError, Pipeline, Request, Script, Transaction, may_write
+from sim.commands import CommandError, Pipeline, Request, Script, Stall, Transaction, may_write, wire_size
 from sim.lua import LuaScript
+
+
+READ_CHUNK_BYTES = 16 * 1024   # PROTO_IOBUF_LEN: what Redis reads from a socket per iteration
 
 
 @dataclass(frozen=True)
@@ -71,19 +82,18 @@ class Entry:
 
 class Server:
     def __init__(self, service: ServiceTimes | None = None, persistence: Persistence | None = None,
-                 lag: ReplicationLag | None = None) -> None:
+                 replicas: int = 0, replication_lag_s: float = 0.0) -> None:
         self.service = service or ServiceTimes()
         self.persistence = persistence or Persistence()
-        self.lag = lag               # None: no replica
+        self.replicas = replicas
+        self.replication_lag_s = replication_lag_s   # how far behind the primary every replica is
         self.incarnation = 0         # bumped when the process dies: old connections are dead
         self.down_until = -math.inf  # connections are refused until then
         self.store = Store()
         self.scripts = ScriptEngine(self.store)
-        # End times of recent committed writes, kept while a fault may roll back.
-        self._recent_writes: deque[float] | None = None
-        self._history_s = 0.0
         self.queue: deque[Entry] = deque()
         self.free_at = 0.0
+        self.aof: AppendOnlyFile | None = None   # kept only when a power loss may tear its tail
         self.requests = 0  # commands as clients sent them (MULTI, EXEC and EVALSHA included)
         self._first_error: CommandError | None = None
 
@@ -99,11 +109,14 @@ class Server:
         if kind is tuple:
             return self.service.command
         if kind is Script:
-            return self.service.script + self.service.script_per_key * len(request.keys)
+            return self.service.script + self.service.script_per_key * len(request.keys) + request.stall_s
         if kind is Pipeline:
             return sum(self.service_time(r) for r in request.commands)
         if kind is Transaction:
-            return self.service.command * (len(request.commands) + 2)
+            return self.service.command * (len(request.commands) + 2) + sum(
+                r.seconds for r in request.commands if type(r) is Stall)
+        if kind is Stall:
+            return request.seconds
         raise TypeError(f"not a Redis request: {request!r}")
 
     def submit(self, connection: Connection, request: Request, arrival: float) -> Entry:
@@ -122,16 +135,24 @@ class Server:
         return entry
 
     def wait(self, connection: Connection, arrival: float, replicas: int, timeout: float) -> tuple[float, int]:
-        """WAIT: when the reply leaves the server, and how many replicas acknowledged
-        the connection's last write. WAIT blocks the client only, not the server."""
+        """WAIT: when the reply leaves the server, and how many replicas had
+        acknowledged the connection's last write by then. A replica has a
+        write ``replication_lag_s`` after the primary applied it; WAIT returns
+        as soon as ``replicas`` have it, or at its timeout (0: never) with
+        those that do. WAIT blocks the client only, not the server."""
         self.requests += 1
         ready = arrival + self.service.command
-        if self.lag is None or replicas <= 0 or connection.last_write == -math.inf:
-            return ready, 0
-        acknowledged = connection.last_write + self.lag.at(connection.last_write)
-        if acknowledged <= arrival + timeout:
-            return max(ready, acknowledged), 1
-        return arrival + timeout, 0
+        if connection.last_write == -math.inf:
+            return ready, self.replicas   # nothing written on this connection: every replica is up to date
+        acknowledged = connection.last_write + self.replication_lag_s
+        if self.replicas >= replicas and (timeout <= 0 or acknowledged <= arrival + timeout):
+            return max(ready, acknowledged), self.replicas
+        deadline = arrival + timeout if timeout > 0 else math.inf
+        return deadline, self.replicas if acknowledged <= deadline else 0
+
+    def replica_has_until(self, t: float, lag_s: float | None = None) -> float:
+        """A replica cut off at t holds the writes applied up to this time."""
+        return t - (self.replication_lag_s if lag_s is None else lag_s)
 
     def advance(self, now: float) -> None:
         """Commit, in order, every queued request whose service ended by ``now``."""
@@ -143,56 +164,86 @@ class Server:
             entry.reply = self.run(entry.connection, entry.request)
             entry.error = self._first_error
             entry.committed = True
-            if self._recent_writes is not None and may_write(entry.request):
-                self._recent_writes.append(entry.end)
-                while self._recent_writes[0] < entry.end - self._history_s:
-                    self._recent_writes.popleft()
 
     # -- faults ---------------------------------------------------------------
     def keep_history(self, seconds: float) -> None:
         """Journal writes so that a fault can roll back up to ``seconds``."""
         self.store.journal = Journal(keep_s=seconds + 1.0)
-        self._recent_writes = deque()
-        self._history_s = seconds + 1.0
 
-    def crash(self, at: float, down_for: float, keep_until: float,
-              preserve_prefix: str | None = None) -> dict:
-        """The server process dies at ``at``: what ended by then happened; of
-        the request being served, a pipeline keeps its finished commands and a
-        script or a transaction is lost whole; the rest of the queue is lost.
-        The keyspace is rolled back to ``keep_until`` (what the disk or the
-        promoted replica holds), except keys starting with ``preserve_prefix``.
-        The script cache is empty afterwards and old connections are dead."""
+    def keep_aof(self) -> None:
+        """Keep the AOF command by command (a power loss may tear its tail)."""
+        self.aof = AppendOnlyFile()
+        self.store.batch = []
+
+    def crash(self, at: float, down_for: float, keep_until: float, tear_bytes: int = 0) -> dict:
+        """The server process dies at ``at`` and restarts from its own disk
+        after ``down_for``, which holds the writes applied by ``keep_until``
+        (plus ``tear_bytes`` of the AOF when it keeps one)."""
+        effects = self._die(at)
+        if self.aof is not None:
+            if keep_until < at:
+                self.aof.cut(self.aof.offset_at(keep_until) + tear_bytes)
+            effects.update(self.aof.load(self.store))
+            if self.store.journal is not None:   # the journal cannot take writes back past a restart
+                self.store.journal = Journal(keep_s=self.store.journal.keep_s)
+        elif keep_until < at and self.store.journal is not None:
+            effects["keys_rolled_back"] = self._rollback(keep_until, None)
+        self._restart(at, down_for)
+        return effects
+
+    def fail_over(self, at: float, down_for: float, keep_until: float, preserve_prefix: str | None = None) -> dict:
+        """The primary is gone at ``at``; after ``down_for`` a replica that had
+        its writes up to ``keep_until`` serves instead (keys starting with
+        ``preserve_prefix`` as they were: a counterfactual), with an AOF of
+        its own."""
+        effects = self._die(at)
+        if keep_until < at and self.store.journal is not None:
+            effects["keys_rolled_back"] = self._rollback(keep_until, preserve_prefix)
+        if self.aof is not None:
+            self.aof = AppendOnlyFile((copy.deepcopy(self.store.data), dict(self.store.expires)))
+        self._restart(at, down_for)
+        return effects
+
+    def _die(self, at: float) -> dict:
+        """What ended by ``at`` happened; the request in service is lost
+        whole, but for the 16 KB pieces of a large pipeline served in earlier
+        event-loop iterations; the rest of the queue is lost."""
         self.advance(at)
-        effects: dict[str, Any] = {"cut": None, "requests_lost": len(self.queue), "keys_rolled_back": 0,
-                                   "acknowledged_writes_lost": 0}
+        effects: dict[str, Any] = {"cut": None, "keys_rolled_back": 0}
         if self.queue and self.queue[0].start < at:
             head = self.queue[0]
             effects["cut"] = type(head.request).__name__
             if type(head.request) is Pipeline:
-                finished, t = [], head.start
-                for request in head.request.commands:
-                    t += self.service_time(request)
-                    if t > at:
-                        break
-                    finished.append(request)
+                kept = self._served_pieces(head, at)
                 self.store.now = at
-                self.run(head.connection, Pipeline(tuple(finished)))
-                head.committed = bool(finished)
-                effects["pipeline_commands_kept"] = len(finished)
+                self.run(head.connection, Pipeline(kept))
+                head.committed = bool(kept)
         for entry in self.queue:
             entry.lost = True
         self.queue.clear()
-        if keep_until < at and self.store.journal is not None:
-            effects["keys_rolled_back"] = self._rollback(keep_until, preserve_prefix)
-            # Writes whose reply had left the server: the client was told "done".
-            effects["acknowledged_writes_lost"] = sum(1 for end in self._recent_writes if end > keep_until)
-            self._recent_writes.clear()
+        return effects
+
+    def _restart(self, at: float, down_for: float) -> None:
+        """The script cache is empty afterwards and old connections are dead."""
         self.store.watchers.clear()
         self.scripts.flush()
         self.incarnation += 1
         self.down_until = self.free_at = at + down_for
-        return effects
+
+    def _served_pieces(self, entry: Entry, at: float) -> tuple:
+        """The commands of a pipeline in service at ``at`` that Redis served
+        in earlier event-loop iterations: those whose 16 KB read came before
+        the read of the command in progress."""
+        t, offset = entry.start, 0
+        served: list[tuple[int, Any]] = []
+        for command in entry.request.commands:
+            t += self.service_time(command)
+            offset += wire_size(command)
+            iteration = (offset - 1) // READ_CHUNK_BYTES
+            if t > at:
+                return tuple(command for read, command in served if read < iteration)
+            served.append((iteration, command))
+        return tuple(command for _, command in served)
 
     def _rollback(self, to: float, preserve_prefix: str | None) -> int:
         data, expires = self.store.data, self.store.expires
@@ -212,7 +263,18 @@ class Server:
 
     # -- execution ------------------------------------------------------------
     def run(self, connection: Connection, request: Request) -> Any:
-        """Execute a request now; an error reply is returned as a CommandError."""
+        """Execute a request now; an error reply is returned as a CommandError.
+        Each command, script and transaction is one unit of the AOF."""
+        if type(request) is Pipeline:
+            return [self.run(connection, r) for r in request.commands]
+        try:
+            return self._execute(connection, request)
+        finally:
+            if self.aof is not None and self.store.batch:
+                self.aof.append(self.store.now, self.store.batch)
+                self.store.batch = []
+
+    def _execute(self, connection: Connection, request: Request) -> Any:
         kind = type(request)
         try:
             if kind is tuple:
@@ -221,10 +283,10 @@ class Server:
             if kind is Script:
                 self.requests += 1
                 return self.scripts.evalsha(request.script.sha, request.keys, request.args)
-            if kind is Pipeline:
-                return [self.run(connection, r) for r in request.commands]
             if kind is Transaction:
                 return self._transaction(connection, request.commands)
+            if kind is Stall:
+                return None
         except CommandError as error:
             if self._first_error is None:
                 self._first_error = error
@@ -278,4 +340,4 @@ class Server:
         if aborted:
             self.requests += len(commands)
             return None
-        return [self.run(connection, command) for command in commands]
+        return [self._execute(connection, command) for command in commands]

@@ -71,6 +71,10 @@ class Store:
         self.journal: Journal | None = None
         self.expires: dict[str, float] = {}
         self.now = 0.0
+        # Set when the writes are kept as an AOF (see aof.py): each command
+        # that changed a key, in the order it ran, until the server takes them.
+        self.batch: list[tuple] | None = None
+        self._wrote = False
         # key -> connections WATCHing it; a write marks them dirty (touchWatchedKey).
         self.watchers: dict[str, set] = {}
         self.commands: dict[str, Callable[..., Any]] = {
@@ -82,8 +86,10 @@ class Store:
         value = self.data.get(key)
         if value is not None and self.expires and key in self.expires:
             if self.expires[key] <= self.now:
-                self._write(key)
+                self._touch(key)
                 self._remove(key)
+                if self.batch is not None:
+                    self.batch.append(("DEL", key))   # Redis propagates a lazy expiry as DEL
                 return None
         return value
 
@@ -93,6 +99,10 @@ class Store:
 
     def _write(self, key: str) -> None:
         """Every command calls this before it changes a key."""
+        self._wrote = True
+        self._touch(key)
+
+    def _touch(self, key: str) -> None:
         if self.journal is not None:
             self.journal.before_write(self.data, self.expires, key, self.now)
         if self.watchers:
@@ -138,7 +148,13 @@ class Store:
             n = len(words)
             if (arity >= 0 and n != arity) or (arity < 0 and n < -arity):
                 check_arity(words)
-        return handler(*words[1:])
+        if self.batch is None:
+            return handler(*words[1:])
+        self._wrote = False
+        reply = handler(*words[1:])
+        if self._wrote:
+            self.batch.append(words)
+        return reply
 
     # -- generic ----------------------------------------------------------
     def cmd_ping(self, *message: str) -> str:

@@ -17,7 +17,7 @@ import time
 
 import uvloop
 
-from sim.backends.real.deployment import Deployment
+from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
 from sim.backends.real.processes import find_binary
 from sim.client import ClientConfig
@@ -38,9 +38,9 @@ def redis_benchmark(port: int, clients: int, requests: int, command: list[str], 
     return float(found[-1])
 
 
-def driver_rate(trace, name: str, address: tuple[str, int], direct: tuple[str, int], clients: int) -> float:
+def driver_rate(trace, name: str, addresses: list[tuple[str, int]], direct: tuple[str, int], clients: int) -> float:
     """Deliveries per second of the asyncio driver, closed loop."""
-    driver = RealDriver(trace, make_strategy(name), ClientConfig(count=clients, timeout_ms=5000), address,
+    driver = RealDriver(trace, make_strategy(name), ClientConfig(count=clients, timeout_ms=5000), addresses,
                         lambda: direct, paced=False)
     started = time.perf_counter()
     uvloop.run(driver.run())
@@ -55,17 +55,18 @@ def main(args: argparse.Namespace) -> int:
           f"redis-benchmark -n {requests} -c {clients}")
     print(f"{'strategy':<8}{'redis-benchmark/s':>19}{'driver direct/s':>17}{'ratio':>7}"
           f"{'driver via toxiproxy/s':>24}{'hop cost':>10}")
-    with Deployment(appendonly=False) as deployment:
-        port = deployment.primary.port
-        sha = deployment.primary.client().script_load(DELIVER.source)
+    with Servers(appendonly=False, clients=clients) as servers:
+        port = servers.primary.port
+        sha = servers.primary.client().script_load(DELIVER.source)
         reference = {
             "lua": redis_benchmark(port, clients, requests, ["EVALSHA", sha, "2", "unread:{u1}", "total:{u1}", "7"]),
             # naive sends HINCRBY and INCRBY in one round trip: two commands per delivery
             "naive": redis_benchmark(port, clients, requests, ["HINCRBY", "unread:{u1}", "7", "1"], pipeline=2) / 2,
         }
         for name in ("naive", "lua"):
-            direct = driver_rate(trace, name, deployment.direct_address, deployment.direct_address, clients)
-            proxied = driver_rate(trace, name, deployment.client_address, deployment.direct_address, clients)
+            direct = driver_rate(trace, name, [servers.direct_address] * clients, servers.direct_address, clients)
+            proxied = driver_rate(trace, name, [servers.client_address(index) for index in range(clients)],
+                                  servers.direct_address, clients)
             print(f"{name:<8}{reference[name]:>19,.0f}{direct:>17,.0f}{direct / reference[name]:>7.2f}"
                   f"{proxied:>24,.0f}{1 - proxied / direct:>9.0%}")
     return 0

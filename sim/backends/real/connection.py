@@ -18,7 +18,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from sim.backends.real.protocol import assemble, flatten
-from sim.commands import CommandError, Request, Script
+from sim.client import ConnectionRefused
+from sim.commands import CommandError, Pipeline, Request, Script
 from sim.lua import LuaScript
 
 
@@ -28,6 +29,10 @@ def _no_retry() -> object:
 
 def _is_noscript(reply: object) -> bool:
     return isinstance(reply, CommandError) and str(reply).startswith("NOSCRIPT")
+
+
+class HandshakeFailed(ConnectionError):
+    """The server answered the handshake with an error (LOADING, ...)."""
 
 
 class SyncConnection:
@@ -100,34 +105,61 @@ class AsyncConnection:
     about a fifth more deliveries per second with it (32,754 vs 27,548/s,
     29,222 vs 24,820, 21,109 vs 17,597), and it has no retry of its own.
     One future per request, however many commands it pipelines.
+
+    A connection is ready only after its handshake: PING and SCRIPT LOAD of
+    the strategy's scripts, every reply checked. A server still loading its
+    AOF answers LOADING, a toxiproxy proxy whose server is down closes the
+    link: either way the handshake fails and nothing of the operation was
+    sent (the caller reports the connection refused).
     """
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.protocol: _RespProtocol | None = None
+        self.scripts: tuple[LuaScript, ...] = ()
         self.noscript = 0
         self.timed_out = False
 
     async def connect(self, scripts: tuple[LuaScript, ...]) -> None:
+        """Connect and shake hands; raise HandshakeFailed if the server is not ready."""
         loop = asyncio.get_running_loop()
         _, self.protocol = await loop.create_connection(_RespProtocol, self.host, self.port)
-        for script in scripts:
-            await self.execute(("SCRIPT", "LOAD", script.source))
+        self.scripts = scripts
+        loads = tuple(("SCRIPT", "LOAD", script.source) for script in scripts)
+        replies = await self.execute(Pipeline((("PING",), *loads)))
+        expected = ["PONG", *(script.sha for script in scripts)]
+        if replies != expected:
+            problem = next((reply for reply, wanted in zip(replies, expected) if reply != wanted), replies)
+            raise HandshakeFailed(f"handshake answered {problem}")
 
     async def execute(self, request: Request) -> object:
+        """Send the request (ConnectionRefused if the connection was already
+        closed: nothing sent); its reply, with scripts the server had
+        forgotten (NOSCRIPT) loaded and run again."""
         protocol = self.protocol
         if protocol.lost is not None:
-            raise protocol.lost
+            raise ConnectionRefused(str(protocol.lost))
         commands = flatten(request)
         waiter = asyncio.get_running_loop().create_future()
         protocol.waiting.append((len(commands), [], waiter))
         protocol.transport.write(b"".join(map(pack_command, commands)))
         reply = assemble(request, await waiter)
-        if type(request) is Script and _is_noscript(reply):
-            # The script cache was emptied (restart, failover): load, send again.
-            self.noscript += 1
-            await self.execute(("SCRIPT", "LOAD", request.script.source))
+        if _is_noscript(reply) or (type(request) is Pipeline and any(map(_is_noscript, reply))):
+            return await self._run_forgotten(request, reply)
+        return reply
+
+    async def _run_forgotten(self, request: Request, reply: object) -> object:
+        """Scripts answered NOSCRIPT did not run: load them, run those again."""
+        self.noscript += 1
+        for script in self.scripts:
+            await self.execute(("SCRIPT", "LOAD", script.source))
+        if type(request) is not Pipeline:
             return await self.execute(request)
+        again = [index for index, item in enumerate(reply) if _is_noscript(item)]
+        replies = await self.execute(Pipeline(tuple(request.commands[index] for index in again)))
+        reply = list(reply)
+        for index, value in zip(again, replies):
+            reply[index] = value
         return reply
 
     def time_out(self) -> None:

@@ -1,11 +1,13 @@
-"""A Redis deployment for one run: a primary, its replicas, and a
-toxiproxy-server in front of them, all in one temporary folder.
+"""The processes of one run: a primary, its replicas, and a toxiproxy-server
+in front of them, all in one temporary folder.
 
-Clients reach the primary through the toxiproxy proxy ``clients``; each
-replica replicates through a proxy of its own (``replication<N>``), so that
-network faults and replication lag can be put on either link: on loopback a
-killed primary has already pushed nearly everything to its replica, and only
-lag on the replication link shows what a failover loses.
+Each virtual client reaches the primary through a toxiproxy proxy of its own
+(``client<i>``), so that a fault can be put on exactly one client's link (a
+reset of the reply of one chosen request) or on all of them; each replica
+replicates through a proxy of its own (``replication<N>``) that carries the
+replication lag as a latency toxic: on loopback a killed primary has already
+pushed nearly everything to its replica, and only lag on the replication
+link shows what a failover loses.
 """
 from __future__ import annotations
 
@@ -17,24 +19,27 @@ from pathlib import Path
 from sim.backends.real.processes import RedisServer, ToxiproxyServer
 
 
-class Deployment:
+class Servers:
     def __init__(self, appendonly: bool = True, appendfsync: str = "everysec", rdb_interval_s: float = 60.0,
-                 replicas: int = 0, keep_folder: bool = False) -> None:
+                 replicas: int = 0, clients: int = 1, replication_lag_ms: float = 0.0,
+                 keep_folder: bool = False) -> None:
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.rdb_interval_s = rdb_interval_s
         self.replica_count = replicas
+        self.client_count = clients
+        self.replication_lag_ms = replication_lag_ms
         self.keep_folder = keep_folder
         self.folder = Path(tempfile.mkdtemp(prefix="countdrift-"))
         self.toxiproxy = ToxiproxyServer(self.folder)
         self.primary: RedisServer | None = None
         self.replicas: list[RedisServer] = []
-        self.client_proxy = None
-        self.replication_proxies: dict[str, object] = {}
+        self.client_proxies: list = []
+        self.replication_proxies: dict[str, object] = {}    # replica name -> its proxy
         self._generation = 0
 
     # -- lifecycle ---------------------------------------------------------------
-    def __enter__(self) -> "Deployment":
+    def __enter__(self) -> "Servers":
         try:
             self.start()
         except BaseException:
@@ -54,7 +59,8 @@ class Deployment:
         self.toxiproxy.start()
         self.primary = self._server("primary")
         self.primary.start()
-        self.client_proxy = self.toxiproxy.proxy("clients", self.primary.address)
+        self.client_proxies = [self.toxiproxy.proxy(f"client{index}", self.primary.address)
+                               for index in range(self.client_count)]
         for _ in range(self.replica_count):
             self.replicas.append(self._replica_of(self.primary))
 
@@ -64,13 +70,20 @@ class Deployment:
         return RedisServer(name, self.folder / name, {**self.persistence_config(), **(extra or {})})
 
     def _replica_of(self, primary: RedisServer) -> RedisServer:
-        link = f"replication{self._generation + 1}"
-        proxy = self.toxiproxy.proxy(link, primary.address)
-        host, port = proxy.listen.split(":")
-        replica = self._server("replica", {"replicaof": f"{host} {port}"})
+        replica = self._server("replica")
+        replica.config["replicaof"] = self._link(replica, primary)
         replica.start()
-        self.replication_proxies[replica.name] = proxy
         return replica
+
+    def _link(self, replica: RedisServer, primary: RedisServer) -> str:
+        """A replication proxy from ``replica`` to ``primary``, with the lag;
+        its address as REPLICAOF takes it."""
+        proxy = self.toxiproxy.proxy(f"replication-{replica.name}-{primary.name}", primary.address)
+        if self.replication_lag_ms > 0:
+            proxy.add_toxic(name="lag", type="latency", stream="downstream",
+                            attributes={"latency": round(self.replication_lag_ms), "jitter": 0})
+        self.replication_proxies[replica.name] = proxy
+        return proxy.listen.replace(":", " ")
 
     def close(self) -> None:
         for server in [self.primary, *self.replicas]:
@@ -90,28 +103,48 @@ class Deployment:
                 time.sleep(0.05)
 
     # -- addresses ------------------------------------------------------------------
-    @property
-    def client_address(self) -> tuple[str, int]:
-        host, port = self.client_proxy.listen.split(":")
+    def client_address(self, index: int) -> tuple[str, int]:
+        host, port = self.client_proxies[index].listen.split(":")
         return host, int(port)
 
     @property
     def direct_address(self) -> tuple[str, int]:
         return "127.0.0.1", self.primary.port
 
-    # -- failover -----------------------------------------------------------------
+    # -- replication lag and failover -----------------------------------------------
+    def set_replication_lag(self, lag_ms: float) -> None:
+        """Every replica's link now delays what the primary sends by ``lag_ms``."""
+        for proxy in self.replication_proxies.values():
+            if proxy.get_toxic("lag"):
+                proxy.destroy_toxic("lag")
+            if lag_ms > 0:
+                proxy.add_toxic(name="lag", type="latency", stream="downstream",
+                                attributes={"latency": round(lag_ms), "jitter": 0})
+
+    def cut_replication(self) -> None:
+        """What is on its way to the replicas never arrives."""
+        for proxy in self.replication_proxies.values():
+            proxy.disable()
+
     def promote(self) -> RedisServer:
-        """Make the first replica the primary (REPLICAOF NO ONE), point the
-        clients' proxy at it, and start a fresh replica of it."""
+        """Make the first replica the primary (REPLICAOF NO ONE, and for good:
+        it restarts as a primary), point every client's proxy at it, and start
+        a fresh replica of it."""
         if not self.replicas:
             raise RuntimeError("a failover needs a replica")
         old = self.primary
         new = self.replicas.pop(0)
         new.client().execute_command("REPLICAOF", "NO", "ONE")
+        new.config.pop("replicaof", None)
         self.replication_proxies.pop(new.name).destroy()
         self.primary = new
-        self.toxiproxy.set_upstream("clients", new.address)
+        for proxy in self.client_proxies:
+            self.toxiproxy.set_upstream(proxy.name, new.address)
         if old is not None:
             old.stop()
+        for replica in self.replicas:   # the other replicas follow the new primary
+            self.replication_proxies.pop(replica.name).destroy()
+            replica.config["replicaof"] = self._link(replica, new)
+            replica.client().execute_command("REPLICAOF", *replica.config["replicaof"].split())
         self.replicas.append(self._replica_of(new))
         return new

@@ -1,26 +1,35 @@
 """The asyncio driver: virtual clients replay a trace through a strategy
 against real redis-server processes, in wall-clock time.
 
-The same round-robin dealing, retry policy and history as the simulated
-driver (the shared ClientLoop): each virtual client is an asyncio task with
-one connection of its own (hiredis, no retry of its own), through the
-toxiproxy proxy unless the run is direct. An operation's intended start is
-its trace time after the run's start; latency is measured from it.
+The same round-robin dealing, retry policy, WAIT and history as the
+simulated driver (the shared ClientLoop): each virtual client is an asyncio
+task with one connection of its own (hiredis, no retry of its own), through
+its own toxiproxy proxy unless the run is direct. A request whose fate
+under an open reset_peer window is RESET (the network's dice, the same as
+in the simulation) gets a limit_data toxic armed on its client's proxy just
+before it is sent, so that it runs and its reply is cut. An operation's
+intended start is its trace time after the run's start; latency is measured
+from it. The run ends when every client has finished its operations.
 """
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable
 
 import numpy as np
 import redis.exceptions
 
-from sim.backends.real.connection import AsyncConnection, SyncConnection
-from sim.checker import Counters, Drift, check, read_counters
-from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep, next_instruction
-from sim.commands import CommandError, ConnectionLost, may_write
+from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncConnection
+from sim.backends.real.toxics import Toxics
+from sim.checker import Counters, check, read_counters
+from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
+                        next_instruction)
+from sim.commands import CommandError, ConnectionLost
 from sim.history import History
 from sim.metrics import timeline_point
+from sim.nemesis import AckLog, StallTarget
+from sim.network import RESET, Network
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
@@ -28,32 +37,41 @@ from strategies.base import Strategy
 
 CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError,
                      asyncio.IncompleteReadError)
+# Reading the counters fails while the primary is down, loading, or not yet promoted.
+UNREADABLE = (*CONNECTION_ERRORS, redis.exceptions.RedisError, CommandError)
+_RESET_TOXIC = "reset_peer"
 
 
 class RealDriver:
-    def __init__(self, trace: Trace, strategy: Strategy, config: ClientConfig, address: tuple[str, int],
-                 direct_address: Callable[[], tuple[str, int]], timeline_points: int = 0,
-                 causes: frozenset[str] = frozenset(CAUSES),
-                 progress: Callable[[float, int], None] | None = None, paced: bool = True) -> None:
+    def __init__(self, trace: Trace, strategy: Strategy, config: ClientConfig,
+                 addresses: list[tuple[str, int]], direct_address: Callable[[], tuple[str, int]],
+                 timeline_points: int = 0, causes: frozenset[str] = frozenset(CAUSES),
+                 progress: Callable[[float, int], None] | None = None, paced: bool = True,
+                 acks: AckLog | None = None, target: StallTarget | None = None, seed: int = 0,
+                 toxics: Toxics | None = None, proxies: list[str] | None = None) -> None:
         self.trace = trace
         self.strategy = strategy
-        self.address = address
-        self.direct_address = direct_address
+        self.addresses = addresses            # each client's own (its proxy, or the server when direct)
+        self.direct_address = direct_address  # the primary of the moment
         self.timeline_points = timeline_points
         self.progress = progress
+        self.toxics = toxics
+        self.proxies = proxies or []
+        self.network = Network(seed)          # the nemesis opens windows; the driver arms resets
         self.workload = Workload(trace)
         self.history = History(len(trace.t))
         # paced=False: closed loop, each client starts its next operation at once (benchmarks).
-        self.loop = ClientLoop(self.workload, strategy, config, self.history, causes, self.now, paced)
+        self.loop = ClientLoop(self.workload, strategy, config, self.history, causes, self.now, paced,
+                               acks, target)
         self.pairs = Memberships(trace)
         self.clients = [Client(index) for index in range(config.count)]
         self.timeline: list[dict] = []
         self.reconnects = 0
         self.script_loads = 0
         self.noscript = 0
+        self.resets_missed = 0   # armed resets whose reply came back whole anyway
+        self.run_end = 0.0
         self._timeout = config.timeout_ms / 1000.0
-        self._wait_replicas = int(strategy.options.get("wait_replicas", 0))
-        self._wait_timeout_ms = config.wait_timeout_ms
         self._start = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: dict[AsyncConnection, float] = {}   # connection -> when its request times out
@@ -65,44 +83,71 @@ class RealDriver:
     # -- the run ------------------------------------------------------------------
     async def run(self, background: tuple = ()) -> None:
         """Run the trace to its end; ``background`` coroutines (the nemesis)
-        run beside it and are cancelled at the end."""
+        run beside it and are cancelled at the end (they undo what they did)."""
         self._loop = asyncio.get_running_loop()
         self._start = self._loop.time() + 0.05
         n_ops = len(self.workload)
         clients = [asyncio.create_task(self._client(client, range(client.index, n_ops, len(self.clients))))
                    for client in self.clients]
         helpers = [asyncio.create_task(coroutine) for coroutine in (*background, self._watchdog())]
-        if self.timeline_points and n_ops:
-            helpers.append(asyncio.create_task(self._ticker()))
         if self.progress and n_ops:
             helpers.append(asyncio.create_task(self._progress_ticker()))
+        ticker = asyncio.create_task(self._ticker()) if self.timeline_points and n_ops else None
+        finished = False
         try:
             await asyncio.gather(*clients)
+            finished = True
         finally:
+            self.run_end = self.now()
             for task in clients + helpers:
                 task.cancel()
-            await asyncio.gather(*clients, *helpers, return_exceptions=True)
+            results = await asyncio.gather(*clients, *helpers, return_exceptions=True)
+            if ticker is not None:
+                if not finished:
+                    ticker.cancel()
+                # Its last points are due by now: it takes them once the nemesis has healed the server.
+                results.append((await asyncio.gather(ticker, return_exceptions=True))[0])
             for client in self.clients:
-                if client.connection is not None:
-                    await client.connection.close()
+                await self._drop(client)
+        failures = [result for result in results if isinstance(result, Exception)
+                    and not isinstance(result, asyncio.CancelledError)]
+        if failures:
+            raise failures[0]
 
-    def counters(self) -> Counters:
-        connection = SyncConnection(*self.direct_address())  # the primary of the moment, not via the proxy
+    def counters(self, patience_s: float = 10.0) -> Counters:
+        """The counters on the primary of the moment (not via a proxy), once
+        it answers (it may still be loading its AOF)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return self._read_counters()
+            except UNREADABLE:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+    def _read_counters(self) -> Counters:
+        connection = SyncConnection(*self.direct_address())
         try:
             return read_counters(self.strategy, self.trace.users, connection.execute)
         finally:
             connection.close()
 
-    def drift(self, at: float = np.inf) -> Drift:
-        truth = truth_ranges(self.trace, self.history, self.pairs, at)
-        return check(self.pairs, truth, self.counters())
-
     async def _ticker(self):
+        """A timeline point every span/points seconds, through outages: when
+        the primary cannot be read (down, loading, not yet promoted) the point
+        waits until it can, and is taken then."""
         span = self.workload.t[-1]
         for point in range(1, self.timeline_points + 1):
             await asyncio.sleep(max(0.0, span * point / self.timeline_points - self.now()))
-            at = self.now()
-            drift = await asyncio.to_thread(self.drift, at)
+            while True:
+                at = self.now()
+                try:
+                    counters = await asyncio.to_thread(self._read_counters)
+                    break
+                except UNREADABLE:
+                    await asyncio.sleep(0.05)
+            drift = check(self.pairs, truth_ranges(self.trace, self.history, self.pairs, at), counters)
             self.timeline.append(timeline_point(at, drift, self.history,
                                                 self.timeline[-1] if self.timeline else None))
 
@@ -123,8 +168,7 @@ class RealDriver:
             kind = type(instruction)
             if kind is Send:
                 try:
-                    reply = await self._request(client, instruction.request)
-                    answer = (reply, _first_error(reply) if isinstance(reply, list) else None)
+                    answer = await self._request(client, instruction)
                 except ConnectionLost as lost:
                     error = lost
             elif kind is Sleep:
@@ -132,33 +176,56 @@ class RealDriver:
             else:
                 await self._drop(client)
 
-    async def _request(self, client: Client, request: Any) -> Any:
+    async def _connect(self, client: Client) -> None:
+        connection = AsyncConnection(*self.addresses[client.index])
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.connect(self.strategy.scripts)
+        except (TimeoutError, HandshakeFailed, ConnectionRefused, *CONNECTION_ERRORS) as error:
+            await connection.close()
+            raise ConnectionRefused(str(error) or type(error).__name__) from None
+        self.reconnects += 1
+        self.script_loads += bool(self.strategy.scripts)
+        client.connection = connection
+
+    async def _request(self, client: Client, send: Send) -> tuple[Any, CommandError | None, float]:
+        """Send one request; return (reply, first error inside it, when it
+        came back); raise ConnectionRefused when it was not sent,
+        ConnectionLost when its reply is lost."""
         if client.connection is None:
-            connection = AsyncConnection(*self.address, timeout=self._timeout)
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await connection.connect(self.strategy.scripts)
-            except (TimeoutError, *CONNECTION_ERRORS) as error:
-                await connection.close()
-                raise ConnectionRefused(str(error)) from None
-            self.reconnects += 1
-            self.script_loads += bool(self.strategy.scripts)
-            client.connection = connection
+            await self._connect(client)
         connection = client.connection
+        request = send.request
+        reset = -1
+        if self.network.windows and self.toxics is not None:
+            route = self.network.route(self.now(), send.operation, send.attempt, send.number)
+            if route.fate == RESET:
+                reset = route.window
+                await self.toxics.add(self.proxies[client.index], _RESET_TOXIC, "limit_data", "downstream",
+                                      {"bytes": 1})
+        timeout = self._timeout
+        if type(request) is tuple and request[0] == "WAIT":
+            timeout += request[2] / 1000.0
         try:
             # The watchdog, not a timer per request, enforces the timeout.
-            self._deadlines[connection] = self._loop.time() + self._timeout
+            self._deadlines[connection] = self._loop.time() + timeout
             reply = await connection.execute(request)
-            if self._wait_replicas and may_write(request):
-                self._deadlines[connection] += self._wait_timeout_ms / 1000.0
-                await connection.execute(("WAIT", self._wait_replicas, int(self._wait_timeout_ms)))
-            return reply
+        except ConnectionRefused:
+            await self._drop(client)
+            raise
         except CONNECTION_ERRORS as error:
             self.history.ambiguous += 1
             await self._drop(client)
+            if reset >= 0:
+                self.network.replies_lost[reset] += 1
             raise ConnectionLost("timeout" if connection.timed_out else str(error)) from None
         finally:
             self._deadlines.pop(connection, None)
+            if reset >= 0:
+                await self.toxics.remove(self.proxies[client.index], _RESET_TOXIC)
+        if reset >= 0:
+            self.resets_missed += 1
+        return reply, _first_error(reply) if isinstance(reply, list) else None, self.now()
 
     async def _watchdog(self) -> None:
         """Abort the connections whose request is late: their clients see a

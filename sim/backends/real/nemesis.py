@@ -1,32 +1,40 @@
 """The nemesis on real processes: the same fault schedule as the simulation,
-applied with signals, files and toxiproxy. Every fault kind is one method
-named after it.
+applied with signals, files and toxiproxy, recording the same effects
+through the shared FaultLog. Every fault kind is one method named after it;
+each undoes what it did (restarts the server, heals the network) also when
+the run ends while it lasts.
 
 Power loss is emulated, since killing a process keeps the OS page cache: a
-sampler records the size of the AOF's growing file at every moment the fsync
-policy would have synced it (every second for ``everysec``, every 30 s for
-``no``); power loss is SIGKILL, then the file is truncated to the last
-recorded size (plus ``tear_bytes`` of the next write, to tear it in the middle
-of a command, which ``aof-load-truncated yes`` repairs at start-up), then the
-restart. With ``always`` every acknowledged write was synced: nothing is cut.
-With the AOF off the restart loads the last RDB snapshot.
+sampler records the size of every node's growing AOF file at each moment
+the fsync policy would have synced it (every whole second of the run for
+``everysec``, every 30 s for ``no``, the same moments as in the simulation);
+power loss is SIGKILL, then the primary's file is truncated to its last
+recorded size (plus ``tear_bytes`` of the next write, to tear it in the
+middle of a command), then the restart (``aof-load-truncated yes``). With
+``always`` every acknowledged write was synced: nothing is cut. With the AOF
+off the restart loads the last RDB snapshot.
 """
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import redis
 
-from sim.backends.real.deployment import Deployment
+from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
-from sim.client import strike_clients
+from sim.backends.real.processes import RedisServer
+from sim.backends.real.toxics import Toxics
+from sim.client import in_flight, strike_clients
 from sim.faults import Fault
+from sim.nemesis import FSYNC_PERIOD_S, AckLog, FaultLog, StallTarget
+from sim.scenario import ServerConfig
 
-_BUSY_PROBE_S = 0.005
-_REARM_S = 0.02
+_PREPARE_S = 0.05   # a failover's lag is set this long before the replica must be that far behind
 
 
 def growing_aof(folder: Path) -> Path | None:
@@ -36,171 +44,290 @@ def growing_aof(folder: Path) -> Path | None:
 
 
 class RealNemesis:
-    def __init__(self, driver: RealDriver, deployment: Deployment, schedule: list[Fault], seed: int,
-                 replication_lag_ms: float, auto_failover_s: float | None = None) -> None:
+    def __init__(self, driver: RealDriver, servers: Servers, toxics: Toxics, schedule: list[Fault], seed: int,
+                 config: ServerConfig, acks: AckLog, target: StallTarget) -> None:
         self.driver = driver
-        self.auto_failover_s = auto_failover_s
-        self.deployment = deployment
+        self.servers = servers
+        self.toxics = toxics
         self.schedule = schedule
-        self.replication_lag_ms = replication_lag_ms
+        self.config = config
+        self.acks = acks
+        self.target = target
+        self.log = FaultLog(schedule)
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E3E]))
-        self.applied: list[dict] = []
-        self.synced: list[tuple[float, Path, int]] = []   # (time, AOF file, size) at each emulated fsync
+        self.synced: dict[str, tuple[float, Path | None, int]] = {}   # node -> (time, AOF file, size) at its last fsync
+        self.down = False            # a fault holds the primary down
 
     def coroutines(self) -> list:
-        background = [self._apply(fault) for fault in self.schedule]
-        if self.deployment.appendonly and self.deployment.appendfsync != "always":
+        background = [self._apply(index, fault) for index, fault in enumerate(self.schedule)]
+        if self.config.appendonly and FSYNC_PERIOD_S[self.config.appendfsync]:
             background.append(self._fsync_sampler())
         return background
 
-    async def _apply(self, fault: Fault) -> None:
-        await asyncio.sleep(max(0.0, fault.at - self.driver.now()))
-        record: dict[str, Any] = fault.to_dict()
-        record["started"] = round(self.driver.now(), 6)
-        record["effects"] = await getattr(self, fault.kind)(fault) or {}
-        self.applied.append(record)
+    def records(self) -> list[dict]:
+        """The schedule as applied, once the run has ended."""
+        for index, count in self.driver.network.replies_lost.items():
+            self.log.update(index, replies_lost=count)
+        return self.log.records(self.driver.run_end)
+
+    async def _apply(self, index: int, fault: Fault) -> None:
+        await asyncio.sleep(max(0.0, fault.at - self.lead_s(fault) - self.driver.now()))
+        await getattr(self, fault.kind)(index, fault)
 
     async def _fsync_sampler(self) -> None:
-        period = 1.0 if self.deployment.appendfsync == "everysec" else 30.0
+        """At each emulated fsync (whole multiples of the period, in run
+        time), the size of every node's growing AOF."""
+        period = FSYNC_PERIOD_S[self.config.appendfsync]
+        tick = 0
         while True:
-            aof = growing_aof(self.deployment.primary.aof_folder)
-            if aof is not None:
-                self.synced.append((self.driver.now(), aof, aof.stat().st_size))
-            await asyncio.sleep(period)
+            at = tick * period
+            await asyncio.sleep(max(0.0, at - self.driver.now()))
+            for node in [self.servers.primary, *self.servers.replicas]:
+                aof = growing_aof(node.aof_folder)
+                self.synced[node.name] = (at, aof, aof.stat().st_size if aof else 0)
+            tick += 1
 
     # -- the server -------------------------------------------------------------
-    async def server_crash(self, fault: Fault) -> dict:
+    def _already_down(self, index: int) -> bool:
+        if self.down:
+            self.log.not_applied(index, "the server was already down")
+            return True
+        return False
+
+    async def _kill(self, index: int, keep_until: float, cut_replication: bool = False) -> RedisServer:
+        """SIGKILL the primary now; what survives reaches back to ``keep_until``."""
+        now = self.driver.now()
+        self.down = True
+        self.log.struck(index, now, operations_in_flight=in_flight(self.driver.clients))
+        self._losses(index, now, keep_until)
+        primary = self.servers.primary
+        if cut_replication:
+            await asyncio.to_thread(self.servers.cut_replication)
+        await asyncio.to_thread(primary.kill)
+        return primary
+
+    def _losses(self, index: int, died_at: float, keep_until: float) -> None:
+        acknowledged, confirmed = self.acks.lost(keep_until, died_at)
+        self.log.update(index, writes_lost_s=round(died_at - keep_until, 6), acknowledged_writes_lost=acknowledged,
+                        wait_confirmed_writes_lost=confirmed)
+
+    async def _restart(self, index: int, primary: RedisServer) -> None:
+        await asyncio.to_thread(primary.start)
+        self.down = False
+        self.log.ended(index, self.driver.now())
+
+    async def _heal(self, primary: RedisServer) -> None:
+        """The run ended while the primary was down: bring it back (the
+        fault's record says it was cut short), so that the counters can be
+        read."""
+        if self.down and self.servers.primary is primary and not primary.running:
+            await asyncio.to_thread(primary.start)
+        self.down = False
+
+    async def server_crash(self, index: int, fault: Fault) -> None:
         """SIGKILL and a restart after ``duration``; with automatic failover,
         a replica is promoted instead once the primary has been down for the
         detection delay (as Sentinel would)."""
-        detection = self.auto_failover_s
-        if detection is not None and self.deployment.replicas and fault.duration > detection:
-            await self._cut_replication_and_kill()
-            await asyncio.sleep(detection)
-            return {"auto_failover": await self._promote()}
-        await asyncio.to_thread(self.deployment.primary.kill)
-        await asyncio.sleep(fault.duration)
-        await asyncio.to_thread(self.deployment.primary.start)
-        return {}
-
-    async def power_loss(self, fault: Fault) -> dict:
-        primary = self.deployment.primary
-        await asyncio.to_thread(primary.kill)
-        effects = self._lose_unsynced(int(fault.params.get("tear_bytes", 0)))
-        await asyncio.sleep(fault.duration)
-        await asyncio.to_thread(primary.start)
-        return effects
-
-    def _lose_unsynced(self, tear_bytes: int) -> dict:
-        if not self.deployment.appendonly or self.deployment.appendfsync == "always" or not self.synced:
-            return {"aof_bytes_cut": 0}
-        _, aof, size = self.synced[-1]
-        current = growing_aof(self.deployment.primary.aof_folder)
-        if current != aof:
-            return {"aof_bytes_cut": 0}
-        length = aof.stat().st_size
-        keep = min(length, size + tear_bytes)
-        with open(aof, "r+b") as handle:
-            handle.truncate(keep)
-        self.synced.clear()
-        return {"aof_bytes_cut": length - keep}
-
-    async def mid_script_power_loss(self, fault: Fault) -> dict:
-        """Wait for the primary to be busy (a PING goes unanswered for 5 ms:
-        a script or a long pipeline is running), then cut the power."""
-        # A busy server also holds up redis-py's connection handshake: time it out too.
-        probe = self.deployment.primary.client(socket_timeout=_BUSY_PROBE_S,
-                                               socket_connect_timeout=_BUSY_PROBE_S)
-        deadline = self.driver.now() + fault.param("within_s")
-        hit = None
-        while self.driver.now() < deadline:
-            try:
-                await asyncio.to_thread(probe.ping)
-            except redis.exceptions.TimeoutError:
-                hit = round(self.driver.now(), 6)
-                break
-            except redis.exceptions.ConnectionError:
-                break
-            await asyncio.sleep(0.001)
-        probe.close()
-        if hit is None:
-            return {"hit_busy_server_at": None}  # never caught it busy: no power cut, as in the simulation
-        effects = await self.power_loss(fault)
-        effects["hit_busy_server_at"] = hit
-        return effects
-
-    async def failover(self, fault: Fault) -> dict:
-        """Cut the replication link (what was in flight on it never arrives),
-        kill the primary, and after ``duration`` promote the replica."""
-        await self._cut_replication_and_kill()
-        await asyncio.sleep(fault.duration)
-        return {"promoted": await self._promote()}
-
-    async def _cut_replication_and_kill(self) -> None:
-        for proxy in self.deployment.replication_proxies.values():
-            await asyncio.to_thread(proxy.disable)
-        await asyncio.to_thread(self.deployment.primary.kill)
-
-    async def _promote(self) -> str:
-        new = await asyncio.to_thread(self.deployment.promote)
-        await asyncio.to_thread(self.add_replication_lag)
-        return new.name
-
-    def add_replication_lag(self) -> None:
-        """Delay the replication links, as distance and load would."""
-        if self.replication_lag_ms <= 0:
+        if self._already_down(index):
             return
-        for proxy in self.deployment.replication_proxies.values():
-            if not proxy.get_toxic("lag"):
-                proxy.add_toxic(name="lag", type="latency", stream="downstream",
-                                attributes={"latency": int(self.replication_lag_ms), "jitter": 0})
+        died_at = self.driver.now()
+        keep = died_at if self.config.appendonly else self._last_save()
+        detection = self.config.failover_detection_s
+        failover = self.config.auto_failover and self.servers.replicas and fault.duration > detection
+        primary = await self._kill(index, keep, cut_replication=bool(failover))
+        self.log.update(index, promoted=False)
+        try:
+            if failover:
+                await asyncio.sleep(detection)
+                self._losses(index, died_at, died_at - self.config.replication_lag_ms / 1000.0)
+                await self._promote(index)
+                self.log.update(index, promoted=True)
+                self.log.ended(index, self.driver.now())
+            else:
+                await asyncio.sleep(fault.duration)
+                await self._restart(index, primary)
+        finally:
+            await self._heal(primary)
+
+    def _last_save(self) -> float:
+        """The run time of the primary's last RDB snapshot (AOF off)."""
+        saved = self.servers.primary.client().lastsave().timestamp()
+        return self.driver.now() - (time.time() - saved)
+
+    async def power_loss(self, index: int, fault: Fault) -> None:
+        if self._already_down(index):
+            return
+        keep = self._synced_until()
+        primary = await self._kill(index, keep)
+        try:
+            self._lose_unsynced(primary, fault.param("tear_bytes"))
+            await asyncio.sleep(fault.duration)
+            await self._restart(index, primary)
+        finally:
+            await self._heal(primary)
+
+    def _synced_until(self) -> float:
+        """When the primary's AOF was last on disk, in run time."""
+        if not self.config.appendonly:
+            return self._last_save()
+        if not FSYNC_PERIOD_S[self.config.appendfsync]:
+            return self.driver.now()
+        return self.synced.get(self.servers.primary.name, (0.0, None, 0))[0]
+
+    def _lose_unsynced(self, node: RedisServer, tear_bytes: int) -> None:
+        """Truncate the dead node's AOF to what its last fsync covered, plus
+        ``tear_bytes`` of what came next."""
+        if not self.config.appendonly or not FSYNC_PERIOD_S[self.config.appendfsync]:
+            return
+        _, synced_file, size = self.synced.get(node.name, (0.0, None, 0))
+        current = growing_aof(node.aof_folder)
+        if current is None:
+            return
+        keep = size if current == synced_file else 0   # a file begun since the fsync is all unsynced
+        length = current.stat().st_size
+        with open(current, "r+b") as handle:
+            handle.truncate(min(length, keep + tear_bytes))
+
+    async def mid_script_power_loss(self, index: int, fault: Fault) -> None:
+        """Arm the stall (sim/stall.py); when an operation reaches it and the
+        primary is seen busy in it (a PING gets no answer), cut the power;
+        strike anyway when the window ends."""
+        target, driver = self.target, self.driver
+        stall_s = fault.param("stall_ms") / 1000.0
+        deadline = driver.now() + fault.param("within_s")
+        while driver.now() < deadline:
+            caught = asyncio.Event()
+            target.arm(stall_s, caught.set)
+            try:
+                await asyncio.wait_for(caught.wait(), deadline - driver.now())
+            except TimeoutError:
+                break
+            if not self.down and await self._busy(stall_s, target.caught["sent_at"]):
+                await self._cut_power(index, fault, target.caught)
+                return
+        target.disarm()
+        if not self._already_down(index):
+            await self._cut_power(index, fault, {"target": "none", "target_operation": None})
+
+    async def _busy(self, stall_s: float, sent_at: float) -> bool:
+        """Whether the primary stops answering PING (a quarter of the stall)
+        before the stalled request could have finished."""
+        probe = self.servers.primary.client(socket_timeout=max(0.002, stall_s / 4), socket_connect_timeout=1.0)
+        give_up = sent_at + stall_s + 0.5
+        try:
+            while self.driver.now() < give_up:
+                try:
+                    await asyncio.to_thread(probe.ping)
+                except redis.exceptions.TimeoutError:
+                    return True
+                except redis.exceptions.ConnectionError:
+                    return False
+                await asyncio.sleep(0.0005)
+            return False
+        finally:
+            probe.close()
+
+    async def _cut_power(self, index: int, fault: Fault, caught: dict[str, Any]) -> None:
+        self.log.update(index, target=caught["target"], target_operation=caught["target_operation"])
+        await self.power_loss(index, fault)
+
+    def failover_lag_ms(self, fault: Fault) -> float:
+        lag_ms = fault.param("lag_ms")
+        return self.config.replication_lag_ms if lag_ms < 0 else lag_ms
+
+    async def failover(self, index: int, fault: Fault) -> None:
+        """The replication links lag ``lag_ms`` from a little over ``lag_ms``
+        before the fault (see lead_s); then they are cut, the primary is
+        killed, and after ``duration`` the replica is promoted (at once if
+        the run ends first)."""
+        lag_ms = self.failover_lag_ms(fault)
+        changed = lag_ms != self.config.replication_lag_ms
+        if changed:
+            await asyncio.to_thread(self.servers.set_replication_lag, lag_ms)
+            await asyncio.sleep(max(0.0, fault.at - self.driver.now()))
+        promoted = False
+        try:
+            if self._already_down(index):
+                return
+            await self._kill(index, self.driver.now() - lag_ms / 1000.0, cut_replication=True)
+            try:
+                await asyncio.sleep(fault.duration)
+            finally:
+                await asyncio.to_thread(self.servers.promote)   # promotion restores the scenario's lag
+                promoted, self.down = True, False
+            self.log.ended(index, self.driver.now())
+        finally:
+            if changed and not promoted:
+                await asyncio.to_thread(self.servers.set_replication_lag, self.config.replication_lag_ms)
+
+    async def _promote(self, index: int) -> None:
+        await asyncio.to_thread(self.servers.promote)
+        self.down = False
+
+    def lead_s(self, fault: Fault) -> float:
+        """How long before its time a fault starts preparing."""
+        if fault.kind == "failover" and self.failover_lag_ms(fault) != self.config.replication_lag_ms:
+            return self.failover_lag_ms(fault) / 1000.0 + _PREPARE_S
+        return 0.0
 
     # -- the clients --------------------------------------------------------------------
-    async def client_crash(self, fault: Fault) -> dict:
-        return strike_clients(fault, self.driver.clients, self.rng, self.driver.now())
+    async def client_crash(self, index: int, fault: Fault) -> None:
+        now = self.driver.now()
+        self.log.struck(index, now, **strike_clients(fault, self.driver.clients, self.rng, now))
+        await asyncio.sleep(fault.duration)
+        self.log.ended(index, self.driver.now())
 
     client_pause = client_crash
 
-    # -- the network (toxiproxy, on the clients' proxy) -----------------------------------
-    async def _toxic(self, fault: Fault, **toxic: Any) -> dict:
-        proxy = self.deployment.client_proxy
-        await asyncio.to_thread(lambda: proxy.add_toxic(name=fault.kind, **toxic))
-        await asyncio.sleep(fault.duration)
-        await asyncio.to_thread(proxy.destroy_toxic, fault.kind)
-        return {}
+    # -- the network (toxiproxy, on every client's proxy) --------------------------------
+    async def _on_every_proxy(self, action) -> None:
+        await asyncio.gather(*(action(proxy.name) for proxy in self.servers.client_proxies))
 
-    async def partition(self, fault: Fault) -> dict:
-        proxy = self.deployment.client_proxy
-        await asyncio.to_thread(proxy.disable)
-        await asyncio.sleep(fault.duration)
-        await asyncio.to_thread(proxy.enable)
-        return {}
+    async def _window(self, index: int, fault: Fault, apply, undo) -> None:
+        """Apply the fault on every client's proxy, and undo it after
+        ``duration`` or when the run ends. The driver's dice see the windows
+        that decide whether a request is reset (a partition or a blackhole
+        takes the request before a reset could)."""
+        if fault.kind != "latency":
+            self.driver.network.open(index, fault)
+        await self._on_every_proxy(apply)
+        self.log.struck(index, self.driver.now())
+        try:
+            await asyncio.sleep(fault.duration)
+        finally:
+            await self._on_every_proxy(undo)
+        self.log.ended(index, self.driver.now())
 
-    async def latency(self, fault: Fault) -> dict:
-        # toxiproxy's latency toxic adds latency +- jitter on one stream; put it on the replies.
-        return await self._toxic(fault, type="latency", stream="downstream",
-                                 attributes={"latency": int(2 * fault.param("delay_ms")),
-                                             "jitter": int(2 * fault.param("jitter_ms"))})
+    async def partition(self, index: int, fault: Fault) -> None:
+        await self._window(index, fault, lambda proxy: self.toxics.enable(proxy, False),
+                           lambda proxy: self.toxics.enable(proxy, True))
 
-    async def reset_peer(self, fault: Fault) -> dict:
-        """Connections are cut after the request reached Redis: applied, reply
-        lost. toxiproxy's reset_peer toxic resets a link a set time after it is
-        armed, whatever the link carries then; limit_data on the replies cuts a
-        link at its next reply, which is the moment wanted. toxiproxy draws
-        ``toxicity`` per link when the toxic is added, so it is re-armed every
-        20 ms for the fault's duration."""
-        proxy = self.deployment.client_proxy
-        end = self.driver.now() + fault.duration
-        armed = 0
-        while self.driver.now() < end:
-            await asyncio.to_thread(lambda: proxy.add_toxic(
-                name=fault.kind, type="limit_data", stream="downstream",
-                toxicity=float(fault.param("probability")), attributes={"bytes": 1}))
-            await asyncio.sleep(_REARM_S)
-            await asyncio.to_thread(proxy.destroy_toxic, fault.kind)
-            armed += 1
-        return {"armed": armed}
+    async def latency(self, index: int, fault: Fault) -> None:
+        # The simulation adds delay + jitter * U[0, 1) each way; toxiproxy adds latency + U[-jitter, jitter].
+        attributes = {"latency": round(fault.param("delay_ms") + fault.param("jitter_ms") / 2),
+                      "jitter": round(fault.param("jitter_ms") / 2)}
 
-    async def blackhole(self, fault: Fault) -> dict:
-        # The timeout toxic with timeout 0 drops data until it is removed.
-        return await self._toxic(fault, type="timeout", stream="upstream", attributes={"timeout": 0})
+        async def apply(proxy: str) -> None:
+            for stream in ("upstream", "downstream"):
+                await self.toxics.add(proxy, f"latency_{stream}", "latency", stream, attributes)
+
+        async def undo(proxy: str) -> None:
+            for stream in ("upstream", "downstream"):
+                await self.toxics.remove(proxy, f"latency_{stream}")
+
+        await self._window(index, fault, apply, undo)
+
+    async def reset_peer(self, index: int, fault: Fault) -> None:
+        """The driver arms a reset on the client's proxy for each request
+        whose fate is RESET while the window is open (sim/network.py)."""
+
+        async def nothing(proxy: str) -> None:
+            return None
+
+        await self._window(index, fault, nothing, nothing)
+
+    async def blackhole(self, index: int, fault: Fault) -> None:
+        # The timeout toxic with timeout 0 drops what the clients send until it is removed.
+        await self._window(index, fault,
+                           lambda proxy: self.toxics.add(proxy, "blackhole", "timeout", "upstream", {"timeout": 0}),
+                           lambda proxy: self.toxics.remove(proxy, "blackhole"))

@@ -134,7 +134,9 @@ class RedisServer:
             "daemonize": "no", "protected-mode": "yes", "logfile": str(self.folder / "redis.log"),
             "dbfilename": "dump.rdb", "appenddirname": "appendonlydir",
             "aof-load-truncated": "yes", "auto-aof-rewrite-percentage": "0",
-            "aof-use-rdb-preamble": "yes", "save": '""', **self.config,
+            "aof-use-rdb-preamble": "yes", "save": '""',
+            # A new replica syncs at once (Redis 7 waits 5 s for others to share a diskless sync).
+            "repl-diskless-sync-delay": "0", **self.config,
         }
         path = self.folder / "redis.conf"
         path.write_text("".join(f"{key} {value}\n" for key, value in lines.items()))
@@ -152,6 +154,10 @@ class RedisServer:
         """A direct client; like the driver's, it never retries on its own."""
         return redis.Redis(**{"host": "127.0.0.1", "port": self.port, "decode_responses": True,
                               "socket_timeout": 5, "retry": Retry(NoBackoff(), 0), **options})
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
         """SIGKILL: the process dies at once; the OS keeps what it had written."""

@@ -6,15 +6,28 @@ round trip): a Script is an EVALSHA, a Transaction is MULTI ... EXEC on the
 same connection (so WATCH works), a Pipeline is its parts in a row. The
 replies are read in order and put back in the request's shape; an error
 reply becomes a CommandError, as in the simulation.
+
+The harness's stalls (sim/stall.py) are scripts too: a Stall is an EVAL of
+lua/stall.lua, and a Script with ``stall_s`` is an EVAL of its own text
+behind lua/stall_after_first_call.lua.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hiredis
 from redis.exceptions import ResponseError
 
-from sim.commands import CommandError, Pipeline, Request, Script, Transaction
+from sim.commands import CommandError, Pipeline, Request, Script, Stall, Transaction
+
+_LUA = Path(__file__).with_name("lua")
+STALL = (_LUA / "stall.lua").read_text()
+STALL_AFTER_FIRST_CALL = (_LUA / "stall_after_first_call.lua").read_text()
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
 
 
 def flatten(request: Request) -> list[tuple]:
@@ -22,7 +35,12 @@ def flatten(request: Request) -> list[tuple]:
     if kind is tuple:
         return [request]
     if kind is Script:
+        if request.stall_s:
+            source = f"local __stall_ms = {_milliseconds(request.stall_s)}\n{STALL_AFTER_FIRST_CALL}{request.script.source}"
+            return [("EVAL", source, len(request.keys), *request.keys, *request.args)]
         return [("EVALSHA", request.script.sha, len(request.keys), *request.keys, *request.args)]
+    if kind is Stall:
+        return [("EVAL", STALL, 0, _milliseconds(request.seconds))]
     if kind is Transaction:
         return [("MULTI",), *(command for part in request.commands for command in flatten(part)), ("EXEC",)]
     if kind is Pipeline:
@@ -56,7 +74,7 @@ def assemble(request: Request, replies: list) -> Any:
 
 def _take(request: Request, replies: list) -> tuple[Any, list]:
     kind = type(request)
-    if kind is tuple or kind is Script:
+    if kind is tuple or kind is Script or kind is Stall:
         return replies[0], replies[1:]
     if kind is Pipeline:
         out = []

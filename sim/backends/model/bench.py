@@ -13,7 +13,8 @@ import time
 import simpy
 
 from sim.backends.model.driver import SimDriver
-from sim.backends.model.server import Server
+from sim.backends.model.backend import make_server
+from sim.errors import UsageError
 from sim.scenario import load
 from sim.traffic import generate
 from strategies import STRATEGIES, make_strategy
@@ -40,7 +41,6 @@ def main(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.strategies.split(",") if name.strip()]
     unknown = [name for name in names if name not in STRATEGIES]
     if unknown:
-        from sim.cli import UsageError
         raise UsageError(f"--strategies: unknown {', '.join(unknown)}; allowed: {', '.join(STRATEGIES)}")
     trace = generate(scenario.traffic, scenario.seed)
     print(f"scenario {scenario.name}: {len(trace.t)} operations, {trace.deliveries()} deliveries, "
@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'strategy':<15}{'wall s':>7}{'requests/s':>12}{'ratio':>7}{'commands/s':>12}{'ratio':>7}")
     for name in names:
         driver = SimDriver(trace, make_strategy(name, **scenario.strategy_options.get(name, {})),
-                           scenario.clients, Server(scenario.server.service_times()), timeline_points=0)
+                           scenario.clients, make_server(scenario.server), timeline_points=0)
         started = time.perf_counter()
         driver.run()
         wall = time.perf_counter() - started

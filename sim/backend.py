@@ -1,0 +1,90 @@
+"""The seam between the engine and a backend (where a strategy's requests run).
+
+A backend deploys a target for one strategy's run (a simulated server, or
+real redis-server processes), runs the trace through the strategy on it while
+its nemesis applies the schedule, reads the counters back, and stops it. It
+returns an :class:`Execution`: the same record whatever the backend, from
+which the engine computes drift and writes the run's results. Backends are
+registered by name in :mod:`sim.backends`; nothing else in the engine imports
+one.
+"""
+from __future__ import annotations
+
+import argparse
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from sim.checker import Counters, Drift
+from sim.errors import UsageError
+from sim.faults import Fault
+from sim.history import History
+from sim.scenario import Scenario
+from sim.traffic import Trace
+from strategies.base import Strategy
+
+Progress = Callable[[float, int], None]
+
+
+@dataclass
+class Execution:
+    """What one strategy's run on a backend produced."""
+
+    history: History
+    timeline: list[dict]
+    faults: list[dict]                 # the schedule as applied, each with its effects
+    counters: Counters                 # read back once the run had ended
+    reconnects: int = 0
+    script_loads: int = 0
+    noscript: int = 0
+    operations_cut_by_client_crash: int = 0
+    wait_replies: dict[int, int] = field(default_factory=dict)   # replicas a WAIT confirmed -> times
+    figures: dict[str, Any] = field(default_factory=dict)   # the backend's own (wall_ times, commands)
+
+
+class Deployment(ABC):
+    """A target deployed for one strategy's run; a context manager that
+    stops everything it started, also when the run fails."""
+
+    @abstractmethod
+    def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
+        """Replay the trace through the strategy while the nemesis applies
+        the schedule; read the counters back when it is over."""
+
+    def close(self) -> None:
+        """Stop whatever the deployment started."""
+
+    def __enter__(self) -> "Deployment":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class BackendRefused(UsageError):
+    """The backend cannot run this scenario here (a topology it lacks, a
+    program not installed)."""
+
+
+class Backend(ABC):
+    name: str
+    summary: str
+
+    def refuse(self, scenario: Scenario) -> str | None:
+        """Why this backend cannot run the scenario (a topology it lacks, a
+        program not installed), or None."""
+        return None
+
+    @abstractmethod
+    def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
+        """A fresh target for one strategy's run: nothing carries over between runs."""
+
+    def explain(self, scenario: Scenario, trace: Trace, strategy_name: str, schedule: list[Fault],
+                execution: Execution, drift: Drift) -> dict[str, Any]:
+        """Figures only this backend can add to a run's record (the
+        simulation's drift by cause); none by default."""
+        return {}
+
+    def bench(self, args: argparse.Namespace) -> int:
+        """`countdrift bench --backend NAME`: how fast this backend runs."""
+        raise NotImplementedError(f"the {self.name} backend has no bench")

@@ -1,0 +1,104 @@
+"""The simulated backend: a SimPy model of Redis, deterministic per seed.
+
+Each strategy's run is a fresh simulated server; the nemesis applies the
+schedule in simulated time. Because the model can switch off each mechanism
+by which a fault corrupts the counters, this backend also explains a run's
+drift by cause (sim/causes.py), by replaying it with causes switched off.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from sim.backend import Backend, Deployment, Execution, Progress
+from sim.backends.model.driver import SimDriver
+from sim.backends.model.nemesis import Nemesis
+from sim.backends.model.persistence import Persistence
+from sim.backends.model.server import Server, ServiceTimes
+from sim.causes import attribute, relevant
+from sim.checker import Drift, check
+from sim.client import CAUSES
+from sim.faults import Fault
+from sim.nemesis import AckLog, StallTarget, rollback_horizon, tears_aof
+from sim.scenario import Scenario, ServerConfig
+from sim.traffic import Trace
+from sim.truth import truth_ranges
+from strategies import make_strategy
+from strategies.base import Strategy
+
+
+def make_server(config: ServerConfig) -> Server:
+    return Server(ServiceTimes(config.command_us / 1e6, config.script_us / 1e6, config.script_per_key_us / 1e6),
+                  Persistence(config.appendonly, config.appendfsync, config.rdb_interval_s),
+                  config.replicas, config.replication_lag_ms / 1000.0)
+
+
+def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: list[Fault],
+             causes: frozenset[str] = frozenset(CAUSES), timeline_points: int = 0,
+             progress: Progress | None = None) -> tuple[SimDriver, Nemesis]:
+    """One replay of the trace through one strategy, with the nemesis."""
+    server = make_server(scenario.server)
+    reach = rollback_horizon(scenario.server, schedule)
+    if reach:
+        server.keep_history(reach)
+    if tears_aof(scenario.server, schedule):
+        server.keep_aof()
+    acks, target = AckLog(reach + 1.0), StallTarget()
+    driver = SimDriver(trace, strategy, scenario.clients, server, trace.seed, timeline_points, causes, progress,
+                       acks, target)
+    nemesis = Nemesis(driver, schedule, trace.seed, scenario.server, acks, target)
+    driver.run(tuple(nemesis.processes()))
+    return driver, nemesis
+
+
+class SimDeployment(Deployment):
+    def __init__(self, scenario: Scenario, schedule: list[Fault]) -> None:
+        self.scenario = scenario
+        self.schedule = schedule
+
+    def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
+        started = time.perf_counter()
+        driver, nemesis = simulate(self.scenario, trace, strategy, self.schedule,
+                                   timeline_points=self.scenario.run.timeline_points, progress=progress)
+        wall = time.perf_counter() - started
+        return Execution(
+            history=driver.history, timeline=driver.timeline, faults=nemesis.records(),
+            counters=driver.counters(), reconnects=driver.reconnects, script_loads=driver.script_loads,
+            noscript=driver.noscript, operations_cut_by_client_crash=driver.loop.crashed_operations,
+            wait_replies=driver.loop.wait_replies,
+            figures={"redis_requests": driver.server.requests, "redis_commands": driver.server.commands,
+                     "wall_seconds": round(wall, 3),
+                     "wall_redis_commands_per_s": round(driver.server.commands / wall, 1) if wall else 0.0})
+
+
+class SimBackend(Backend):
+    name = "sim"
+    summary = "a SimPy model of Redis: no server needed, deterministic for a given seed"
+
+    def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
+        return SimDeployment(scenario, schedule)
+
+    def explain(self, scenario: Scenario, trace: Trace, strategy_name: str, schedule: list[Fault],
+                execution: Execution, drift: Drift) -> dict:
+        """Drift by cause: the same trace and schedule replayed with each
+        mechanism switched off in turn (sim/causes.py)."""
+        started = time.perf_counter()
+        options = scenario.strategy_options.get(strategy_name, {})
+
+        def replay(causes: frozenset[str], repair: bool) -> Drift:
+            if strategy_name == "lua_repair" and not repair:
+                variant = make_strategy(strategy_name, **{**options, "repair_max_conversations": -1})
+            else:
+                variant = make_strategy(strategy_name, **options)
+            driver, _ = simulate(scenario, trace, variant, schedule, causes)
+            return check(driver.pairs, truth_ranges(trace, driver.history, driver.pairs), driver.counters())
+
+        outcomes = execution.history.outcomes()
+        switchable = relevant(strategy_name, schedule, outcomes["fail"] + outcomes["unknown"],
+                              execution.history.ambiguous, scenario.server.auto_failover)
+        return {"drift_by_cause": attribute(drift, switchable, replay),
+                "wall_seconds_attribution": round(time.perf_counter() - started, 3)}
+
+    def bench(self, args: argparse.Namespace) -> int:
+        from sim.backends.model.bench import main
+        return main(args)

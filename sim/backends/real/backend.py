@@ -1,0 +1,95 @@
+"""The real backend: redis-server processes the harness starts itself, with
+network faults through a toxiproxy-server, on 127.0.0.1.
+
+Each strategy's run gets a fresh deployment (a primary, the scenario's
+replicas, a proxy per virtual client): nothing carries over between runs,
+and everything is stopped by PID when the run ends, fails or is
+interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import uvloop
+
+from sim.backend import Backend, Deployment, Execution, Progress
+from sim.backends.real.deployment import Servers
+from sim.backends.real.driver import RealDriver
+from sim.backends.real.nemesis import RealNemesis
+from sim.backends.real.processes import ProcessError, find_binary
+from sim.backends.real.toxics import Toxics
+from sim.faults import Fault
+from sim.nemesis import AckLog, StallTarget, rollback_horizon
+from sim.scenario import Scenario
+from sim.traffic import Trace
+from strategies.base import Strategy
+
+
+class RedisDeployment(Deployment):
+    def __init__(self, scenario: Scenario, schedule: list[Fault]) -> None:
+        self.scenario = scenario
+        self.schedule = schedule
+        server = scenario.server
+        self.servers = Servers(server.appendonly, server.appendfsync, server.rdb_interval_s,
+                               replicas=server.replicas, clients=scenario.clients.count,
+                               replication_lag_ms=server.replication_lag_ms)
+
+    def __enter__(self) -> "RedisDeployment":
+        self.servers.__enter__()
+        return self
+
+    def close(self) -> None:
+        self.servers.close()
+
+    def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
+        self.servers.wait_for_replicas()
+        started = time.perf_counter()
+        driver, nemesis = uvloop.run(self._run(strategy, trace, progress))
+        wall = time.perf_counter() - started
+        counters = driver.counters()
+        info = self.servers.primary.client().info("commandstats")
+        return Execution(
+            history=driver.history, timeline=driver.timeline, faults=nemesis.records(), counters=counters,
+            reconnects=driver.reconnects, script_loads=driver.script_loads, noscript=driver.noscript,
+            operations_cut_by_client_crash=driver.loop.crashed_operations, wait_replies=driver.loop.wait_replies,
+            figures={
+                # INFO commandstats of the last primary (a restart or a failover resets it)
+                "redis_commands": sum(stats["calls"] for stats in info.values()),
+                "resets_missed": driver.resets_missed,
+                "wall_seconds": round(wall, 3),
+            })
+
+    async def _run(self, strategy: Strategy, trace: Trace, progress: Progress | None):
+        scenario, servers = self.scenario, self.servers
+        acks = AckLog(rollback_horizon(scenario.server, self.schedule) + 1.0)
+        target = StallTarget()
+        async with Toxics(servers.toxiproxy.port) as toxics:
+            driver = RealDriver(trace, strategy, scenario.clients,
+                                [servers.client_address(index) for index in range(scenario.clients.count)],
+                                lambda: servers.direct_address, scenario.run.timeline_points, progress=progress,
+                                acks=acks, target=target, seed=trace.seed, toxics=toxics,
+                                proxies=[proxy.name for proxy in servers.client_proxies])
+            nemesis = RealNemesis(driver, servers, toxics, self.schedule, trace.seed, scenario.server, acks, target)
+            await driver.run(tuple(nemesis.coroutines()))
+        return driver, nemesis
+
+
+class RedisBackend(Backend):
+    name = "redis"
+    summary = "real redis-server processes on 127.0.0.1, network faults through toxiproxy-server"
+
+    def refuse(self, scenario: Scenario) -> str | None:
+        try:
+            find_binary("redis-server", "COUNTDRIFT_REDIS_SERVER")
+            find_binary("toxiproxy-server", "COUNTDRIFT_TOXIPROXY")
+        except ProcessError as missing:
+            return str(missing)
+        return None
+
+    def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
+        return RedisDeployment(scenario, schedule)
+
+    def bench(self, args: argparse.Namespace) -> int:
+        from sim.backends.real.bench import main
+        return main(args)

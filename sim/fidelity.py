@@ -1,0 +1,131 @@
+"""`countdrift fidelity`: the same scenario on two backends, cell by cell.
+
+For each scenario and seed, one trace and one schedule run on both backends
+(the simulation and real servers by default). For each (scenario, seed,
+strategy) cell the drift class of each backend is compared: none,
+inconsistent (a total that is not the sum of its conversations), total over,
+total under, conversations wrong (totals right, some conversation counts
+not). A cell disagrees when the classes differ, or when either backend's
+|drift| exceeds SIZE_FLOOR and the two are more than SIZE_FACTOR apart.
+The figures behind them (|drift|, retries, unknown and refused outcomes,
+NOSCRIPT and READONLY errors) are printed side by side. Each backend's
+results.json is kept beside fidelity.json.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from sim import __version__
+from sim.results import write_json
+from sim.runner import ProgressFactory, run_scenario
+from sim.scenario import Scenario
+from sim.traffic import generate
+
+FIDELITY_SCHEMA = 1
+SIZE_FLOOR = 20      # |drift| below which only the class must agree
+SIZE_FACTOR = 2.0    # how far apart two |drift| above the floor may be
+
+# (column, path in a run); a missing key counts as 0
+FIGURES = (
+    ("|drift|", "drift.abs_drift_sum"),
+    ("inconsistent", "drift.users_inconsistent"),
+    ("retries", "retries"),
+    ("unknown", "outcomes.unknown"),
+    ("replies lost", "ambiguous"),
+    ("refused", "errors_by_kind.connection refused"),
+    ("NOSCRIPT", "errors_by_kind.NOSCRIPT"),
+    ("NOSCRIPT redone", "noscript"),
+    ("READONLY", "errors_by_kind.READONLY"),
+)
+
+
+def drift_class(drift: dict) -> str:
+    if drift["users_inconsistent"]:
+        return "inconsistent"
+    if drift["total_over"] or drift["total_under"]:
+        return "total over" if drift["total_over"] >= drift["total_under"] else "total under"
+    if drift["convs_wrong"]:
+        return "conversations wrong"
+    return "none"
+
+
+def _figure(run: dict, path: str) -> int:
+    value = run
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return 0
+        value = value[part]
+    return value
+
+
+def compare_runs(left: dict, right: dict) -> str | None:
+    """Why two runs of one cell disagree, or None."""
+    classes = drift_class(left["drift"]), drift_class(right["drift"])
+    if classes[0] != classes[1]:
+        return f"class: {classes[0]} vs {classes[1]}"
+    sizes = left["drift"]["abs_drift_sum"], right["drift"]["abs_drift_sum"]
+    if max(sizes) > SIZE_FLOOR and (min(sizes) == 0 or max(sizes) / min(sizes) > SIZE_FACTOR):
+        return f"size: |drift| {sizes[0]} vs {sizes[1]}"
+    return None
+
+
+def cells_of(documents: dict[str, dict]) -> list[dict]:
+    """The cells of one (scenario, seed): documents maps backend -> results."""
+    names = list(documents)
+    runs = {backend: {run["strategy"]: run for run in document["runs"]} for backend, document in documents.items()}
+    first = documents[names[0]]
+    kinds = sorted({fault["kind"] for run in first["runs"] for fault in run["faults"]})
+    cells = []
+    for strategy in runs[names[0]]:
+        pair = [runs[backend][strategy] for backend in names]
+        cells.append({
+            "scenario": first["scenario"]["name"], "seed": first["seed"], "strategy": strategy,
+            "faults": kinds,
+            **{backend: {"class": drift_class(run["drift"]),
+                         "figures": {name: _figure(run, path) for name, path in FIGURES},
+                         "faults_applied": sum(fault["effects"]["applied"] for fault in run["faults"])}
+               for backend, run in zip(names, pair)},
+            "disagreement": compare_runs(*pair),
+        })
+    return cells
+
+
+def run_fidelity(scenarios: list[Scenario], strategies: Iterable[str] | None, seeds: list[int] | None,
+                 out: Path, backends: tuple[str, str] = ("sim", "redis"),
+                 progress: ProgressFactory | None = None) -> dict:
+    cells: list[dict] = []
+    for scenario in scenarios:
+        for seed in seeds or [scenario.seed]:
+            trace = generate(scenario.traffic, seed)
+            documents = {}
+            for backend in backends:
+                documents[backend] = run_scenario(scenario, strategies, trace, progress, backend)
+                write_json(out / f"{scenario.name}-s{seed}" / backend / "results.json", documents[backend])
+            cells.extend(cells_of(documents))
+    document = {"fidelity_schema": FIDELITY_SCHEMA, "tool_version": __version__, "backends": list(backends),
+                "size_floor": SIZE_FLOOR, "size_factor": SIZE_FACTOR, "cells": cells,
+                "disagreements": sum(cell["disagreement"] is not None for cell in cells)}
+    write_json(out / "fidelity.json", document)
+    return document
+
+
+def format_matrix(document: dict) -> str:
+    """One line per cell: each backend's class and figures, and the verdict."""
+    left, right = document["backends"]
+    names = [name for name, _ in FIGURES]
+    header = (f"{'scenario':<30}{'seed':>5}  {'strategy':<15}{'backend':<8}{'class':<20}"
+              + "".join(f"{name:>13}" for name in names))
+    lines = [header, "-" * len(header)]
+    for cell in document["cells"]:
+        for backend in (left, right):
+            side = cell[backend]
+            lead = (f"{cell['scenario']:<30}{cell['seed']:>5}  {cell['strategy']:<15}" if backend == left
+                    else " " * 52)
+            lines.append(lead + f"{backend:<8}{side['class']:<20}"
+                         + "".join(f"{side['figures'][name]:>13}" for name in names))
+        lines.append(" " * 52 + ("agree" if cell["disagreement"] is None else f"DISAGREE ({cell['disagreement']})"))
+    total = len(document["cells"])
+    lines.append(f"\n{total - document['disagreements']} of {total} cells agree "
+                 f"(class, and |drift| within {document['size_factor']:g}x above {document['size_floor']})")
+    return "\n".join(lines)
