@@ -54,6 +54,7 @@ class Drift:
     undercount: int
     total_over: int = 0      # sum of totals above their true range
     total_under: int = 0     # sum of totals below it (as a positive number)
+    hidden_max: int = 0      # the most drift the truth's ranges could hide: the sum of users' range widths
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -100,4 +101,5 @@ def check(pairs: Memberships, truth: TruthRanges, counters: Counters) -> Drift:
         undercount=int(-conv_drift[conv_drift < 0].sum() - stray[stray < 0].sum()),
         total_over=int(total_drift[total_drift > 0].sum()),
         total_under=int(-total_drift[total_drift < 0].sum()),
+        hidden_max=int((truth.user_hi - truth.user_lo).sum()),
     )

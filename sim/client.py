@@ -121,7 +121,8 @@ class ClientLoop:
 
     def __init__(self, workload: Workload, strategy: Strategy, config: ClientConfig, history: History,
                  causes: frozenset[str], clock: Callable[[], float], paced: bool = True,
-                 acks: AckLog | None = None, target: StallTarget | None = None) -> None:
+                 acks: AckLog | None = None, target: StallTarget | None = None,
+                 exact_commits: bool = False) -> None:
         self.workload = workload
         self.strategy = strategy
         self.config = config
@@ -131,6 +132,7 @@ class ClientLoop:
         self.paced = paced
         self.acks = acks
         self.target = target
+        self.exact_commits = exact_commits   # the backend answers with when the server applied a request
         self.wait_replicas = int(strategy.options.get("wait_replicas", 0))
         self.crashed_operations = 0
         self.wait_replies: dict[int, int] = {}    # replicas WAIT confirmed -> how many times
@@ -180,7 +182,7 @@ class ClientLoop:
         reply: Any = None
         error: Exception | None = None
         failed = between = False
-        number = done = 0
+        number = done = writes_sent = 0
         try:
             while True:
                 request = operation.send(reply) if error is None else operation.throw(error)
@@ -204,6 +206,11 @@ class ClientLoop:
                                      self.clock())
                         request, original = placed.request, request
                 number += 1
+                writes = may_write(request)
+                if writes:
+                    writes_sent += 1
+                    if writes_sent == 2:   # no single moment of effect: the truth gives it a range
+                        history.spread[op] = True
                 reply, inside, applied_at = yield from self._send(client, request, op, attempt, number)
                 done += 1
                 if unwrap is not None:
@@ -212,7 +219,8 @@ class ClientLoop:
                     if isinstance(reply, CommandError):
                         inside = None
                 between = deferred
-                writes = may_write(request)
+                if writes and self.exact_commits:
+                    history.applied(op, applied_at)
                 if writes and acks is not None:
                     acked = acks.acknowledged(applied_at, op)
                 if writes and self.wait_replicas:

@@ -4,6 +4,13 @@ Each operation is invoked once (its first request leaves the client) and
 completes once (its last reply arrives or the client gives up), with one
 outcome: ok, fail (the server said no: it did not apply, or not all of it)
 or unknown (a reply was lost: it may or may not have applied).
+
+Where a backend knows more, the history keeps it for the truth
+(sim/truth.py): when the server applied an operation's writes
+(``applied_at``: the simulation knows it for every request, acknowledged or
+not), whether an operation spread its writes over several requests
+(``spread``: it has no single moment of effect), and whether a request of it
+timed out and may still apply later (``open``: real servers only).
 """
 from __future__ import annotations
 
@@ -20,6 +27,9 @@ class History:
         self.invoke = np.full(operations, np.nan)
         self.complete = np.full(operations, np.nan)
         self.outcome = np.zeros(operations, np.int8)
+        self.applied_at = np.full(operations, np.nan)   # the server applied its first write request
+        self.spread = np.zeros(operations, bool)        # an attempt sent more than one write request
+        self.open = np.zeros(operations, bool)          # a request timed out: it may apply after completion
         self.retries = 0       # re-runs after an unknown outcome, WATCH aborts, lock waits
         self.ambiguous = 0     # attempts whose reply was lost
         self.errors: Counter[str] = Counter()
@@ -30,6 +40,12 @@ class History:
     def completed(self, op: int, at: float, outcome: int) -> None:
         self.complete[op] = at
         self.outcome[op] = outcome
+
+    def applied(self, op: int, at: float) -> None:
+        """The server applied one of the operation's write requests at ``at``."""
+        current = self.applied_at[op]
+        if not current <= at:   # NaN, or later
+            self.applied_at[op] = at
 
     def record(self, op: int, invoke: float, complete: float, outcome: int) -> None:
         self.invoked(op, invoke)

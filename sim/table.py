@@ -12,6 +12,7 @@ COLUMNS = (
     ("wrong total", "drift.users_wrong_total", 11, ""),
     ("convs wrong", "drift.convs_wrong", 11, ""),
     ("|drift|", "drift.abs_drift_sum", 8, ""),
+    ("hidden", "drift.hidden_max", 6, ""),
     ("over", "drift.overcount", 6, ""),
     ("under", "drift.undercount", 6, ""),
     ("retries", "retries", 7, ""),

@@ -2,17 +2,25 @@
 
 The ground truth is the message log: a message is unread for a recipient
 until that recipient opens the conversation after it arrived. "After" is
-decided by the operations' real-time intervals, as a linearizability checker
-does: a delivery that completed before a read was invoked was read by it; one
+decided by when each operation took effect. Where the backend knows it (the
+simulation knows when the server applied every request, acknowledged or
+not), an operation that applied its writes in one request took effect at
+that moment, and the truth is exact. Otherwise its moment is only known to
+lie within its real-time interval, as a linearizability checker reasons: a
+delivery that completed before a read was invoked was read by it; one
 invoked after the read completed is unread; one that overlaps the read may
-have been applied on either side of it, so the truth for that pair is a range
-[lo, hi] and a counter anywhere inside it is right. Every strategy that
-applies each change atomically therefore shows zero drift when nothing fails,
-whatever the concurrency; only a counter outside the range is drift.
+have been applied on either side of it, so the truth for that pair is a
+range [lo, hi] and a counter anywhere inside it is right. An operation that
+spread its writes over several requests (naive's HDEL then DECRBY) has no
+single moment: its interval. A request whose reply timed out may still run
+later on a real server: its operation's completion stays open to the end.
 
 The message store accepts every message at its trace time, whatever Redis
 did with the delivery: a delivery that failed or was lost is still unread
 until read, and a read that failed still moved the user's read position.
+At a moment of the run (timelines), only the operations that had begun by
+then count (had taken effect, where that moment is known): a delivery no
+client had sent yet is not yet anybody's unread message.
 """
 from __future__ import annotations
 
@@ -55,42 +63,55 @@ class TruthRanges:
     user_hi: np.ndarray
 
 
-def truth_ranges(trace: Trace, history: History, pairs: Memberships, at: float = np.inf) -> TruthRanges:
-    """The true unread range of every pair at time ``at`` (the end when omitted).
+def moments(history: History, at: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
+    """Each operation's earliest and latest moment of effect, as known at
+    ``at``: the same moment where it is known (an operation done by then
+    whose writes were one request), else its invocation and its completion
+    (never, while a timed-out request of it may still run)."""
+    exact = ~np.isnan(history.applied_at) & ~history.spread & (history.complete <= at)
+    start = np.where(exact, history.applied_at, history.invoke)
+    end = np.where(exact, history.applied_at, np.where(history.open, np.inf, history.complete))
+    return start, end
 
-    Operations not completed by ``at`` count as overlapping everything after
-    their invocation (their effect may or may not have landed yet).
+
+def truth_ranges(trace: Trace, history: History, pairs: Memberships, at: float = np.inf,
+                 since: float | None = None) -> TruthRanges:
+    """The true unread range of every pair at time ``at`` (the end when
+    omitted), or at any moment between ``since`` and ``at`` (counters read
+    over a while, on a real server).
+
+    Operations not completed by ``since`` count as overlapping everything
+    after their start (their effect may or may not have landed yet).
     """
     n_pairs = len(pairs)
     inf = np.inf
-    complete = np.where(history.complete <= at, history.complete, inf)
+    since = at if since is None else since
+    start, end = moments(history, since)
+    complete = np.where(end <= since, end, inf)
+    begun = start <= at
 
     # The last read window of each pair. A delivery is surely read when it
-    # completed before the window starts: the first invoke among the last
-    # completed read and the completed reads overlapping it (a read still in
-    # flight may not have applied yet). It is surely unread when invoked after
-    # the window ends: the last completion of any read (never, while one is
-    # in flight).
-    reads = np.flatnonzero((trace.kind == READ) & (history.invoke <= at))
+    # completed before the last completed read began (that read took effect
+    # after it). It is surely unread when it began after the window ends:
+    # the last completion of any read (never, while one is in flight).
+    reads = np.flatnonzero((trace.kind == READ) & begun)
     r_pair = pairs.lookup(trace.user[reads], trace.conv[reads])
-    r_inv, r_comp = history.invoke[reads], complete[reads]
+    r_start, r_comp = start[reads], complete[reads]
     done = r_comp < inf
-    last_invoke = np.full(n_pairs, -inf)
-    np.maximum.at(last_invoke, r_pair[done], r_inv[done])
-    overlapping = done & (r_comp >= last_invoke[r_pair])
-    window_start = np.full(n_pairs, inf)
-    np.minimum.at(window_start, r_pair[overlapping], r_inv[overlapping])
-    window_start[last_invoke == -inf] = -inf
+    window_start = np.full(n_pairs, -inf)
+    np.maximum.at(window_start, r_pair[done], r_start[done])
     window_end = np.full(n_pairs, -inf)
     np.maximum.at(window_end, r_pair, r_comp)
 
-    # Messages the store holds by ``at``; only settled deliveries can be
+    # Messages the store holds by ``at`` that a client had begun to deliver
+    # (at the end: every message); only settled deliveries can be
     # definitely read or definitely unread.
-    messages = np.flatnonzero((trace.kind == DELIVER) & (trace.t <= at))
+    delivered = (trace.kind == DELIVER) & (begun if at < inf else True)
+    messages = np.flatnonzero(delivered)
     m_conv = trace.conv[messages].astype(np.int64)
     settled = complete[messages] < inf
     s_conv = m_conv[settled]
-    s_inv = history.invoke[messages][settled]
+    s_inv = start[messages][settled]
     s_comp = complete[messages][settled]
 
     # Exact comparisons by rank: turn every time into its rank among all of them.

@@ -51,9 +51,23 @@ def test_fault_free_run_has_no_drift_but_naive(tmp_path):
     for name, run in runs(results).items():
         assert run["outcomes"]["ok"] == run["operations"]
         if name != "naive":
-            wrong = {key: value for key, value in run["drift"].items() if key != "users" and value}
+            wrong = {key: value for key, value in run["drift"].items() if key not in ("users", "hidden_max") and value}
             assert not wrong, f"{name} drifted on a real server without faults: {wrong}"
         assert run["wall_seconds"] > 0 and run["redis_commands"] > 0
+
+
+@pytest.mark.parametrize("seeds", [range(1, 4), pytest.param(range(1, 21), marks=pytest.mark.slow)],
+                         ids=["3 seeds", "20 seeds"])
+def test_no_atomic_strategy_drifts_without_faults_on_real_servers(seeds, tmp_path):
+    """The truth's tighter windows make no false drift on real servers either."""
+    from test_run import ATOMIC, TINY
+
+    for seed in seeds:
+        text = TINY.format(seed=seed) + "\n[server]\nreplicas = 0\n"
+        for run in run_scenario(parse(tmp_path / "tiny.toml", text), ATOMIC, backend="redis")["runs"]:
+            drift = {key: value for key, value in run["drift"].items() if key not in ("users", "hidden_max")}
+            assert not any(drift.values()), (seed, run["strategy"], drift)
+            assert all(point["abs_drift_sum"] == 0 for point in run["timeline"]), (seed, run["strategy"])
 
 
 def test_lua_killed_mid_script_is_all_or_nothing():

@@ -10,7 +10,7 @@ from sim.client import ClientConfig
 from sim.backends.model.server import Server, ServiceTimes
 from sim.results import strip_wall
 from sim.runner import run_scenario
-from sim.scenario import load
+from sim.scenario import load, parse
 from sim.traffic import DELIVER, READ, Trace, TrafficConfig, generate
 from strategies import STRATEGIES, make_strategy
 
@@ -45,7 +45,7 @@ def test_no_faults_no_drift_except_naive(small_scenario):
     for name, figures in drift.items():
         if name == "naive":
             continue
-        wrong = {key: value for key, value in figures.items() if key != "users" and value}
+        wrong = {key: value for key, value in figures.items() if key not in ("users", "hidden_max") and value}
         assert not wrong, f"{name} drifted without faults: {wrong}"
     for run in results["runs"]:
         if run["strategy"] == "naive":
@@ -106,3 +106,67 @@ def test_timeouts_are_unknown_outcomes_and_retries_can_double_count(small_scenar
     assert idempotent["ambiguous"] > 0
     assert idempotent["drift"]["overcount"] == 0 and idempotent["drift"]["users_inconsistent"] == 0
     assert scenario.clients.timeout_ms == 1000.0  # the default the test overrode
+
+
+TINY = """
+name = "tiny"
+seed = {seed}
+
+[traffic]
+users = 150
+messages = 800
+message_rate = 1000.0
+groups = 8
+max_group_size = 40
+include_max_group = true
+read_probability = 0.9
+read_delay_mean_s = 0.05
+badge_probability = 0.3
+
+[clients]
+count = 8
+
+[run]
+timeline_points = 4
+"""
+ATOMIC = sorted(set(STRATEGIES) - {"naive"})
+
+
+def test_no_atomic_strategy_drifts_without_faults_over_20_seeds(tmp_path):
+    for seed in range(1, 21):
+        scenario = parse(tmp_path / "tiny.toml", TINY.format(seed=seed))
+        for run in run_scenario(scenario, ATOMIC)["runs"]:
+            drift = {key: value for key, value in run["drift"].items() if key not in ("users", "hidden_max")}
+            assert not any(drift.values()), (seed, run["strategy"], drift)
+            assert all(point["abs_drift_sum"] == 0 for point in run["timeline"]), (seed, run["strategy"])
+
+
+@pytest.mark.parametrize("name", ["lua", "watch", "idset", "lua_idempotent"])
+def test_the_simulations_truth_is_exact_so_one_planted_unit_shows(name, tmp_path):
+    """With the server's commit order the truth has no range left (hidden_max
+    0), so +1 on any one pair's count is drift."""
+    from sim.backends.model.backend import simulate
+    from sim.checker import Counters, check
+    from sim.truth import Memberships, truth_ranges
+
+    scenario = parse(tmp_path / "tiny.toml", TINY.format(seed=3))
+    trace = generate(scenario.traffic, scenario.seed)
+    driver, _ = simulate(scenario, trace, make_strategy(name), [])
+    pairs = Memberships(trace)
+    truth = truth_ranges(trace, driver.history, pairs)
+    counters = driver.counters()
+    assert check(pairs, truth, counters).abs_drift_sum == 0
+    assert check(pairs, truth, counters).hidden_max == 0
+    rng = np.random.default_rng(0)
+    for pair in rng.choice(len(pairs), size=25, replace=False):
+        user, conv = int(pairs.user[pair]), int(pairs.conv[pair])
+        rows = (counters.entry_user == user) & (counters.entry_conv == conv)
+        values = counters.entry_value.copy()
+        if rows.any():
+            values[rows] += 1
+            planted = Counters(counters.entry_user, counters.entry_conv, values, counters.total)
+        else:
+            planted = Counters(np.append(counters.entry_user, user), np.append(counters.entry_conv, conv),
+                               np.append(values, 1), counters.total)
+        drift = check(pairs, truth, planted)
+        assert drift.overcount == 1 and drift.convs_wrong == 1 and drift.users_inconsistent == 1, (user, conv)

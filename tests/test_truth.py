@@ -68,3 +68,51 @@ def test_a_read_that_never_ran_clears_nothing():
     history.complete[2] = np.nan
     got, _ = ranges(trace, history)
     assert got[(1, 0)] == (3, 3)
+
+
+def test_a_delivery_no_client_had_sent_yet_is_not_unread_yet():
+    trace, history = hand_trace()
+    history.invoke[1] = 2.5                       # the client was busy: message 1 sent late
+    history.complete[1] = 2.6
+    got, _ = ranges(trace, history, at=2.2)
+    assert got[(1, 0)] == (1, 1)                  # only message 0 counts at 2.2
+    got, _ = ranges(trace, history, at=2.55)
+    assert got[(1, 0)] == (1, 2)                  # in flight
+
+
+def test_the_read_window_starts_at_the_last_reads_own_invocation():
+    trace, history = hand_trace()
+    # u1 reads the DM twice, overlapping: 2.0-3.5 and 3.0-3.1 (the last to begin).
+    history.record(1, 2.0, 2.9, OK)               # message 1's delivery completes inside the first read
+    trace.kind[1], trace.user[1], trace.message[1] = READ, 1, -1
+    history.record(2, 3.0, 3.1, OK)
+    history.record(0, 1.0, 2.95, OK)              # message 0 completes before the last read began
+    got, _ = ranges(trace, history)
+    assert got[(1, 0)] == (1, 1)                  # message 0 surely read; message 2 after the reads
+
+
+def test_where_the_server_says_when_it_applied_an_operation_the_truth_is_exact():
+    trace, history = hand_trace()
+    got, truth = ranges(trace, history)
+    assert got[(0, 1)] == (1, 2) and int((truth.user_hi - truth.user_lo).sum()) == 1
+    history.applied(5, 5.25)                      # u0's read took effect at 5.25...
+    history.applied(4, 5.4)                       # ...and message 3's delivery after it
+    got, truth = ranges(trace, history)
+    assert got[(0, 1)] == (2, 2) and int((truth.user_hi - truth.user_lo).sum()) == 0
+    history.applied_at[4] = 5.22                  # before it: read
+    got, _ = ranges(trace, history)
+    assert got[(0, 1)] == (1, 1)
+    history.spread[4] = True                      # its writes in two requests: no single moment, a range
+    got, _ = ranges(trace, history)
+    assert got[(0, 1)] == (1, 2)
+
+
+def test_a_request_that_timed_out_may_still_apply_to_the_end():
+    trace, history = hand_trace()
+    history.open[3] = True                        # message 2's delivery timed out at 4.1
+    got, _ = ranges(trace, history)
+    assert got[(1, 0)] == (0, 1)                  # it may not have applied yet: 0 or 1
+    history.open[3] = False
+    history.open[2] = True                        # the read timed out: message 2 may have come before it
+    got, _ = ranges(trace, history)
+    assert got[(1, 0)] == (0, 3)

@@ -20,11 +20,11 @@ import numpy as np
 import simpy
 
 from sim import network
-from sim.backends.model.server import Connection, Server
+from sim.backends.model.server import Connection, Entry, Server
 from sim.checker import Counters, Drift, check, read_counters
 from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
                         next_instruction)
-from sim.commands import CommandError, ConnectionLost, Pipeline
+from sim.commands import CommandError, ConnectionLost, Pipeline, may_write
 from sim.history import History
 from sim.metrics import timeline_point
 from sim.nemesis import AckLog, StallTarget
@@ -66,7 +66,9 @@ class SimDriver:
         self.workload = Workload(trace)
         self._t = self.workload.t
         self.loop = ClientLoop(self.workload, strategy, clients, self.history, causes, lambda: self.env.now,
-                               acks=acks, target=target)
+                               acks=acks, target=target, exact_commits=True)
+        # Requests whose reply was lost while they could still apply: (entry, operation).
+        self._unanswered: list[tuple[Entry, int]] = []
 
     # -- the run ----------------------------------------------------------------
     def run(self, processes: tuple = ()) -> None:
@@ -85,6 +87,18 @@ class SimDriver:
         env.run(until=env.all_of(clients))
         self.run_end = env.now
         self.server.advance(np.inf)   # requests whose clients gave up still run
+        self.settle()
+
+    def settle(self) -> None:
+        """Tell the history when the server applied the requests whose
+        replies were lost (the simulation knows, the client did not)."""
+        waiting = []
+        for entry, op in self._unanswered:
+            if entry.committed:
+                self.history.applied(op, entry.applied_at)
+            elif not entry.lost:
+                waiting.append((entry, op))
+        self._unanswered = waiting
 
     def drift(self, at: float = np.inf) -> Drift:
         truth = truth_ranges(self.trace, self.history, self.pairs, at)
@@ -163,6 +177,8 @@ class SimDriver:
         reply_at = ready + self._half_rtt + route.delay_back
         if reply_at - sent > timeout and self._replies_lost:
             yield env.timeout(timeout)
+            if entry is not None and may_write(request):
+                self._unanswered.append((entry, send.operation))
             raise self._lose(client, "timeout")
         yield env.timeout(reply_at - sent)
         if entry is None:
@@ -170,9 +186,11 @@ class SimDriver:
                 raise self._lose(client, "server went away")
             return answer, None, ready
         server.advance(env.now)
-        if entry.lost:
-            raise self._lose(client, "server went away")
-        if route.fate == network.RESET and self._replies_lost:
+        if entry.lost or (route.fate == network.RESET and self._replies_lost):
+            if entry.committed and may_write(request):   # it ran (a large pipeline's earlier reads, or all)
+                self.history.applied(send.operation, entry.applied_at)
+            if entry.lost:
+                raise self._lose(client, "server went away")
             self.network.replies_lost[route.window] += 1
             raise self._lose(client, "connection reset")
         reply = entry.reply

@@ -67,7 +67,7 @@ class Connection:
 class Entry:
     """One request in the server's queue, and later its reply."""
 
-    __slots__ = ("start", "end", "request", "connection", "reply", "error", "committed", "lost")
+    __slots__ = ("start", "end", "request", "connection", "reply", "error", "committed", "lost", "applied_at")
 
     def __init__(self, start: float, end: float, request: Request, connection: Connection) -> None:
         self.start = start
@@ -78,6 +78,7 @@ class Entry:
         self.error: CommandError | None = None  # the first error reply inside it
         self.committed = False   # its effects happened (all of them, or a pipeline's prefix)
         self.lost = False        # the server died before replying
+        self.applied_at = math.nan   # when its effects happened
 
 
 class Server:
@@ -164,6 +165,7 @@ class Server:
             entry.reply = self.run(entry.connection, entry.request)
             entry.error = self._first_error
             entry.committed = True
+            entry.applied_at = entry.end
 
     # -- faults ---------------------------------------------------------------
     def keep_history(self, seconds: float) -> None:
@@ -218,6 +220,7 @@ class Server:
                 self.store.now = at
                 self.run(head.connection, Pipeline(kept))
                 head.committed = bool(kept)
+                head.applied_at = at
         for entry in self.queue:
             entry.lost = True
         self.queue.clear()

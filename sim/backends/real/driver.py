@@ -141,13 +141,16 @@ class RealDriver:
         for point in range(1, self.timeline_points + 1):
             await asyncio.sleep(max(0.0, span * point / self.timeline_points - self.now()))
             while True:
-                at = self.now()
+                since = self.now()
                 try:
                     counters = await asyncio.to_thread(self._read_counters)
                     break
                 except UNREADABLE:
                     await asyncio.sleep(0.05)
-            drift = check(self.pairs, truth_ranges(self.trace, self.history, self.pairs, at), counters)
+            # The counters were read over a while: the truth of any moment of it is right.
+            at = since
+            truth = truth_ranges(self.trace, self.history, self.pairs, self.now(), since)
+            drift = check(self.pairs, truth, counters)
             self.timeline.append(timeline_point(at, drift, self.history,
                                                 self.timeline[-1] if self.timeline else None))
 
@@ -215,6 +218,8 @@ class RealDriver:
             raise
         except CONNECTION_ERRORS as error:
             self.history.ambiguous += 1
+            if connection.timed_out:   # it may still run on the server, later than the client gave up
+                self.history.open[send.operation] = True
             await self._drop(client)
             if reset >= 0:
                 self.network.replies_lost[reset] += 1
