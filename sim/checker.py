@@ -7,6 +7,7 @@ its range drifts by its distance to the nearest end.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
@@ -25,21 +26,26 @@ class Counters:
     entry_conv: np.ndarray
     entry_value: np.ndarray
     total: np.ndarray          # per user
+    bad_values: int = 0        # fields or values that are not integers
+    stray_keys: int = 0        # keys of no user of the trace
 
     @classmethod
-    def collect(cls, users: int, per_user: Iterable[tuple[int, dict[int, int], int]]) -> "Counters":
+    def collect(cls, users: int, per_user: Iterable[tuple[int, dict[int, int], int, int]],
+                stray_keys: int = 0) -> "Counters":
         entry_user: list[int] = []
         entry_conv: list[int] = []
         entry_value: list[int] = []
         total = np.zeros(users, np.int64)
-        for user, counts, user_total in per_user:
+        bad_values = 0
+        for user, counts, user_total, bad in per_user:
             total[user] = user_total
+            bad_values += bad
             if counts:
                 entry_user.extend([user] * len(counts))
                 entry_conv.extend(counts.keys())
                 entry_value.extend(counts.values())
         return cls(np.array(entry_user, np.int64), np.array(entry_conv, np.int64),
-                   np.array(entry_value, np.int64), total)
+                   np.array(entry_value, np.int64), total, bad_values, stray_keys)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class Drift:
     max_abs_drift: int
     overcount: int
     undercount: int
+    bad_values: int = 0      # counter fields or values that are not integers
+    stray_keys: int = 0      # keys that belong to no user of the trace
     total_over: int = 0      # sum of totals above their true range
     total_under: int = 0     # sum of totals below it (as a positive number)
     hidden_max: int = 0      # the most drift the truth's ranges could hide: the sum of users' range widths
@@ -60,16 +68,31 @@ class Drift:
         return asdict(self)
 
 
+_USER_TAG = re.compile(r"\{u(\d+)\}")
+
+
+def stray_keys(keys: list[str], users: int) -> int:
+    """Keys that carry no user tag of the trace (user ids 0 .. users - 1)."""
+    stray = 0
+    for key in keys:
+        tag = _USER_TAG.search(key)
+        if tag is None or int(tag.group(1)) >= users:
+            stray += 1
+    return stray
+
+
 def read_counters(strategy: Strategy, users: int, execute: Callable[[Request], Any],
                   batch: int = 1000) -> Counters:
     """Read every user's counters back through a backend's ``execute``,
-    ``batch`` users per round trip."""
+    ``batch`` users per round trip, and count the keys that belong to no
+    user of the trace (the whole keyspace is listed)."""
     rows = []
     for first in range(0, users, batch):
         chunk = range(first, min(users, first + batch))
         replies = run_batch([strategy.counters(user) for user in chunk], execute)
-        rows.extend((user, counts, total) for user, (counts, total) in zip(chunk, replies))
-    return Counters.collect(users, rows)
+        rows.extend((user, *reply) for user, reply in zip(chunk, replies))
+    keys = execute(("KEYS", "*"))
+    return Counters.collect(users, rows, stray_keys(keys if isinstance(keys, list) else [], users))
 
 
 def _outside(value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -99,6 +122,8 @@ def check(pairs: Memberships, truth: TruthRanges, counters: Counters) -> Drift:
         max_abs_drift=int(np.abs(total_drift).max()) if users else 0,
         overcount=int(conv_drift[conv_drift > 0].sum() + stray[stray > 0].sum()),
         undercount=int(-conv_drift[conv_drift < 0].sum() - stray[stray < 0].sum()),
+        bad_values=counters.bad_values,
+        stray_keys=counters.stray_keys,
         total_over=int(total_drift[total_drift > 0].sum()),
         total_under=int(-total_drift[total_drift < 0].sum()),
         hidden_max=int((truth.user_hi - truth.user_lo).sum()),

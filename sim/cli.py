@@ -1,21 +1,31 @@
-"""The `countdrift` command line."""
+"""The `countdrift` command line.
+
+Heavy modules are imported inside the commands, so that an interrupt at any
+moment, start-up included, ends in the one line and the exit status of
+``main`` (130), and a bad command line is refused before any of them loads.
+"""
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 
 from sim import __version__, backends
 from sim.errors import UsageError
-from sim.faults import SPECS
-from sim.results import write_json
-from sim.runner import peak_rss_mib, run_scenario, stderr_progress
-from sim.scenario import ScenarioError, load
-from sim.table import format_causes, format_faults, format_table
-from sim.traffic import Trace, generate
-from strategies import STRATEGIES
+
+
+class Done:
+    """What a command has written so far, for the line an interrupt prints."""
+
+    written: str | None = None
+
 
 def _strategies(option: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    from strategies import STRATEGIES
+
     if option is None:
         return default
     names = tuple(name.strip() for name in option.split(",") if name.strip())
@@ -23,29 +33,61 @@ def _strategies(option: str | None, default: tuple[str, ...]) -> tuple[str, ...]
     if unknown or not names:
         raise UsageError(f"--strategies: unknown strategy {', '.join(unknown) or '(none given)'}; "
                          f"allowed: {', '.join(STRATEGIES)}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"--strategies: {', '.join(twice)} named twice")
     return names
 
 
+def _trace_for(args: argparse.Namespace, scenario, seed: int):
+    """The trace to replay: the scenario's, or --trace if it was made from
+    the same traffic and seed."""
+    from dataclasses import asdict
+
+    from sim.traffic import Trace, generate
+
+    if not args.trace:
+        return generate(scenario.traffic, seed)
+    try:
+        trace = Trace.load(Path(args.trace))
+    except Exception as error:   # whatever the file holds instead of a trace
+        raise UsageError(f"--trace {args.trace}: not a trace countdrift wrote ({type(error).__name__}: "
+                         f"{str(error)[:200]}); make one with `countdrift trace`") from None
+    if trace.config != scenario.traffic:
+        ours, theirs = asdict(scenario.traffic), asdict(trace.config)
+        key = next(key for key in ours if ours[key] != theirs.get(key))
+        raise UsageError(f"--trace {args.trace}: made from other traffic (traffic.{key} = {theirs.get(key)!r}, "
+                         f"{scenario.path} says {ours[key]!r}); make it with `countdrift trace {scenario.path}`")
+    if args.seed is not None and trace.seed != args.seed:
+        raise UsageError(f"--trace {args.trace}: made with seed {trace.seed}, not --seed {args.seed}")
+    return trace
+
+
 def command_run(args: argparse.Namespace) -> int:
+    from sim.output import OutputFolder
+    from sim.results import write_json
+    from sim.runner import peak_rss_mib, run_scenario, stderr_progress
+    from sim.scenario import load
+    from sim.table import format_causes, format_faults, format_table
+
     scenario = load(args.scenario)
     strategies = _strategies(args.strategies, scenario.strategies)
-    trace = None
-    if args.trace:
-        try:
-            trace = Trace.load(Path(args.trace))
-        except (OSError, ValueError, KeyError) as error:
-            raise UsageError(f"--trace {args.trace}: cannot load the trace: {error}") from None
-    seed = scenario.seed if args.seed is None else args.seed
+    trace = _trace_for(args, scenario, scenario.seed if args.seed is None else args.seed)
+    seed = trace.seed
     out = Path(args.out) if args.out else Path("results") / f"{scenario.name}-s{seed}"
-    if not args.quiet:
-        print(f"countdrift {__version__}: scenario {scenario.name} ({scenario.path}), seed {seed}, "
-              f"backend {args.backend}, strategies {', '.join(strategies)}", file=sys.stderr)
-    if trace is None:
-        trace = generate(scenario.traffic, seed)
-    results = run_scenario(scenario, strategies, trace, None if args.quiet else stderr_progress(), args.backend)
-    trace.save(out / "trace.npz")
-    results["trace"]["file"] = "trace.npz"
-    write_json(out / "results.json", results)
+    with OutputFolder(out, "--out") as folder:
+        refusal = backends.get(args.backend).refuse(scenario)
+        if refusal:
+            raise UsageError(f"--backend {args.backend}: {refusal}")
+        if not args.quiet:
+            print(f"countdrift {__version__}: scenario {scenario.name} ({scenario.path}), seed {seed}, "
+                  f"backend {args.backend}, strategies {', '.join(strategies)}", file=sys.stderr)
+        results = run_scenario(scenario, strategies, trace, None if args.quiet else stderr_progress(), args.backend)
+        trace.save(folder.partial / "trace.npz")
+        results["trace"]["file"] = "trace.npz"
+        write_json(folder.partial / "results.json", results)
+        folder.commit()
+    Done.written = f"results in {out}"
     print(format_table(results))
     if results["runs"] and results["runs"][0]["faults"]:
         for part in (format_faults(results), format_causes(results)):
@@ -60,11 +102,17 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_trace(args: argparse.Namespace) -> int:
+    from sim.output import check_file
+    from sim.scenario import load
+    from sim.traffic import generate
+
     scenario = load(args.scenario)
+    out = Path(args.out)
+    check_file(out, "--out")
     seed = scenario.seed if args.seed is None else args.seed
     trace = generate(scenario.traffic, seed)
-    out = Path(args.out)
     trace.save(out)
+    Done.written = f"the trace in {out}"
     for key, value in trace.summary().items():
         print(f"{key:>14}: {value}")
     print(f"trace: {out}")
@@ -72,15 +120,20 @@ def command_trace(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
+    from sim.output import OutputFolder
     from sim.report import ReportError, find_fidelity, find_results, load_results, write_report
 
-    try:
-        documents = [load_results(path) for path in find_results(args.results)]
-        fidelities = find_fidelity(args.results)
-    except ReportError as error:
-        raise UsageError(str(error)) from None
-    markdown, page = write_report(documents, Path(args.out), fidelities)
-    print(f"report: {page} (and {markdown.name}, charts as PNG and SVG in {args.out})")
+    out = Path(args.out)
+    with OutputFolder(out, "--out") as folder:
+        try:
+            documents = [load_results(path) for path in find_results(args.results)]
+            fidelities = find_fidelity(args.results)
+        except ReportError as error:
+            raise UsageError(str(error)) from None
+        markdown, page = write_report(documents, folder.partial, fidelities)
+        folder.commit()
+    Done.written = f"the report in {out}"
+    print(f"report: {out / page.name} (and {markdown.name}, charts as PNG and SVG in {out})")
     return 0
 
 
@@ -88,6 +141,13 @@ def command_compare(args: argparse.Namespace) -> int:
     from sim.compare import as_json, as_markdown, as_text, compare
     from sim.report import ReportError
 
+    from sim.output import check_file
+
+    if not (math.isfinite(args.tolerance) and 0 <= args.tolerance <= 10):
+        raise UsageError(f"--tolerance: a fraction between 0 and 10 (0.05 is 5%), got {args.tolerance}")
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path:
+            check_file(Path(path), option)
     try:
         changes = compare([args.baseline], [args.current], args.tolerance)
     except ReportError as error:
@@ -101,6 +161,9 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
+    from sim.faults import SPECS
+    from strategies import STRATEGIES
+
     print("strategies:")
     for name, cls in STRATEGIES.items():
         print(f"  {name:<15} {cls.summary}")
@@ -118,33 +181,75 @@ def command_list(args: argparse.Namespace) -> int:
 
 def command_fidelity(args: argparse.Namespace) -> int:
     from sim.fidelity import format_matrix, run_fidelity
+    from sim.output import OutputFolder
+    from sim.runner import stderr_progress
+    from sim.scenario import load
 
     scenarios = [load(path) for path in args.scenarios]
     strategies = _strategies(args.strategies, ("naive", "lua", "lock", "lua_idempotent"))
-    try:
-        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
-    except ValueError:
-        raise UsageError(f"--seeds: a comma-separated list of integers, got {args.seeds!r}") from None
+    seeds = [seed_number(seed, "--seeds") for seed in args.seeds.split(",")] if args.seeds else None
     out = Path(args.out)
-    document = run_fidelity(scenarios, strategies, seeds, out, progress=None if args.quiet else stderr_progress())
+    with OutputFolder(out, "--out") as folder:
+        for backend in ("sim", "redis"):
+            for scenario in scenarios:
+                refusal = backends.get(backend).refuse(scenario)
+                if refusal:
+                    raise UsageError(f"fidelity needs the {backend} backend: {refusal}")
+        document = run_fidelity(scenarios, strategies, seeds, folder.partial,
+                                progress=None if args.quiet else stderr_progress())
+        folder.commit()
+    Done.written = f"fidelity.json in {out}"
     print(format_matrix(document))
     print(f"fidelity: {out / 'fidelity.json'}")
     return 1 if document["disagreements"] else 0
 
 
 def command_bench(args: argparse.Namespace) -> int:
+    args.strategies = _strategies(args.strategies, ())
     return backends.get(args.backend).bench(args)
 
 
+def seed_number(text: str, option: str = "") -> int:
+    """A seed: an integer from 0 to 2**63 - 1."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2 ** 63:
+        message = f"a seed is a whole number from 0 to 2**63 - 1, got {text!r}"
+        if option:
+            raise UsageError(f"{option}: {message}")
+        raise argparse.ArgumentTypeError(message)
+    return seed
+
+
+def positive(text: str) -> int:
+    """A whole number from 1 to 100,000,000."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100_000_000:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to 100,000,000, got {text!r}")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad command line is one line, as every other error."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="countdrift", description=__doc__)
+    top = OneLineParser(prog="countdrift", description=__doc__)
     top.add_argument("--version", action="version", version=f"countdrift {__version__}")
-    commands = top.add_subparsers(dest="command", required=True)
+    commands = top.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run = commands.add_parser("run", help="replay a scenario through each strategy, write results.json")
     run.add_argument("scenario", help="a scenario TOML file, e.g. scenarios/quick.toml")
     run.add_argument("--strategies", help="comma-separated strategies (default: the scenario's)")
-    run.add_argument("--seed", type=int, help="override the scenario's seed")
+    run.add_argument("--seed", type=seed_number, help="override the scenario's seed")
     run.add_argument("--out", help="output folder (default: results/<scenario>-s<seed>)")
     run.add_argument("--trace", help="replay a saved trace instead of generating one")
     run.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",
@@ -154,7 +259,7 @@ def parser() -> argparse.ArgumentParser:
 
     trace = commands.add_parser("trace", help="generate a scenario's trace and save it")
     trace.add_argument("scenario")
-    trace.add_argument("--seed", type=int)
+    trace.add_argument("--seed", type=seed_number)
     trace.add_argument("--out", required=True, help="the .npz file to write")
     trace.set_defaults(handler=command_trace)
 
@@ -187,27 +292,67 @@ def parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure the simulator's speed")
     bench.add_argument("--scenario", default="scenarios/quick.toml")
     bench.add_argument("--strategies", default="naive,lua")
-    bench.add_argument("--events", type=int, default=500_000, help="bare SimPy timeouts to time")
+    bench.add_argument("--events", type=positive, default=500_000, help="bare SimPy timeouts to time")
     bench.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",
                        help="redis: the asyncio driver against redis-server, next to redis-benchmark")
-    bench.add_argument("--clients", type=int, default=50, help="(redis) concurrent clients")
-    bench.add_argument("--requests", type=int, default=200_000, help="(redis) redis-benchmark -n")
-    bench.add_argument("--operations", type=int, default=50_000, help="(redis) deliveries the driver makes")
+    bench.add_argument("--clients", type=positive, default=50, help="(redis) concurrent clients")
+    bench.add_argument("--requests", type=positive, default=200_000, help="(redis) redis-benchmark -n")
+    bench.add_argument("--operations", type=positive, default=50_000, help="(redis) deliveries the driver makes")
     bench.set_defaults(handler=command_bench)
     return top
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends a command as Ctrl-C does: cleanly, with one line."""
+    signal.raise_signal(signal.SIGINT)
+
+
+def _late_interrupt(signum: int, frame: object) -> None:
+    """Once the command is over, an interrupt only ends the process."""
+    sys.stderr.write(f"countdrift: interrupted; {Done.written or 'nothing written'}\n")
+    os._exit(130)
+
+
+def main(argv: list[str] | None = None, program: bool = False) -> int:
+    """Run one command; ``program``: this is the process (the console
+    script), so an interrupt after the command only ends the process."""
+    from sim.scenario import ScenarioError
+
+    Done.written = None
+    if program:
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
+        args = parser().parse_args(argv)
         return args.handler(args)
     except (ScenarioError, UsageError) as error:
         print(f"countdrift: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:   # the reader of our output went away (| head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
-        print("countdrift: interrupted; nothing written", file=sys.stderr)
+        print(f"countdrift: interrupted; {Done.written or 'nothing written'}", file=sys.stderr)
         return 130
+    finally:
+        if program:
+            signal.signal(signal.SIGINT, _late_interrupt)
+            signal.signal(signal.SIGTERM, _late_interrupt)
+        if "sim.backends.real.processes" in sys.modules:
+            sys.modules["sim.backends.real.processes"].REGISTRY.stop_all()
+
+
+def entry() -> None:
+    """The `countdrift` program. An interrupt from the first line of this
+    module on ends in one line and exit status 130 (SIGTERM as Ctrl-C); one
+    that comes while Python itself is still starting ends the process before
+    countdrift has done anything. The process ends at once when the command
+    is over: Python's own shutdown would put the default handlers back and
+    let a late Ctrl-C kill it without a word."""
+    status = main(program=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

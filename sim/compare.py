@@ -1,6 +1,6 @@
 """`countdrift compare BASELINE CURRENT`: what got worse, and by how much.
 
-Results are matched by scenario, backend and strategy. Correctness must not
+Results are matched by scenario, seed, backend and strategy. Correctness must not
 get worse at all: in a simulated run, which is deterministic, any drift
 figure that grew is a regression; in a real run, one that grew by more than
 the tolerance. Throughput may fall by up to the tolerance (default 5%),
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from sim.report import find_results, load_results
+from sim.report import ReportError, find_results, load_results
 
 DRIFT_FIELDS = ("users_inconsistent", "users_wrong_total", "convs_wrong", "abs_drift_sum", "max_abs_drift",
                 "overcount", "undercount")
@@ -22,6 +22,7 @@ DRIFT_FIELDS = ("users_inconsistent", "users_wrong_total", "convs_wrong", "abs_d
 @dataclass
 class Change:
     scenario: str
+    seed: int
     backend: str
     strategy: str
     figure: str
@@ -36,11 +37,17 @@ class Change:
         return "new" if self.current else "0"
 
 
-def _index(paths: list[str]) -> dict[tuple[str, str], dict]:
-    documents = {}
+def _index(paths: list[str]) -> dict[tuple[str, int, str], dict]:
+    """The results under ``paths`` by (scenario, seed, backend); two of one key is an error."""
+    documents: dict[tuple[str, int, str], dict] = {}
+    where: dict[tuple[str, int, str], object] = {}
     for path in find_results(paths):
         document = load_results(path)
-        documents[(document["scenario"]["name"], document["backend"])] = document
+        key = (document["scenario"]["name"], document["seed"], document["backend"])
+        if key in documents:
+            raise ReportError(f"{path} and {where[key]} both hold {key[0]} at seed {key[1]} on {key[2]}: "
+                              f"compare one run against one run")
+        documents[key], where[key] = document, path
     return documents
 
 
@@ -48,31 +55,34 @@ def compare(baseline_paths: list[str], current_paths: list[str], tolerance: floa
     baseline, current = _index(baseline_paths), _index(current_paths)
     changes: list[Change] = []
     for key, base in sorted(baseline.items()):
-        scenario, backend = key
+        scenario, seed, backend = key
         now = current.get(key)
         if now is None:
-            changes.append(Change(scenario, backend, "*", "missing from the current results", 1, 0, True))
+            changes.append(Change(scenario, seed, backend, "*", "missing from the current results", 1, 0, True))
             continue
         now_runs = {run["strategy"]: run for run in now["runs"]}
         for run in base["runs"]:
             strategy = run["strategy"]
             other = now_runs.get(strategy)
             if other is None:
-                changes.append(Change(scenario, backend, strategy, "missing from the current results", 1, 0, True))
+                changes.append(Change(scenario, seed, backend, strategy, "missing from the current results", 1, 0,
+                                      True))
                 continue
             for figure in DRIFT_FIELDS:
                 before, after = run["drift"][figure], other["drift"][figure]
                 if after != before:
                     allowed = 0 if backend == "sim" else max(1.0, tolerance * before)
-                    changes.append(Change(scenario, backend, strategy, f"drift.{figure}", before, after,
+                    changes.append(Change(scenario, seed, backend, strategy, f"drift.{figure}", before, after,
                                           after - before > allowed))
             before, after = run["throughput_ops_per_s"], other["throughput_ops_per_s"]
             if after != before:
-                changes.append(Change(scenario, backend, strategy, "throughput_ops_per_s", before, after,
+                changes.append(Change(scenario, seed, backend, strategy, "throughput_ops_per_s", before, after,
                                       after < before * (1 - tolerance)))
             before, after = run["latency_ms"]["p99"], other["latency_ms"]["p99"]
             if after != before:
-                changes.append(Change(scenario, backend, strategy, "latency_ms.p99", before, after, False))
+                changes.append(Change(scenario, seed, backend, strategy, "latency_ms.p99", before, after, False))
+    for scenario, seed, backend in sorted(set(current) - set(baseline)):
+        changes.append(Change(scenario, seed, backend, "*", "only in the current results", 0, 1, False))
     return changes
 
 

@@ -47,13 +47,24 @@ def find_fidelity(paths: list[str]) -> list[dict]:
     return found
 
 
+RUN_KEYS = ("strategy", "drift", "throughput_ops_per_s", "latency_ms", "faults", "timeline")
+
+
 def load_results(path: Path) -> dict:
+    """A results.json, checked for the fields reports and compare read."""
     try:
-        document = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ReportError(f"{path}: not a readable results.json ({error})") from None
-    if document.get("schema_version") != 1 or "runs" not in document:
+    if not isinstance(document, dict) or document.get("schema_version") != 1:
         raise ReportError(f"{path}: not a countdrift results.json (schema_version 1 expected)")
+    runs = document.get("runs")
+    scenario = document.get("scenario")
+    if (not isinstance(runs, list) or not isinstance(scenario, dict) or "name" not in scenario
+            or not isinstance(document.get("seed"), int) or "backend" not in document
+            or not all(isinstance(run, dict) and all(key in run for key in RUN_KEYS) for run in runs)):
+        raise ReportError(f"{path}: a results.json without the fields of schema_version 1 "
+                          f"(scenario.name, seed, backend, runs with {', '.join(RUN_KEYS)})")
     return document
 
 

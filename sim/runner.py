@@ -15,7 +15,7 @@ from sim.checker import check
 from sim.faults import Fault, draw_schedule
 from sim.record import run_record
 from sim.results import SCHEMA_VERSION
-from sim.scenario import Scenario
+from sim.scenario import Scenario, ScenarioError
 from sim.traffic import Trace, generate
 from sim.truth import Memberships, truth_ranges
 from strategies import make_strategy
@@ -48,9 +48,16 @@ def stderr_progress(stream: TextIO = sys.stderr) -> ProgressFactory:
     return factory
 
 
+MAX_DRAWN_FAULTS = 10_000
+
+
 def schedule_for(scenario: Scenario, trace: Trace) -> list[Fault]:
     """The scenario's explicit faults plus those drawn from its rates."""
     span = float(trace.t[-1]) if len(trace.t) else 0.0
+    expected = sum(rate.per_minute for rate in scenario.fault_rates) * span / 60.0
+    if expected > MAX_DRAWN_FAULTS:
+        raise ScenarioError(f"{scenario.path}: key 'fault_rates' would draw about {expected:,.0f} faults over the "
+                            f"trace's {span:,.0f} s; at most {MAX_DRAWN_FAULTS:,}: lower per_minute")
     drawn = draw_schedule(list(scenario.fault_rates), span, trace.seed)
     return sorted([*scenario.faults, *drawn], key=lambda fault: (fault.at, fault.kind))
 

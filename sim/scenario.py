@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import hashlib
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -83,21 +84,27 @@ APPENDFSYNC = ("always", "everysec", "no")
 # Bounds of a fault's timing: seconds, and faults per minute.
 FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}
 
-# Bounds a value must respect: (low, high), inclusive; None for open.
-BOUNDS: dict[str, tuple[float | None, float | None]] = {
-    "traffic.users": (2, None), "traffic.messages": (1, None), "traffic.message_rate": (1e-9, None),
-    "traffic.dm_per_user": (0, None), "traffic.groups": (0, None), "traffic.group_size_min": (3, None),
-    "traffic.group_size_alpha": (1e-9, None), "traffic.max_group_size": (3, None),
-    "traffic.activity_zipf": (0, None), "traffic.group_weight_exponent": (0, None),
-    "traffic.read_probability": (0, 1), "traffic.read_delay_mean_s": (0, None),
-    "traffic.badge_probability": (0, 1), "traffic.badge_delay_s": (0, None),
-    "clients.count": (1, None), "clients.rtt_ms": (1e-9, None), "clients.timeout_ms": (1e-9, None),
-    "clients.retries": (0, None), "clients.backoff_ms": (0, None), "clients.max_backoff_ms": (0, None),
-    "server.command_us": (1e-9, None), "server.script_us": (1e-9, None), "server.script_per_key_us": (0, None),
-    "server.rdb_interval_s": (1e-3, None), "server.replicas": (0, 5), "server.replication_lag_ms": (0, None),
-    "server.failover_detection_s": (0, None), "clients.wait_timeout_ms": (0, None),
+# Bounds a value must respect: (low, high), inclusive. Every number has
+# both, so that no scenario can ask for more than a machine holds.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "traffic.users": (2, 2_000_000), "traffic.messages": (1, 5_000_000),
+    "traffic.message_rate": (0.001, 10_000_000), "traffic.dm_per_user": (0, 1000),
+    "traffic.groups": (0, 1_000_000), "traffic.group_size_min": (3, 1_000_000),
+    "traffic.group_size_alpha": (0.001, 100), "traffic.max_group_size": (3, 1_000_000),
+    "traffic.activity_zipf": (0, 10), "traffic.group_weight_exponent": (0, 10),
+    "traffic.read_probability": (0, 1), "traffic.read_delay_mean_s": (0, 86_400),
+    "traffic.badge_probability": (0, 1), "traffic.badge_delay_s": (0, 3600),
+    "clients.count": (1, 100_000), "clients.rtt_ms": (0.000001, 60_000), "clients.timeout_ms": (0.001, 3_600_000),
+    "clients.retries": (0, 1000), "clients.backoff_ms": (0, 3_600_000), "clients.max_backoff_ms": (0, 3_600_000),
+    "clients.wait_timeout_ms": (0, 3_600_000),
+    "server.command_us": (0.001, 1_000_000), "server.script_us": (0.001, 1_000_000),
+    "server.script_per_key_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
+    "server.replication_lag_ms": (0, 600_000), "server.failover_detection_s": (0, 3600),
     "run.timeline_points": (0, 10_000),
+    "seed": (0, 2 ** 63 - 1),
 }
+MAX_MEMBERSHIPS = 20_000_000    # 1:1 and group memberships a trace may hold (a few GiB to check)
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def _suggest(word: str, allowed: list[str]) -> str:
@@ -110,15 +117,21 @@ def _typename(kind: type) -> str:
             list: "a list", dict: "a table"}[kind]
 
 
+def _limits(low: float, high: float) -> str:
+    return f"between {low:,} and {high:,}" if max(abs(low), abs(high)) >= 1000 else f"between {low} and {high}"
+
+
 def _check_type(path: Path, key: str, value: Any, kind: type) -> Any:
     if kind is float and type(value) is int:
-        return float(value)
+        value = float(value)
     if type(value) is not kind:
         raise ScenarioError(f"{path}: key '{key}' must be {_typename(kind)}, got {value!r}")
-    low, high = BOUNDS.get(key, (None, None))
-    if low is not None and value < low or high is not None and value > high:
-        limits = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ScenarioError(f"{path}: key '{key}' must be {limits}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ScenarioError(f"{path}: key '{key}' must be a finite number, got {value!r}")
+    if key in BOUNDS:
+        low, high = BOUNDS[key]
+        if not low <= value <= high:
+            raise ScenarioError(f"{path}: key '{key}' must be {_limits(low, high)}, got {value!r}")
     return value
 
 
@@ -139,6 +152,8 @@ def parse(path: Path, text: str) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     for key, value in data.items():
         if key not in TOP_LEVEL:
             raise ScenarioError(f"{path}: key '{key}' is unknown{_suggest(key, list(TOP_LEVEL))}; "
@@ -152,6 +167,16 @@ def parse(path: Path, text: str) -> Scenario:
     if traffic.max_group_size < traffic.group_size_min:
         raise ScenarioError(f"{path}: key 'traffic.max_group_size' ({traffic.max_group_size}) must be >= "
                             f"'traffic.group_size_min' ({traffic.group_size_min})")
+    memberships = traffic.users * traffic.dm_per_user + traffic.groups * min(traffic.max_group_size, traffic.users)
+    if memberships > MAX_MEMBERSHIPS:
+        raise ScenarioError(f"{path}: keys 'traffic.users' x 'traffic.dm_per_user' + 'traffic.groups' x "
+                            f"'traffic.max_group_size' ask for {memberships:,.0f} conversation memberships; "
+                            f"at most {MAX_MEMBERSHIPS:,} fit in memory")
+    name = data.get("name", path.stem)
+    if not SAFE_NAME.fullmatch(name):
+        raise ScenarioError(f"{path}: key 'name' must be a plain file name (letters, digits, '.', '_', '-', "
+                            f"not starting with '.' or '-', at most 100), got {name!r}: results are written to "
+                            f"results/<name>-s<seed>")
 
     names = data.get("strategies", list(STRATEGIES))
     strategies = tuple(_strategy_name(path, "strategies", name) for name in names)
@@ -174,7 +199,7 @@ def parse(path: Path, text: str) -> Scenario:
         raise ScenarioError(f"{path}: a failover needs a replica: set 'server.replicas' to 1 or more")
     return Scenario(
         path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
-        name=data.get("name", path.stem), description=data.get("description", ""),
+        name=name, description=data.get("description", ""),
         seed=data.get("seed", 1), strategies=strategies, strategy_options=options,
         faults=faults, fault_rates=rates, **sections)
 
@@ -221,7 +246,11 @@ def _strategy_name(path: Path, key: str, name: Any) -> str:
 def load(path: str | Path) -> Scenario:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as error:
         raise ScenarioError(f"{path}: cannot read the scenario: {error.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {error.start}); save the scenario as UTF-8") from None
     return parse(path, text)

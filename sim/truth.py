@@ -37,6 +37,7 @@ class Memberships:
 
     def __init__(self, trace: Trace) -> None:
         self.n_conv = trace.conversations
+        self.n_users = trace.users
         self.conv = np.repeat(np.arange(self.n_conv, dtype=np.int64), np.diff(trace.conv_offsets))
         self.user = trace.conv_members.astype(np.int64)
         keys = self.user * self.n_conv + self.conv
@@ -47,11 +48,14 @@ class Memberships:
         return len(self.conv)
 
     def lookup(self, users: np.ndarray, convs: np.ndarray) -> np.ndarray:
-        """Pair index of each (user, conversation), or -1 where the user is no member."""
-        keys = np.asarray(users, np.int64) * self.n_conv + np.asarray(convs, np.int64)
+        """Pair index of each (user, conversation), or -1 where the user is no
+        member (or either id is out of the trace's range)."""
+        users, convs = np.asarray(users, np.int64), np.asarray(convs, np.int64)
+        keys = users * self.n_conv + convs
         at = np.searchsorted(self._keys, keys)
         at_clipped = np.minimum(at, len(self._keys) - 1)
-        found = (at < len(self._keys)) & (self._keys[at_clipped] == keys)
+        found = ((at < len(self._keys)) & (self._keys[at_clipped] == keys)
+                 & (convs >= 0) & (convs < self.n_conv) & (users >= 0) & (users < self.n_users))
         return np.where(found, self._order[at_clipped], -1)
 
 

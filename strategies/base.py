@@ -5,6 +5,7 @@ A strategy's operations are generators of backend-neutral requests
 """
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Sequence
 
 from sim.commands import Operation, Pipeline
@@ -25,6 +26,8 @@ class Strategy:
     # Options every strategy accepts: after each write, WAIT for this many
     # replicas (the driver sends the WAIT; 0 = never).
     common_defaults: ClassVar[dict[str, Any]] = {"wait_replicas": 0}
+    # (low, high) of each numeric option; those not named: 0 to 1e9.
+    bounds: ClassVar[dict[str, tuple[float, float]]] = {"wait_replicas": (0, 5)}
 
     def __init__(self, **options: Any) -> None:
         defaults = {**self.common_defaults, **self.defaults}
@@ -43,6 +46,10 @@ class Strategy:
                 raise StrategyOptionError(
                     f"option '{name}' of strategy '{self.name}' must be "
                     f"{type(default).__name__}, got {value!r}")
+            low, high = self.bounds.get(name, (0, 1e9))
+            if not (math.isfinite(value) and low <= value <= high):
+                raise StrategyOptionError(f"option '{name}' of strategy '{self.name}' must be between "
+                                          f"{low:g} and {high:g}, got {value!r}")
             setattr(self, name, value)
 
     def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
@@ -59,11 +66,33 @@ class Strategy:
         return int(reply or 0)
 
     def counters(self, user: int) -> Operation:
-        """Read back (per-conversation counts, total) for the checker."""
+        """Read back (per-conversation counts, total, values that are not
+        integers) for the checker."""
         flat, total = yield Pipeline((("HGETALL", keys.unread(user)), ("GET", keys.total(user))))
-        return counts_from_flat(flat), int(total or 0)
+        counts, bad = counts_from_flat(flat)
+        value = whole(total or 0)
+        return counts, value or 0, bad + (value is None)
 
 
-def counts_from_flat(flat: list) -> dict[int, int]:
-    """HGETALL's flat [field, value, ...] of conversation -> count, as ints."""
-    return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+def whole(value: Any) -> int | None:
+    """A counter's integer, or None when what Redis holds is not one."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def counts_from_flat(flat: Any) -> tuple[dict[int, int], int]:
+    """HGETALL's flat [field, value, ...] of conversation -> count, as ints,
+    and how many fields or values were not integers (left out)."""
+    if not isinstance(flat, list):
+        return {}, 1   # the key holds something other than a hash
+    counts: dict[int, int] = {}
+    bad = 0
+    for i in range(0, len(flat) - 1, 2):
+        conversation, count = whole(flat[i]), whole(flat[i + 1])
+        if conversation is None or count is None:
+            bad += 1
+        else:
+            counts[conversation] = count
+    return counts, bad

@@ -26,5 +26,6 @@ class Derived(Strategy):
         return sum(int(value) for value in values)
 
     def counters(self, user: int) -> Operation:
-        counts = counts_from_flat((yield ("HGETALL", keys.unread(user))))
-        return counts, sum(counts.values())
+        (flat,) = yield Pipeline((("HGETALL", keys.unread(user)),))
+        counts, bad = counts_from_flat(flat)
+        return counts, sum(counts.values()), bad

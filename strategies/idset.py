@@ -9,7 +9,7 @@ from typing import Sequence
 from sim.commands import Operation, Pipeline, Script
 from sim.lua import load_script
 from strategies import keys
-from strategies.base import Strategy
+from strategies.base import Strategy, whole
 
 READ_IDS = load_script(__file__, "read_ids")
 
@@ -30,6 +30,9 @@ class IdSet(Strategy):
         return (yield ("HLEN", keys.unread_ids(user)))
 
     def counters(self, user: int) -> Operation:
-        flat = yield ("HGETALL", keys.unread_ids(user))
-        counts = Counter(int(flat[i + 1]) for i in range(0, len(flat), 2))
-        return dict(counts), len(flat) // 2
+        (flat,) = yield Pipeline((("HGETALL", keys.unread_ids(user)),))
+        if not isinstance(flat, list):
+            return {}, 0, 1
+        conversations = [whole(flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+        counts = Counter(conversation for conversation in conversations if conversation is not None)
+        return dict(counts), len(flat) // 2, conversations.count(None)

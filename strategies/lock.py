@@ -26,6 +26,7 @@ class Lock(Strategy):
     summary = "per-user lock SET NX PX + token; writes under the lock; Lua compare-and-delete release"
     scripts = (RELEASE,)
     defaults = {"ttl_ms": 1000, "max_attempts": 200, "backoff_ms": 0.5}
+    bounds = {**Strategy.bounds, "ttl_ms": (1, 1e9), "max_attempts": (1, 1e9)}
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

@@ -16,6 +16,7 @@ class LuaIdempotent(Lua):
     summary = "lua + SET NX dedup key per (message, recipient) inside the script"
     scripts = (DELIVER_ONCE, READ)
     defaults = {"dedup_ttl_s": 86400}
+    bounds = {**Lua.bounds, "dedup_ttl_s": (1, 1e9)}
 
     def deliver_call(self, message: int, conversation: int, user: int) -> Script:
         return Script(DELIVER_ONCE, (keys.unread(user), keys.total(user), keys.seen(user, message)),

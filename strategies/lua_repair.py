@@ -14,6 +14,7 @@ class LuaRepair(Lua):
     scripts = (CHANGE_REPAIR,)
     deliver_script = read_script = CHANGE_REPAIR
     defaults = {"repair_max_conversations": 50}
+    bounds = {**Lua.bounds, "repair_max_conversations": (-1, 1e9)}   # -1: never repair
 
     def deliver_args(self, conversation: int) -> tuple:
         return (str(conversation), "deliver", str(self.repair_max_conversations))

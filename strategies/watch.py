@@ -17,6 +17,7 @@ class Watch(Strategy):
     name = "watch"
     summary = "WATCH the user's hash, read, MULTI/EXEC the clear; retry on abort"
     defaults = {"max_attempts": 50, "backoff_ms": 0.5}
+    bounds = {**Strategy.bounds, "max_attempts": (1, 1e9)}
 
     def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
         # Increments are blind writes: they need no WATCH, and they abort a racing reader.

@@ -35,7 +35,7 @@ BAD = [
     ("[traffic]\nusers = \"many\"\n", ["traffic.users", "must be an integer", "'many'"]),
     ("[traffic]\nread_probability = 1.5\n", ["traffic.read_probability", "between 0 and 1"]),
     ("strategies = [\"lua\", \"luaa\"]\n", ["strategies", "'luaa'", "did you mean 'lua'", "allowed: naive"]),
-    ("[clients]\ncount = 0\n", ["clients.count", ">= 1"]),
+    ("[clients]\ncount = 0\n", ["clients.count", "between 1 and 100,000"]),
     ("[strategy_options.lock]\nttl = 5\n", ["strategy_options.lock", "ttl", "allowed: backoff_ms"]),
     ("sead = 3\n", ["'sead'", "did you mean 'seed'"]),
     ("[traffic\n", ["not valid TOML"]),

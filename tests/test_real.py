@@ -134,7 +134,8 @@ def test_failover_under_write_load_loses_acknowledged_writes_without_wait(capsys
         with Servers(appendonly=False, replicas=1) as servers:
             link = next(iter(servers.replication_proxies.values()))
             servers.wait_for_replicas()
-            link.add_toxic(name="lag", type="latency", stream="downstream", attributes={"latency": 50})
+            servers.set_replication_lag(50)
+            servers.wait_for_replicas()
             writer = redis.Redis(*servers.client_address(0), decode_responses=True, socket_timeout=2)
             acknowledged = 0
             started = time.monotonic()
@@ -148,7 +149,7 @@ def test_failover_under_write_load_loses_acknowledged_writes_without_wait(capsys
             losses.append((acknowledged, acknowledged - survived))
     with capsys.disabled():
         print("\nfailover trials (acknowledged, lost):", losses)
-    assert all(lost >= 0 for _, lost in losses)
+    assert all(0 <= lost < acknowledged / 2 for acknowledged, lost in losses)   # the replica had most of them
     assert sum(lost for _, lost in losses) > 0
 
 

@@ -8,8 +8,10 @@ another server) is a new package plus one line in ``BACKENDS``.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from sim.backend import Backend
+if TYPE_CHECKING:
+    from sim.backend import Backend
 
 # name -> the module that defines BACKEND
 BACKENDS: dict[str, str] = {
@@ -22,7 +24,7 @@ class UnknownBackend(ValueError):
     pass
 
 
-def get(name: str) -> Backend:
+def get(name: str) -> "Backend":
     if name not in BACKENDS:
         raise UnknownBackend(f"unknown backend {name!r}; allowed: {', '.join(BACKENDS)}")
     return importlib.import_module(BACKENDS[name]).BACKEND

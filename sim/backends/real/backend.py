@@ -26,6 +26,9 @@ from sim.traffic import Trace
 from strategies.base import Strategy
 
 
+MAX_SPAN_S = 3600
+
+
 class RedisDeployment(Deployment):
     def __init__(self, scenario: Scenario, schedule: list[Fault]) -> None:
         self.scenario = scenario
@@ -80,6 +83,10 @@ class RedisBackend(Backend):
     summary = "real redis-server processes on 127.0.0.1, network faults through toxiproxy-server"
 
     def refuse(self, scenario: Scenario) -> str | None:
+        span = scenario.traffic.messages / scenario.traffic.message_rate
+        if span > MAX_SPAN_S:
+            return (f"it replays the trace in real time, and this one lasts about {span:,.0f} s "
+                    f"(traffic.messages / traffic.message_rate); at most {MAX_SPAN_S:,} s")
         try:
             find_binary("redis-server", "COUNTDRIFT_REDIS_SERVER")
             find_binary("toxiproxy-server", "COUNTDRIFT_TOXIPROXY")

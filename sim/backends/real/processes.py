@@ -34,11 +34,10 @@ class _Registry:
     def __init__(self) -> None:
         self.processes: dict[int, subprocess.Popen] = {}
         atexit.register(self.stop_all)
-        self._previous_sigterm = None
 
     def add(self, process: subprocess.Popen) -> None:
-        if not self.processes and self._previous_sigterm is None:
-            self._previous_sigterm = signal.getsignal(signal.SIGTERM)
+        if not self.processes and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            # Nobody handles SIGTERM (the CLI does, as an interrupt): stop the servers on it.
             try:
                 signal.signal(signal.SIGTERM, self._on_sigterm)
             except ValueError:  # not the main thread: atexit still covers us
