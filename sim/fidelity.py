@@ -1,8 +1,11 @@
 """`countdrift fidelity`: the same scenario on two backends, cell by cell.
 
 For each scenario and seed, one trace and one schedule run on both backends
-(the simulation and real servers by default). For each (scenario, seed,
-strategy) cell the drift class of each backend is compared: none,
+(the simulation and real servers by default). Each run is judged as a
+client sees it (the simulation's exact truth knows the server's order,
+which no client of a real server does: its ``drift_client_view`` is
+compared). For each (scenario, seed, strategy) cell the drift class of each
+backend is compared: none,
 inconsistent (a total that is not the sum of its conversations), total over,
 total under, conversations wrong (totals right, some conversation counts
 not). A cell disagrees when the classes differ, or when either backend's
@@ -50,6 +53,11 @@ def drift_class(drift: dict) -> str:
     return "none"
 
 
+def as_seen(run: dict) -> dict:
+    """The run with the drift a client could see (the same on real servers)."""
+    return {**run, "drift": run.get("drift_client_view", run["drift"])}
+
+
 def _figure(run: dict, path: str) -> int:
     value = run
     for part in path.split("."):
@@ -73,7 +81,8 @@ def compare_runs(left: dict, right: dict) -> str | None:
 def cells_of(documents: dict[str, dict]) -> list[dict]:
     """The cells of one (scenario, seed): documents maps backend -> results."""
     names = list(documents)
-    runs = {backend: {run["strategy"]: run for run in document["runs"]} for backend, document in documents.items()}
+    runs = {backend: {run["strategy"]: as_seen(run) for run in document["runs"]}
+            for backend, document in documents.items()}
     first = documents[names[0]]
     kinds = sorted({fault["kind"] for run in first["runs"] for fault in run["faults"]})
     cells = []
@@ -100,7 +109,7 @@ def run_fidelity(scenarios: list[Scenario], strategies: Iterable[str] | None, se
             trace = generate(scenario.traffic, seed)
             documents = {}
             for backend in backends:
-                documents[backend] = run_scenario(scenario, strategies, trace, progress, backend)
+                documents[backend] = run_scenario(scenario, strategies, trace, progress, backend, explain=False)
                 write_json(out / f"{scenario.name}-s{seed}" / backend / "results.json", documents[backend])
             cells.extend(cells_of(documents))
     document = {"fidelity_schema": FIDELITY_SCHEMA, "tool_version": __version__, "backends": list(backends),

@@ -10,7 +10,9 @@ Where a backend knows more, the history keeps it for the truth
 (``applied_at``: the simulation knows it for every request, acknowledged or
 not), whether an operation spread its writes over several requests
 (``spread``: it has no single moment of effect), and whether a request of it
-timed out and may still apply later (``open``: real servers only).
+timed out (``timed_out``): where the backend does not know when requests
+ran (``commits_known`` false: real servers), such a request may still run
+after its operation completed.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ class History:
         self.outcome = np.zeros(operations, np.int8)
         self.applied_at = np.full(operations, np.nan)   # the server applied its first write request
         self.spread = np.zeros(operations, bool)        # an attempt sent more than one write request
-        self.open = np.zeros(operations, bool)          # a request timed out: it may apply after completion
+        self.timed_out = np.zeros(operations, bool)     # a request of it timed out
+        self.commits_known = False                      # applied_at is known for every write that ran
         self.retries = 0       # re-runs after an unknown outcome, WATCH aborts, lock waits
         self.ambiguous = 0     # attempts whose reply was lost
         self.errors: Counter[str] = Counter()

@@ -13,7 +13,9 @@ have been applied on either side of it, so the truth for that pair is a
 range [lo, hi] and a counter anywhere inside it is right. An operation that
 spread its writes over several requests (naive's HDEL then DECRBY) has no
 single moment: its interval. A request whose reply timed out may still run
-later on a real server: its operation's completion stays open to the end.
+later on a real server: its operation's completion stays open to the end
+(``exact=False`` judges a simulated run the same way, as a client of a real
+server would see it).
 
 The message store accepts every message at its trace time, whatever Redis
 did with the delivery: a delivery that failed or was lost is still unread
@@ -67,19 +69,22 @@ class TruthRanges:
     user_hi: np.ndarray
 
 
-def moments(history: History, at: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
+def moments(history: History, at: float = np.inf, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Each operation's earliest and latest moment of effect, as known at
     ``at``: the same moment where it is known (an operation done by then
-    whose writes were one request), else its invocation and its completion
-    (never, while a timed-out request of it may still run)."""
-    exact = ~np.isnan(history.applied_at) & ~history.spread & (history.complete <= at)
+    whose writes were one request; ``exact=False`` ignores these moments, as
+    a client that saw only its replies would), else its invocation and its
+    completion (never, while a timed-out request of it may still run)."""
+    known = exact and history.commits_known
+    exact = ~np.isnan(history.applied_at) & ~history.spread & (history.complete <= at) & exact
     start = np.where(exact, history.applied_at, history.invoke)
-    end = np.where(exact, history.applied_at, np.where(history.open, np.inf, history.complete))
+    # A timed-out request may run later, unless the backend knows it never did.
+    end = np.where(exact, history.applied_at, np.where(history.timed_out & ~known, np.inf, history.complete))
     return start, end
 
 
 def truth_ranges(trace: Trace, history: History, pairs: Memberships, at: float = np.inf,
-                 since: float | None = None) -> TruthRanges:
+                 since: float | None = None, exact: bool = True) -> TruthRanges:
     """The true unread range of every pair at time ``at`` (the end when
     omitted), or at any moment between ``since`` and ``at`` (counters read
     over a while, on a real server).
@@ -90,7 +95,7 @@ def truth_ranges(trace: Trace, history: History, pairs: Memberships, at: float =
     n_pairs = len(pairs)
     inf = np.inf
     since = at if since is None else since
-    start, end = moments(history, since)
+    start, end = moments(history, since, exact)
     complete = np.where(end <= since, end, inf)
     begun = start <= at
 

@@ -49,10 +49,9 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
-def _children(names: tuple[str, ...]) -> list[tuple[int, str]]:
-    """Our child processes with one of these names (from /proc)."""
+def children(parent: int, names: tuple[str, ...] = ("",)) -> list[tuple[int, str]]:
+    """The child processes of ``parent`` whose name starts with one of ``names`` (from /proc)."""
     found = []
-    me = str(os.getpid())
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -61,10 +60,17 @@ def _children(names: tuple[str, ...]) -> list[tuple[int, str]]:
         except OSError:
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
-        parent = stat[stat.rindex(")") + 2:].split()[1]
-        if parent == me and name.startswith(names):
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == parent and name.startswith(names):
             found.append((int(entry.name), name))
     return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,7 +81,7 @@ def no_server_outlives_the_tests():
 
     yield
     REGISTRY.stop_all()
-    leftovers = _children(("redis-server", "redis-sentinel", "toxiproxy"))
+    leftovers = children(os.getpid(), ("redis-server", "redis-sentinel", "toxiproxy"))
     for pid, _ in leftovers:
         os.kill(pid, signal.SIGKILL)
     assert not leftovers, f"processes left running by the tests: {leftovers}"

@@ -43,11 +43,17 @@ def test_a_tear_inside_a_block_loads_correctly_but_leaves_a_dangling_multi():
     assert [line.words[0] for line in aof.lines[-2:]] == ["MULTI", "HINCRBY"]   # dangling on disk
 
 
-def test_after_a_dangling_multi_a_later_script_resurrects_half_of_the_torn_one():
+def dangling() -> tuple[AppendOnlyFile, Store]:
+    """Three scripts, the last torn inside its block, loaded once: a dangling MULTI on disk."""
     aof = file_with_scripts(3)
     aof.cut(into_the_last_block(aof, 10))
     store = Store()
     aof.load(store)
+    return aof, store
+
+
+def test_after_a_dangling_multi_a_later_script_resurrects_half_of_the_torn_one():
+    aof, store = dangling()
     aof.append(10.0, SCRIPT_WRITES)          # one more delivery after the restart
     effects = aof.load(store)                # a plain crash and restart: nothing cut
     assert counters(store) == (4, 3)         # the torn script's HINCRBY came back without its INCRBY
@@ -59,10 +65,7 @@ def test_after_a_dangling_multi_a_later_script_resurrects_half_of_the_torn_one()
 
 
 def test_after_a_dangling_multi_plain_writes_are_reverted_at_the_next_restart():
-    aof = file_with_scripts(3)
-    aof.cut(into_the_last_block(aof, 10))
-    store = Store()
-    aof.load(store)
+    aof, store = dangling()
     aof.append(10.0, [("INCRBY", "t", "100")])   # acknowledged after the restart
     effects = aof.load(store)
     assert counters(store) == (2, 2)             # gone from memory...

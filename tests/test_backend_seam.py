@@ -4,7 +4,6 @@ results whatever happened to it."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from sim.runner import run_scenario
 from sim.scenario import load, parse

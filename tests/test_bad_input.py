@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 from sim.cli import main
 from sim.traffic import Trace
 
-from conftest import ROOT
+from conftest import ROOT, alive, children
 
 BASE = {
     "name": "fuzz", "seed": 3,
@@ -239,27 +238,6 @@ def test_the_checker_reads_stray_keys_and_odd_values_as_drift():
 
 # -- interruptions ---------------------------------------------------------------------
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _whole_run(out: Path) -> int:
     """The seed of the run the folder holds, checking that it is whole."""
     results = json.loads((out / "results.json").read_text())
@@ -283,7 +261,7 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
         deadline = time.monotonic() + float(rng.uniform(0.3, longest))   # after Python itself has started
         servers: set[int] = set()
         while time.monotonic() < deadline and run.poll() is None:
-            servers.update(_children(run.pid))
+            servers.update(pid for pid, _ in children(run.pid))
             time.sleep(0.01)
         run.send_signal(signal.SIGINT if attempt % 3 else signal.SIGTERM)
         _, err = run.communicate(timeout=60)
@@ -291,7 +269,7 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
         outcomes[run.returncode] += 1
         if run.returncode == 130:
             assert len(err.strip().splitlines()) == 1 and err.startswith("countdrift: interrupted;"), err
-        assert not any(_alive(pid) for pid in servers), "a server outlived the run"
+        assert not any(alive(pid) for pid in servers), "a server outlived the run"
         seed = _whole_run(out)
         assert seed in (1, *range(2, 3 + attempt)), seed
         assert not list(tmp_path.glob(".out.partial-*")), "a partial folder was left"

@@ -63,7 +63,7 @@ def matrix() -> list[dict]:
     for name in kind_scenarios():
         scenario = short(name)
         trace = generate(scenario.traffic, scenario.seed)
-        documents = {backend: run_scenario(scenario, STRATEGIES, trace, backend=backend)
+        documents = {backend: run_scenario(scenario, STRATEGIES, trace, backend=backend, explain=False)
                      for backend in ("sim", "redis")}
         cells.extend(cells_of(documents))
     print("\n" + format_matrix({"backends": ["sim", "redis"], "cells": cells, "size_floor": 20,
@@ -92,7 +92,7 @@ def test_both_backends_agree_on_the_drift_class(matrix, name):
 def real_runs() -> dict[str, dict]:
     """The server_crash, power_loss, failover and mixed scenarios, real, whole."""
     return {name: run_scenario(load(SCENARIOS / f"{name}.toml"), ["lua", "lua_idempotent"],
-                               backend="redis")
+                               backend="redis", explain=False)
             for name in ("faults_server_crash", "faults_power_loss", "faults_failover", "faults_mixed")}
 
 
@@ -106,7 +106,7 @@ def test_real_runs_make_no_drift_of_their_own(real_runs, name):
         assert errors.get("READONLY", 0) == 0, (run["strategy"], errors)
         assert len(run["timeline"]) == scenario.run.timeline_points, run["strategy"]
         assert all(fault["effects"]["applied"] is not None for fault in run["faults"])
-    sim = run_scenario(scenario, ["lua"])
+    sim = run_scenario(scenario, ["lua"], explain=False)
     scheduled = [(fault["kind"], fault["at"]) for fault in sim["runs"][0]["faults"]]
     for run in results["runs"]:   # every scheduled fault, on both backends
         assert [(fault["kind"], fault["at"]) for fault in run["faults"]] == scheduled, run["strategy"]

@@ -2,8 +2,6 @@
 the tests start and stop themselves (all on 127.0.0.1, bounded in time)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 import threading
 import time
 
@@ -15,19 +13,11 @@ from sim.backends.real.processes import REGISTRY
 from sim.runner import run_scenario
 from sim.scenario import parse
 
-from conftest import ROOT, SMALL_SCENARIO
+from conftest import ROOT, SMALL_SCENARIO, alive, children
 
 pytestmark = pytest.mark.redis
 
 SCENARIOS = ROOT / "scenarios"
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def runs(results: dict) -> dict[str, dict]:
@@ -203,7 +193,7 @@ def test_ctrl_c_stops_every_server_and_writes_nothing(tmp_path):
     deadline = time.monotonic() + 20
     servers: list[int] = []
     while time.monotonic() < deadline and len(servers) < 2:   # the run has started its servers
-        servers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == run.pid]
+        servers = [pid for pid, _ in children(run.pid)]
         time.sleep(0.1)
     assert servers, "the run never started its servers"
     time.sleep(1.0)
@@ -212,11 +202,3 @@ def test_ctrl_c_stops_every_server_and_writes_nothing(tmp_path):
     assert run.returncode == 130 and "interrupted" in err
     assert not any(alive(pid) for pid in servers)
     assert not out.exists()
-
-
-def _parent(proc: Path) -> int:
-    try:
-        stat = (proc / "stat").read_text()
-    except OSError:
-        return -1
-    return int(stat[stat.rindex(")") + 2:].split()[1])

@@ -108,11 +108,16 @@ def test_where_the_server_says_when_it_applied_an_operation_the_truth_is_exact()
 
 
 def test_a_request_that_timed_out_may_still_apply_to_the_end():
+    """On a real server (commits not known), a timed-out request's operation
+    stays open; where the backend knows every commit, it does not."""
     trace, history = hand_trace()
-    history.open[3] = True                        # message 2's delivery timed out at 4.1
+    history.timed_out[3] = True                        # message 2's delivery timed out at 4.1
     got, _ = ranges(trace, history)
     assert got[(1, 0)] == (0, 1)                  # it may not have applied yet: 0 or 1
-    history.open[3] = False
-    history.open[2] = True                        # the read timed out: message 2 may have come before it
+    history.timed_out[3] = False
+    history.timed_out[2] = True                   # the read timed out: message 2 may have come before it
     got, _ = ranges(trace, history)
     assert got[(1, 0)] == (0, 3)
+    history.commits_known = True                  # the simulation: it knows the read ran before 3.1
+    got, _ = ranges(trace, history)
+    assert got[(1, 0)] == (1, 1)

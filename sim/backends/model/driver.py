@@ -49,6 +49,7 @@ class SimDriver:
         self.network = Network(seed)
         self.clients = [Client(index) for index in range(clients.count)]
         self.history = History(len(trace.t))
+        self.history.commits_known = True
         self.pairs = Memberships(trace)
         self.timeline: list[dict] = []
         self.timeline_points = timeline_points
@@ -177,6 +178,7 @@ class SimDriver:
         reply_at = ready + self._half_rtt + route.delay_back
         if reply_at - sent > timeout and self._replies_lost:
             yield env.timeout(timeout)
+            self.history.timed_out[send.operation] = True   # for a client's view of the truth
             if entry is not None and may_write(request):
                 self._unanswered.append((entry, send.operation))
             raise self._lose(client, "timeout")

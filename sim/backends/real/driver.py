@@ -17,7 +17,6 @@ import asyncio
 import time
 from typing import Any, Callable
 
-import numpy as np
 import redis.exceptions
 
 from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncConnection
@@ -219,7 +218,7 @@ class RealDriver:
         except CONNECTION_ERRORS as error:
             self.history.ambiguous += 1
             if connection.timed_out:   # it may still run on the server, later than the client gave up
-                self.history.open[send.operation] = True
+                self.history.timed_out[send.operation] = True
             await self._drop(client)
             if reset >= 0:
                 self.network.replies_lost[reset] += 1

@@ -17,7 +17,6 @@ off the restart loads the last RDB snapshot.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from pathlib import Path
 from typing import Any
