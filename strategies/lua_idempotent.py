@@ -1,6 +1,8 @@
 """lua_idempotent: lua, plus a per-(message, recipient) dedup key set inside
-the same script, so a retried delivery is counted once. Reads are naturally
-idempotent (clearing twice clears once)."""
+the same script, so a retried delivery is counted once. Reads have no key:
+clearing twice clears once, but a read retried after its reply was lost
+also clears what arrived in between (the simulation's exact truth sees it
+under reset_peer)."""
 from __future__ import annotations
 
 from sim.commands import Script
