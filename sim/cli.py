@@ -204,6 +204,33 @@ def command_fidelity(args: argparse.Namespace) -> int:
     return 1 if document["disagreements"] else 0
 
 
+def command_capacity(args: argparse.Namespace) -> int:
+    from sim.capacity import RAMP, format_capacity, measure
+    from sim.output import OutputFolder
+    from sim.results import write_json
+    from sim.runner import stderr_progress
+    from sim.scenario import load
+
+    scenario = load(args.scenario)
+    strategies = _strategies(args.strategies, scenario.strategies)
+    if not (math.isfinite(args.slo_p99_ms) and 0 < args.slo_p99_ms <= 3_600_000):
+        raise UsageError(f"--slo-p99-ms: a number of milliseconds above 0, got {args.slo_p99_ms}")
+    counts = RAMP if args.clients is None else tuple(positive(count) for count in args.clients.split(","))
+    out = Path(args.out) if args.out else Path("results") / f"capacity-{scenario.name}-{args.backend}"
+    with OutputFolder(out, "--out") as folder:
+        refusal = backends.get(args.backend).refuse(scenario)
+        if refusal:
+            raise UsageError(f"--backend {args.backend}: {refusal}")
+        document = measure(scenario, strategies, args.backend, args.slo_p99_ms, counts,
+                           None if args.quiet else stderr_progress())
+        write_json(folder.partial / "capacity.json", document)
+        folder.commit()
+    Done.written = f"capacity.json in {out}"
+    print(format_capacity(document))
+    print(f"capacity: {out / 'capacity.json'}")
+    return 0
+
+
 def command_bench(args: argparse.Namespace) -> int:
     args.strategies = _strategies(args.strategies, ())
     return backends.get(args.backend).bench(args)
@@ -285,6 +312,17 @@ def parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--out", default="results/fidelity", help="output folder (default: results/fidelity)")
     fidelity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     fidelity.set_defaults(handler=command_fidelity)
+
+    capacity = commands.add_parser("capacity", help="each strategy's highest throughput with p99 under an objective "
+                                                    "(closed loop, more and more clients)")
+    capacity.add_argument("scenario", help="a scenario TOML file (its faults are left out)")
+    capacity.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim")
+    capacity.add_argument("--slo-p99-ms", type=float, default=10.0, help="the p99 latency objective (default 10 ms)")
+    capacity.add_argument("--strategies", help="comma-separated (default: the scenario's)")
+    capacity.add_argument("--clients", help="the client counts to try, comma-separated (default 1,2,4,...,256)")
+    capacity.add_argument("--out", help="output folder (default: results/capacity-<scenario>-<backend>)")
+    capacity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    capacity.set_defaults(handler=command_capacity)
 
     listing = commands.add_parser("list", help="list strategies and fault kinds")
     listing.set_defaults(handler=command_list)

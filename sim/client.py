@@ -110,8 +110,9 @@ class ClientLoop:
     backend: a generator of instructions (Sleep, Send, DISCONNECT) that the
     SimPy driver and the asyncio driver each carry out.
 
-    An operation starts at its trace time (``paced``) or as soon as the
-    client is free; it is retried, whole, after a connection-level failure
+    An operation starts at its trace time (``paced``: open loop) or, closed
+    loop, when the client's last one is done and ``think_s`` has passed; it
+    is retried, whole, after a connection-level failure
     while the retry policy allows; a client crash strikes between two of its
     requests and nobody retries it; a pause strikes when a reply comes back.
     After each write the loop sends WAIT when the strategy asks for it, and
@@ -122,7 +123,7 @@ class ClientLoop:
     def __init__(self, workload: Workload, strategy: Strategy, config: ClientConfig, history: History,
                  causes: frozenset[str], clock: Callable[[], float], paced: bool = True,
                  acks: AckLog | None = None, target: StallTarget | None = None,
-                 exact_commits: bool = False) -> None:
+                 exact_commits: bool = False, think_s: float = 0.0) -> None:
         self.workload = workload
         self.strategy = strategy
         self.config = config
@@ -130,6 +131,7 @@ class ClientLoop:
         self.causes = causes
         self.clock = clock
         self.paced = paced
+        self.think_s = think_s
         self.acks = acks
         self.target = target
         self.exact_commits = exact_commits   # the backend answers with when the server applied a request
@@ -139,10 +141,15 @@ class ClientLoop:
 
     def run(self, client: Client, ops: Iterable[int]):
         clock, history = self.clock, self.history
+        first = True
         for op in ops:
-            delay = self.workload.t[op] - clock()
-            if delay > 0 and self.paced:
-                yield Sleep(delay)
+            if self.paced:
+                delay = self.workload.t[op] - clock()
+                if delay > 0:
+                    yield Sleep(delay)
+            elif self.think_s and not first:
+                yield Sleep(self.think_s)
+            first = False
             if client.pause_for is not None and "two_lock_holders" not in self.causes:
                 # Counterfactual: the pause falls between operations, never inside one.
                 yield from self._pause(client)

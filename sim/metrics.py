@@ -1,9 +1,11 @@
 """Throughput and latency from a history.
 
-Latency is measured from each operation's intended start (its time in the
-trace), not from when a client got round to sending it: a stalled server or a
-backlogged client shows up as latency instead of silently thinning the load
-(no coordinated omission).
+Open loop, latency is measured from each operation's intended start (its
+time in the trace), not from when a client got round to sending it: a
+stalled server or a backlogged client shows up as latency instead of
+silently thinning the load (no coordinated omission). Closed loop, an
+operation has no intended start but its invocation, and throughput is what
+the clients achieved.
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ def latency_summary(latency_s: np.ndarray) -> dict[str, float]:
             "p999": round(float(p999), 6), "max": round(float(latency_s.max()) * 1000.0, 6)}
 
 
-def performance(trace: Trace, history: History) -> dict:
+def performance(trace: Trace, history: History, open_loop: bool = True) -> dict:
     ran = history.outcome != NOT_RUN
-    latency = history.complete[ran] - trace.t[ran]
-    start = float(trace.t[0]) if len(trace.t) else 0.0
+    began = trace.t if open_loop else history.invoke
+    latency = history.complete[ran] - began[ran]
+    start = float(np.nanmin(began)) if ran.any() else 0.0
     end = float(np.nanmax(history.complete)) if ran.any() else start
     duration = max(end - start, 1e-9)
     kinds = trace.kind[ran]

@@ -46,6 +46,11 @@ class ServerConfig:
 @dataclass(frozen=True)
 class RunConfig:
     timeline_points: int = 20
+    # open: each operation starts at its time in the trace (the offered rate);
+    # closed: each client starts its next operation when its last one is done,
+    # after think_time_ms (the rate the strategy sustains with that many clients).
+    load: str = "open"
+    think_time_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
              "strategy_options": dict, "faults": list, "fault_rates": list,
              **{name: dict for name in SECTIONS}}
 APPENDFSYNC = ("always", "everysec", "no")
+LOADS = ("open", "closed")
 # Bounds of a fault's timing: seconds, and faults per minute.
 FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}
 
@@ -100,7 +106,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "server.command_us": (0.001, 1_000_000), "server.script_us": (0.001, 1_000_000),
     "server.script_per_key_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
     "server.replication_lag_ms": (0, 600_000), "server.failover_detection_s": (0, 3600),
-    "run.timeline_points": (0, 10_000),
+    "run.timeline_points": (0, 10_000), "run.think_time_ms": (0, 3_600_000),
     "seed": (0, 2 ** 63 - 1),
 }
 MAX_MEMBERSHIPS = 20_000_000    # 1:1 and group memberships a trace may hold (a few GiB to check)
@@ -160,6 +166,9 @@ def parse(path: Path, text: str) -> Scenario:
                                 f"allowed at the top level: {', '.join(TOP_LEVEL)}")
         _check_type(path, key, value, TOP_LEVEL[key])
     sections = {name: _section(path, name, data.get(name, {}), config) for name, config in SECTIONS.items()}
+    if sections["run"].load not in LOADS:
+        raise ScenarioError(f"{path}: key 'run.load' must be one of {', '.join(LOADS)}, "
+                            f"got {sections['run'].load!r}")
     if sections["server"].appendfsync not in APPENDFSYNC:
         raise ScenarioError(f"{path}: key 'server.appendfsync' must be one of {', '.join(APPENDFSYNC)}, "
                             f"got {sections['server'].appendfsync!r}")

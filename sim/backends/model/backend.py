@@ -44,8 +44,9 @@ def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: lis
     if tears_aof(scenario.server, schedule):
         server.keep_aof()
     acks, target = AckLog(reach + 1.0), StallTarget()
+    run = scenario.run
     driver = SimDriver(trace, strategy, scenario.clients, server, trace.seed, timeline_points, causes, progress,
-                       acks, target)
+                       acks, target, run.load == "open", run.think_time_ms / 1000.0)
     nemesis = Nemesis(driver, schedule, trace.seed, scenario.server, acks, target)
     driver.run(tuple(nemesis.processes()))
     return driver, nemesis

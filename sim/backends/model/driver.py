@@ -39,7 +39,7 @@ class SimDriver:
     def __init__(self, trace: Trace, strategy: Strategy, clients: ClientConfig, server: Server,
                  seed: int = 0, timeline_points: int = 20, causes: frozenset[str] = frozenset(CAUSES),
                  progress: Callable[[float, int], None] | None = None, acks: AckLog | None = None,
-                 target: StallTarget | None = None) -> None:
+                 target: StallTarget | None = None, paced: bool = True, think_s: float = 0.0) -> None:
         self.trace = trace
         self.strategy = strategy
         self.config = clients
@@ -67,7 +67,7 @@ class SimDriver:
         self.workload = Workload(trace)
         self._t = self.workload.t
         self.loop = ClientLoop(self.workload, strategy, clients, self.history, causes, lambda: self.env.now,
-                               acks=acks, target=target, exact_commits=True)
+                               paced=paced, acks=acks, target=target, exact_commits=True, think_s=think_s)
         # Requests whose reply was lost while they could still apply: (entry, operation).
         self._unanswered: list[tuple[Entry, int]] = []
 

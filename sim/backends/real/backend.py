@@ -71,8 +71,9 @@ class RedisDeployment(Deployment):
             driver = RealDriver(trace, strategy, scenario.clients,
                                 [servers.client_address(index) for index in range(scenario.clients.count)],
                                 lambda: servers.direct_address, scenario.run.timeline_points, progress=progress,
-                                acks=acks, target=target, seed=trace.seed, toxics=toxics,
-                                proxies=[proxy.name for proxy in servers.client_proxies])
+                                paced=scenario.run.load == "open", acks=acks, target=target, seed=trace.seed,
+                                toxics=toxics, proxies=[proxy.name for proxy in servers.client_proxies],
+                                think_s=scenario.run.think_time_ms / 1000.0)
             nemesis = RealNemesis(driver, servers, toxics, self.schedule, trace.seed, scenario.server, acks, target)
             await driver.run(tuple(nemesis.coroutines()))
         return driver, nemesis

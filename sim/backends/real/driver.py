@@ -47,7 +47,7 @@ class RealDriver:
                  timeline_points: int = 0, causes: frozenset[str] = frozenset(CAUSES),
                  progress: Callable[[float, int], None] | None = None, paced: bool = True,
                  acks: AckLog | None = None, target: StallTarget | None = None, seed: int = 0,
-                 toxics: Toxics | None = None, proxies: list[str] | None = None) -> None:
+                 toxics: Toxics | None = None, proxies: list[str] | None = None, think_s: float = 0.0) -> None:
         self.trace = trace
         self.strategy = strategy
         self.addresses = addresses            # each client's own (its proxy, or the server when direct)
@@ -59,9 +59,9 @@ class RealDriver:
         self.network = Network(seed)          # the nemesis opens windows; the driver arms resets
         self.workload = Workload(trace)
         self.history = History(len(trace.t))
-        # paced=False: closed loop, each client starts its next operation at once (benchmarks).
+        # paced=False: closed loop, each client starts its next operation when its last is done.
         self.loop = ClientLoop(self.workload, strategy, config, self.history, causes, self.now, paced,
-                               acks, target)
+                               acks, target, think_s=think_s)
         self.pairs = Memberships(trace)
         self.clients = [Client(index) for index in range(config.count)]
         self.timeline: list[dict] = []
@@ -102,7 +102,7 @@ class RealDriver:
                 task.cancel()
             results = await asyncio.gather(*clients, *helpers, return_exceptions=True)
             if ticker is not None:
-                if not finished:
+                if not finished or not self.loop.paced:   # closed loop: the trace's clock is not the run's
                     ticker.cancel()
                 # Its last points are due by now: it takes them once the nemesis has healed the server.
                 results.append((await asyncio.gather(ticker, return_exceptions=True))[0])

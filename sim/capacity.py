@@ -1,0 +1,81 @@
+"""`countdrift capacity`: the most a strategy sustains under a latency objective.
+
+Closed loop with more and more clients: each client starts its next
+operation as soon as its last one is done, so a run measures what the
+strategy achieves at that concurrency, and p99 latency grows as the server
+queues. A strategy's capacity is the highest throughput among the client
+counts whose p99 stayed under the objective. A closed loop is used rather
+than a search over the offered rate of an open loop because every point is
+a stable measurement (an open loop above capacity only grows a backlog, and
+the run's length decides how bad p99 gets), and because more clients is how
+a real deployment adds load. The ramp stops once p99 is over the objective
+at two counts in a row, or throughput grows by less than 2% when the
+clients double. Runs are without faults: capacity is what the strategy
+costs, drift is measured by `countdrift run`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+from sim import __version__
+from sim.runner import ProgressFactory, run_scenario
+from sim.scenario import Scenario
+from sim.traffic import generate
+
+CAPACITY_SCHEMA = 1
+RAMP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FLAT = 0.02   # a doubling of the clients that adds less than this is saturation
+
+
+def closed_loop(scenario: Scenario, clients: int) -> Scenario:
+    """The scenario without its faults, closed loop, with ``clients`` clients."""
+    return dataclasses.replace(
+        scenario, faults=(), fault_rates=(),
+        clients=dataclasses.replace(scenario.clients, count=clients),
+        run=dataclasses.replace(scenario.run, load="closed", timeline_points=0))
+
+
+def ramp(scenario: Scenario, strategy: str, backend: str, slo_p99_ms: float, counts: Iterable[int],
+         progress: ProgressFactory | None = None) -> dict:
+    """One strategy's points, and its capacity under the objective."""
+    trace = generate(scenario.traffic, scenario.seed)
+    points: list[dict] = []
+    over = 0
+    for count in counts:
+        run = run_scenario(closed_loop(scenario, count), [strategy], trace, progress, backend,
+                           explain=False)["runs"][0]
+        point = {"clients": count, "throughput_ops_per_s": run["throughput_ops_per_s"],
+                 "p50_ms": run["latency_ms"]["p50"], "p99_ms": run["latency_ms"]["p99"],
+                 "errors": run["errors"]}
+        points.append(point)
+        over = over + 1 if point["p99_ms"] > slo_p99_ms else 0
+        flat = (len(points) > 1
+                and point["throughput_ops_per_s"] < points[-2]["throughput_ops_per_s"] * (1 + FLAT))
+        if over >= 2 or flat:
+            break
+    within = [point for point in points if point["p99_ms"] <= slo_p99_ms]
+    best = max(within, key=lambda point: point["throughput_ops_per_s"], default=None)
+    return {"capacity_ops_per_s": best["throughput_ops_per_s"] if best else 0.0,
+            "clients": best["clients"] if best else None, "points": points}
+
+
+def measure(scenario: Scenario, strategies: Iterable[str], backend: str, slo_p99_ms: float,
+            counts: Iterable[int] = RAMP, progress: ProgressFactory | None = None) -> dict:
+    counts = tuple(counts)
+    return {"capacity_schema": CAPACITY_SCHEMA, "tool_version": __version__, "backend": backend,
+            "scenario": {"name": scenario.name, "path": str(scenario.path), "sha256": scenario.sha256},
+            "seed": scenario.seed, "slo_p99_ms": slo_p99_ms, "load": "closed",
+            "strategies": {name: ramp(scenario, name, backend, slo_p99_ms, counts, progress)
+                           for name in strategies}}
+
+
+def format_capacity(document: dict) -> str:
+    lines = [f"capacity of {document['scenario']['name']} on {document['backend']}: the highest throughput "
+             f"with p99 <= {document['slo_p99_ms']:g} ms (closed loop, no faults)",
+             f"{'strategy':<16}{'capacity ops/s':>15}{'clients':>9}   points (clients: ops/s, p99 ms)"]
+    for name, result in document["strategies"].items():
+        points = "  ".join(f"{p['clients']}: {p['throughput_ops_per_s']:,.0f}, {p['p99_ms']:.2f}"
+                           for p in result["points"])
+        lines.append(f"{name:<16}{result['capacity_ops_per_s']:>15,.0f}{str(result['clients']):>9}   {points}")
+    return "\n".join(lines)
