@@ -176,15 +176,18 @@ def parse(path: Path, text: str) -> Scenario:
     if traffic.max_group_size < traffic.group_size_min:
         raise ScenarioError(f"{path}: key 'traffic.max_group_size' ({traffic.max_group_size}) must be >= "
                             f"'traffic.group_size_min' ({traffic.group_size_min})")
+    if round(traffic.users * traffic.dm_per_user / 2) < 1 and traffic.groups == 0:
+        raise ScenarioError(f"{path}: key 'traffic.dm_per_user' ({traffic.dm_per_user:g}) with 'traffic.groups' = 0 "
+                            f"gives no conversation to send to; raise one of them")
     memberships = traffic.users * traffic.dm_per_user + traffic.groups * min(traffic.max_group_size, traffic.users)
     if memberships > MAX_MEMBERSHIPS:
         raise ScenarioError(f"{path}: keys 'traffic.users' x 'traffic.dm_per_user' + 'traffic.groups' x "
                             f"'traffic.max_group_size' ask for {memberships:,.0f} conversation memberships; "
                             f"at most {MAX_MEMBERSHIPS:,} fit in memory")
-    name = data.get("name", path.stem)
-    if not SAFE_NAME.fullmatch(name):
+    scenario_name = data.get("name", path.stem)
+    if not SAFE_NAME.fullmatch(scenario_name):
         raise ScenarioError(f"{path}: key 'name' must be a plain file name (letters, digits, '.', '_', '-', "
-                            f"not starting with '.' or '-', at most 100), got {name!r}: results are written to "
+                            f"not starting with '.' or '-', at most 100), got {scenario_name!r}: results are written to "
                             f"results/<name>-s<seed>")
 
     names = data.get("strategies", list(STRATEGIES))
@@ -208,7 +211,7 @@ def parse(path: Path, text: str) -> Scenario:
         raise ScenarioError(f"{path}: a failover needs a replica: set 'server.replicas' to 1 or more")
     return Scenario(
         path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
-        name=name, description=data.get("description", ""),
+        name=scenario_name, description=data.get("description", ""),
         seed=data.get("seed", 1), strategies=strategies, strategy_options=options,
         faults=faults, fault_rates=rates, **sections)
 

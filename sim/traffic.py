@@ -142,14 +142,17 @@ def generate(config: TrafficConfig, seed: int) -> Trace:
 
 def _conversations(config: TrafficConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     n = config.users
-    # 1:1 conversations: distinct unordered pairs.
-    n_dm = int(round(n * config.dm_per_user / 2))
-    a = rng.integers(0, n, n_dm * 2)
-    b = rng.integers(0, n, n_dm * 2)
-    keep = a != b
-    low, high = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
-    pairs = np.unique(low.astype(np.int64) * n + high)[:n_dm]
-    pairs = rng.permutation(pairs)
+    # 1:1 conversations: distinct unordered pairs (drawn until there are
+    # enough, or as many as the users can form).
+    n_dm = min(int(round(n * config.dm_per_user / 2)), n * (n - 1) // 2)
+    pairs = np.zeros(0, np.int64)
+    while len(pairs) < n_dm:
+        a = rng.integers(0, n, n_dm * 2)
+        b = rng.integers(0, n, n_dm * 2)
+        keep = a != b
+        low, high = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+        pairs = np.union1d(pairs, low.astype(np.int64) * n + high)
+    pairs = rng.permutation(pairs[:n_dm])
     dm_members = np.stack([pairs // n, pairs % n], axis=1).ravel()
 
     # Groups: capped Pareto sizes, members drawn without replacement.

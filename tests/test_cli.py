@@ -74,3 +74,10 @@ def test_list_names_every_strategy_and_fault(capsys):
         assert name in printed
     for kind in ("client_crash", "mid_script_power_loss", "failover", "blackhole"):
         assert kind in printed
+
+
+def test_a_scenario_keeps_its_name_whatever_its_strategy_options(tmp_path):
+    from sim.scenario import parse
+
+    text = 'name = "mine"\n[strategy_options.lock]\nttl_ms = 500\n[strategy_options.watch]\nmax_attempts = 3\n'
+    assert parse(tmp_path / "s.toml", text).name == "mine"
