@@ -231,6 +231,13 @@ def command_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_calibrate(args: argparse.Namespace) -> int:
+    from sim.output import check_file
+
+    check_file(Path(args.out), "--out")
+    return backends.get("redis").calibrate(args)
+
+
 def command_bench(args: argparse.Namespace) -> int:
     args.strategies = _strategies(args.strategies, ())
     return backends.get(args.backend).bench(args)
@@ -323,6 +330,12 @@ def parser() -> argparse.ArgumentParser:
     capacity.add_argument("--out", help="output folder (default: results/capacity-<scenario>-<backend>)")
     capacity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     capacity.set_defaults(handler=command_capacity)
+
+    calibrate = commands.add_parser("calibrate", help="measure what a request costs a real redis-server here, "
+                                                      "and write the simulation's service times")
+    calibrate.add_argument("--out", default="results/calibration.toml", help="the calibration file to write")
+    calibrate.add_argument("--requests", type=positive, default=200_000, help="redis-benchmark -n for each probe")
+    calibrate.set_defaults(handler=command_calibrate)
 
     listing = commands.add_parser("list", help="list strategies and fault kinds")
     listing.set_defaults(handler=command_list)

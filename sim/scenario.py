@@ -26,14 +26,41 @@ class ScenarioError(ValueError):
     pass
 
 
+CALIBRATION = Path(__file__).with_name("calibration.toml")   # the committed one (see its header)
+SERVICE_KEYS = ("request_us", "command_us", "script_us", "script_call_us", "fsync_always_us")
+
+
+def load_calibration(path: Path) -> dict[str, float]:
+    """The service times a calibration file (`countdrift calibrate`) holds."""
+    try:
+        table = tomllib.loads(path.read_bytes().decode("utf-8")).get("server", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ScenarioError(f"{path}: not a readable calibration file ({error})") from None
+    values = {}
+    for key in SERVICE_KEYS:
+        value = table.get(key)
+        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+            raise ScenarioError(f"{path}: key 'server.{key}' must be a number of microseconds >= 0, got {value!r}; "
+                                f"write the file with `countdrift calibrate`")
+        values[key] = float(value)
+    return values
+
+
+_DEFAULT_SERVICE = load_calibration(CALIBRATION)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    """The Redis deployment: service times (microseconds), persistence,
+    """The Redis deployment: service times (microseconds: from a calibration
+    file, the committed one by default, or given key by key), persistence,
     replication and Sentinel."""
 
-    command_us: float = 4.0
-    script_us: float = 8.0
-    script_per_key_us: float = 1.5
+    calibration: str = ""   # a calibration file, relative to the scenario's folder
+    request_us: float = _DEFAULT_SERVICE["request_us"]
+    command_us: float = _DEFAULT_SERVICE["command_us"]
+    script_us: float = _DEFAULT_SERVICE["script_us"]
+    script_call_us: float = _DEFAULT_SERVICE["script_call_us"]
+    fsync_always_us: float = _DEFAULT_SERVICE["fsync_always_us"]
     appendonly: bool = True
     appendfsync: str = "everysec"
     rdb_interval_s: float = 60.0
@@ -103,8 +130,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "clients.count": (1, 100_000), "clients.rtt_ms": (0.000001, 60_000), "clients.timeout_ms": (0.001, 3_600_000),
     "clients.retries": (0, 1000), "clients.backoff_ms": (0, 3_600_000), "clients.max_backoff_ms": (0, 3_600_000),
     "clients.wait_timeout_ms": (0, 3_600_000),
-    "server.command_us": (0.001, 1_000_000), "server.script_us": (0.001, 1_000_000),
-    "server.script_per_key_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
+    "server.request_us": (0, 1_000_000), "server.command_us": (0, 1_000_000), "server.script_us": (0, 1_000_000),
+    "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
     "server.replication_lag_ms": (0, 600_000), "server.failover_detection_s": (0, 3600),
     "run.timeline_points": (0, 10_000), "run.think_time_ms": (0, 3_600_000),
     "seed": (0, 2 ** 63 - 1),
@@ -165,7 +192,12 @@ def parse(path: Path, text: str) -> Scenario:
             raise ScenarioError(f"{path}: key '{key}' is unknown{_suggest(key, list(TOP_LEVEL))}; "
                                 f"allowed at the top level: {', '.join(TOP_LEVEL)}")
         _check_type(path, key, value, TOP_LEVEL[key])
-    sections = {name: _section(path, name, data.get(name, {}), config) for name, config in SECTIONS.items()}
+    tables = {name: data.get(name, {}) for name in SECTIONS}
+    calibration = tables["server"].get("calibration", "")
+    if calibration and isinstance(calibration, str):
+        given = {key: value for key, value in tables["server"].items()}
+        tables["server"] = {**load_calibration(path.parent / calibration), **given}
+    sections = {name: _section(path, name, tables[name], config) for name, config in SECTIONS.items()}
     if sections["run"].load not in LOADS:
         raise ScenarioError(f"{path}: key 'run.load' must be one of {', '.join(LOADS)}, "
                             f"got {sections['run'].load!r}")

@@ -16,12 +16,26 @@ class RetriesExhausted(Exception):
 class Watch(Strategy):
     name = "watch"
     summary = "WATCH the user's hash, read, MULTI/EXEC the clear; retry on abort"
-    defaults = {"max_attempts": 50, "backoff_ms": 0.5}
+    # watch_deliveries: the textbook optimistic dual write, deliveries WATCH
+    # their recipients' counters too (and retry when a write intervenes).
+    defaults = {"max_attempts": 50, "backoff_ms": 0.5, "watch_deliveries": False}
     bounds = {**Strategy.bounds, "max_attempts": (1, 1e9)}
 
     def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
-        # Increments are blind writes: they need no WATCH, and they abort a racing reader.
-        yield increment_transactions(conversation, recipients)
+        if not self.watch_deliveries:
+            # Increments are blind writes: they need no WATCH, and they abort a racing reader.
+            yield increment_transactions(conversation, recipients)
+            return
+        field = str(conversation)
+        watched = tuple(key for user in recipients for key in (keys.unread(user), keys.total(user)))
+        for _ in range(self.max_attempts):
+            yield ("WATCH", *watched)
+            done = yield Transaction(tuple(command for user in recipients for command in (
+                ("HINCRBY", keys.unread(user), field, 1), ("INCRBY", keys.total(user), 1))))
+            if done is not None:
+                return
+            yield Backoff(self.backoff_ms / 1000.0)
+        raise RetriesExhausted(f"WATCH aborted {self.max_attempts} times")
 
     def open_conversation(self, user: int, conversation: int) -> Operation:
         unread, field = keys.unread(user), str(conversation)

@@ -40,7 +40,7 @@ def test_a_crash_loses_what_redis_had_not_written_to_the_aof():
     script whole, a pipeline read in one go whole, and of a pipeline larger
     than one 16 KB read only the reads not yet served (measured on
     redis-server 7.0.15: 1,755 of 2,000 INCRs kept, 0 of 713)."""
-    server = Server(ServiceTimes(command=1.0, script=4.0, script_per_key=0.0))
+    server = Server(ServiceTimes(request=0.0, command=1.0, script=4.0, script_call=0.0))
     server.scripts.load(DELIVER)
     connection = Connection()
     pipeline = server.submit(connection, Pipeline((("INCRBY", "a", 1), ("INCRBY", "b", 1), ("INCRBY", "c", 1))), 0.0)
@@ -48,7 +48,7 @@ def test_a_crash_loses_what_redis_had_not_written_to_the_aof():
     server.crash(at=1.5, down_for=1.0, keep_until=1.5)
     assert server.store.data == {}                  # the first INCRBY had run, but in the same iteration
     assert pipeline.lost and script.lost
-    server2 = Server(ServiceTimes(command=1.0, script=4.0, script_per_key=0.0))
+    server2 = Server(ServiceTimes(request=0.0, command=1.0, script=4.0, script_call=0.0))
     server2.scripts.load(DELIVER)
     entry = server2.submit(Connection(), Script(DELIVER, ("h", "t"), ("7",)), 0.0)
     server2.crash(at=3.9, down_for=1.0, keep_until=3.9)
@@ -56,7 +56,7 @@ def test_a_crash_loses_what_redis_had_not_written_to_the_aof():
     assert server2.scripts.cache == {}              # NOSCRIPT after the restart
     assert isinstance(server2.run(Connection(), Script(LuaScript("d", DELIVER.source), ("h", "t"), ("7",))),
                       Exception)
-    big = Server(ServiceTimes(command=1.0))
+    big = Server(ServiceTimes(request=0.0, command=1.0))
     increments = Pipeline(tuple(("INCR", "a") for _ in range(2000)))   # 21 bytes each: 42,000 bytes
     big.submit(Connection(), increments, 0.0)
     big.crash(at=1999.5, down_for=1.0, keep_until=1999.5)

@@ -101,14 +101,26 @@ def test_integer_errors(server):
 
 
 def test_fifo_queue_serialises_requests():
-    server = Server(ServiceTimes(command=1.0, script=2.0, script_per_key=0.5))
+    server = Server(ServiceTimes(request=0.5, command=1.0, script=2.0, script_call=0.25))
     first = server.submit(Connection(), ("INCRBY", "a", 1), arrival=0.0)
     second = server.submit(Connection(), ("GET", "a"), arrival=0.5)
     third = server.submit(Connection(), Pipeline((("GET", "a"), ("GET", "a"))), arrival=5.0)
-    assert (first.start, first.end) == (0.0, 1.0)
-    assert (second.start, second.end) == (1.0, 2.0)       # waited for the first
-    assert (third.start, third.end) == (5.0, 7.0)
-    server.advance(1.5)
-    assert first.reply == 1 and second.reply is None      # not committed yet
+    assert (first.start, first.end) == (0.0, 1.5)         # a round trip, and a command
+    assert (second.start, second.end) == (1.5, 3.0)       # waited for the first
+    assert (third.start, third.end) == (5.0, 7.5)         # one round trip, two commands
     server.advance(2.0)
+    assert first.reply == 1 and second.reply is None      # not committed yet
+    server.advance(3.0)
     assert second.reply == "1"
+
+
+def test_a_scripts_service_time_grows_with_the_calls_it_makes():
+    from sim.lua import LuaScript
+
+    server = Server(ServiceTimes(request=0.0, command=1.0, script=2.0, script_call=0.5))
+    loop = LuaScript("loop", "for i = 1, tonumber(ARGV[1]) do redis.call('HINCRBY', KEYS[1], 'f', 1) end return 1")
+    server.scripts.load(loop)
+    request = Script(loop, ("h",), ("8",))
+    assert server.service_time(request) == 2.0 + 1 * 0.5    # before it ran: the calls its text holds
+    server.run(Connection(), request)
+    assert server.service_time(request) == 2.0 + 8 * 0.5    # then what its runs made, on average

@@ -28,7 +28,8 @@ from strategies.base import Strategy
 
 
 def make_server(config: ServerConfig) -> Server:
-    return Server(ServiceTimes(config.command_us / 1e6, config.script_us / 1e6, config.script_per_key_us / 1e6),
+    return Server(ServiceTimes(config.request_us / 1e6, config.command_us / 1e6, config.script_us / 1e6,
+                               config.script_call_us / 1e6, config.fsync_always_us / 1e6),
                   Persistence(config.appendonly, config.appendfsync, config.rdb_interval_s),
                   config.replicas, config.replication_lag_ms / 1000.0)
 

@@ -90,6 +90,15 @@ class ScriptEngine:
         self._lua_type = lua51.lua_type
         self.cache: dict[str, Any] = {}
         self.calls = 0  # redis.call / redis.pcall made by scripts
+        self._work: dict[str, list[int]] = {}   # sha -> [redis.call made, runs]
+
+    def expected_calls(self, script: LuaScript) -> float:
+        """How many redis.call a run of the script makes: its mean so far
+        (before its first run, the calls its text holds)."""
+        work = self._work.get(script.sha)
+        if work and work[1]:
+            return work[0] / work[1]
+        return float(script.source.count("redis.call"))
 
     # -- script cache -----------------------------------------------------
     def load(self, script: LuaScript) -> str:
@@ -109,6 +118,7 @@ class ScriptEngine:
         function = self.cache.get(sha)
         if function is None:
             raise CommandError("NOSCRIPT No matching script. Please use EVAL.")
+        calls = self.calls
         try:
             reply = self._invoke(function, len(keys), *keys, *args)
         except CommandError:
@@ -118,6 +128,10 @@ class ScriptEngine:
             if not _has_error_code(message):
                 message = f"ERR user_script: {message}"
             raise CommandError(message) from None
+        finally:
+            work = self._work.setdefault(sha, [0, 0])
+            work[0] += self.calls - calls
+            work[1] += 1
         kind = type(reply)
         if kind is int or kind is str:
             return reply

@@ -44,11 +44,14 @@ READ_CHUNK_BYTES = 16 * 1024   # PROTO_IOBUF_LEN: what Redis reads from a socket
 
 @dataclass(frozen=True)
 class ServiceTimes:
-    """Service time of each kind of request, in seconds."""
+    """What each part of a request costs the server, in seconds (`countdrift
+    calibrate` measures them on a real redis-server)."""
 
-    command: float = 4e-6
-    script: float = 8e-6
-    script_per_key: float = 1.5e-6
+    request: float = 10e-6       # a round trip's fixed cost: read, parse, reply, write
+    command: float = 1e-6        # each command the request carries
+    script: float = 3e-6         # each script it runs, beyond a command
+    script_call: float = 0.5e-6  # each redis.call the script makes
+    fsync_always: float = 0.0    # a write's wait for the fsync under appendfsync always
 
 
 class Connection:
@@ -86,6 +89,7 @@ class Server:
                  replicas: int = 0, replication_lag_s: float = 0.0) -> None:
         self.service = service or ServiceTimes()
         self.persistence = persistence or Persistence()
+        self._fsync_always = self.persistence.appendonly and self.persistence.appendfsync == "always"
         self.replicas = replicas
         self.replication_lag_s = replication_lag_s   # how far behind the primary every replica is
         self.incarnation = 0         # bumped when the process dies: old connections are dead
@@ -106,16 +110,23 @@ class Server:
 
     # -- timing -------------------------------------------------------------
     def service_time(self, request: Request) -> float:
+        """How long the server is busy with one round trip's request."""
+        busy = self.service.request + self._work(request)
+        if self._fsync_always and may_write(request):
+            busy += self.service.fsync_always
+        return busy
+
+    def _work(self, request: Request) -> float:
         kind = type(request)
         if kind is tuple:
             return self.service.command
         if kind is Script:
-            return self.service.script + self.service.script_per_key * len(request.keys) + request.stall_s
+            return (self.service.script + self.service.script_call * self.scripts.expected_calls(request.script)
+                    + request.stall_s)
         if kind is Pipeline:
-            return sum(self.service_time(r) for r in request.commands)
+            return sum(self._work(r) for r in request.commands)
         if kind is Transaction:
-            return self.service.command * (len(request.commands) + 2) + sum(
-                r.seconds for r in request.commands if type(r) is Stall)
+            return self.service.command * 2 + sum(self._work(r) for r in request.commands)
         if kind is Stall:
             return request.seconds
         raise TypeError(f"not a Redis request: {request!r}")
@@ -237,10 +248,10 @@ class Server:
         """The commands of a pipeline in service at ``at`` that Redis served
         in earlier event-loop iterations: those whose 16 KB read came before
         the read of the command in progress."""
-        t, offset = entry.start, 0
+        t, offset = entry.start + self.service.request, 0
         served: list[tuple[int, Any]] = []
         for command in entry.request.commands:
-            t += self.service_time(command)
+            t += self._work(command)
             offset += wire_size(command)
             iteration = (offset - 1) // READ_CHUNK_BYTES
             if t > at:

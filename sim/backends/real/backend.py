@@ -13,7 +13,7 @@ import time
 
 import uvloop
 
-from sim.backend import Backend, Deployment, Execution, Progress
+from sim.backend import Backend, BackendRefused, Deployment, Execution, Progress
 from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
 from sim.backends.real.nemesis import RealNemesis
@@ -27,6 +27,17 @@ from strategies.base import Strategy
 
 
 MAX_SPAN_S = 3600
+
+
+def missing_programs(*also: tuple[str, str]) -> str | None:
+    """What this machine lacks to run real servers, or None."""
+    try:
+        for name, variable in (("redis-server", "COUNTDRIFT_REDIS_SERVER"),
+                               ("toxiproxy-server", "COUNTDRIFT_TOXIPROXY"), *also):
+            find_binary(name, variable)
+    except ProcessError as missing:
+        return str(missing)
+    return None
 
 
 class RedisDeployment(Deployment):
@@ -88,16 +99,19 @@ class RedisBackend(Backend):
         if span > MAX_SPAN_S:
             return (f"it replays the trace in real time, and this one lasts about {span:,.0f} s "
                     f"(traffic.messages / traffic.message_rate); at most {MAX_SPAN_S:,} s")
-        try:
-            find_binary("redis-server", "COUNTDRIFT_REDIS_SERVER")
-            find_binary("toxiproxy-server", "COUNTDRIFT_TOXIPROXY")
-        except ProcessError as missing:
-            return str(missing)
-        return None
+        return missing_programs()
 
     def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
         return RedisDeployment(scenario, schedule)
 
     def bench(self, args: argparse.Namespace) -> int:
         from sim.backends.real.bench import main
+        return main(args)
+
+    def calibrate(self, args: argparse.Namespace) -> int:
+        from sim.backends.real.calibrate import main
+
+        missing = missing_programs(("redis-benchmark", "COUNTDRIFT_REDIS_BENCHMARK"))
+        if missing:
+            raise BackendRefused(f"calibrate needs real servers: {missing}")
         return main(args)

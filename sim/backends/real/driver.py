@@ -76,15 +76,17 @@ class RealDriver:
         self._deadlines: dict[AsyncConnection, float] = {}   # connection -> when its request times out
 
     def now(self) -> float:
-        """Seconds since the run started (history times are in these)."""
-        return self._loop.time() - self._start
+        """Seconds since the run started (history times are in these). Not the
+        event loop's clock: uvloop's (libuv's) has whole milliseconds, which
+        made every real latency a multiple of 1 ms."""
+        return time.perf_counter() - self._start
 
     # -- the run ------------------------------------------------------------------
     async def run(self, background: tuple = ()) -> None:
         """Run the trace to its end; ``background`` coroutines (the nemesis)
         run beside it and are cancelled at the end (they undo what they did)."""
         self._loop = asyncio.get_running_loop()
-        self._start = self._loop.time() + 0.05
+        self._start = time.perf_counter() + 0.05
         n_ops = len(self.workload)
         clients = [asyncio.create_task(self._client(client, range(client.index, n_ops, len(self.clients))))
                    for client in self.clients]
