@@ -204,3 +204,16 @@ def test_ctrl_c_stops_every_server_and_writes_nothing(tmp_path):
     assert run.returncode == 130 and "interrupted" in err
     assert not any(alive(pid) for pid in servers)
     assert not out.exists()
+
+
+def test_network_faults_of_one_kind_may_overlap(tmp_path):
+    """Two latency windows add up, two partitions keep the proxies down until
+    the last ends, two blackholes each come and go: as in the simulation."""
+    faults = "".join(f'\n[[faults]]\nkind = "{kind}"\nat = {at}\nduration = {duration}\n'
+                     for kind, at, duration in (("blackhole", 0.2, 0.3), ("blackhole", 0.3, 0.3),
+                                                ("latency", 0.5, 0.6), ("latency", 0.8, 0.6),
+                                                ("partition", 1.0, 0.4), ("partition", 1.2, 0.4)))
+    text = SMALL_SCENARIO.replace("messages = 3000", "messages = 2000") + faults
+    run = runs(run_scenario(parse(tmp_path / "overlap.toml", text), ["lua"], backend="redis", explain=False))["lua"]
+    assert all(fault["effects"]["applied"] and fault["effects"]["ended_at"] for fault in run["faults"])
+    assert run["outcomes"]["ok"] + run["outcomes"]["fail"] + run["outcomes"]["unknown"] == run["operations"]

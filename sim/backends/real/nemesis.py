@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ class RealNemesis:
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E3E]))
         self.synced: dict[str, tuple[float, Path | None, int]] = {}   # node -> (time, AOF file, size) at its last fsync
         self.down = False            # a fault holds the primary down
+        self._partitions: Counter[str] = Counter()   # proxy -> partitions open on it
 
     def coroutines(self) -> list:
         background = [self._apply(index, fault) for index, fault in enumerate(self.schedule)]
@@ -298,8 +300,19 @@ class RealNemesis:
         self.log.ended(index, self.driver.now())
 
     async def partition(self, index: int, fault: Fault) -> None:
-        await self._window(index, fault, lambda proxy: self.toxics.enable(proxy, False),
-                           lambda proxy: self.toxics.enable(proxy, True))
+        """Disable every client's proxy; overlapping partitions keep them
+        disabled until the last one ends."""
+        async def apply(proxy: str) -> None:
+            if self._partitions[proxy] == 0:
+                await self.toxics.enable(proxy, False)
+            self._partitions[proxy] += 1
+
+        async def undo(proxy: str) -> None:
+            self._partitions[proxy] -= 1
+            if self._partitions[proxy] == 0:
+                await self.toxics.enable(proxy, True)
+
+        await self._window(index, fault, apply, undo)
 
     async def latency(self, index: int, fault: Fault) -> None:
         # The simulation adds delay + jitter * U[0, 1) each way; toxiproxy adds latency + U[-jitter, jitter].
@@ -307,12 +320,12 @@ class RealNemesis:
                       "jitter": round(fault.param("jitter_ms") / 2)}
 
         async def apply(proxy: str) -> None:
-            for stream in ("upstream", "downstream"):
-                await self.toxics.add(proxy, f"latency_{stream}", "latency", stream, attributes)
+            for stream in ("upstream", "downstream"):   # windows that overlap add up, as in the simulation
+                await self.toxics.add(proxy, f"latency{index}_{stream}", "latency", stream, attributes)
 
         async def undo(proxy: str) -> None:
             for stream in ("upstream", "downstream"):
-                await self.toxics.remove(proxy, f"latency_{stream}")
+                await self.toxics.remove(proxy, f"latency{index}_{stream}")
 
         await self._window(index, fault, apply, undo)
 
@@ -328,5 +341,6 @@ class RealNemesis:
     async def blackhole(self, index: int, fault: Fault) -> None:
         # The timeout toxic with timeout 0 drops what the clients send until it is removed.
         await self._window(index, fault,
-                           lambda proxy: self.toxics.add(proxy, "blackhole", "timeout", "upstream", {"timeout": 0}),
-                           lambda proxy: self.toxics.remove(proxy, "blackhole"))
+                           lambda proxy: self.toxics.add(proxy, f"blackhole{index}", "timeout", "upstream",
+                                                         {"timeout": 0}),
+                           lambda proxy: self.toxics.remove(proxy, f"blackhole{index}"))
