@@ -95,12 +95,13 @@ class RealNemesis:
             return True
         return False
 
-    async def _kill(self, index: int, keep_until: float, cut_replication: bool = False) -> RedisServer:
-        """SIGKILL the primary now; what survives reaches back to ``keep_until``."""
-        now = self.driver.now()
+    async def _kill(self, index: int, died_at: float, keep_until: float,
+                    cut_replication: bool = False) -> RedisServer:
+        """SIGKILL the primary now (``died_at``, the run time its losses are
+        measured from); what survives reaches back to ``keep_until``."""
         self.down = True
-        self.log.struck(index, now, operations_in_flight=in_flight(self.driver.clients))
-        self._losses(index, now, keep_until)
+        self.log.struck(index, died_at, operations_in_flight=in_flight(self.driver.clients))
+        self._losses(index, died_at, keep_until)
         primary = self.servers.primary
         if cut_replication:
             await asyncio.to_thread(self.servers.cut_replication)
@@ -135,7 +136,7 @@ class RealNemesis:
         keep = died_at if self.config.appendonly else self._last_save()
         detection = self.config.failover_detection_s
         failover = self.config.auto_failover and self.servers.replicas and fault.duration > detection
-        primary = await self._kill(index, keep, cut_replication=bool(failover))
+        primary = await self._kill(index, died_at, keep, cut_replication=bool(failover))
         self.log.update(index, promoted=False)
         try:
             if failover:
@@ -158,8 +159,8 @@ class RealNemesis:
     async def power_loss(self, index: int, fault: Fault) -> None:
         if self._already_down(index):
             return
-        keep = self._synced_until()
-        primary = await self._kill(index, keep)
+        died_at = self.driver.now()
+        primary = await self._kill(index, died_at, self._synced_until(died_at))
         try:
             self._lose_unsynced(primary, fault.param("tear_bytes"))
             await asyncio.sleep(fault.duration)
@@ -167,12 +168,12 @@ class RealNemesis:
         finally:
             await self._heal(primary)
 
-    def _synced_until(self) -> float:
+    def _synced_until(self, now: float) -> float:
         """When the primary's AOF was last on disk, in run time."""
         if not self.config.appendonly:
             return self._last_save()
         if not FSYNC_PERIOD_S[self.config.appendfsync]:
-            return self.driver.now()
+            return now
         return self.synced.get(self.servers.primary.name, (0.0, None, 0))[0]
 
     def _lose_unsynced(self, node: RedisServer, tear_bytes: int) -> None:
@@ -250,7 +251,8 @@ class RealNemesis:
         try:
             if self._already_down(index):
                 return
-            await self._kill(index, self.driver.now() - lag_ms / 1000.0, cut_replication=True)
+            died_at = self.driver.now()
+            await self._kill(index, died_at, died_at - lag_ms / 1000.0, cut_replication=True)
             try:
                 await asyncio.sleep(fault.duration)
             finally:
