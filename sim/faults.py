@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -67,6 +67,7 @@ class FaultSpec:
     default_duration: float
     params: tuple[Param, ...] = ()
     effects: dict[str, str] = field(default_factory=dict)   # effect -> what it counts
+    network: bool = False      # strikes the clients' links (real: needs each client behind a proxy)
 
     def param(self, name: str) -> Param:
         for param in self.params:
@@ -122,21 +123,26 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                      "how far the replica is behind (-1: the scenario's replication_lag_ms)"),),
               _SERVER_LOSS),
     FaultSpec("partition", "clients are cut from the primary: connections refused and reset",
-              "how long the partition lasts", 1.0),
+              "how long the partition lasts", 1.0, network=True),
     FaultSpec("latency", "added network delay and jitter on every request, each way",
               "how long the delay lasts", 2.0,
               (Param("delay_ms", float, "ms", 20.0, 0.0, 60_000.0, "added one-way delay"),
                Param("jitter_ms", float, "ms", 5.0, 0.0, 60_000.0, "added one-way delay, uniform in [0, jitter)")),
-              ),
+              network=True),
     FaultSpec("reset_peer", "a request reaches the server and runs; the connection is reset before the reply",
               "how long requests are exposed", 1.0,
               (Param("probability", float, "probability", 0.5, 0.0, 1.0, "chance that a request's reply is lost"),),
-              {"replies_lost": "requests that ran and whose reply the reset took"}),
+              {"replies_lost": "requests that ran and whose reply the reset took"}, network=True),
     FaultSpec("blackhole", "requests vanish without an answer; clients time out",
-              "how long requests vanish", 1.0),
+              "how long requests vanish", 1.0, network=True),
 )}
 
 FAULT_KINDS = tuple(SPECS)
+
+
+def strikes_network(schedule: Iterable[Fault]) -> bool:
+    """Whether a fault of the schedule strikes the clients' links."""
+    return any(SPECS[fault.kind].network for fault in schedule)
 
 
 @dataclass(frozen=True)

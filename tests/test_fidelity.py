@@ -22,12 +22,19 @@ SCENARIOS = ROOT / "scenarios"
 STRATEGIES = ["naive", "lua", "lua_idempotent"]
 
 # Cells whose class may differ, and why (measured; see the README's "Fidelity").
+# A tear resurrects the first writes of the block it cuts. Which block that is,
+# and how far into it 100 bytes reach, depends on which writes follow the fsync
+# tick, and the two backends' timings put different writes there: with reads,
+# a read's HDEL (the user left inconsistent) or a delivery's HINCRBY (which a
+# later read may heal); without reads, a tear inside a script's block (an
+# HINCRBY without its INCRBY: inconsistent) or past its end (writes lost:
+# total under), seen both ways on real for lua at seed 11, one run apart. The
+# tear's mechanics are compared command by command in tests/test_aof.py; here
+# both backends must only show the drift of lost writes.
+TORN = ("faults_torn_power_loss_with_reads", "faults_torn_power_loss_without_reads")
 CLASS_NOT_COMPARED = {
-    ("faults_torn_power_loss_with_reads", strategy): "a tear resurrects the first writes of the block it cuts; "
-    "which block that is (a read's HDEL, which leaves the user inconsistent, or a delivery's HINCRBY or SET, "
-    "which a later read may heal) depends on which write follows the fsync tick, and the two backends' timings "
-    "put different writes there; without reads (the strict cells) the class agrees"
-    for strategy in STRATEGIES
+    (name, strategy): "where the tear lands, in which write, depends on each backend's timing"
+    for name in TORN for strategy in STRATEGIES
 }
 # Cells compared by class only, and why.
 SIZE_NOT_COMPARED = {
@@ -84,6 +91,8 @@ def test_both_backends_agree_on_the_drift_class(matrix, name):
         disagreement = cell["disagreement"] or ""
         if (name, cell["strategy"]) not in CLASS_NOT_COMPARED:
             assert not disagreement.startswith("class"), cell
+        else:
+            assert "none" not in (cell["sim"]["class"], cell["redis"]["class"]), cell
         if disagreement.startswith("size") and cell["strategy"] not in SIZE_NOT_COMPARED:
             pytest.fail(f"{name} {cell['strategy']}: {disagreement}")
 
@@ -105,6 +114,9 @@ def test_real_runs_make_no_drift_of_their_own(real_runs, name):
         assert errors.get("NOSCRIPT", 0) == 0 and run["noscript"] == 0, (run["strategy"], errors)
         assert errors.get("READONLY", 0) == 0, (run["strategy"], errors)
         assert len(run["timeline"]) == scenario.run.timeline_points, run["strategy"]
+        # Through toxiproxy only when a fault needs the clients' links (the
+        # failover's clients follow the new primary directly).
+        assert run["client_path"] == ("toxiproxy" if name == "faults_mixed" else "direct")
         assert all(fault["effects"]["applied"] is not None for fault in run["faults"])
     sim = run_scenario(scenario, ["lua"], explain=False)
     scheduled = [(fault["kind"], fault["at"]) for fault in sim["runs"][0]["faults"]]

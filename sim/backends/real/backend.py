@@ -19,7 +19,7 @@ from sim.backends.real.driver import RealDriver
 from sim.backends.real.nemesis import RealNemesis
 from sim.backends.real.processes import ProcessError, find_binary
 from sim.backends.real.toxics import Toxics
-from sim.faults import Fault
+from sim.faults import Fault, strikes_network
 from sim.nemesis import AckLog, StallTarget, rollback_horizon
 from sim.scenario import Scenario
 from sim.traffic import Trace
@@ -47,7 +47,8 @@ class RedisDeployment(Deployment):
         server = scenario.server
         self.servers = Servers(server.appendonly, server.appendfsync, server.rdb_interval_s,
                                replicas=server.replicas, clients=scenario.clients.count,
-                               replication_lag_ms=server.replication_lag_ms)
+                               replication_lag_ms=server.replication_lag_ms,
+                               client_proxies=strikes_network(schedule))
 
     def __enter__(self) -> "RedisDeployment":
         self.servers.__enter__()
@@ -71,6 +72,7 @@ class RedisDeployment(Deployment):
                 # INFO commandstats of the last primary (a restart or a failover resets it)
                 "redis_commands": sum(stats["calls"] for stats in info.values()),
                 "resets_missed": driver.resets_missed,
+                "client_path": "toxiproxy" if self.servers.proxied else "direct",
                 "wall_seconds": round(wall, 3),
             })
 
@@ -79,8 +81,7 @@ class RedisDeployment(Deployment):
         acks = AckLog(rollback_horizon(scenario.server, self.schedule) + 1.0)
         target = StallTarget()
         async with Toxics(servers.toxiproxy.port) as toxics:
-            driver = RealDriver(trace, strategy, scenario.clients,
-                                [servers.client_address(index) for index in range(scenario.clients.count)],
+            driver = RealDriver(trace, strategy, scenario.clients, servers.client_address,
                                 lambda: servers.direct_address, scenario.run.timeline_points, progress=progress,
                                 paced=scenario.run.load == "open", acks=acks, target=target, seed=trace.seed,
                                 toxics=toxics, proxies=[proxy.name for proxy in servers.client_proxies],

@@ -14,6 +14,7 @@ import argparse
 import re
 import subprocess
 import time
+from typing import Callable
 
 import uvloop
 
@@ -38,9 +39,10 @@ def redis_benchmark(port: int, clients: int, requests: int, command: list[str], 
     return float(found[-1])
 
 
-def driver_rate(trace, name: str, addresses: list[tuple[str, int]], direct: tuple[str, int], clients: int) -> float:
+def driver_rate(trace, name: str, address: Callable[[int], tuple[str, int]], direct: tuple[str, int],
+                clients: int) -> float:
     """Deliveries per second of the asyncio driver, closed loop."""
-    driver = RealDriver(trace, make_strategy(name), ClientConfig(count=clients, timeout_ms=5000), addresses,
+    driver = RealDriver(trace, make_strategy(name), ClientConfig(count=clients, timeout_ms=5000), address,
                         lambda: direct, paced=False)
     started = time.perf_counter()
     uvloop.run(driver.run())
@@ -64,9 +66,8 @@ def main(args: argparse.Namespace) -> int:
             "naive": redis_benchmark(port, clients, requests, ["HINCRBY", "unread:{u1}", "7", "1"], pipeline=2) / 2,
         }
         for name in ("naive", "lua"):
-            direct = driver_rate(trace, name, [servers.direct_address] * clients, servers.direct_address, clients)
-            proxied = driver_rate(trace, name, [servers.client_address(index) for index in range(clients)],
-                                  servers.direct_address, clients)
+            direct = driver_rate(trace, name, lambda index: servers.direct_address, servers.direct_address, clients)
+            proxied = driver_rate(trace, name, servers.client_address, servers.direct_address, clients)
             print(f"{name:<8}{reference[name]:>19,.0f}{direct:>17,.0f}{direct / reference[name]:>7.2f}"
                   f"{proxied:>24,.0f}{1 - proxied / direct:>9.0%}")
     return 0

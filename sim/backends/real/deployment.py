@@ -1,9 +1,11 @@
 """The processes of one run: a primary, its replicas, and a toxiproxy-server
 in front of them, all in one temporary folder.
 
-Each virtual client reaches the primary through a toxiproxy proxy of its own
-(``client<i>``), so that a fault can be put on exactly one client's link (a
-reset of the reply of one chosen request) or on all of them; each replica
+In a run with network faults each virtual client reaches the primary through
+a toxiproxy proxy of its own (``client<i>``), so that a fault can be put on
+exactly one client's link (a reset of the reply of one chosen request) or on
+all of them; in other runs the clients connect to the primary of the moment
+directly, so that the proxy's hop does not bound what Redis can do; each replica
 replicates through a proxy of its own (``replication<N>``) that carries the
 replication lag as a latency toxic: on loopback a killed primary has already
 pushed nearly everything to its replica, and only lag on the replication
@@ -22,7 +24,7 @@ from sim.backends.real.processes import RedisServer, ToxiproxyServer
 class Servers:
     def __init__(self, appendonly: bool = True, appendfsync: str = "everysec", rdb_interval_s: float = 60.0,
                  replicas: int = 0, clients: int = 1, replication_lag_ms: float = 0.0,
-                 keep_folder: bool = False) -> None:
+                 keep_folder: bool = False, client_proxies: bool = True) -> None:
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.rdb_interval_s = rdb_interval_s
@@ -30,6 +32,7 @@ class Servers:
         self.client_count = clients
         self.replication_lag_ms = replication_lag_ms
         self.keep_folder = keep_folder
+        self.proxied = client_proxies
         self.folder = Path(tempfile.mkdtemp(prefix="countdrift-"))
         self.toxiproxy = ToxiproxyServer(self.folder)
         self.primary: RedisServer | None = None
@@ -59,8 +62,9 @@ class Servers:
         self.toxiproxy.start()
         self.primary = self._server("primary")
         self.primary.start()
-        self.client_proxies = [self.toxiproxy.proxy(f"client{index}", self.primary.address)
-                               for index in range(self.client_count)]
+        if self.proxied:
+            self.client_proxies = [self.toxiproxy.proxy(f"client{index}", self.primary.address)
+                                   for index in range(self.client_count)]
         for _ in range(self.replica_count):
             self.replicas.append(self._replica_of(self.primary))
 
@@ -104,6 +108,9 @@ class Servers:
 
     # -- addresses ------------------------------------------------------------------
     def client_address(self, index: int) -> tuple[str, int]:
+        """Where client ``index`` connects: its proxy, or the primary of the moment."""
+        if not self.proxied:
+            return self.direct_address
         host, port = self.client_proxies[index].listen.split(":")
         return host, int(port)
 

@@ -43,14 +43,14 @@ _RESET_TOXIC = "reset_peer"
 
 class RealDriver:
     def __init__(self, trace: Trace, strategy: Strategy, config: ClientConfig,
-                 addresses: list[tuple[str, int]], direct_address: Callable[[], tuple[str, int]],
+                 address: Callable[[int], tuple[str, int]], direct_address: Callable[[], tuple[str, int]],
                  timeline_points: int = 0, causes: frozenset[str] = frozenset(CAUSES),
                  progress: Callable[[float, int], None] | None = None, paced: bool = True,
                  acks: AckLog | None = None, target: StallTarget | None = None, seed: int = 0,
                  toxics: Toxics | None = None, proxies: list[str] | None = None, think_s: float = 0.0) -> None:
         self.trace = trace
         self.strategy = strategy
-        self.addresses = addresses            # each client's own (its proxy, or the server when direct)
+        self.address = address                # client index -> its proxy, or the primary when direct
         self.direct_address = direct_address  # the primary of the moment
         self.timeline_points = timeline_points
         self.progress = progress
@@ -181,7 +181,7 @@ class RealDriver:
                 await self._drop(client)
 
     async def _connect(self, client: Client) -> None:
-        connection = AsyncConnection(*self.addresses[client.index])
+        connection = AsyncConnection(*self.address(client.index))
         try:
             async with asyncio.timeout(self._timeout):
                 await connection.connect(self.strategy.scripts)
