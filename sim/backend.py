@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sim.checker import Counters, Drift
 from sim.errors import UsageError
@@ -22,6 +22,9 @@ from sim.history import History
 from sim.scenario import Scenario
 from sim.traffic import Trace
 from strategies.base import Strategy
+
+if TYPE_CHECKING:
+    from sim.cost import CostTarget
 
 Progress = Callable[[float, int], None]
 
@@ -84,6 +87,10 @@ class Backend(ABC):
         """Figures only this backend can add to a run's record (the
         simulation's drift by cause); none by default."""
         return {}
+
+    def cost_target(self, strategy: Strategy) -> CostTarget:
+        """A fresh server for `countdrift cost` (sim/cost.py)."""
+        raise BackendRefused(f"the {self.name} backend cannot measure costs")
 
     def bench(self, args: argparse.Namespace) -> int:
         """`countdrift bench --backend NAME`: how fast this backend runs."""

@@ -9,8 +9,8 @@ than a search over the offered rate of an open loop because every point is
 a stable measurement (an open loop above capacity only grows a backlog, and
 the run's length decides how bad p99 gets), and because more clients is how
 a real deployment adds load. The ramp stops once p99 is over the objective
-at two counts in a row, or throughput grows by less than 2% when the
-clients double. Runs are without faults: capacity is what the strategy
+at two counts in a row, or two doublings in a row bring no throughput 2%
+above the best so far (one is not enough: a real point can dip by chance). Runs are without faults: capacity is what the strategy
 costs, drift is measured by `countdrift run`.
 """
 from __future__ import annotations
@@ -41,7 +41,8 @@ def ramp(scenario: Scenario, strategy: str, backend: str, slo_p99_ms: float, cou
     """One strategy's points, and its capacity under the objective."""
     trace = generate(scenario.traffic, scenario.seed)
     points: list[dict] = []
-    over = 0
+    over = stale = 0
+    best_so_far = 0.0
     for count in counts:
         run = run_scenario(closed_loop(scenario, count), [strategy], trace, progress, backend,
                            explain=False)["runs"][0]
@@ -50,9 +51,9 @@ def ramp(scenario: Scenario, strategy: str, backend: str, slo_p99_ms: float, cou
                  "errors": run["errors"]}
         points.append(point)
         over = over + 1 if point["p99_ms"] > slo_p99_ms else 0
-        flat = (len(points) > 1
-                and point["throughput_ops_per_s"] < points[-2]["throughput_ops_per_s"] * (1 + FLAT))
-        if over >= 2 or flat:
+        stale = stale + 1 if point["throughput_ops_per_s"] < best_so_far * (1 + FLAT) else 0
+        best_so_far = max(best_so_far, point["throughput_ops_per_s"])
+        if over >= 2 or stale >= 2:
             break
     within = [point for point in points if point["p99_ms"] <= slo_p99_ms]
     best = max(within, key=lambda point: point["throughput_ops_per_s"], default=None)

@@ -231,6 +231,26 @@ def command_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_cost(args: argparse.Namespace) -> int:
+    from sim.cost import format_cost, measure
+    from sim.output import OutputFolder
+    from sim.results import write_json
+    from strategies import STRATEGIES
+
+    strategies = _strategies(args.strategies, tuple(STRATEGIES))
+    target = backends.get(args.backend)
+    out = Path(args.out) if args.out else Path("results") / f"cost-{args.backend}"
+    with OutputFolder(out, "--out") as folder:
+        progress = None if args.quiet else (lambda step: print(f"cost: {step}", file=sys.stderr, flush=True))
+        document = measure(list(strategies), target.cost_target, args.backend, args.repeats, progress)
+        write_json(folder.partial / "cost.json", document)
+        folder.commit()
+    Done.written = f"cost.json in {out}"
+    print(format_cost(document))
+    print(f"cost: {out / 'cost.json'}")
+    return 0
+
+
 def command_calibrate(args: argparse.Namespace) -> int:
     from sim.output import check_file
 
@@ -330,6 +350,15 @@ def parser() -> argparse.ArgumentParser:
     capacity.add_argument("--out", help="output folder (default: results/capacity-<scenario>-<backend>)")
     capacity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     capacity.set_defaults(handler=command_capacity)
+
+    cost = commands.add_parser("cost", help="what one operation of each kind costs the server, per strategy "
+                                            "(round trips, commands, server time, bytes), and memory per user")
+    cost.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim")
+    cost.add_argument("--strategies", help="comma-separated (default: all)")
+    cost.add_argument("--repeats", type=positive, default=1000, help="operations of each kind (default 1000)")
+    cost.add_argument("--out", help="output folder (default: results/cost-<backend>)")
+    cost.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    cost.set_defaults(handler=command_cost)
 
     calibrate = commands.add_parser("calibrate", help="measure what a request costs a real redis-server here, "
                                                       "and write the simulation's service times")

@@ -110,6 +110,36 @@ def wire_size(request: Request) -> int:
     return len(f"*{len(words)}\r\n") + sum(len(f"${len(word)}\r\n") + len(word) + 2 for word in words)
 
 
+SIMPLE_REPLIES = frozenset({"OK", "QUEUED", "PONG"})
+
+
+def reply_size(request: Request, reply: Any) -> int:
+    """Bytes of a request's reply in RESP2, as a server sends it (a
+    transaction's +OK and +QUEUED included; OK, QUEUED and PONG as simple
+    strings)."""
+    kind = type(request)
+    if kind is Pipeline:
+        return sum(reply_size(item, answer) for item, answer in zip(request.commands, reply))
+    if kind is Transaction:
+        return 5 + 9 * len(request.commands) + _resp_size(reply)   # +OK, then +QUEUED per command
+    return _resp_size(reply)
+
+
+def _resp_size(value: Any) -> int:
+    if isinstance(value, CommandError):
+        return len(str(value).encode()) + 3
+    if value is None:
+        return 5                                     # $-1
+    if isinstance(value, bool) or isinstance(value, int):
+        return len(str(int(value))) + 3
+    if isinstance(value, (list, tuple)):
+        return len(f"*{len(value)}") + 2 + sum(_resp_size(item) for item in value)
+    if value in SIMPLE_REPLIES:
+        return len(value) + 3
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return len(f"${len(data)}") + 2 + len(data) + 2
+
+
 def run_now(operation: Operation, execute: Callable[[Request], Any]) -> Any:
     """Drive an operation to its end with ``execute``, outside simulated time
     (reading counters back for the checker, the differential tests); a

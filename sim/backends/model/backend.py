@@ -17,6 +17,7 @@ from sim.backends.model.persistence import Persistence
 from sim.backends.model.server import Server, ServiceTimes
 from sim.causes import attribute, relevant
 from sim.checker import Drift, check
+from sim.cost import CostTarget
 from sim.client import CAUSES
 from sim.faults import Fault
 from sim.nemesis import AckLog, StallTarget, rollback_horizon, tears_aof
@@ -100,6 +101,10 @@ class SimBackend(Backend):
                               execution.history.ambiguous, scenario.server.auto_failover)
         return {"drift_by_cause": attribute(drift, switchable, replay),
                 "wall_seconds_attribution": round(time.perf_counter() - started, 3)}
+
+    def cost_target(self, strategy: Strategy) -> CostTarget:
+        from sim.backends.model.cost import SimCostTarget
+        return SimCostTarget(strategy, make_server(ServerConfig()).service)
 
     def bench(self, args: argparse.Namespace) -> int:
         from sim.backends.model.bench import main

@@ -19,6 +19,7 @@ from sim.backends.real.driver import RealDriver
 from sim.backends.real.nemesis import RealNemesis
 from sim.backends.real.processes import ProcessError, find_binary
 from sim.backends.real.toxics import Toxics
+from sim.cost import CostTarget
 from sim.faults import Fault, strikes_network
 from sim.nemesis import AckLog, StallTarget, rollback_horizon
 from sim.scenario import Scenario
@@ -104,6 +105,13 @@ class RedisBackend(Backend):
 
     def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
         return RedisDeployment(scenario, schedule)
+
+    def cost_target(self, strategy: Strategy) -> CostTarget:
+        missing = missing_programs()
+        if missing:
+            raise BackendRefused(f"cost on real servers: {missing}")
+        from sim.backends.real.cost import RedisCostTarget
+        return RedisCostTarget(strategy)
 
     def bench(self, args: argparse.Namespace) -> int:
         from sim.backends.real.bench import main

@@ -1,0 +1,192 @@
+"""`countdrift cost`: what one operation of each kind costs the server, per
+strategy, and what a user's counters weigh in memory.
+
+Each strategy's operations run one at a time, from one client, with no
+fault and no contention, against a fresh server of the chosen backend
+(a :class:`CostTarget`). For each kind (a delivery in a 1:1 conversation, a
+delivery to a group of N, opening a conversation with unread messages,
+fetching the badge) the probe counts, per operation: round trips (requests
+the strategy sends: the same on every backend, since the strategy's code is
+the same), commands executed as INFO commandstats counts them (a script's
+redis.call included), server time, and bytes on the wire each way. Server
+time is the server's CPU (INFO cpu) on real servers and the calibrated
+service time in the simulation: the same quantity, which is how the
+simulation was calibrated (sim/backends/real/calibrate.py).
+
+Memory: a user with 10 conversations receives U unread messages (spread
+evenly over them); the user's keys (every key carrying the user's hash tag)
+are weighed with MEMORY USAGE. Only real servers answer this: the
+simulation does not model Redis's encodings, and says so.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from sim.commands import Operation, Request, run_now
+from strategies import make_strategy
+from strategies.base import Strategy
+
+COST_SCHEMA = 1
+GROUP_SIZES = (10, 100)
+UNREAD_LEVELS = (10, 100, 10_000)
+MEMORY_CONVERSATIONS = 10
+UNREAD_BEFORE_OPEN = 5   # messages waiting in a conversation that is opened
+
+
+@dataclass(frozen=True)
+class Meter:
+    """What the server counted between ``begin`` and ``end``."""
+
+    commands: int = 0
+    server_us: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class CostTarget(ABC):
+    """One fresh server of a backend, driven one request at a time."""
+
+    measures_memory: bool = False
+
+    @abstractmethod
+    def execute(self, request: Request) -> Any:
+        """Send one request (one round trip) and return its reply."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Empty the keyspace and load the strategy's scripts (not metered)."""
+
+    @abstractmethod
+    def begin(self) -> None:
+        """Start counting."""
+
+    @abstractmethod
+    def end(self) -> Meter:
+        """What the server counted since ``begin`` (less what reading it cost)."""
+
+    def memory(self, tag: str) -> int | None:
+        """Bytes held by the keys whose names contain ``tag`` (None: not measured)."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "CostTarget":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Kind:
+    """An operation kind: what to set up first (not metered), then the operation."""
+
+    label: str
+    setup: Callable[[Strategy, int], Iterator[Operation]]
+    operation: Callable[[Strategy, int], Operation]
+
+
+def _deliver_to(size: int) -> Callable[[Strategy, int], Operation]:
+    # Operation i: message i to conversation i, from user 0 to users 1..size of block i.
+    def operation(strategy: Strategy, i: int) -> Operation:
+        first = 1 + i * (size + 1)
+        return strategy.deliver(i, i, list(range(first, first + size)))
+    return operation
+
+
+def _nothing(strategy: Strategy, i: int) -> Iterator[Operation]:
+    return iter(())
+
+
+def _unread_before_open(strategy: Strategy, i: int) -> Iterator[Operation]:
+    for message in range(UNREAD_BEFORE_OPEN):
+        yield strategy.deliver(i * UNREAD_BEFORE_OPEN + message, i, [i])
+
+
+KINDS = (
+    Kind("deliver 1:1", _nothing, _deliver_to(1)),
+    *(Kind(f"deliver group {size}", _nothing, _deliver_to(size)) for size in GROUP_SIZES),
+    Kind(f"open conversation ({UNREAD_BEFORE_OPEN} unread)", _unread_before_open,
+         lambda strategy, i: strategy.open_conversation(i, i)),
+    Kind("fetch badge", _unread_before_open, lambda strategy, i: strategy.fetch_badge(i)),
+)
+
+
+class _Counting:
+    """Counts the round trips of the operations it runs."""
+
+    def __init__(self, target: CostTarget) -> None:
+        self.target = target
+        self.round_trips = 0
+
+    def __call__(self, request: Request) -> Any:
+        self.round_trips += 1
+        return self.target.execute(request)
+
+
+def probe_kind(strategy: Strategy, target: CostTarget, kind: Kind, repeats: int) -> dict[str, float]:
+    """Per-operation figures of ``repeats`` operations of one kind."""
+    target.reset()
+    for i in range(repeats):
+        for operation in kind.setup(strategy, i):
+            run_now(operation, target.execute)
+    counting = _Counting(target)
+    target.begin()
+    for i in range(repeats):
+        run_now(kind.operation(strategy, i), counting)
+    spent = target.end()
+    return {"round_trips": counting.round_trips / repeats, "commands": spent.commands / repeats,
+            "server_us": round(spent.server_us / repeats, 3), "bytes_in": spent.bytes_in / repeats,
+            "bytes_out": spent.bytes_out / repeats}
+
+
+def probe_memory(strategy: Strategy, target: CostTarget, unread: int) -> int | None:
+    """Bytes of one user's keys after ``unread`` messages reached it."""
+    target.reset()
+    user = 1
+    for message in range(unread):
+        run_now(strategy.deliver(message, message % MEMORY_CONVERSATIONS, [user]), target.execute)
+    return target.memory(f"{{u{user}}}")
+
+
+def measure(strategies: list[str], make_target: Callable[[Strategy], CostTarget], backend: str,
+            repeats: int, progress: Callable[[str], None] | None = None) -> dict:
+    """The cost document: per strategy, per kind, and memory per user."""
+    rows = {}
+    for name in strategies:
+        strategy = make_strategy(name)
+        with make_target(strategy) as target:
+            kinds = {}
+            for kind in KINDS:
+                if progress:
+                    progress(f"{name}: {kind.label}")
+                kinds[kind.label] = probe_kind(strategy, target, kind, repeats)
+            memory = {str(unread): probe_memory(strategy, target, unread) if target.measures_memory else None
+                      for unread in UNREAD_LEVELS}
+        rows[name] = {"kinds": kinds, "memory_bytes_per_user": memory}
+    return {"cost_schema": COST_SCHEMA, "backend": backend, "repeats": repeats,
+            "memory_conversations": MEMORY_CONVERSATIONS, "strategies": rows}
+
+
+def format_cost(document: dict) -> str:
+    """The cost table as text: one row per (strategy, kind), then memory."""
+    lines = [f"cost per operation on {document['backend']} ({document['repeats']} operations of each kind, "
+             "one client, no fault)",
+             f"{'strategy':<16}{'operation':<30}{'round trips':>12}{'commands':>10}{'server us':>11}"
+             f"{'bytes in':>10}{'bytes out':>11}"]
+    for name, row in document["strategies"].items():
+        for label, figures in row["kinds"].items():
+            lines.append(f"{name:<16}{label:<30}{figures['round_trips']:>12.2f}{figures['commands']:>10.2f}"
+                         f"{figures['server_us']:>11.2f}{figures['bytes_in']:>10.0f}{figures['bytes_out']:>11.0f}")
+    levels = [str(unread) for unread in UNREAD_LEVELS]
+    lines += ["", f"memory per user, bytes (MEMORY USAGE of the user's keys; "
+                  f"{document['memory_conversations']} conversations)",
+              f"{'strategy':<16}" + "".join(f"{level + ' unread':>16}" for level in levels)]
+    for name, row in document["strategies"].items():
+        memory = row["memory_bytes_per_user"]
+        lines.append(f"{name:<16}" + "".join(f"{'not modelled' if memory[level] is None else f'{memory[level]:,}':>16}"
+                                             for level in levels))
+    return "\n".join(lines)
