@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Callable
 
 from sim import __version__, backends
 from sim.errors import UsageError
@@ -204,10 +205,23 @@ def command_fidelity(args: argparse.Namespace) -> int:
     return 1 if document["disagreements"] else 0
 
 
-def command_capacity(args: argparse.Namespace) -> int:
-    from sim.capacity import RAMP, format_capacity, measure
+def _write_document(out: Path, file_name: str, make: Callable[[], dict], show: Callable[[dict], str]) -> int:
+    """Check ``--out``, write the document ``make`` returns there whole, print it."""
     from sim.output import OutputFolder
     from sim.results import write_json
+
+    with OutputFolder(out, "--out") as folder:
+        document = make()
+        write_json(folder.partial / file_name, document)
+        folder.commit()
+    Done.written = f"{file_name} in {out}"
+    print(show(document))
+    print(f"{file_name.removesuffix('.json')}: {out / file_name}")
+    return 0
+
+
+def command_capacity(args: argparse.Namespace) -> int:
+    from sim.capacity import RAMP, format_capacity, measure
     from sim.runner import stderr_progress
     from sim.scenario import load
 
@@ -216,39 +230,29 @@ def command_capacity(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.slo_p99_ms) and 0 < args.slo_p99_ms <= 3_600_000):
         raise UsageError(f"--slo-p99-ms: a number of milliseconds above 0, got {args.slo_p99_ms}")
     counts = RAMP if args.clients is None else tuple(positive(count) for count in args.clients.split(","))
-    out = Path(args.out) if args.out else Path("results") / f"capacity-{scenario.name}-{args.backend}"
-    with OutputFolder(out, "--out") as folder:
+
+    def make() -> dict:
         refusal = backends.get(args.backend).refuse(scenario)
         if refusal:
             raise UsageError(f"--backend {args.backend}: {refusal}")
-        document = measure(scenario, strategies, args.backend, args.slo_p99_ms, counts,
-                           None if args.quiet else stderr_progress())
-        write_json(folder.partial / "capacity.json", document)
-        folder.commit()
-    Done.written = f"capacity.json in {out}"
-    print(format_capacity(document))
-    print(f"capacity: {out / 'capacity.json'}")
-    return 0
+        return measure(scenario, strategies, args.backend, args.slo_p99_ms, counts,
+                       None if args.quiet else stderr_progress())
+
+    out = Path(args.out) if args.out else Path("results") / f"capacity-{scenario.name}-{args.backend}"
+    return _write_document(out, "capacity.json", make, format_capacity)
 
 
 def command_cost(args: argparse.Namespace) -> int:
     from sim.cost import format_cost, measure
-    from sim.output import OutputFolder
-    from sim.results import write_json
     from strategies import STRATEGIES
 
-    strategies = _strategies(args.strategies, tuple(STRATEGIES))
+    strategies = list(_strategies(args.strategies, tuple(STRATEGIES)))
     target = backends.get(args.backend)
+    progress = None if args.quiet else (lambda step: print(f"cost: {step}", file=sys.stderr, flush=True))
     out = Path(args.out) if args.out else Path("results") / f"cost-{args.backend}"
-    with OutputFolder(out, "--out") as folder:
-        progress = None if args.quiet else (lambda step: print(f"cost: {step}", file=sys.stderr, flush=True))
-        document = measure(list(strategies), target.cost_target, args.backend, args.repeats, progress)
-        write_json(folder.partial / "cost.json", document)
-        folder.commit()
-    Done.written = f"cost.json in {out}"
-    print(format_cost(document))
-    print(f"cost: {out / 'cost.json'}")
-    return 0
+    return _write_document(out, "cost.json",
+                           lambda: measure(strategies, target.cost_target, args.backend, args.repeats, progress),
+                           format_cost)
 
 
 def command_calibrate(args: argparse.Namespace) -> int:
