@@ -51,23 +51,34 @@ def save(figure, folder: Path, name: str) -> list[Path]:
 
 
 @styled
-def tradeoff(document: dict) -> Figure:
-    """Throughput and p99 latency against drift: the trade-off a review asks for."""
+def tradeoff(document: dict, capacity: dict | None = None) -> Figure:
+    """Throughput (each strategy's capacity, when a capacity.json of the same
+    scenario and backend is given) and p99 latency against drift: the
+    trade-off a review asks for."""
     figure = Figure(figsize=(10, 4))
     left, right = figure.subplots(1, 2)
+    capacities = {name: result["capacity_ops_per_s"] for name, result in (capacity or {}).get("strategies", {}).items()}
     for run in document["runs"]:
         drift = run["drift"]["abs_drift_sum"]
-        for axis, x in ((left, run["throughput_ops_per_s"]), (right, run["latency_ms"]["p99"])):
+        places = [(right, run["latency_ms"]["p99"])]
+        if not capacity or run["strategy"] in capacities:
+            places.append((left, capacities.get(run["strategy"], run["throughput_ops_per_s"])))
+        for axis, x in places:
             axis.scatter(x, drift, s=70, color=colour(run["strategy"]), label=run["strategy"], zorder=3,
                          edgecolor="black", linewidth=0.4)
-    throughputs = [run["throughput_ops_per_s"] for run in document["runs"]]
-    if throughputs and max(throughputs) - min(throughputs) < 0.01 * max(throughputs):
-        # Open-loop traffic below saturation: every strategy served the offered rate.
-        middle = sum(throughputs) / len(throughputs)
-        left.set_xlim(middle * 0.95, middle * 1.05)
+    if capacity:
+        left.set(xlabel=f"capacity (operations/s with p99 <= {capacity['slo_p99_ms']:g} ms, closed loop, no faults)",
+                 title="capacity vs drift")
+    else:
+        throughputs = [run["throughput_ops_per_s"] for run in document["runs"]]
+        if throughputs and max(throughputs) - min(throughputs) < 0.01 * max(throughputs):
+            # Open-loop traffic below saturation: every strategy served the offered rate.
+            middle = sum(throughputs) / len(throughputs)
+            left.set_xlim(middle * 0.95, middle * 1.05)
+        left.set(xlabel="throughput (operations/s; the offered rate below saturation: see countdrift capacity)",
+                 title="throughput vs drift")
     left.ticklabel_format(axis="x", useOffset=False, style="plain")
-    left.set(xlabel="throughput (operations/s)", ylabel="|drift| (sum over users of |total - truth|)",
-             title="throughput vs drift")
+    left.set(ylabel="|drift| (sum over users of |total - truth|)")
     right.set(xlabel="p99 latency (ms)", title="p99 latency vs drift")
     right.set_xscale("log")
     right.legend(fontsize=7, loc="best")

@@ -122,16 +122,17 @@ def command_trace(args: argparse.Namespace) -> int:
 
 def command_report(args: argparse.Namespace) -> int:
     from sim.output import OutputFolder
-    from sim.report import ReportError, find_fidelity, find_results, load_results, write_report
+    from sim.report import ReportError, find_documents, find_results, load_results, write_report
 
     out = Path(args.out)
     with OutputFolder(out, "--out") as folder:
         try:
             documents = [load_results(path) for path in find_results(args.results)]
-            fidelities = find_fidelity(args.results)
+            fidelities = find_documents(args.results, "fidelity.json")
+            capacities = find_documents(args.results, "capacity.json")
         except ReportError as error:
             raise UsageError(str(error)) from None
-        markdown, page = write_report(documents, folder.partial, fidelities)
+        markdown, page = write_report(documents, folder.partial, fidelities, capacities)
         folder.commit()
     Done.written = f"the report in {out}"
     print(f"report: {out / page.name} (and {markdown.name}, charts as PNG and SVG in {out})")

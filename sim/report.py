@@ -22,7 +22,7 @@ def find_results(paths: list[str]) -> list[Path]:
         path = Path(name)
         if path.is_dir():
             found.extend(sorted(path.rglob("results.json")))
-        elif path.is_file() and path.name != "fidelity.json":
+        elif path.is_file() and path.name not in ("fidelity.json", "capacity.json"):
             found.append(path)
         elif path.is_file():
             continue
@@ -33,18 +33,28 @@ def find_results(paths: list[str]) -> list[Path]:
     return found
 
 
-def find_fidelity(paths: list[str]) -> list[dict]:
-    """The fidelity.json documents under the folders named (or named themselves)."""
+def find_documents(paths: list[str], file_name: str) -> list[dict]:
+    """The ``file_name`` documents (fidelity.json, capacity.json) under the
+    folders named, or named themselves."""
     found = []
     for name in paths:
         path = Path(name)
-        candidates = sorted(path.rglob("fidelity.json")) if path.is_dir() else [path] * (path.name == "fidelity.json")
+        candidates = sorted(path.rglob(file_name)) if path.is_dir() else [path] * (path.name == file_name)
         for candidate in candidates:
             try:
                 found.append(json.loads(candidate.read_text()))
-            except (OSError, json.JSONDecodeError) as error:
-                raise ReportError(f"{candidate}: not a readable fidelity.json ({error})") from None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ReportError(f"{candidate}: not a readable {file_name} ({error})") from None
     return found
+
+
+def capacity_of(document: dict, capacities: list[dict]) -> dict | None:
+    """The capacity measured for a results document's scenario and backend
+    (the last one given), or None."""
+    matching = [capacity for capacity in capacities
+                if capacity.get("scenario", {}).get("name") == document["scenario"]["name"]
+                and capacity.get("backend") == document["backend"]]
+    return matching[-1] if matching else None
 
 
 RUN_KEYS = ("strategy", "drift", "throughput_ops_per_s", "latency_ms", "faults", "timeline")
@@ -72,7 +82,7 @@ def _slug(document: dict) -> str:
     return f"{document['scenario']['name']}-{document['backend']}-s{document['seed']}"
 
 
-def draw_all(documents: list[dict], folder: Path) -> list[tuple[str, Path]]:
+def draw_all(documents: list[dict], folder: Path, capacities: list[dict] = ()) -> list[tuple[str, Path]]:
     """Every chart, as (caption, PNG path)."""
     drawn: list[tuple[str, Path]] = []
     if len(documents) > 1:
@@ -81,7 +91,10 @@ def draw_all(documents: list[dict], folder: Path) -> list[tuple[str, Path]]:
             drawn.append((caption, charts.save(charts.matrix(documents, field), folder, f"matrix-{field}")[0]))
     for document in documents:
         slug = _slug(document)
-        for name, chart, caption in (("tradeoff", charts.tradeoff, "Throughput and p99 latency vs drift"),
+        capacity = capacity_of(document, capacities)
+        tradeoff = ("tradeoff", lambda document: charts.tradeoff(document, capacity),
+                    "Capacity and p99 latency vs drift" if capacity else "Throughput and p99 latency vs drift")
+        for name, chart, caption in (tradeoff,
                                      ("timeline", charts.timeline, "Drift and throughput over time"),
                                      ("latency", charts.latency, "Latency percentiles")):
             figure = chart(document)
@@ -99,7 +112,7 @@ def _markdown_table(document: dict) -> list[str]:
     return lines
 
 
-def _section(document: dict) -> list[str]:
+def _section(document: dict, capacity: dict | None = None) -> list[str]:
     scenario = document["scenario"]
     lines = [f"## {charts.title_of(document)}", "",
              f"- scenario: `{scenario['name']}` from `{scenario.get('path', '?')}` "
@@ -111,6 +124,12 @@ def _section(document: dict) -> list[str]:
              f"- reproduce: `countdrift run {scenario.get('path', 'SCENARIO')} --seed {document['seed']}"
              + (" --backend redis" if document["backend"] == "redis" else "") + "`", ""]
     lines += _markdown_table(document)
+    if capacity:
+        lines += ["", f"Capacity (`countdrift capacity`: the best throughput with p99 <= "
+                      f"{capacity['slo_p99_ms']:g} ms, closed loop, no faults; the trade-off chart plots it):", "",
+                  "| strategy | capacity ops/s | clients |", "|---|---|---|"]
+        lines += [f"| {name} | {result['capacity_ops_per_s']:,.0f} | {result['clients']} |"
+                  for name, result in capacity["strategies"].items()]
     faults = document["runs"][0]["faults"] if document["runs"] else []
     if faults:
         lines += ["", "Faults applied (the same schedule for every strategy):", ""]
@@ -145,9 +164,10 @@ def _fidelity_section(document: dict, index: int, folder: Path, drawn: list[tupl
     return lines + [""]
 
 
-def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = ()) -> tuple[Path, Path]:
+def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = (),
+                 capacities: list[dict] = ()) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    drawn = draw_all(documents, folder)
+    drawn = draw_all(documents, folder, capacities)
     markdown = ["# countdrift report", "",
                 "Drift is how far the counters ended from the truth (the message log): `inconsistent` users "
                 "have a total that is not the sum of their conversation counts, `wrong total` users a total "
@@ -155,7 +175,7 @@ def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = (
     for index, fidelity in enumerate(fidelities):
         markdown += _fidelity_section(fidelity, index, folder, drawn)
     for document in documents:
-        markdown += _section(document)
+        markdown += _section(document, capacity_of(document, capacities))
     markdown += ["## Charts", ""]
     for caption, png in drawn:
         markdown += [f"### {caption}", "", f"![{caption}]({png.name})", ""]

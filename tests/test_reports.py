@@ -49,6 +49,35 @@ def test_report_writes_every_chart_and_the_page(small_results, tmp_path, capsys)
     assert page.count("data:image/png;base64,") == 8   # self-contained: every chart inline
 
 
+def test_the_tradeoff_plots_capacity_when_it_was_measured(small_results, tmp_path):
+    from sim import charts
+    from sim.capacity import measure
+    from sim.report import capacity_of
+
+    document = json.loads(small_results.read_text())
+    scenario = load(Path(document["scenario"]["path"]))
+    capacity = measure(scenario, ["naive", "lua"], "sim", 10.0, (1, 4))
+    assert capacity_of(document, [capacity]) is capacity
+    assert capacity_of({**document, "backend": "redis"}, [capacity]) is None
+    figure = charts.tradeoff(document, capacity)
+    left = figure.axes[0]
+    plotted = sorted(float(points.get_offsets()[0][0]) for points in left.collections)
+    assert plotted == sorted(result["capacity_ops_per_s"] for result in capacity["strategies"].values())
+    assert "capacity" in left.get_xlabel()
+    offered = charts.tradeoff(document)   # without a capacity: the offered rate, said so
+    assert "offered rate" in offered.axes[0].get_xlabel() and len(offered.axes[0].collections) == 3
+
+    folder = tmp_path / "results"
+    (folder / "capacity-small-sim").mkdir(parents=True)
+    (folder / "capacity-small-sim" / "capacity.json").write_text(json.dumps(capacity))
+    (folder / "run").mkdir()
+    (folder / "run" / "results.json").write_text(small_results.read_text())
+    out = tmp_path / "report"
+    assert main(["report", str(folder), "--out", str(out)]) == 0
+    markdown = (out / "summary.md").read_text()
+    assert "Capacity and p99 latency vs drift" in markdown and "| lua |" in markdown
+
+
 def test_report_explains_a_missing_file(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope.json"), "--out", str(tmp_path / "r")]) == 2
     assert "nope.json" in capsys.readouterr().err
