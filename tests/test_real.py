@@ -44,6 +44,7 @@ def test_fault_free_run_has_no_drift_but_naive(tmp_path):
             wrong = {key: value for key, value in run["drift"].items() if key not in ("users", "hidden_max") and value}
             assert not wrong, f"{name} drifted on a real server without faults: {wrong}"
         assert run["wall_seconds"] > 0 and run["redis_commands"] > 0
+        assert run["client_path"] == "direct" and 0 < run["server_cpu_share"] < 2, run["server_cpu_share"]
     # Latency below a millisecond is measured (uvloop's own clock has whole milliseconds).
     assert any(run["latency_ms"]["p50"] % 1.0 for run in results["runs"])
 

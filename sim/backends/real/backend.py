@@ -60,9 +60,11 @@ class RedisDeployment(Deployment):
 
     def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
         self.servers.wait_for_replicas()
+        server_before = self._server_cpu()
         started = time.perf_counter()
         driver, nemesis = uvloop.run(self._run(strategy, trace, progress))
         wall = time.perf_counter() - started
+        server_after = self._server_cpu()
         counters = driver.counters()
         info = self.servers.primary.client().info("commandstats")
         return Execution(
@@ -74,8 +76,17 @@ class RedisDeployment(Deployment):
                 "redis_commands": sum(stats["calls"] for stats in info.values()),
                 "resets_missed": driver.resets_missed,
                 "client_path": "toxiproxy" if self.servers.proxied else "direct",
+                # How busy the primary was: near 1, Redis bounds the run; well below, the harness does
+                # (None when the primary died or changed during the run).
+                "server_cpu_share": (round((server_after[1] - server_before[1]) / wall, 3)
+                                     if server_before[0] == server_after[0] and wall > 0 else None),
                 "wall_seconds": round(wall, 3),
             })
+
+    def _server_cpu(self) -> tuple[str, float]:
+        """The primary process's run id and CPU seconds so far."""
+        info = self.servers.primary.client().info("all")
+        return info["run_id"], float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     async def _run(self, strategy: Strategy, trace: Trace, progress: Progress | None):
         scenario, servers = self.scenario, self.servers
