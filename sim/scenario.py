@@ -66,6 +66,8 @@ class ServerConfig:
     rdb_interval_s: float = 60.0
     replicas: int = 1
     replication_lag_ms: float = 5.0
+    min_replicas_to_write: int = 0     # Redis refuses writes with fewer connected replicas (0: off)
+    min_replicas_max_lag: int = 10     # seconds: a replica silent longer does not count
     auto_failover: bool = False        # Sentinel promotes a replica when the primary stays down
     failover_detection_s: float = 1.0  # Sentinel's down-after plus election
 
@@ -132,6 +134,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "clients.wait_timeout_ms": (0, 3_600_000),
     "server.request_us": (0, 1_000_000), "server.command_us": (0, 1_000_000), "server.script_us": (0, 1_000_000),
     "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
+    "server.min_replicas_to_write": (0, 5), "server.min_replicas_max_lag": (1, 3600),
     "server.replication_lag_ms": (0, 600_000), "server.failover_detection_s": (0, 3600),
     "run.timeline_points": (0, 10_000), "run.think_time_ms": (0, 3_600_000),
     "seed": (0, 2 ** 63 - 1),

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 
 from sim.backends.model.driver import SimDriver
+from sim.backends.model.server import REPLICA_CRON_S
 from sim.client import in_flight, strike_clients
 from sim.faults import Fault
-from sim.nemesis import AckLog, FaultLog, StallTarget
+from sim.nemesis import AckLog, FaultLog, StallTarget, uniform
 from sim.scenario import ServerConfig
 from strategies import keys
 
@@ -29,6 +30,7 @@ class Nemesis:
         self.target = target
         self.log = FaultLog(schedule)
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E3E]))
+        self.seed = seed
 
     def processes(self) -> list:
         return [self._apply(index, fault) for index, fault in enumerate(self.schedule)]
@@ -61,7 +63,9 @@ class Nemesis:
         if replica:
             self.server.fail_over(now, down_for, keep_until, self._preserved())
         else:
-            self.server.crash(now, down_for, keep_until, tear_bytes)
+            # The replicas' cron ticks fall anywhere in the second after the restart.
+            self.server.crash(now, down_for, keep_until, tear_bytes,
+                              replicas_after_s=uniform(self.seed, index, 0x5E1C) * REPLICA_CRON_S)
 
     def _losses(self, index: int, died_at: float, keep_until: float) -> None:
         acknowledged, confirmed = self.acks.lost(keep_until, died_at)

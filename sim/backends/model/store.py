@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from sim.backends.model.journal import Journal
-from sim.commands import CommandError
+from sim.commands import READ_ONLY, CommandError
 
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 NOT_INTEGER = "ERR value is not an integer or out of range"
@@ -75,6 +75,9 @@ class Store:
         # that changed a key, in the order it ran, until the server takes them.
         self.batch: list[tuple] | None = None
         self._wrote = False
+        # Set while the server refuses writes (min-replicas-to-write): the
+        # error a write command gets, inside a script too.
+        self.refusal: CommandError | None = None
         # key -> connections WATCHing it; a write marks them dirty (touchWatchedKey).
         self.watchers: dict[str, set] = {}
         self.commands: dict[str, Callable[..., Any]] = {
@@ -148,6 +151,8 @@ class Store:
             n = len(words)
             if (arity >= 0 and n != arity) or (arity < 0 and n < -arity):
                 check_arity(words)
+        if self.refusal is not None and str(words[0]).upper() not in READ_ONLY:
+            raise self.refusal
         if self.batch is None:
             return handler(*words[1:])
         self._wrote = False

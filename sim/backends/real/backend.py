@@ -49,7 +49,9 @@ class RedisDeployment(Deployment):
         self.servers = Servers(server.appendonly, server.appendfsync, server.rdb_interval_s,
                                replicas=server.replicas, clients=scenario.clients.count,
                                replication_lag_ms=server.replication_lag_ms,
-                               client_proxies=strikes_network(schedule))
+                               client_proxies=strikes_network(schedule),
+                               min_replicas_to_write=server.min_replicas_to_write,
+                               min_replicas_max_lag=server.min_replicas_max_lag)
 
     def __enter__(self) -> "RedisDeployment":
         self.servers.__enter__()

@@ -24,7 +24,8 @@ from sim.backends.real.processes import RedisServer, ToxiproxyServer
 class Servers:
     def __init__(self, appendonly: bool = True, appendfsync: str = "everysec", rdb_interval_s: float = 60.0,
                  replicas: int = 0, clients: int = 1, replication_lag_ms: float = 0.0,
-                 keep_folder: bool = False, client_proxies: bool = True) -> None:
+                 keep_folder: bool = False, client_proxies: bool = True, min_replicas_to_write: int = 0,
+                 min_replicas_max_lag: int = 10) -> None:
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.rdb_interval_s = rdb_interval_s
@@ -33,6 +34,8 @@ class Servers:
         self.replication_lag_ms = replication_lag_ms
         self.keep_folder = keep_folder
         self.proxied = client_proxies
+        self.min_replicas = {"min-replicas-to-write": str(min_replicas_to_write),
+                             "min-replicas-max-lag": str(min_replicas_max_lag)} if min_replicas_to_write else {}
         self.folder = Path(tempfile.mkdtemp(prefix="countdrift-"))
         self.toxiproxy = ToxiproxyServer(self.folder)
         self.primary: RedisServer | None = None
@@ -54,9 +57,10 @@ class Servers:
         self.close()
 
     def persistence_config(self) -> dict[str, str]:
+        """Persistence, and min-replicas (every node: a replica may be promoted)."""
         if self.appendonly:
-            return {"appendonly": "yes", "appendfsync": self.appendfsync}
-        return {"appendonly": "no", "save": f"{max(1, int(self.rdb_interval_s))} 1"}
+            return {"appendonly": "yes", "appendfsync": self.appendfsync, **self.min_replicas}
+        return {"appendonly": "no", "save": f"{max(1, int(self.rdb_interval_s))} 1", **self.min_replicas}
 
     def start(self) -> None:
         self.toxiproxy.start()
