@@ -66,17 +66,36 @@ def kind_scenarios() -> list[str]:
 
 @pytest.fixture(scope="module")
 def matrix() -> list[dict]:
+    """Every kind's cells. A real run is one draw of its timing: where a
+    cell's class differs, the real side runs once more, and the cell
+    disagrees only if the second run disagrees too (a rare event the
+    simulation lacks, such as a kill between an AOF write and its reply,
+    does not fail the suite; a systematic difference does)."""
     cells = []
     for name in kind_scenarios():
         scenario = short(name)
         trace = generate(scenario.traffic, scenario.seed)
         documents = {backend: run_scenario(scenario, STRATEGIES, trace, backend=backend, explain=False)
                      for backend in ("sim", "redis")}
-        cells.extend(cells_of(documents))
+        found = cells_of(documents)
+        if any(class_differs(cell) for cell in found):
+            again = cells_of({**documents, "redis": run_scenario(scenario, STRATEGIES, trace, backend="redis",
+                                                                  explain=False)})
+            for first, second in zip(found, again):
+                if class_differs(first):
+                    print(f"\n{name} {first['strategy']}: {first['disagreement']}; run again: "
+                          f"{second['disagreement'] or 'agrees'}")
+            found = [second if class_differs(first) else first for first, second in zip(found, again)]
+        cells.extend(found)
     print("\n" + format_matrix({"backends": ["sim", "redis"], "cells": cells, "size_floor": 20,
                                 "size_factor": 2.0,
                                 "disagreements": sum(cell["disagreement"] is not None for cell in cells)}))
     return cells
+
+
+def class_differs(cell: dict) -> bool:
+    return ((cell["scenario"], cell["strategy"]) not in CLASS_NOT_COMPARED
+            and (cell["disagreement"] or "").startswith("class"))
 
 
 def test_every_fault_kind_has_a_scenario():
@@ -132,7 +151,7 @@ def test_drift_classes_are_named_by_their_precedence():
     assert drift_class({**base, "users_inconsistent": 1, "total_over": 5}) == "inconsistent"
 
 
-def test_small_consistent_drift_is_one_class_but_none_and_inconsistent_are_not():
+def test_small_consistent_drift_is_one_class_and_noise_is_none_but_inconsistent_is_not():
     def run(size: int, **counts: int) -> dict:
         drift = {"users_inconsistent": 0, "total_over": 0, "total_under": 0, "convs_wrong": 0,
                  "abs_drift_sum": size, **counts}
@@ -140,7 +159,8 @@ def test_small_consistent_drift_is_one_class_but_none_and_inconsistent_are_not()
 
     over, moved = run(5, total_over=5, convs_wrong=4), run(2, convs_wrong=2)
     assert compare_runs(over, moved) is None
-    assert compare_runs(run(0), moved) == "class: none vs conversations wrong"
+    assert compare_runs(run(0), moved) is None            # a few counts: noise
+    assert compare_runs(run(0), over) == "class: none vs total over"
     assert compare_runs(run(3, users_inconsistent=1, convs_wrong=1), moved).startswith("class")
     big_over = run(SIZE_FLOOR + 1, total_over=4, convs_wrong=4)
     assert compare_runs(big_over, run(SIZE_FLOOR + 1, convs_wrong=9)) == "class: total over vs conversations wrong"
