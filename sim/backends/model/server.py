@@ -45,7 +45,7 @@ READ_CHUNK_BYTES = 16 * 1024   # PROTO_IOBUF_LEN: what Redis reads from a socket
 # next tick: up to a second (0.91-0.98 s measured on redis 7.0.15 here with
 # an instant restart; ~0.65 s on average in faults_server_crash).
 REPLICA_CRON_S = 1.0
-NOREPLICAS = CommandError("NOREPLICAS Not enough good replicas to write.")
+NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,8 @@ class Server:
         Each command, script and transaction is one unit of the AOF."""
         if type(request) is Pipeline:
             return [self.run(connection, r) for r in request.commands]
-        self.store.refusal = NOREPLICAS if self._too_few_replicas() else None
+        if self.min_replicas_to_write:
+            self.store.refusal = NOREPLICAS if self._too_few_replicas() else None
         try:
             return self._execute(connection, request)
         finally:
@@ -356,8 +357,7 @@ class Server:
         raise CommandError(f"ERR unknown subcommand or wrong number of arguments for 'SCRIPT {sub}'")
 
     def _too_few_replicas(self) -> bool:
-        wanted = self.min_replicas_to_write
-        return wanted > 0 and (self.replicas < wanted or self.store.now < self.replicas_back_at)
+        return self.replicas < self.min_replicas_to_write or self.store.now < self.replicas_back_at
 
     def _transaction(self, connection: Connection, commands: tuple) -> Any:
         self.requests += 2  # MULTI and EXEC; the queued commands count as they run
@@ -366,7 +366,7 @@ class Server:
                 if type(words) is not Script:
                     check_arity(words)
                     if self.store.refusal is not None and may_write(words):   # refused as it is queued
-                        raise self.store.refusal
+                        raise CommandError(self.store.refusal)
         except CommandError:
             self.requests += len(commands)
             self.store.unwatch(connection)

@@ -76,8 +76,9 @@ class Store:
         self.batch: list[tuple] | None = None
         self._wrote = False
         # Set while the server refuses writes (min-replicas-to-write): the
-        # error a write command gets, inside a script too.
-        self.refusal: CommandError | None = None
+        # error a write command gets, inside a script too (a new exception
+        # each time: one raised again keeps growing its traceback).
+        self.refusal: str | None = None
         # key -> connections WATCHing it; a write marks them dirty (touchWatchedKey).
         self.watchers: dict[str, set] = {}
         self.commands: dict[str, Callable[..., Any]] = {
@@ -152,7 +153,7 @@ class Store:
             if (arity >= 0 and n != arity) or (arity < 0 and n < -arity):
                 check_arity(words)
         if self.refusal is not None and str(words[0]).upper() not in READ_ONLY:
-            raise self.refusal
+            raise CommandError(self.refusal)
         if self.batch is None:
             return handler(*words[1:])
         self._wrote = False
