@@ -12,6 +12,9 @@ counters, one at a time, and replay the same trace and schedule:
   power loss keeps what a process crash keeps;
 - ``lost_on_failover``: acknowledged writes the promoted replica never got;
   off: the replica has everything;
+- ``lost_in_split_brain``: writes the old primary took from the clients left
+  on its side of a split brain, gone when it rejoined as a replica; off: no
+  client is left on its side (all wait for the promoted replica);
 - ``two_lock_holders``: a lock that expired under a paused holder, or vanished
   in a failover; off: pauses fall between operations, lock keys survive;
 - ``repaired`` (lua_repair only): what the repair put right; off: no repair.
@@ -37,10 +40,10 @@ ATTRIBUTED = ("abs_drift_sum", "users_wrong_total", "overcount", "undercount")
 
 
 def relevant(strategy: str, schedule: list[Fault], gave_up: int, ambiguous: int,
-             auto_failover: bool) -> list[str]:
-    """The switchable causes that can change this run's drift (the others add 0)."""
+             failover: bool) -> list[str]:
+    """The switchable causes that can change this run's drift (the others add
+    0); ``failover``: whether a fault of the schedule may promote a replica."""
     kinds = {fault.kind for fault in schedule}
-    failover = "failover" in kinds or (auto_failover and "server_crash" in kinds)
     causes = []
     if gave_up:
         causes.append("gave_up")
@@ -50,6 +53,8 @@ def relevant(strategy: str, schedule: list[Fault], gave_up: int, ambiguous: int,
         causes.append("lost_unfsynced")
     if failover:
         causes.append("lost_on_failover")
+    if "split_brain" in kinds:
+        causes.append("lost_in_split_brain")
     if strategy == "lock" and ("client_pause" in kinds or failover):
         causes.append("two_lock_holders")
     if strategy == "lua_repair":

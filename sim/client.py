@@ -15,7 +15,8 @@ from strategies.base import Strategy
 
 # Mechanisms by which counters go wrong, each one a run can switch off to
 # measure what it contributes (see sim/causes.py).
-CAUSES = ("gave_up", "retry_applied_twice", "lost_unfsynced", "lost_on_failover", "two_lock_holders")
+CAUSES = ("gave_up", "retry_applied_twice", "lost_unfsynced", "lost_on_failover", "lost_in_split_brain",
+          "two_lock_holders")
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,16 @@ class Client:
     def __init__(self, index: int) -> None:
         self.index = index
         self.connection: Any = None
+        self.node = ""                        # the server its connection reached
+        self.connects: list[tuple[float, str]] = []   # (when, server) of every connection it opened
         self.sending = False                  # a request is out, its reply not back
         self.crash_for: float | None = None   # set by a client_crash: dies mid-operation
         self.pause_for: float | None = None   # set by a client_pause: freezes mid-operation
         self.struck_since = 0.0               # when the crash or pause was set
+
+    def connected(self, now: float, node: str) -> None:
+        self.node = node
+        self.connects.append((now, node))
 
     def crash(self, now: float, down_for: float) -> None:
         self.crash_for, self.struck_since = down_for, now
@@ -228,15 +235,16 @@ class ClientLoop:
                 between = deferred
                 if writes and self.exact_commits:
                     history.applied(op, applied_at)
-                if writes and acks is not None:
-                    acked = acks.acknowledged(applied_at, op)
+                acked = None   # an error reply (NOREPLICAS, READONLY) acknowledged nothing
+                if writes and acks is not None and inside is None and not isinstance(reply, CommandError):
+                    acked = acks.acknowledged(applied_at, op, client.node)
                 if writes and self.wait_replicas:
                     number += 1
                     replicas, _, _ = yield from self._send(
                         client, ("WAIT", self.wait_replicas, int(self.config.wait_timeout_ms)), op, attempt, number)
                     replicas = replicas if type(replicas) is int else 0
                     self.wait_replies[replicas] = self.wait_replies.get(replicas, 0) + 1
-                    if acks is not None and replicas >= self.wait_replicas:
+                    if acked is not None and replicas >= self.wait_replicas:
                         acked.confirmed = True
                 if isinstance(reply, CommandError):
                     error, reply = reply, None

@@ -89,6 +89,11 @@ _SERVER_LOSS = {
     "acknowledged_writes_lost": "operations whose write the server had acknowledged and that did not survive",
     "wait_confirmed_writes_lost": "of those, operations that WAIT had confirmed on enough replicas",
 }
+_PROMOTION = {
+    "promoted_at": "when the promoted replica was named the primary, in run seconds (null: none was)",
+    "clients_on_old_primary_s": "per client, on average, how long from the fault until its first request "
+                                "on the promoted replica (until the run's end for one that never got there)",
+}
 _TEAR = Param("tear_bytes", int, "bytes", 0, 0, 1 << 20,
               "bytes of the first unsynced AOF write that reach the disk anyway (a torn tail)")
 
@@ -102,8 +107,10 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
               (Param("clients", int, "clients", 1, 1, 100_000, "virtual clients that pause"),),
               {"clients": "the virtual clients struck"}),
     FaultSpec("server_crash", "redis-server is killed (SIGKILL); the OS page cache survives",
-              "how long the server stays down (a replica is promoted first if Sentinel is on)", 0.5,
-              (), {**_SERVER_LOSS, "promoted": "whether a replica was promoted instead of a restart"}),
+              "how long the server stays down (with Sentinel on, it promotes a replica if that is long "
+              "enough, and the old primary rejoins as a replica)", 0.5,
+              (), {**_SERVER_LOSS, "promoted": "whether a replica was promoted instead of a restart",
+                   **_PROMOTION}),
     FaultSpec("power_loss", "the machine loses power: what was not fsynced is lost",
               "how long the machine stays down", 1.0, (_TEAR,), _SERVER_LOSS),
     FaultSpec("mid_script_power_loss",
@@ -118,10 +125,11 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                                          "or none (the window ended)",
                "target_operation": "the kind of operation struck (deliver, open_conversation), or null"}),
     FaultSpec("failover", "the primary dies; a replica that lacks the last `lag_ms` of writes is promoted",
-              "how long until the replica is promoted", 1.0,
+              "how long until the replica is promoted (with Sentinel on: Sentinel promotes it when it "
+              "decides, and the old primary stays down at least this long)", 1.0,
               (Param("lag_ms", float, "ms", -1.0, -1.0, 600_000.0,
                      "how far the replica is behind (-1: the scenario's replication_lag_ms)"),),
-              _SERVER_LOSS),
+              {**_SERVER_LOSS, **_PROMOTION}),
     FaultSpec("partition", "clients are cut from the primary: connections refused and reset",
               "how long the partition lasts", 1.0, network=True),
     FaultSpec("latency", "added network delay and jitter on every request, each way",
@@ -135,6 +143,21 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
               {"replies_lost": "requests that ran and whose reply the reset took"}, network=True),
     FaultSpec("blackhole", "requests vanish without an answer; clients time out",
               "how long requests vanish", 1.0, network=True),
+    FaultSpec("split_brain",
+              "the primary is cut off from the sentinels, its replicas and most clients; a share of the "
+              "clients stays with it, and it takes their writes while Sentinel promotes a replica on the "
+              "other side; those writes are lost when it rejoins as a replica (needs Sentinel)",
+              "how long the partition lasts (Sentinel demotes the old primary some seconds after it heals)", 5.0,
+              (Param("clients_share", float, "share of clients", 0.25, 0.0, 1.0,
+                     "the clients left on the old primary's side"),),
+              {"clients_left": "how many virtual clients were left with the old primary",
+               "promoted": "whether Sentinel promoted a replica on the other side",
+               **_PROMOTION,
+               "old_primary_acknowledged": "operations whose write the old primary acknowledged after the cut",
+               "acknowledged_writes_lost": "operations whose acknowledged write did not survive: those, when "
+                                           "a replica was promoted, and what the replica lacked at the cut",
+               "demoted_at": "when Sentinel made the old primary a replica (null: not before the run ended)"},
+              network=True),
 )}
 
 FAULT_KINDS = tuple(SPECS)

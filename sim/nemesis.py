@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sim.faults import Fault, effects_record
 
 if TYPE_CHECKING:
-    from sim.scenario import ServerConfig
+    from sim.scenario import SentinelConfig, ServerConfig
 
 _MASK = (1 << 64) - 1
 # How often each appendfsync policy puts the AOF on disk, in seconds: the
@@ -24,16 +24,64 @@ _MASK = (1 << 64) - 1
 FSYNC_PERIOD_S = {"always": 0.0, "everysec": 1.0, "no": 30.0}
 
 
-def rollback_horizon(server: ServerConfig, schedule: list[Fault]) -> float:
+def promotes(sentinel: SentinelConfig, schedule: list[Fault]) -> bool:
+    """Whether a fault of this schedule may promote a replica."""
+    kinds = {fault.kind for fault in schedule}
+    return bool(kinds & {"failover", "split_brain"}) or (sentinel.enabled and "server_crash" in kinds)
+
+
+def rollback_horizon(server: ServerConfig, sentinel: SentinelConfig, schedule: list[Fault]) -> float:
     """How far back a fault of this schedule may take writes (0: never)."""
+    from sim.sentinel import promotion_delay
+
     kinds = {fault.kind for fault in schedule}
     reach = 0.0
     if kinds & {"power_loss", "mid_script_power_loss"} or ("server_crash" in kinds and not server.appendonly):
         reach = FSYNC_PERIOD_S[server.appendfsync] if server.appendonly else server.rdb_interval_s
-    if "failover" in kinds or (server.auto_failover and "server_crash" in kinds):
+    if promotes(sentinel, schedule):
         lags = [fault.param("lag_ms") for fault in schedule if fault.kind == "failover"]
         reach = max(reach, server.replication_lag_ms / 1000.0, *(lag / 1000.0 for lag in lags))
+    if "split_brain" in kinds:   # the old primary writes on until the replica is promoted from what it had
+        reach += promotion_delay(sentinel, silent=True)
     return reach
+
+
+class Split:
+    """Who reaches which primary during a split brain, on every backend: the
+    clients left on the old primary's side stay with it; the others cannot
+    reach it, and reach the primary Sentinel names once it is another one.
+    After the partition heals, a client that connects asks Sentinel again;
+    one still connected to the old primary stays there until it is demoted."""
+
+    def __init__(self, old: Any, minority: frozenset[int]) -> None:
+        self.old = old
+        self.minority = minority
+        self.healed = False
+
+    def route(self, index: int, primary: Any) -> Any:
+        """Where client ``index`` connects, given the primary Sentinel names (None: nowhere)."""
+        if self.healed:
+            return primary
+        if index in self.minority:
+            return self.old
+        return None if primary is self.old else primary
+
+
+def left_with_old_primary(seed: int, fault_index: int, clients: int, share: float) -> frozenset[int]:
+    """The clients a split brain leaves with the old primary: the same on every backend."""
+    return frozenset(index for index in range(clients) if uniform(seed, fault_index, index, 0x5B1) < share)
+
+
+def time_to_new_primary(clients: list, since: float, promoted_at: float | None, node: str, run_end: float) -> float | None:
+    """Per client, on average, from ``since`` to its first connection to
+    ``node`` at or after ``promoted_at`` (the run's end if it never made one)."""
+    if promoted_at is None or not clients:
+        return None
+    waits = []
+    for client in clients:
+        reached = next((at for at, where in client.connects if at >= promoted_at and where == node), run_end)
+        waits.append(max(0.0, reached - since))
+    return round(sum(waits) / len(waits), 6)
 
 
 def uniform(*words: int) -> float:
@@ -64,6 +112,20 @@ class FaultLog:
     def __init__(self, schedule: list[Fault]) -> None:
         self.schedule = schedule
         self._effects: list[dict[str, Any]] = [{} for _ in schedule]
+        self._promotions: dict[int, tuple[float, float, str]] = {}   # fault -> (struck, promoted, new primary)
+        # split brain -> (operations the promoted replica lacked, or None if none was promoted;
+        # operations the old primary acknowledged after the cut)
+        self._old_primaries: dict[int, tuple[set[int] | None, set[int]]] = {}
+
+    def promoted(self, index: int, struck: float, at: float, node: str) -> None:
+        """Fault ``index`` (struck at ``struck``) had replica ``node`` named the primary at ``at``."""
+        self._promotions[index] = (struck, at, node)
+
+    def old_primary(self, index: int, acknowledged: set[int], lost: set[int] | None = None) -> None:
+        """A split brain's old primary acknowledges ``acknowledged`` (filled
+        as the run goes on); ``lost``: what the promoted replica lacked at the
+        cut, once one is promoted (then all of it is lost)."""
+        self._old_primaries[index] = (lost, acknowledged)
 
     def struck(self, index: int, at: float, **effects: Any) -> None:
         self._effects[index].update(effects, applied=True, struck_at=round(at, 6))
@@ -77,8 +139,16 @@ class FaultLog:
     def not_applied(self, index: int, reason: str) -> None:
         self._effects[index].update(applied=False, reason=reason)
 
-    def records(self, run_end: float) -> list[dict]:
-        """Every scheduled fault with its effects, once the run has ended at ``run_end``."""
+    def records(self, run_end: float, clients: list) -> list[dict]:
+        """Every scheduled fault with its effects, once the run has ended at
+        ``run_end``; ``clients`` tell how long they took to reach a promoted replica."""
+        for index, (struck, promoted, node) in self._promotions.items():
+            self.update(index, promoted_at=round(promoted, 6),
+                        clients_on_old_primary_s=time_to_new_primary(clients, struck, promoted, node, run_end))
+        for index, (lost, acknowledged) in self._old_primaries.items():
+            # Without a promotion nothing was lost: the old primary stayed the primary.
+            self.update(index, old_primary_acknowledged=len(acknowledged),
+                        acknowledged_writes_lost=len(lost | acknowledged) if lost is not None else 0)
         out = []
         for fault, effects in zip(self.schedule, self._effects):
             effects = dict(effects)
@@ -101,13 +171,21 @@ class AckLog:
     """Recent writes the server acknowledged, by operation, so that a fault
     that takes back the writes after some moment (power loss: the last
     fsync; failover: the replica's lag) can say how many acknowledged
-    operations it lost, and how many of those WAIT had confirmed."""
+    operations it lost, and how many of those WAIT had confirmed; and every
+    write a watched server (an old primary in a split brain) acknowledged."""
 
     def __init__(self, keep_s: float) -> None:
         self.keep_s = keep_s
         self.writes: deque[AckedWrite] = deque()
+        self.watched: dict[str, set[int]] = {}   # server -> operations it acknowledged a write of
 
-    def acknowledged(self, applied_at: float, op: int) -> AckedWrite:
+    def watch(self, node: str) -> set[int]:
+        """From now on, the operations whose write ``node`` acknowledges."""
+        return self.watched.setdefault(node, set())
+
+    def acknowledged(self, applied_at: float, op: int, node: str = "") -> AckedWrite:
+        if self.watched and node in self.watched:
+            self.watched[node].add(op)
         write = AckedWrite(applied_at, op)
         writes = self.writes
         writes.append(write)
@@ -119,9 +197,12 @@ class AckLog:
     def lost(self, after: float, until: float) -> tuple[int, int]:
         """Operations with an acknowledged write applied in (after, until],
         and how many of them WAIT had confirmed."""
-        ops = {write.op for write in self.writes if after < write.applied_at <= until}
         confirmed = {write.op for write in self.writes if after < write.applied_at <= until and write.confirmed}
-        return len(ops), len(confirmed)
+        return len(self.lost_operations(after, until)), len(confirmed)
+
+    def lost_operations(self, after: float, until: float) -> set[int]:
+        """Operations with an acknowledged write applied in (after, until]."""
+        return {write.op for write in self.writes if after < write.applied_at <= until}
 
 
 class StallTarget:

@@ -68,8 +68,21 @@ class ServerConfig:
     replication_lag_ms: float = 5.0
     min_replicas_to_write: int = 0     # Redis refuses writes with fewer connected replicas (0: off)
     min_replicas_max_lag: int = 10     # seconds: a replica silent longer does not count
-    auto_failover: bool = False        # Sentinel promotes a replica when the primary stays down
-    failover_detection_s: float = 1.0  # Sentinel's down-after plus election
+
+
+@dataclass(frozen=True)
+class SentinelConfig:
+    """Redis Sentinel watching the primary: when it stays unreachable for
+    ``down_after_ms`` and a ``quorum`` of the ``count`` sentinels agree, they
+    elect a leader that promotes a replica, and clients follow the switch.
+    The defaults are Sentinel's own (sentinel.c, sentinel.conf)."""
+
+    enabled: bool = False
+    count: int = 3
+    quorum: int = 2
+    down_after_ms: float = 30_000.0
+    failover_timeout_ms: float = 180_000.0
+    parallel_syncs: int = 1
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,7 @@ class Scenario:
     traffic: TrafficConfig
     clients: ClientConfig
     server: ServerConfig
+    sentinel: SentinelConfig
     run: RunConfig
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     faults: tuple[Fault, ...] = ()
@@ -103,14 +117,19 @@ class Scenario:
             "name": self.name, "description": self.description, "path": str(self.path),
             "sha256": self.sha256, "seed": self.seed, "strategies": list(self.strategies),
             "traffic": asdict(self.traffic), "clients": asdict(self.clients),
-            "server": asdict(self.server), "run": asdict(self.run),
+            "server": asdict(self.server), "sentinel": asdict(self.sentinel), "run": asdict(self.run),
             "strategy_options": self.strategy_options,
             "faults": [fault.to_dict() for fault in self.faults],
             "fault_rates": [asdict(rate) for rate in self.fault_rates],
         }
 
 
-SECTIONS = {"traffic": TrafficConfig, "clients": ClientConfig, "server": ServerConfig, "run": RunConfig}
+SECTIONS = {"traffic": TrafficConfig, "clients": ClientConfig, "server": ServerConfig, "sentinel": SentinelConfig,
+            "run": RunConfig}
+# Keys that were replaced: a scenario naming one is told what to write instead.
+REPLACED = {"server.auto_failover": "write [sentinel] enabled = true (real redis-sentinel processes on the real "
+                                    "backend, their model in the simulation)",
+            "server.failover_detection_s": "write [sentinel] down_after_ms (Sentinel's down-after-milliseconds)"}
 TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
              "strategy_options": dict, "faults": list, "fault_rates": list,
              **{name: dict for name in SECTIONS}}
@@ -135,7 +154,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "server.request_us": (0, 1_000_000), "server.command_us": (0, 1_000_000), "server.script_us": (0, 1_000_000),
     "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
     "server.min_replicas_to_write": (0, 5), "server.min_replicas_max_lag": (1, 3600),
-    "server.replication_lag_ms": (0, 600_000), "server.failover_detection_s": (0, 3600),
+    "server.replication_lag_ms": (0, 600_000),
+    "sentinel.count": (1, 9), "sentinel.quorum": (1, 9), "sentinel.down_after_ms": (1, 3_600_000),
+    "sentinel.failover_timeout_ms": (1, 3_600_000), "sentinel.parallel_syncs": (1, 5),
     "run.timeline_points": (0, 10_000), "run.think_time_ms": (0, 3_600_000),
     "seed": (0, 2 ** 63 - 1),
 }
@@ -175,6 +196,8 @@ def _section(path: Path, name: str, table: dict, config: type) -> Any:
     allowed = {f.name: type(f.default) for f in fields(config)}
     values = {}
     for key, value in table.items():
+        if f"{name}.{key}" in REPLACED:
+            raise ScenarioError(f"{path}: key '{name}.{key}' was replaced: {REPLACED[f'{name}.{key}']}")
         if key not in allowed:
             raise ScenarioError(
                 f"{path}: key '{name}.{key}' is unknown{_suggest(key, list(allowed))}; "
@@ -241,9 +264,16 @@ def parse(path: Path, text: str) -> Scenario:
     faults = tuple(_fault(path, f"faults[{i}]", table, Fault) for i, table in enumerate(data.get("faults", [])))
     rates = tuple(_fault(path, f"fault_rates[{i}]", table, FaultRate)
                   for i, table in enumerate(data.get("fault_rates", [])))
-    needs_replica = [f.kind for f in faults + rates if f.kind == "failover"]
-    if needs_replica and sections["server"].replicas < 1:
+    kinds = {f.kind for f in faults + rates}
+    sentinel: SentinelConfig = sections["sentinel"]
+    if kinds & {"failover", "split_brain"} and sections["server"].replicas < 1:
         raise ScenarioError(f"{path}: a failover needs a replica: set 'server.replicas' to 1 or more")
+    if "split_brain" in kinds and not sentinel.enabled:
+        raise ScenarioError(f"{path}: a split_brain needs Sentinel to promote a replica on the other side: "
+                            f"set 'sentinel.enabled' to true")
+    if sentinel.quorum > sentinel.count:
+        raise ScenarioError(f"{path}: key 'sentinel.quorum' ({sentinel.quorum}) must be at most 'sentinel.count' "
+                            f"({sentinel.count}): with fewer sentinels than the quorum none can ever fail over")
     return Scenario(
         path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
         name=scenario_name, description=data.get("description", ""),

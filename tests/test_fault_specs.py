@@ -18,7 +18,7 @@ from conftest import ROOT
 
 # A value other than the default, within bounds, for every parameter.
 PROBE_VALUES = {"clients": 2, "tear_bytes": 40, "within_s": 0.5, "stall_ms": 10.0, "lag_ms": 30.0,
-                "delay_ms": 5.0, "jitter_ms": 2.0, "probability": 0.4}
+                "delay_ms": 5.0, "jitter_ms": 2.0, "probability": 0.4, "clients_share": 0.5}
 
 PROBE = """
 name = "spec_probe"
@@ -57,7 +57,10 @@ params = {{ {params} }}
 
 def probe_scenario(kind: str):
     params = ", ".join(f"{param.name} = {PROBE_VALUES[param.name]}" for param in SPECS[kind].params)
-    return parse(ROOT / "scenarios" / "spec_probe.toml", PROBE.format(kind=kind, params=params))
+    text = PROBE.format(kind=kind, params=params)
+    if kind == "split_brain":   # Sentinel, so that it may promote a replica (not within 0.2 s)
+        text = text.replace("[run]", "[sentinel]\nenabled = true\n\n[run]")
+    return parse(ROOT / "scenarios" / "spec_probe.toml", text)
 
 
 def test_every_parameter_has_a_probe_value_within_its_bounds():
@@ -96,7 +99,9 @@ def _reads_every_parameter(backend: str, kind: str, monkeypatch) -> None:
 EFFECT_TYPES = {"applied": bool, "reason": (str, type(None)), "struck_at": float, "ended_at": (float, type(None)),
                 "operations_in_flight": int, "writes_lost_s": float, "acknowledged_writes_lost": int,
                 "wait_confirmed_writes_lost": int, "promoted": bool, "target": str,
-                "target_operation": (str, type(None)), "clients": list, "replies_lost": (int, type(None))}
+                "target_operation": (str, type(None)), "clients": list, "replies_lost": (int, type(None)),
+                "promoted_at": (float, type(None)), "clients_on_old_primary_s": (float, type(None)),
+                "clients_left": int, "old_primary_acknowledged": int, "demoted_at": (float, type(None))}
 
 
 def _check_types(effects: dict) -> None:

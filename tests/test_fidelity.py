@@ -51,7 +51,8 @@ def short(name: str) -> Scenario:
     the torn power loss scenario."""
     base = name.removesuffix("_with_reads").removesuffix("_without_reads")
     path = SCENARIOS / f"{base}.toml"
-    text = path.read_text().replace("messages = 5000", "messages = 2500")
+    text = path.read_text().replace("messages = 5000", "messages = 2500").replace("messages = 15000",
+                                                                                  "messages = 7500")
     text = re.sub(r"(?m)^at = ([\d.]+)$", lambda match: f"at = {float(match.group(1)) / 2:g}", text)
     if name.endswith("_without_reads"):
         text = text.replace("read_probability = 0.8", "read_probability = 0.0")

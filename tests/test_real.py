@@ -125,7 +125,7 @@ def test_failover_under_write_load_loses_acknowledged_writes_without_wait(capsys
     losses = []
     for _ in range(3):
         with Servers(appendonly=False, replicas=1) as servers:
-            link = next(iter(servers.replication_proxies.values()))
+            link = servers.node_proxies[servers.primary.name]
             servers.wait_for_replicas()
             servers.set_replication_lag(50)
             servers.wait_for_replicas()
@@ -183,22 +183,24 @@ def test_a_failed_run_leaves_no_process_and_no_folder():
     assert not set(pids) & set(REGISTRY.processes)
 
 
-def test_ctrl_c_stops_every_server_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("name, processes", [("faults_failover", 3), ("faults_split_brain", 7)])
+def test_ctrl_c_stops_every_server_and_writes_nothing(tmp_path, name, processes):
+    """toxiproxy, the redis-servers and (split brain) three redis-sentinels."""
     import signal
     import subprocess
     import sys
 
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(SCENARIOS / "faults_failover.toml"),
-                            "--backend", "redis", "-q", "--out", str(out)], cwd=ROOT,
+    run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(SCENARIOS / f"{name}.toml"),
+                            "--backend", "redis", "--strategies", "lua", "-q", "--out", str(out)], cwd=ROOT,
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     servers: list[int] = []
-    while time.monotonic() < deadline and len(servers) < 2:   # the run has started its servers
+    while time.monotonic() < deadline and len(servers) < processes:   # the run has started its servers
         servers = [pid for pid, _ in children(run.pid)]
         time.sleep(0.1)
-    assert servers, "the run never started its servers"
+    assert len(servers) >= processes, "the run never started its servers"
     time.sleep(1.0)
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=30)

@@ -20,7 +20,7 @@ from sim.checker import Drift, check
 from sim.cost import CostTarget
 from sim.client import CAUSES
 from sim.faults import Fault
-from sim.nemesis import AckLog, StallTarget, rollback_horizon, tears_aof
+from sim.nemesis import AckLog, StallTarget, promotes, rollback_horizon, tears_aof
 from sim.scenario import Scenario, ServerConfig
 from sim.traffic import Trace
 from sim.truth import truth_ranges
@@ -40,7 +40,7 @@ def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: lis
              progress: Progress | None = None) -> tuple[SimDriver, Nemesis]:
     """One replay of the trace through one strategy, with the nemesis."""
     server = make_server(scenario.server)
-    reach = rollback_horizon(scenario.server, schedule)
+    reach = rollback_horizon(scenario.server, scenario.sentinel, schedule)
     if reach:
         server.keep_history(reach)
     if tears_aof(scenario.server, schedule):
@@ -49,7 +49,7 @@ def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: lis
     run = scenario.run
     driver = SimDriver(trace, strategy, scenario.clients, server, trace.seed, timeline_points, causes, progress,
                        acks, target, run.load == "open", run.think_time_ms / 1000.0)
-    nemesis = Nemesis(driver, schedule, trace.seed, scenario.server, acks, target)
+    nemesis = Nemesis(driver, schedule, trace.seed, scenario.server, scenario.sentinel, acks, target)
     driver.run(tuple(nemesis.processes()))
     return driver, nemesis
 
@@ -98,7 +98,7 @@ class SimBackend(Backend):
 
         outcomes = execution.history.outcomes()
         switchable = relevant(strategy_name, schedule, outcomes["fail"] + outcomes["unknown"],
-                              execution.history.ambiguous, scenario.server.auto_failover)
+                              execution.history.ambiguous, promotes(scenario.sentinel, schedule))
         return {"drift_by_cause": attribute(drift, switchable, replay),
                 "wall_seconds_attribution": round(time.perf_counter() - started, 3)}
 

@@ -27,7 +27,7 @@ from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefu
 from sim.commands import CommandError, ConnectionLost, Pipeline, may_write
 from sim.history import History
 from sim.metrics import timeline_point
-from sim.nemesis import AckLog, StallTarget
+from sim.nemesis import AckLog, Split, StallTarget
 from sim.network import Network
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
@@ -45,7 +45,8 @@ class SimDriver:
         self.config = clients
         self.causes = causes
         self.env = simpy.Environment()
-        self.server = server
+        self.server = server   # the primary of the moment (Sentinel's answer)
+        self.split: Split | None = None   # set by a split brain while it lasts
         self.network = Network(seed)
         self.clients = [Client(index) for index in range(clients.count)]
         self.history = History(len(trace.t))
@@ -148,9 +149,9 @@ class SimDriver:
         server applied it); raise ConnectionRefused when it was not sent,
         ConnectionLost when its reply is lost. The operation, the attempt and
         the request's number decide the network's dice."""
-        env, server = self.env, self.server
+        env = self.env
         request = send.request
-        if client.connection is not None and client.connection.incarnation != server.incarnation:
+        if client.connection is not None and client.connection.incarnation != client.connection.server.incarnation:
             client.connection = None   # the server died and closed the socket: the client knows
             raise ConnectionRefused("connection closed by the server")
         route = (self.network.route(env.now, send.operation, send.attempt, send.number)
@@ -166,6 +167,7 @@ class SimDriver:
             yield env.timeout(self._timeout)
             raise self._lose(client, "timeout")
         connection = client.connection
+        server = connection.server
         arrival = sent + route.delay_out + self._half_rtt
         timeout = self._timeout
         if type(request) is tuple and request[0] == "WAIT":
@@ -212,14 +214,18 @@ class SimDriver:
         """Open a connection: PING and SCRIPT LOAD in one round trip; refused
         (nothing of the operation sent) when the server is down or does not
         answer."""
-        env, server = self.env, self.server
+        env = self.env
+        server = self.server if self.split is None else self.split.route(client.index, self.server)
+        if server is None:
+            yield env.timeout(2 * self._half_rtt)
+            raise ConnectionRefused("partitioned from the primary")
         if env.now < server.down_until:
             yield env.timeout(2 * self._half_rtt)
             raise ConnectionRefused("server down")
         if route.fate == network.VANISH:
             yield env.timeout(self._timeout)
             raise ConnectionRefused("no answer to the handshake")
-        connection = Connection(server.incarnation)
+        connection = Connection(server)
         started = env.now
         entry = server.submit(connection, self._handshake, started + route.delay_out + self._half_rtt)
         reply_at = entry.end + self._half_rtt + route.delay_back
@@ -233,3 +239,4 @@ class SimDriver:
         self.reconnects += 1
         self.script_loads += bool(self.strategy.scripts)
         client.connection = connection
+        client.connected(env.now, server.name)

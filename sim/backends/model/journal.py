@@ -10,6 +10,7 @@ lose up to that much more than the exact figure).
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from typing import Any
@@ -33,6 +34,10 @@ class Journal:
         self.epochs: deque[tuple[float, dict[str, tuple[Any, Any]]]] = deque()
         self._current: dict[str, tuple[Any, Any]] | None = None
         self._current_end = -math.inf
+
+    def copy(self) -> "Journal":
+        """An independent copy (for a replica forked from this keyspace)."""
+        return copy.deepcopy(self, {id(_ABSENT): _ABSENT})
 
     def before_write(self, data: dict, expires: dict, key: str, now: float) -> None:
         if now >= self._current_end:

@@ -10,22 +10,23 @@ from sim.backends.model.driver import SimDriver
 from sim.backends.model.server import REPLICA_CRON_S
 from sim.client import in_flight, strike_clients
 from sim.faults import Fault
-from sim.nemesis import AckLog, FaultLog, StallTarget, uniform
-from sim.scenario import ServerConfig
+from sim.nemesis import AckLog, FaultLog, Split, StallTarget, left_with_old_primary, uniform
+from sim.scenario import SentinelConfig, ServerConfig
+from sim.sentinel import CONVERT_S, promotion_delay
 from strategies import keys
 
-_PROMOTION_S = 0.1       # from Sentinel's decision to clients reaching the new primary
 _FIND_STALL_S = 0.0001   # how often to look for the stalled request in the server's queue
 
 
 class Nemesis:
     def __init__(self, driver: SimDriver, schedule: list[Fault], seed: int, server: ServerConfig,
-                 acks: AckLog, target: StallTarget) -> None:
+                 sentinel: SentinelConfig, acks: AckLog, target: StallTarget) -> None:
         self.driver = driver
         self.env = driver.env
-        self.server = driver.server
         self.schedule = schedule
         self.config = server
+        self.sentinel = sentinel
+        self.promotion_s = promotion_delay(sentinel)
         self.acks = acks
         self.target = target
         self.log = FaultLog(schedule)
@@ -35,11 +36,16 @@ class Nemesis:
     def processes(self) -> list:
         return [self._apply(index, fault) for index, fault in enumerate(self.schedule)]
 
+    @property
+    def server(self):
+        """The primary of the moment."""
+        return self.driver.server
+
     def records(self) -> list[dict]:
         """The schedule as applied, once the run has ended."""
         for index, count in self.driver.network.replies_lost.items():
             self.log.update(index, replies_lost=count)
-        return self.log.records(self.driver.run_end)
+        return self.log.records(self.driver.run_end, self.driver.clients)
 
     def _apply(self, index: int, fault: Fault):
         if fault.at > self.env.now:
@@ -82,15 +88,27 @@ class Nemesis:
         now = self.env.now
         self._kill(index, self.server.persistence.survives_crash(now), fault.duration)
         self.log.update(index, promoted=False)
-        detection = self.config.failover_detection_s
-        if self.config.auto_failover and self.server.replicas and fault.duration > detection:
-            # Sentinel notices the primary is down and promotes a replica first.
-            yield self.env.timeout(detection)
+        if self.sentinel.enabled and self.server.replicas and fault.duration > self.promotion_s:
+            # Sentinel finds the primary down and promotes a replica before it is back.
+            yield self.env.timeout(self.promotion_s)
             keep = self._replica_keeps(now, self.config.replication_lag_ms / 1000.0)
-            self.server.fail_over(self.env.now, _PROMOTION_S, keep, self._preserved())
+            self.server.fail_over(self.env.now, 0.0, keep, self._preserved())
             self._losses(index, now, keep)
             self.log.update(index, promoted=True)
+            self._promoted(index, now, now + fault.duration)
         yield from self._back_up(index)
+
+    def _promoted(self, index: int, struck: float, old_back_at: float) -> None:
+        """Sentinel named a replica the primary now; the old primary, back at
+        ``old_back_at``, rejoins as a replica once Sentinel converts it."""
+        self.log.promoted(index, struck, self.env.now, self.server.name)
+        server = self.server
+        server.replicas -= 1
+        self.env.process(self._rejoin(server, old_back_at + CONVERT_S))
+
+    def _rejoin(self, server, at: float):
+        yield self.env.timeout(max(0.0, at - self.env.now))
+        server.replicas += 1
 
     def power_loss(self, index: int, fault: Fault):
         if self._server_down(index):
@@ -106,7 +124,10 @@ class Nemesis:
     def mid_script_power_loss(self, index: int, fault: Fault):
         """Arm the stall (sim/stall.py); when an operation reaches it, cut the
         power while the stall holds the server; strike anyway when the
-        window ends."""
+        window ends. Like every fault on the server, it does not strike a
+        server that is already down when it is due."""
+        if self._server_down(index):
+            return
         env, target = self.env, self.target
         deadline = env.now + fault.param("within_s")
         while env.now < deadline:
@@ -145,13 +166,24 @@ class Nemesis:
         yield from self.power_loss(index, fault)
 
     def failover(self, index: int, fault: Fault):
+        """The replica is promoted after ``duration``, or, with Sentinel on,
+        when Sentinel decides (the old primary stays down at least
+        ``duration``, then rejoins as a replica)."""
         if self._server_down(index):
+            return
+        if not self.server.replicas:
+            self.log.not_applied(index, "no replica to promote (the last one was promoted)")
             return
         lag_ms = fault.param("lag_ms")
         now = self.env.now
         keep = self._replica_keeps(now, (self.config.replication_lag_ms if lag_ms < 0 else lag_ms) / 1000.0)
-        self._kill(index, keep, fault.duration, replica=True)
+        delay = self.promotion_s if self.sentinel.enabled else fault.duration
+        self._kill(index, keep, delay, replica=True)
         yield from self._back_up(index)
+        if self.sentinel.enabled:
+            self._promoted(index, now, now + max(delay, fault.duration))
+        else:
+            self.log.promoted(index, now, self.env.now, self.server.name)
 
     def _replica_keeps(self, died_at: float, lag_s: float) -> float:
         """A replica promoted after the primary died holds its writes up to then."""
@@ -162,6 +194,51 @@ class Nemesis:
     def _preserved(self) -> str | None:
         """Counterfactual when two_lock_holders is off: lock keys survive a failover."""
         return keys.LOCK_PREFIX if "two_lock_holders" not in self.driver.causes else None
+
+    def split_brain(self, index: int, fault: Fault):
+        """The primary, with the share of clients left on its side, is cut
+        off from the rest; Sentinel promotes a replica on the other side
+        once it has found the primary down (if the partition lasts that
+        long), and demotes the old primary some seconds after it heals:
+        what the old primary acknowledged in between is gone."""
+        if self._server_down(index):
+            return
+        env, driver = self.env, self.driver
+        now, old = env.now, self.server
+        share = fault.param("clients_share") if "lost_in_split_brain" in driver.causes else 0.0
+        minority = left_with_old_primary(self.seed, index, len(driver.clients), share)
+        self.log.struck(index, now, clients_left=len(minority), promoted=False, acknowledged_writes_lost=0,
+                        old_primary_acknowledged=0)
+        driver.split = split = Split(old, minority)
+        for client in driver.clients:
+            if client.index not in minority and client.connection is not None:
+                client.connection.close()
+        if self.config.min_replicas_to_write:
+            # Its replicas' acknowledgements stop; they stop counting once older than the max lag.
+            old.replicas_silent_from = now + self.config.min_replicas_max_lag + uniform(
+                self.seed, index, 0x5A1E) * REPLICA_CRON_S
+        acknowledged = self.acks.watch(old.name)
+        self.log.old_primary(index, acknowledged)
+        delay = promotion_delay(self.sentinel, silent=True)
+        promoted = fault.duration > delay
+        if promoted:
+            yield env.timeout(delay)
+            keep = self._replica_keeps(now, self.config.replication_lag_ms / 1000.0)
+            driver.server = old.fork(env.now, keep, f"replica{index}", self._preserved())
+            self.log.old_primary(index, acknowledged, self.acks.lost_operations(keep, now))
+            self.log.update(index, promoted=True)
+            self._promoted(index, now, now + fault.duration)
+        yield env.timeout(max(0.0, now + fault.duration - env.now))
+        split.healed = True
+        if not promoted:   # its replicas are back; else they follow the new primary, and it has none
+            old.replicas_silent_from = float("inf")
+        self.log.ended(index, env.now)
+        if promoted:
+            yield env.timeout(CONVERT_S)
+            old.demote(env.now)
+            self.log.update(index, demoted_at=round(env.now, 6))
+        if driver.split is split:
+            driver.split = None
 
     # -- the clients ----------------------------------------------------------------
     def client_crash(self, index: int, fault: Fault):

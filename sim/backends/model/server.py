@@ -62,15 +62,21 @@ class ServiceTimes:
 
 class Connection:
     """Server-side state of one client connection: its WATCHed keys, the
-    server process it belongs to, the end of its last write (for WAIT)."""
+    server (and which of its processes) it reached, the end of its last
+    write (for WAIT)."""
 
-    __slots__ = ("watched", "dirty", "incarnation", "last_write")
+    __slots__ = ("watched", "dirty", "server", "incarnation", "last_write")
 
-    def __init__(self, incarnation: int = 0) -> None:
+    def __init__(self, server: "Server | None" = None) -> None:
         self.watched: set[str] = set()
         self.dirty = False
-        self.incarnation = incarnation
+        self.server = server
+        self.incarnation = server.incarnation if server is not None else 0
         self.last_write = -math.inf
+
+    def close(self) -> None:
+        """The server closed it (a partition, a demotion): the client finds out at its next request."""
+        self.incarnation = -1
 
 
 class Entry:
@@ -92,7 +98,9 @@ class Entry:
 
 class Server:
     def __init__(self, service: ServiceTimes | None = None, persistence: Persistence | None = None,
-                 replicas: int = 0, replication_lag_s: float = 0.0, min_replicas_to_write: int = 0) -> None:
+                 replicas: int = 0, replication_lag_s: float = 0.0, min_replicas_to_write: int = 0,
+                 name: str = "primary") -> None:
+        self.name = name
         self.service = service or ServiceTimes()
         self.persistence = persistence or Persistence()
         self._fsync_always = self.persistence.appendonly and self.persistence.appendfsync == "always"
@@ -102,6 +110,7 @@ class Server:
         # connected (after a restart, until they are back).
         self.min_replicas_to_write = min_replicas_to_write
         self.replicas_back_at = 0.0
+        self.replicas_silent_from = math.inf   # cut off from its replicas: they stop counting then
         self.incarnation = 0         # bumped when the process dies: old connections are dead
         self.down_until = -math.inf  # connections are refused until then
         self.store = Store()
@@ -231,6 +240,37 @@ class Server:
         self._restart(at, down_for, 0.0)
         return effects
 
+    def fork(self, at: float, keep_until: float, name: str, preserve_prefix: str | None = None) -> "Server":
+        """A replica cut off from this primary, promoted at ``at`` while this
+        one goes on serving (a split brain): it holds this primary's writes
+        up to ``keep_until`` and an empty script cache."""
+        self.advance(at)
+        replica = Server(self.service, self.persistence, self.replicas, self.replication_lag_s,
+                         self.min_replicas_to_write, name)
+        store = replica.store
+        journal = self.store.journal
+        store.data = copy.deepcopy(self.store.data)
+        store.expires = dict(self.store.expires)
+        if journal is not None:
+            store.journal = journal.copy()
+            replica._rollback(keep_until, preserve_prefix)
+            store.journal = Journal(keep_s=journal.keep_s)
+        if self.aof is not None:
+            replica.aof = AppendOnlyFile((copy.deepcopy(store.data), dict(store.expires)))
+            store.batch = []
+        replica.requests, replica.scripts.calls = self.requests, self.scripts.calls
+        replica.incarnation = self.incarnation + 1
+        replica.free_at = at
+        return replica
+
+    def demote(self, at: float) -> None:
+        """Sentinel made this old primary a replica of the new one: what it
+        had not replied to is lost, its connections are closed, and it takes
+        no more clients."""
+        self._die(at)
+        self.incarnation += 1
+        self.down_until = math.inf
+
     def _die(self, at: float) -> dict:
         """What ended by ``at`` happened; the request in service is lost
         whole, but for the 16 KB pieces of a large pipeline served in earlier
@@ -357,7 +397,9 @@ class Server:
         raise CommandError(f"ERR unknown subcommand or wrong number of arguments for 'SCRIPT {sub}'")
 
     def _too_few_replicas(self) -> bool:
-        return self.replicas < self.min_replicas_to_write or self.store.now < self.replicas_back_at
+        now = self.store.now
+        return (self.replicas < self.min_replicas_to_write or now < self.replicas_back_at
+                or now >= self.replicas_silent_from)
 
     def _transaction(self, connection: Connection, commands: tuple) -> Any:
         self.requests += 2  # MULTI and EXEC; the queued commands count as they run

@@ -18,6 +18,7 @@ from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
 from sim.backends.real.nemesis import RealNemesis
 from sim.backends.real.processes import ProcessError, find_binary
+from sim.backends.real.routes import ClientRoutes
 from sim.backends.real.toxics import Toxics
 from sim.cost import CostTarget
 from sim.faults import Fault, strikes_network
@@ -51,7 +52,7 @@ class RedisDeployment(Deployment):
                                replication_lag_ms=server.replication_lag_ms,
                                client_proxies=strikes_network(schedule),
                                min_replicas_to_write=server.min_replicas_to_write,
-                               min_replicas_max_lag=server.min_replicas_max_lag)
+                               min_replicas_max_lag=server.min_replicas_max_lag, sentinel=scenario.sentinel)
 
     def __enter__(self) -> "RedisDeployment":
         self.servers.__enter__()
@@ -92,16 +93,22 @@ class RedisDeployment(Deployment):
 
     async def _run(self, strategy: Strategy, trace: Trace, progress: Progress | None):
         scenario, servers = self.scenario, self.servers
-        acks = AckLog(rollback_horizon(scenario.server, self.schedule) + 1.0)
+        acks = AckLog(rollback_horizon(scenario.server, scenario.sentinel, self.schedule) + 1.0)
         target = StallTarget()
         async with Toxics(servers.toxiproxy.port) as toxics:
-            driver = RealDriver(trace, strategy, scenario.clients, servers.client_address,
-                                lambda: servers.direct_address, scenario.run.timeline_points, progress=progress,
-                                paced=scenario.run.load == "open", acks=acks, target=target, seed=trace.seed,
-                                toxics=toxics, proxies=[proxy.name for proxy in servers.client_proxies],
+            routes = ClientRoutes(servers, toxics)
+            driver = RealDriver(trace, strategy, scenario.clients, routes, scenario.run.timeline_points,
+                                progress=progress, paced=scenario.run.load == "open", acks=acks, target=target,
+                                seed=trace.seed, toxics=toxics,
+                                proxies=[proxy.name for proxy in servers.client_proxies],
                                 think_s=scenario.run.think_time_ms / 1000.0)
-            nemesis = RealNemesis(driver, servers, toxics, self.schedule, trace.seed, scenario.server, acks, target)
-            await driver.run(tuple(nemesis.coroutines()))
+            nemesis = RealNemesis(driver, servers, toxics, routes, self.schedule, trace.seed, scenario.server, acks,
+                                  target)
+            try:
+                await driver.run(tuple(nemesis.coroutines()))
+            finally:
+                if servers.sentinels is not None:
+                    await servers.sentinels.close_connections()
         return driver, nemesis
 
 
@@ -114,6 +121,8 @@ class RedisBackend(Backend):
         if span > MAX_SPAN_S:
             return (f"it replays the trace in real time, and this one lasts about {span:,.0f} s "
                     f"(traffic.messages / traffic.message_rate); at most {MAX_SPAN_S:,} s")
+        if scenario.sentinel.enabled:
+            return missing_programs(("redis-sentinel", "COUNTDRIFT_REDIS_SENTINEL"))
         return missing_programs()
 
     def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:

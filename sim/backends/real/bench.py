@@ -20,6 +20,7 @@ import uvloop
 
 from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
+from sim.backends.real.routes import FixedRoutes
 from sim.backends.real.processes import find_binary
 from sim.client import ClientConfig
 from sim.traffic import TrafficConfig, generate
@@ -42,8 +43,8 @@ def redis_benchmark(port: int, clients: int, requests: int, command: list[str], 
 def driver_rate(trace, name: str, address: Callable[[int], tuple[str, int]], direct: tuple[str, int],
                 clients: int) -> float:
     """Deliveries per second of the asyncio driver, closed loop."""
-    driver = RealDriver(trace, make_strategy(name), ClientConfig(count=clients, timeout_ms=5000), address,
-                        lambda: direct, paced=False)
+    driver = RealDriver(trace, make_strategy(name), ClientConfig(count=clients, timeout_ms=5000),
+                        FixedRoutes(address, direct), paced=False)
     started = time.perf_counter()
     uvloop.run(driver.run())
     return len(trace.t) / (time.perf_counter() - started)

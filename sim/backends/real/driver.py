@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import redis.exceptions
 
@@ -41,17 +41,23 @@ UNREADABLE = (*CONNECTION_ERRORS, redis.exceptions.RedisError, CommandError)
 _RESET_TOXIC = "reset_peer"
 
 
+class Routes(Protocol):
+    """Where clients connect (sim/backends/real/routes.py)."""
+
+    async def connect_to(self, index: int) -> tuple[str, int, str]: ...
+
+    def primary_address(self) -> tuple[str, int]: ...
+
+
 class RealDriver:
     def __init__(self, trace: Trace, strategy: Strategy, config: ClientConfig,
-                 address: Callable[[int], tuple[str, int]], direct_address: Callable[[], tuple[str, int]],
-                 timeline_points: int = 0, causes: frozenset[str] = frozenset(CAUSES),
+                 routes: Routes, timeline_points: int = 0, causes: frozenset[str] = frozenset(CAUSES),
                  progress: Callable[[float, int], None] | None = None, paced: bool = True,
                  acks: AckLog | None = None, target: StallTarget | None = None, seed: int = 0,
                  toxics: Toxics | None = None, proxies: list[str] | None = None, think_s: float = 0.0) -> None:
         self.trace = trace
         self.strategy = strategy
-        self.address = address                # client index -> its proxy, or the primary when direct
-        self.direct_address = direct_address  # the primary of the moment
+        self.routes = routes
         self.timeline_points = timeline_points
         self.progress = progress
         self.toxics = toxics
@@ -128,7 +134,7 @@ class RealDriver:
             time.sleep(0.05)
 
     def _read_counters(self) -> Counters:
-        connection = SyncConnection(*self.direct_address())
+        connection = SyncConnection(*self.routes.primary_address())
         try:
             return read_counters(self.strategy, self.trace.users, connection.execute)
         finally:
@@ -181,7 +187,8 @@ class RealDriver:
                 await self._drop(client)
 
     async def _connect(self, client: Client) -> None:
-        connection = AsyncConnection(*self.address(client.index))
+        host, port, node = await self.routes.connect_to(client.index)
+        connection = AsyncConnection(host, port)
         try:
             async with asyncio.timeout(self._timeout):
                 await connection.connect(self.strategy.scripts)
@@ -191,6 +198,7 @@ class RealDriver:
         self.reconnects += 1
         self.script_loads += bool(self.strategy.scripts)
         client.connection = connection
+        client.connected(self.now(), node)
 
     async def _request(self, client: Client, send: Send) -> tuple[Any, CommandError | None, float]:
         """Send one request; return (reply, first error inside it, when it
@@ -231,7 +239,13 @@ class RealDriver:
                 await self.toxics.remove(self.proxies[client.index], _RESET_TOXIC)
         if reset >= 0:
             self.resets_missed += 1
-        return reply, _first_error(reply) if isinstance(reply, list) else None, self.now()
+        inside = _first_error(reply) if isinstance(reply, list) else None
+        if _read_only(reply if inside is None else inside):
+            # The node is a replica now (Sentinel demoted it): nothing was
+            # written; a Sentinel-aware client reconnects to the primary.
+            await self._drop(client)
+            raise ConnectionRefused("the server is a replica now (READONLY)")
+        return reply, inside, self.now()
 
     async def _watchdog(self) -> None:
         """Abort the connections whose request is late: their clients see a
@@ -248,6 +262,10 @@ class RealDriver:
             self.noscript += client.connection.noscript
             await client.connection.close()
             client.connection = None
+
+
+def _read_only(reply: object) -> bool:
+    return isinstance(reply, CommandError) and "READONLY" in str(reply)
 
 
 def _first_error(reply: list) -> CommandError | None:

@@ -28,13 +28,15 @@ import redis
 from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
 from sim.backends.real.processes import RedisServer
+from sim.backends.real.routes import ClientRoutes
 from sim.backends.real.toxics import Toxics
 from sim.client import in_flight, strike_clients
 from sim.faults import Fault
-from sim.nemesis import FSYNC_PERIOD_S, AckLog, FaultLog, StallTarget
+from sim.nemesis import FSYNC_PERIOD_S, AckLog, FaultLog, Split, StallTarget, left_with_old_primary
 from sim.scenario import ServerConfig
 
 _PREPARE_S = 0.05   # a failover's lag is set this long before the replica must be that far behind
+_POLL_S = 0.05      # how often the nemesis asks the sentinels, or the old primary its role
 
 
 def growing_aof(folder: Path) -> Path | None:
@@ -44,11 +46,13 @@ def growing_aof(folder: Path) -> Path | None:
 
 
 class RealNemesis:
-    def __init__(self, driver: RealDriver, servers: Servers, toxics: Toxics, schedule: list[Fault], seed: int,
-                 config: ServerConfig, acks: AckLog, target: StallTarget) -> None:
+    def __init__(self, driver: RealDriver, servers: Servers, toxics: Toxics, routes: ClientRoutes,
+                 schedule: list[Fault], seed: int, config: ServerConfig, acks: AckLog, target: StallTarget) -> None:
         self.driver = driver
         self.servers = servers
         self.toxics = toxics
+        self.routes = routes
+        self.seed = seed
         self.schedule = schedule
         self.config = config
         self.acks = acks
@@ -69,7 +73,7 @@ class RealNemesis:
         """The schedule as applied, once the run has ended."""
         for index, count in self.driver.network.replies_lost.items():
             self.log.update(index, replies_lost=count)
-        return self.log.records(self.driver.run_end)
+        return self.log.records(self.driver.run_end, self.driver.clients)
 
     async def _apply(self, index: int, fault: Fault) -> None:
         await asyncio.sleep(max(0.0, fault.at - self.lead_s(fault) - self.driver.now()))
@@ -83,7 +87,7 @@ class RealNemesis:
         while True:
             at = tick * period
             await asyncio.sleep(max(0.0, at - self.driver.now()))
-            for node in [self.servers.primary, *self.servers.replicas]:
+            for node in self.servers.nodes:
                 aof = growing_aof(node.aof_folder)
                 self.synced[node.name] = (at, aof, aof.stat().st_size if aof else 0)
             tick += 1
@@ -103,8 +107,8 @@ class RealNemesis:
         self.log.struck(index, died_at, operations_in_flight=in_flight(self.driver.clients))
         self._losses(index, died_at, keep_until)
         primary = self.servers.primary
-        if cut_replication:
-            await asyncio.to_thread(self.servers.cut_replication)
+        if cut_replication:   # what is on its way to the replicas never arrives
+            await asyncio.to_thread(self.servers.isolate, primary)
         await asyncio.to_thread(primary.kill)
         return primary
 
@@ -114,42 +118,63 @@ class RealNemesis:
                         wait_confirmed_writes_lost=confirmed)
 
     async def _restart(self, index: int, primary: RedisServer) -> None:
-        await asyncio.to_thread(primary.start)
+        await self._start(primary)
         self.down = False
         self.log.ended(index, self.driver.now())
+
+    async def _start(self, node: RedisServer) -> None:
+        await asyncio.to_thread(node.start)
+        await asyncio.to_thread(self.servers.isolate, node, False)
 
     async def _heal(self, primary: RedisServer) -> None:
         """The run ended while the primary was down: bring it back (the
         fault's record says it was cut short), so that the counters can be
         read."""
         if self.down and self.servers.primary is primary and not primary.running:
-            await asyncio.to_thread(primary.start)
+            await self._start(primary)
         self.down = False
 
     async def server_crash(self, index: int, fault: Fault) -> None:
-        """SIGKILL and a restart after ``duration``; with automatic failover,
-        a replica is promoted instead once the primary has been down for the
-        detection delay (as Sentinel would)."""
+        """SIGKILL and a restart after ``duration``; with Sentinel on, the
+        sentinels may promote a replica first, if the primary stays down long
+        enough for them (the old one then rejoins as a replica)."""
         if self._already_down(index):
             return
         died_at = self.driver.now()
         keep = died_at if self.config.appendonly else self._last_save()
-        detection = self.config.failover_detection_s
-        failover = self.config.auto_failover and self.servers.replicas and fault.duration > detection
-        primary = await self._kill(index, died_at, keep, cut_replication=bool(failover))
+        sentinel = self.servers.sentinels is not None and self._has_replica()
+        primary = await self._kill(index, died_at, keep, cut_replication=sentinel)
         self.log.update(index, promoted=False)
         try:
-            if failover:
-                await asyncio.sleep(detection)
+            if sentinel and await self._promotion(index, primary, died_at, died_at + fault.duration):
                 self._losses(index, died_at, died_at - self.config.replication_lag_ms / 1000.0)
-                await self._promote(index)
                 self.log.update(index, promoted=True)
                 self.log.ended(index, self.driver.now())
+                await asyncio.sleep(max(0.0, died_at + fault.duration - self.driver.now()))
+                await self._start(primary)   # Sentinel makes it a replica of the new primary
             else:
-                await asyncio.sleep(fault.duration)
+                await asyncio.sleep(max(0.0, died_at + fault.duration - self.driver.now()))
                 await self._restart(index, primary)
         finally:
             await self._heal(primary)
+
+    def _has_replica(self) -> bool:
+        """Whether a replica is up that Sentinel could promote."""
+        return any(replica.running for replica in self.servers.replicas)
+
+    async def _promotion(self, index: int, old: RedisServer, struck: float, until: float) -> bool:
+        """Wait, asking the sentinels, until they name another primary than
+        ``old`` (then follow them and say so) or until ``until``."""
+        old_address = self.servers.node_proxies[old.name].listen
+        while self.driver.now() < until:
+            address = await self.servers.sentinels.ask()
+            if address is not None and address != old_address:
+                await asyncio.to_thread(self.servers.follow_sentinels)
+                self.down = False
+                self.log.promoted(index, struck, self.driver.now(), self.servers.primary.name)
+                return True
+            await asyncio.sleep(_POLL_S)
+        return False
 
     def _last_save(self) -> float:
         """The run time of the primary's last RDB snapshot (AOF off)."""
@@ -193,7 +218,10 @@ class RealNemesis:
     async def mid_script_power_loss(self, index: int, fault: Fault) -> None:
         """Arm the stall (sim/stall.py); when an operation reaches it and the
         primary is seen busy in it (a PING gets no answer), cut the power;
-        strike anyway when the window ends."""
+        strike anyway when the window ends. Like every fault on the server,
+        it does not strike a server that is already down when it is due."""
+        if self._already_down(index):
+            return
         target, driver = self.target, self.driver
         stall_s = fault.param("stall_ms") / 1000.0
         deadline = driver.now() + fault.param("within_s")
@@ -239,33 +267,105 @@ class RealNemesis:
 
     async def failover(self, index: int, fault: Fault) -> None:
         """The replication links lag ``lag_ms`` from a little over ``lag_ms``
-        before the fault (see lead_s); then they are cut, the primary is
-        killed, and after ``duration`` the replica is promoted (at once if
-        the run ends first)."""
+        before the fault (see lead_s); then they are cut and the primary is
+        killed. Without Sentinel the harness promotes the replica after
+        ``duration`` (at once if the run ends first); with Sentinel on, the
+        sentinels promote one when they decide, and the old primary comes
+        back after ``duration`` at the earliest, as a replica."""
         lag_ms = self.failover_lag_ms(fault)
         changed = lag_ms != self.config.replication_lag_ms
         if changed:
             await asyncio.to_thread(self.servers.set_replication_lag, lag_ms)
             await asyncio.sleep(max(0.0, fault.at - self.driver.now()))
-        promoted = False
         try:
             if self._already_down(index):
                 return
+            if self.servers.sentinels is not None and not self._has_replica():
+                self.log.not_applied(index, "no replica to promote (the last one was promoted)")
+                return
             died_at = self.driver.now()
-            await self._kill(index, died_at, died_at - lag_ms / 1000.0, cut_replication=True)
+            old = await self._kill(index, died_at, died_at - lag_ms / 1000.0, cut_replication=True)
+            if self.servers.sentinels is not None:
+                await self._promotion(index, old, died_at, float("inf"))
+                self.log.ended(index, self.driver.now())
+                await asyncio.sleep(max(0.0, died_at + fault.duration - self.driver.now()))
+                await self._start(old)   # Sentinel makes it a replica of the new primary
+                return
             try:
                 await asyncio.sleep(fault.duration)
             finally:
-                await asyncio.to_thread(self.servers.promote)   # promotion restores the scenario's lag
-                promoted, self.down = True, False
+                await asyncio.to_thread(self.servers.promote)
+                self.down = False
+                self.log.promoted(index, died_at, self.driver.now(), self.servers.primary.name)
             self.log.ended(index, self.driver.now())
         finally:
-            if changed and not promoted:
+            if changed:   # the node proxies carry the scenario's lag again
                 await asyncio.to_thread(self.servers.set_replication_lag, self.config.replication_lag_ms)
 
-    async def _promote(self, index: int) -> None:
-        await asyncio.to_thread(self.servers.promote)
-        self.down = False
+    async def split_brain(self, index: int, fault: Fault) -> None:
+        """The primary's node proxy goes silent (a timeout toxic both ways:
+        links stay open, nothing crosses), so the sentinels and the replicas
+        lose it as in a real partition; the clients not left with it have
+        their links to it closed and cannot open new ones (the routes);
+        the sentinels promote a replica if the partition lasts long enough.
+        When it heals, the old primary's links are reopened, and the
+        sentinels make it a replica of the new one when they get to it."""
+        if self._already_down(index):
+            return
+        servers, driver, routes = self.servers, self.driver, self.routes
+        now, old = driver.now(), servers.primary
+        minority = left_with_old_primary(self.seed, index, len(driver.clients), fault.param("clients_share"))
+        self.log.struck(index, now, clients_left=len(minority), promoted=False, acknowledged_writes_lost=0,
+                        old_primary_acknowledged=0)
+        routes.split = split = Split(old, minority)
+        acknowledged = self.acks.watch(old.name)
+        self.log.old_primary(index, acknowledged)
+        node_proxy = servers.node_proxies[old.name].name
+        for stream in ("upstream", "downstream"):
+            await self.toxics.add(node_proxy, f"split{index}_{stream}", "timeout", stream, {"timeout": 0})
+        majority = [proxy.name for i, proxy in enumerate(servers.client_proxies)
+                    if i not in minority and self._partitions[proxy.name] == 0]
+        await asyncio.gather(*(self._close_links(proxy) for proxy in majority))
+        promoted = False
+        try:
+            promoted = await self._promotion(index, old, now, now + fault.duration)
+            if promoted:
+                lag_s = self.config.replication_lag_ms / 1000.0
+                self.log.old_primary(index, acknowledged, self.acks.lost_operations(now - lag_s, now))
+                self.log.update(index, promoted=True)
+            await asyncio.sleep(max(0.0, now + fault.duration - driver.now()))
+        finally:
+            for stream in ("upstream", "downstream"):
+                await self.toxics.remove(node_proxy, f"split{index}_{stream}")
+            await self._close_links(node_proxy)   # bytes were dropped mid-stream: start the links afresh
+            split.healed = True
+            self.log.ended(index, driver.now())
+        try:
+            if promoted:
+                await self._demotion(index, old)
+        finally:
+            if routes.split is split:
+                routes.split = None
+
+    async def _close_links(self, proxy: str) -> None:
+        await self.toxics.enable(proxy, False)
+        await self.toxics.enable(proxy, True)
+
+    async def _demotion(self, index: int, old: RedisServer) -> None:
+        """Until the sentinels have made the old primary a replica."""
+        probe = old.client(socket_timeout=1.0)
+        try:
+            while True:
+                try:
+                    role = await asyncio.to_thread(probe.execute_command, "ROLE")
+                    if role[0] == "slave":
+                        self.log.update(index, demoted_at=round(self.driver.now(), 6))
+                        return
+                except redis.RedisError:
+                    pass
+                await asyncio.sleep(_POLL_S)
+        finally:
+            probe.close()
 
     def lead_s(self, fault: Fault) -> float:
         """How long before its time a fault starts preparing."""

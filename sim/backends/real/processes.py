@@ -142,12 +142,23 @@ class RedisServer:
         return path
 
     def start(self) -> None:
+        """Start it; a restart keeps the configuration file as the node left
+        it (Sentinel rewrites it when it makes the node a replica or a primary)."""
         binary = find_binary("redis-server", "COUNTDRIFT_REDIS_SERVER")
-        config = self._write_config()
+        config = self.folder / "redis.conf"
+        if not config.exists():
+            config = self._write_config()
         self.process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
         REGISTRY.add(self.process)
         _wait_until(lambda: self.client().ping(), f"redis-server {self.name} on port {self.port}")
+
+    def reconfigure(self, *command: str) -> None:
+        """Run a configuration command (REPLICAOF) and write it to the
+        configuration file, as Sentinel does, so that it survives a restart."""
+        client = self.client()
+        client.execute_command(*command)
+        client.config_rewrite()
 
     def client(self, **options: Any) -> redis.Redis:
         """A direct client; like the driver's, it never retries on its own."""
@@ -165,6 +176,45 @@ class RedisServer:
             self.process.wait()
         if self.process is not None:
             REGISTRY.remove(self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+
+class SentinelProcess:
+    """One redis-sentinel process watching the primary named ``master``
+    (which it reaches at ``address``), with its own folder and port; it
+    rewrites its configuration file as it learns."""
+
+    def __init__(self, name: str, folder: Path, master: str, address: str, quorum: int,
+                 settings: dict[str, str]) -> None:
+        self.name = name
+        self.folder = folder
+        self.port = free_port()
+        self.master = master
+        self.address = address
+        self.quorum = quorum
+        self.settings = settings   # sentinel <setting> <master> <value>: down-after-milliseconds...
+        self.process: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        binary = find_binary("redis-sentinel", "COUNTDRIFT_REDIS_SENTINEL")
+        host, port = self.address.split(":")
+        lines = [f"bind 127.0.0.1", f"port {self.port}", f"dir {self.folder}", "daemonize no",
+                 f"logfile {self.folder / 'sentinel.log'}", f"sentinel monitor {self.master} {host} {port} {self.quorum}",
+                 *(f"sentinel {setting} {self.master} {value}" for setting, value in self.settings.items())]
+        config = self.folder / "sentinel.conf"
+        config.write_text("".join(line + "\n" for line in lines))
+        self.process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        REGISTRY.add(self.process)
+        _wait_until(lambda: self.client().ping(), f"redis-sentinel {self.name} on port {self.port}")
+
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(**{"host": "127.0.0.1", "port": self.port, "decode_responses": True,
+                              "socket_timeout": 2, "retry": Retry(NoBackoff(), 0), **options})
 
     def stop(self) -> None:
         if self.process is not None:

@@ -46,3 +46,7 @@ class Toxics:
     async def enable(self, proxy: str, enabled: bool) -> None:
         """Disabled, a proxy closes its links and refuses new ones."""
         await self._call("POST", f"/proxies/{proxy}", {"enabled": enabled})
+
+    async def upstream(self, proxy: str, address: str) -> None:
+        """Where the proxy's new links go from now on."""
+        await self._call("POST", f"/proxies/{proxy}", {"upstream": address})
