@@ -72,14 +72,16 @@ def left_with_old_primary(seed: int, fault_index: int, clients: int, share: floa
     return frozenset(index for index in range(clients) if uniform(seed, fault_index, index, 0x5B1) < share)
 
 
-def time_to_new_primary(clients: list, since: float, promoted_at: float | None, node: str, run_end: float) -> float | None:
-    """Per client, on average, from ``since`` to its first connection to
-    ``node`` at or after ``promoted_at`` (the run's end if it never made one)."""
-    if promoted_at is None or not clients:
+def time_to_new_primary(clients: list, since: float, node: str, run_end: float) -> float | None:
+    """Per client, on average, from the fault at ``since`` to its first
+    connection to the promoted ``node`` (the run's end if it never made
+    one). No client reaches it before its promotion: until then the primary
+    is down or is another node."""
+    if not clients:
         return None
     waits = []
     for client in clients:
-        reached = next((at for at, where in client.connects if at >= promoted_at and where == node), run_end)
+        reached = next((at for at, where in client.connects if at >= since and where == node), run_end)
         waits.append(max(0.0, reached - since))
     return round(sum(waits) / len(waits), 6)
 
@@ -144,7 +146,7 @@ class FaultLog:
         ``run_end``; ``clients`` tell how long they took to reach a promoted replica."""
         for index, (struck, promoted, node) in self._promotions.items():
             self.update(index, promoted_at=round(promoted, 6),
-                        clients_on_old_primary_s=time_to_new_primary(clients, struck, promoted, node, run_end))
+                        clients_on_old_primary_s=time_to_new_primary(clients, struck, node, run_end))
         for index, (lost, acknowledged) in self._old_primaries.items():
             # Without a promotion nothing was lost: the old primary stayed the primary.
             self.update(index, old_primary_acknowledged=len(acknowledged),

@@ -151,7 +151,8 @@ class SimDriver:
         the request's number decide the network's dice."""
         env = self.env
         request = send.request
-        if client.connection is not None and client.connection.incarnation != client.connection.server.incarnation:
+        connection = client.connection
+        if connection is not None and connection.incarnation != connection.server.incarnation:
             client.connection = None   # the server died and closed the socket: the client knows
             raise ConnectionRefused("connection closed by the server")
         route = (self.network.route(env.now, send.operation, send.attempt, send.number)
@@ -190,11 +191,13 @@ class SimDriver:
                 raise self._lose(client, "server went away")
             return answer, None, ready
         server.advance(env.now)
-        if entry.lost or (route.fate == network.RESET and self._replies_lost):
+        # A split brain closed the link while the request was out: it ran, its reply is lost.
+        closed = connection.incarnation < 0 and self._replies_lost
+        if entry.lost or closed or (route.fate == network.RESET and self._replies_lost):
             if entry.committed and may_write(request):   # it ran (a large pipeline's earlier reads, or all)
                 self.history.applied(send.operation, entry.applied_at)
-            if entry.lost:
-                raise self._lose(client, "server went away")
+            if entry.lost or closed:
+                raise self._lose(client, "server went away" if entry.lost else "connection closed")
             self.network.replies_lost[route.window] += 1
             raise self._lose(client, "connection reset")
         reply = entry.reply

@@ -75,7 +75,8 @@ class Connection:
         self.last_write = -math.inf
 
     def close(self) -> None:
-        """The server closed it (a partition, a demotion): the client finds out at its next request."""
+        """The network closed it (a partition): a reply on its way is lost,
+        and the client finds out at its next request."""
         self.incarnation = -1
 
 

@@ -339,7 +339,7 @@ class RealNemesis:
                 await self.toxics.remove(node_proxy, f"split{index}_{stream}")
             await self._close_links(node_proxy)   # bytes were dropped mid-stream: start the links afresh
             split.healed = True
-            self.log.ended(index, driver.now())
+        self.log.ended(index, driver.now())
         try:
             if promoted:
                 await self._demotion(index, old)
