@@ -206,6 +206,60 @@ def command_fidelity(args: argparse.Namespace) -> int:
     return 1 if document["disagreements"] else 0
 
 
+def _seeds(args: argparse.Namespace) -> Callable[[object], list[int]]:
+    """A scenario's seeds: --seed-range A:B, or --seeds N from the scenario's own (default 10)."""
+    if args.seed_range is None:
+        def from_own(scenario) -> list[int]:
+            if scenario.seed + args.seeds > 2 ** 63:
+                raise UsageError(f"--seeds: {args.seeds} seeds from {scenario.path}'s seed {scenario.seed} pass "
+                                 f"2**63 - 1; name them with --seed-range")
+            return list(range(scenario.seed, scenario.seed + args.seeds))
+        return from_own
+    first, colon, last = args.seed_range.partition(":")
+    try:
+        low, high = seed_number(first, "--seed-range"), seed_number(last, "--seed-range")
+    except UsageError:
+        low, high = 1, 0
+    if not colon or not low <= high or high - low >= 100_000:
+        raise UsageError(f"--seed-range: A:B, two seeds with A <= B and at most 100,000 of them (e.g. 1:20 for "
+                         f"seeds 1 to 20, both included), got {args.seed_range!r}")
+    return lambda scenario: list(range(low, high + 1))
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    from sim.scenario import load
+    from sim.sweep import check_folder, default_workers, plan_tasks, run_sweep
+    from sim.table import format_sweep_table
+
+    scenarios = [load(path) for path in args.scenarios]
+    tasks = plan_tasks(scenarios, _seeds(args), lambda scenario: _strategies(args.strategies, scenario.strategies),
+                       args.backend)
+    if args.scheduler is not None and args.workers is not None:
+        raise UsageError("--workers: the size of a local cluster; with --scheduler the cluster's own workers run "
+                         "the sweep: leave one of them out")
+    for scenario in scenarios:
+        refusal = backends.get(args.backend).refuse(scenario)
+        if refusal:
+            raise UsageError(f"--backend {args.backend}: {refusal}")
+    names = "+".join(dict.fromkeys(scenario.name for scenario in scenarios))
+    out = Path(args.out) if args.out else Path("results") / f"sweep-{names}-{args.backend}"
+    check_folder(out)
+
+    def note(done: int, total: int) -> None:
+        Done.written = f"{done} of {total} runs in {out} (the same command resumes the sweep)"
+
+    document = run_sweep(out, tasks, args.scheduler, args.workers or default_workers(args.backend), args.quiet,
+                         note)
+    Done.written = f"the sweep in {out}"
+    for name in document["aggregates"]:
+        print(format_sweep_table(document, name), end="\n\n")
+    for failure in document["runs"]["failed"]:
+        print(f"failed: {failure['scenario']} seed {failure['seed']} {failure['strategy']}: {failure['error']}")
+    runs = document["runs"]
+    print(f"{runs['done']} of {runs['planned']} runs, wall {document['wall_seconds']:.1f} s; sweep: {out / 'sweep.json'}")
+    return 0 if document["complete"] else 1
+
+
 def _write_document(out: Path, file_name: str, make: Callable[[], dict], show: Callable[[dict], str]) -> int:
     """Check ``--out``, write the document ``make`` returns there whole, print it."""
     from sim.output import OutputFolder
@@ -344,6 +398,23 @@ def parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--out", default="results/fidelity", help="output folder (default: results/fidelity)")
     fidelity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     fidelity.set_defaults(handler=command_fidelity)
+
+    sweep = commands.add_parser("sweep", help="every (scenario, seed, strategy) as a task on Dask distributed; "
+                                              "each run's results.json and sweep.json with confidence intervals")
+    sweep.add_argument("scenarios", nargs="+", help="scenario TOML files")
+    seeds = sweep.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=positive, default=10,
+                       help="how many seeds, from each scenario's own seed up (default 10)")
+    seeds.add_argument("--seed-range", help="A:B: seeds A to B, both included, for every scenario")
+    sweep.add_argument("--strategies", help="comma-separated (default: each scenario's)")
+    sweep.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim")
+    sweep.add_argument("--scheduler", help="the address of an existing Dask scheduler (default: a local cluster)")
+    sweep.add_argument("--workers", type=positive,
+                       help="worker processes of the local cluster (default: one per core on the sim, 1 on redis)")
+    sweep.add_argument("--out", help="the sweep's folder, resumed if it holds an earlier run of the same sweep "
+                                     "(default: results/sweep-<scenarios>-<backend>)")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sweep.set_defaults(handler=command_sweep)
 
     capacity = commands.add_parser("capacity", help="each strategy's highest throughput with p99 under an objective "
                                                     "(closed loop, more and more clients)")

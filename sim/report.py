@@ -8,11 +8,8 @@ import json
 from pathlib import Path
 
 from sim import charts
+from sim.errors import ReportError
 from sim.table import COLUMNS, field_of
-
-
-class ReportError(ValueError):
-    pass
 
 
 def find_results(paths: list[str]) -> list[Path]:
