@@ -123,6 +123,7 @@ def command_trace(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from sim.output import OutputFolder
     from sim.report import ReportError, find_documents, find_results, load_results, write_report
+    from sim.sweep_results import find_sweeps
 
     out = Path(args.out)
     with OutputFolder(out, "--out") as folder:
@@ -130,9 +131,10 @@ def command_report(args: argparse.Namespace) -> int:
             documents = [load_results(path) for path in find_results(args.results)]
             fidelities = find_documents(args.results, "fidelity.json")
             capacities = find_documents(args.results, "capacity.json")
+            sweeps = [sweep for _, sweep in find_sweeps(args.results)]
         except ReportError as error:
             raise UsageError(str(error)) from None
-        markdown, page = write_report(documents, folder.partial, fidelities, capacities)
+        markdown, page = write_report(documents, folder.partial, fidelities, capacities, sweeps)
         folder.commit()
     Done.written = f"the report in {out}"
     print(f"report: {out / page.name} (and {markdown.name}, charts as PNG and SVG in {out})")
@@ -140,18 +142,26 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from sim.compare import as_json, as_markdown, as_text, compare
-    from sim.report import ReportError
-
+    from sim.compare import as_json, as_markdown, as_text, compare, compare_sweeps
     from sim.output import check_file
+    from sim.report import ReportError
+    from sim.sweep_results import find_sweeps
 
     if not (math.isfinite(args.tolerance) and 0 <= args.tolerance <= 10):
         raise UsageError(f"--tolerance: a fraction between 0 and 10 (0.05 is 5%), got {args.tolerance}")
+    if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
+        raise UsageError(f"--alpha: a significance level between 0 and 1 (0.01 is 1%), got {args.alpha}")
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path:
             check_file(Path(path), option)
     try:
-        changes = compare([args.baseline], [args.current], args.tolerance)
+        sweeps = [bool(find_sweeps([path])) for path in (args.baseline, args.current)]
+        if sweeps[0] != sweeps[1]:
+            sweep, other = (args.baseline, args.current) if sweeps[0] else (args.current, args.baseline)
+            raise UsageError(f"{sweep} holds a sweep and {other} does not: compare a sweep with a sweep, "
+                             f"a run with a run")
+        changes = (compare_sweeps([args.baseline], [args.current], args.tolerance, args.alpha) if sweeps[0]
+                   else compare([args.baseline], [args.current], args.tolerance))
     except ReportError as error:
         raise UsageError(str(error)) from None
     print(as_text(changes))
@@ -376,16 +386,19 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--out", required=True, help="the .npz file to write")
     trace.set_defaults(handler=command_trace)
 
-    report = commands.add_parser("report", help="charts and a summary page from results.json files")
-    report.add_argument("results", nargs="+", help="results.json files, or folders to search for them")
+    report = commands.add_parser("report", help="charts and a summary page from results.json files and sweeps")
+    report.add_argument("results", nargs="+", help="results.json or sweep.json files, or folders to search for them")
     report.add_argument("--out", default="results/report", help="output folder (default: results/report)")
     report.set_defaults(handler=command_report)
 
-    comparison = commands.add_parser("compare", help="what got worse between two results; exit 1 if anything did")
-    comparison.add_argument("baseline", help="a results.json, or a folder of them")
-    comparison.add_argument("current", help="a results.json, or a folder of them")
+    comparison = commands.add_parser("compare", help="what got worse between two results, or two sweeps; "
+                                                     "exit 1 if anything did")
+    comparison.add_argument("baseline", help="a results.json, or a folder of them, or a sweep's folder")
+    comparison.add_argument("current", help="a results.json, or a folder of them, or a sweep's folder")
     comparison.add_argument("--tolerance", type=float, default=0.05,
                             help="allowed fall in throughput (and growth of drift on real runs), as a fraction")
+    comparison.add_argument("--alpha", type=float, default=0.01,
+                            help="sweeps: a noisy figure's change counts only below this p (default 0.01)")
     comparison.add_argument("--json", help="also write the verdict as JSON here")
     comparison.add_argument("--markdown", help="also write a short Markdown table here (for a CI comment)")
     comparison.set_defaults(handler=command_compare)
