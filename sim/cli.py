@@ -266,7 +266,8 @@ def command_sweep(args: argparse.Namespace) -> int:
     for failure in document["runs"]["failed"]:
         print(f"failed: {failure['scenario']} seed {failure['seed']} {failure['strategy']}: {failure['error']}")
     runs = document["runs"]
-    print(f"{runs['done']} of {runs['planned']} runs, wall {document['wall_seconds']:.1f} s; sweep: {out / 'sweep.json'}")
+    print(f"{runs['done']} of {runs['planned']} runs, wall {document['wall_seconds']:.1f} s; "
+          f"sweep: {out / 'sweep.json'}")
     return 0 if document["complete"] else 1
 
 

@@ -173,7 +173,8 @@ def compare_sweeps(baseline_paths: list[str], current_paths: list[str], toleranc
             for figure, direction, fatal in SWEEP_FIGURES:
                 before, after = figures[figure], now[strategy][figure]
                 change = Change(scenario, None, backend, strategy, figure, 0, 0, False)
-                exact = backend == "sim" and not figure.startswith("wall_") and set(before["seeds"]) & set(after["seeds"])
+                common = set(before["seeds"]) & set(after["seeds"])
+                exact = backend == "sim" and not figure.startswith("wall_") and common
                 found = (_seed_by_seed(change, before, after, direction, tolerance, fatal) if exact
                          else _over_noise(change, before, after, direction, tolerance, alpha, fatal))
                 if found:

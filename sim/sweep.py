@@ -168,12 +168,44 @@ class Progress:
             self.bar.close()
 
 
+def _run_on(client, todo: list[Task], folder: Path, real: bool, progress: Progress,
+            finished: Callable[[], None]) -> list[dict]:
+    """Submit the tasks, write each run's results.json as it comes back
+    (``finished()`` after each); the runs that failed, each with its error.
+    Cut short, nothing of ours goes on running: the tasks are cancelled and
+    the servers of the real runs under way stopped."""
+    from distributed import as_completed
+
+    futures = {client.submit(run_task, task, pure=False, resources={REAL_RESOURCE: 1} if real else None): task
+               for task in todo}
+    failed: list[dict] = []
+    complete = False
+    try:
+        for future in as_completed(futures):
+            task = futures[future]
+            try:
+                document = future.result()
+            except Exception as error:   # the run failed on its worker: say which, go on with the rest
+                failed.append({"scenario": task.scenario.name, "seed": task.seed, "strategy": task.strategy,
+                               "error": f"{type(error).__name__}: {str(error)[:500]}"})
+            else:
+                write_json(task.where(folder), document)
+                finished()
+            progress.step(task)
+        complete = True
+    finally:
+        progress.close()
+        if not complete:
+            client.cancel(list(futures))
+            if real:
+                client.run(_stop_servers)
+    return failed
+
+
 def run_sweep(folder: Path, tasks: list[Task], scheduler: str | None, workers: int, quiet: bool,
               on_run: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Run the tasks not yet in ``folder``, writing each run's results.json
-    as it comes back; then sweep.json. ``on_run(done, total)`` after each."""
-    from distributed import as_completed
-
+    as it comes back; then sweep.json. ``on_run(done, total)`` whenever a run is written."""
     started = time.perf_counter()
     scenarios = {task.scenario.name: task.scenario.to_dict() for task in tasks}
     plan = {name: {"seeds": list(dict.fromkeys(task.seed for task in tasks if task.scenario.name == name)),
@@ -189,35 +221,19 @@ def run_sweep(folder: Path, tasks: list[Task], scheduler: str | None, workers: i
     write_json(folder / SWEEP_FILE, document([]))
     done = len(tasks) - len(todo)
     on_run(done, len(tasks))
-    failed: list[dict] = []
     if not quiet:
         where = f"the cluster at {scheduler}" if scheduler else f"a local cluster of {workers} worker(s)"
         print(f"sweep: {len(tasks)} runs ({done} already done) on {where}; {folder}", file=sys.stderr)
+
+    def finished() -> None:
+        nonlocal done
+        done += 1
+        on_run(done, len(tasks))
+
+    failed: list[dict] = []
     if todo:
-        progress = Progress(len(tasks), done, quiet)
-        real = backend == "redis"
-        with connect(scheduler, workers, real) as client:
-            futures = {client.submit(run_task, task, pure=False, resources={REAL_RESOURCE: 1} if real else None): task
-                       for task in todo}
-            complete = False
-            try:
-                for future in as_completed(futures):
-                    task = futures[future]
-                    try:
-                        write_json(task.where(folder), future.result())
-                        done += 1
-                        on_run(done, len(tasks))
-                    except Exception as error:   # the run failed on its worker: say which, go on with the rest
-                        failed.append({"scenario": task.scenario.name, "seed": task.seed, "strategy": task.strategy,
-                                       "error": f"{type(error).__name__}: {str(error)[:500]}"})
-                    progress.step(task)
-                complete = True
-            finally:
-                progress.close()
-                if not complete:
-                    client.cancel(list(futures))
-                    if real:
-                        client.run(_stop_servers)
+        with connect(scheduler, workers, backend == "redis") as client:
+            failed = _run_on(client, todo, folder, backend == "redis", Progress(len(tasks), done, quiet), finished)
     result = document(failed)
     write_json(folder / SWEEP_FILE, result)
     return result

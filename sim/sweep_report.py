@@ -97,8 +97,8 @@ def sweep_sections(sweep: dict, folder: Path, index: int, drawn: list[tuple[str,
                   f"- scenario: `{scenario}` from `{entry['path']}` (sha256 `{entry['sha256'][:12]}`)"
                   + (f": {entry['description']}" if entry["description"] else ""),
                   f"- {sweep_heading(sweep, scenario)}; {runs['done']} of {runs['planned']} runs of the sweep done",
-                  f"- reproduce: `countdrift sweep {entry['path']} --seed-range {entry['seeds'][0]}:{entry['seeds'][-1]}"
-                  + (" --backend redis" if sweep["backend"] == "redis" else "") + "`", ""]
+                  f"- reproduce: `countdrift sweep {entry['path']} --strategies {','.join(entry['strategies'])} "
+                  f"--seed-range {entry['seeds'][0]}:{entry['seeds'][-1]} --backend {sweep['backend']}`", ""]
         lines += _markdown_table(sweep, scenario)
         lines += ["", f"Differences between strategies, seed by seed (significant: Wilcoxon signed-rank p < {ALPHA:g}; "
                       f"with many pairs, a few near {ALPHA:g} can pass by chance):", ""]
