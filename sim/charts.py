@@ -77,13 +77,19 @@ def tradeoff(document: dict, capacity: dict | None = None) -> Figure:
             left.set_xlim(middle * 0.95, middle * 1.05)
         left.set(xlabel="throughput (operations/s; the offered rate below saturation: see countdrift capacity)",
                  title="throughput vs drift")
+    _label_tradeoff(figure, f"Trade-off: {title_of(document)}")
+    return figure
+
+
+def _label_tradeoff(figure: Figure, title: str) -> None:
+    """What both trade-off charts share: the drift axis, the p99 latency side, the legend."""
+    left, right = figure.axes[:2]
     left.ticklabel_format(axis="x", useOffset=False, style="plain")
     left.set(ylabel="|drift| (sum over users of |total - truth|)")
     right.set(xlabel="p99 latency (ms)", title="p99 latency vs drift")
     right.set_xscale("log")
     right.legend(fontsize=7, loc="best")
-    figure.suptitle(f"Trade-off: {title_of(document)}")
-    return figure
+    figure.suptitle(title)
 
 
 @styled
@@ -160,13 +166,8 @@ def sweep_tradeoff(sweep: dict, scenario: str) -> Figure:
                           color=colour(strategy), markeredgecolor="black", markeredgewidth=0.4, label=strategy,
                           zorder=3)
     seeds = len(sweep["scenarios"][scenario]["seeds"])
-    left.set(xlabel="throughput (operations/s; the offered rate below saturation)",
-             ylabel="|drift| (sum over users of |total - truth|)", title="throughput vs drift")
-    left.ticklabel_format(axis="x", useOffset=False, style="plain")
-    right.set(xlabel="p99 latency (ms)", title="p99 latency vs drift")
-    right.set_xscale("log")
-    right.legend(fontsize=7, loc="best")
-    figure.suptitle(f"Trade-off: {scenario} ({sweep['backend']}, {seeds} seeds: means with 95% intervals)")
+    left.set(xlabel="throughput (operations/s; the offered rate below saturation)", title="throughput vs drift")
+    _label_tradeoff(figure, f"Trade-off: {scenario} ({sweep['backend']}, {seeds} seeds: means with 95% intervals)")
     return figure
 
 
