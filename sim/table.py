@@ -107,6 +107,8 @@ def sweep_rows(sweep: dict, scenario: str) -> list[list[str]]:
 
 def sweep_heading(sweep: dict, scenario: str) -> str:
     seeds = sweep["scenarios"][scenario]["seeds"]
+    if len(seeds) == 1:
+        return f"{scenario} ({sweep['backend']}): 1 seed ({seeds[0]})"
     span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[0] + len(seeds))) else \
         ", ".join(map(str, seeds))
     return (f"{scenario} ({sweep['backend']}): {len(seeds)} seeds ({span}), "
