@@ -18,12 +18,12 @@ from sim import charts
 from sim.stats import ALPHA, paired
 from sim.table import SWEEP_COLUMNS, short, sweep_heading, sweep_rows
 
-# The figures whose differences the report spells out: (figure, name in a sentence).
+# The figures whose differences the report spells out: (figure, name in a sentence, unit).
 COMPARED = (
-    ("drift.abs_drift_sum", "|drift|"),
-    ("drift.users_inconsistent", "count of inconsistent users"),
-    ("latency_ms.p99", "p99 latency (ms)"),
-    ("throughput_ops_per_s", "throughput (ops/s)"),
+    ("drift.abs_drift_sum", "|drift|", ""),
+    ("drift.users_inconsistent", "count of inconsistent users", ""),
+    ("latency_ms.p99", "p99 latency", " ms"),
+    ("throughput_ops_per_s", "throughput", " ops/s"),
 )
 
 
@@ -31,13 +31,15 @@ def _names(strategies: list[str]) -> str:
     return strategies[0] if len(strategies) == 1 else f"{', '.join(strategies[:-1])} and {strategies[-1]}"
 
 
+NEGLIGIBLE = 0.01      # a significant difference under 1% of the value is named as negligible
+
+
 def _relative(difference: float, base: float, name: str) -> str:
-    """How big a difference is next to what it is added to: ", +27%" or ", 39 times naive's"."""
-    if base <= 0:
-        return ""
+    """How big a difference is next to what it is added to: "+27%" or "39 times naive's"."""
     if difference >= base:
-        return f", {(base + difference) / base:.2g} times {name}'s"
-    return f", +{100 * difference / base:.2g}%"
+        ratio = (base + difference) / base
+        return f"{ratio:,.0f} times {name}'s" if ratio >= 10 else f"{ratio:.2g} times {name}'s"
+    return f"+{100 * difference / base:.2g}%"
 
 
 def _aligned(first: dict, second: dict) -> tuple[list[float], list[float]]:
@@ -47,15 +49,16 @@ def _aligned(first: dict, second: dict) -> tuple[list[float], list[float]]:
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
-def differences(sweep: dict, scenario: str, figure: str, label: str) -> str:
-    """One paragraph: which strategies are identical seed by seed, which
-    pairs differ significantly (and by how much), and which are within noise."""
+def differences(sweep: dict, scenario: str, figure: str, label: str, unit: str) -> list[str]:
+    """Markdown lines: which strategies are identical seed by seed, which
+    pairs differ significantly (by how much), which only negligibly, and
+    which are within noise."""
     strategies = sweep["aggregates"][scenario]
     groups: dict[tuple, list[str]] = {}
     for strategy, figures in strategies.items():
         groups.setdefault(tuple(zip(figures[figure]["seeds"], figures[figure]["values"])), []).append(strategy)
-    sentences = [f"{_names(group)}: identical in every seed." for group in groups.values() if len(group) > 1]
-    significant, noise = [], []
+    lines = [f"- {_names(group)}: identical in every seed." for group in groups.values() if len(group) > 1]
+    negligible, noise = [], []
     for first, second in combinations([group[0] for group in groups.values()], 2):
         a, b = _aligned(strategies[first][figure], strategies[second][figure])
         if not a:
@@ -64,21 +67,25 @@ def differences(sweep: dict, scenario: str, figure: str, label: str) -> str:
         if result.significant:
             (high, low), sign, base = ((first, second), 1, b) if result.mean > 0 else ((second, first), -1, a)
             lower, upper = sorted(sign * bound for bound in result.ci95)
-            relative = _relative(sign * result.mean, sum(base) / len(base), low)
-            significant.append(f"{high}'s {label} is higher than {low}'s, by {short(sign * result.mean)} on average"
-                               f"{relative} (95% interval {short(lower)} to {short(upper)}; Wilcoxon p = "
-                               f"{result.p:.2g}, {result.n} seeds)")
+            mean_low = sum(base) / len(base)
+            if mean_low > 0 and sign * result.mean < NEGLIGIBLE * mean_low:
+                negligible.append(f"{high} over {low} ({_relative(sign * result.mean, mean_low, low)})")
+                continue
+            relative = f"{_relative(sign * result.mean, mean_low, low)}; " if mean_low > 0 else ""
+            lines.append(f"- {high}'s {label} is higher than {low}'s, by {short(sign * result.mean)}{unit} on average "
+                         f"({relative}95% interval {short(lower)} to {short(upper)}; Wilcoxon p = {result.p:.2g} "
+                         f"over {result.n} seeds).")
         else:
             why = f"p = {result.p:.2g}" if result.can_be_significant else \
-                f"only {result.differing} seeds differ: too few for p < {ALPHA:g}"
+                f"only {result.differing} of {result.n} seeds differ: too few for p < {ALPHA:g}"
             low, high = result.ci95
             noise.append(f"{first} and {second} ({first} - {second} = {short(result.mean)} on average, "
                          f"95% interval {short(low)} to {short(high)}, {why})")
-    if significant:
-        sentences.append("Significant: " + "; ".join(significant) + ".")
+    if negligible:
+        lines.append(f"- Significant but under {NEGLIGIBLE:.0%} of the value: {'; '.join(negligible)}.")
     if noise:
-        sentences.append("Within noise: " + "; ".join(noise) + ".")
-    return f"**{label}.** " + " ".join(sentences)
+        lines.append(f"- Within noise: {'; '.join(noise)}.")
+    return [f"**{label}**", "", *lines, ""]
 
 
 def _markdown_table(sweep: dict, scenario: str) -> list[str]:
@@ -102,7 +109,8 @@ def sweep_sections(sweep: dict, folder: Path, index: int, drawn: list[tuple[str,
         lines += _markdown_table(sweep, scenario)
         lines += ["", f"Differences between strategies, seed by seed (significant: Wilcoxon signed-rank p < {ALPHA:g}; "
                       f"with many pairs, a few near {ALPHA:g} can pass by chance):", ""]
-        lines += [differences(sweep, scenario, figure, label) + "\n" for figure, label in COMPARED]
+        for figure, label, unit in COMPARED:
+            lines += differences(sweep, scenario, figure, label, unit)
         slug = f"{index}-{scenario}-{sweep['backend']}"
         for name, chart, caption in (("tradeoff", charts.sweep_tradeoff, "Throughput and p99 latency vs drift"),
                                      ("spread", charts.sweep_spread, "|drift| seed by seed")):

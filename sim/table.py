@@ -84,10 +84,10 @@ SWEEP_COLUMNS = (
 
 
 def short(value: float) -> str:
-    """About three significant digits, never an exponent: 1938, 46.3, 0.74, 12."""
+    """About three significant digits, no exponent above 0.0001: 1938, 46.3, 1.25, 0.0042, 12."""
     if value == round(value) or abs(value) >= 100:
         return f"{value:.0f}"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.2g}"
 
 
 def mean_and_ci(statistics: dict) -> str:

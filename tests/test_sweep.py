@@ -177,9 +177,9 @@ def test_report_says_which_differences_are_significant(sweeps, tmp_path):
     markdown = (out / "summary.md").read_text()
     assert "## Sweep: small (sim, 3 seeds)" in markdown and "## Sweep: small (sim, 6 seeds)" in markdown
     few, many = markdown.split("## Sweep: small (sim, 6 seeds)")
-    assert "too few for p < 0.05" in few and "Significant" not in few
-    drift = next(line for line in many.splitlines() if line.startswith("**|drift|.**"))
-    assert "Significant: naive's |drift| is higher than lua's" in drift and "Wilcoxon p = 0.031, 6 seeds" in drift
+    assert "only 3 of 3 seeds differ: too few for p < 0.05" in few and "is higher than" not in few
+    drift = many[many.index("**|drift|**"):many.index("**count of inconsistent users**")]
+    assert "- naive's |drift| is higher than lua's" in drift and "Wilcoxon p = 0.031 over 6 seeds" in drift
     assert "| naive | 6 |" in many and " [" in many          # the table: means with intervals
     for chart in ("sweep-tradeoff-1-small-sim", "sweep-spread-1-small-sim", "sweep-matrix-drift-1"):
         assert (out / f"{chart}.png").stat().st_size > 10_000, chart
