@@ -217,8 +217,6 @@ def run_sweep(folder: Path, tasks: list[Task], scheduler: str | None, workers: i
         return sweep_document(folder, scenarios, plan, backend, failed, time.perf_counter() - started)
 
     todo = [task for task in tasks if not _finished(task, folder)]
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / SWEEP_FILE, document([]))
     done = len(tasks) - len(todo)
     on_run(done, len(tasks))
     if not quiet:
@@ -233,6 +231,7 @@ def run_sweep(folder: Path, tasks: list[Task], scheduler: str | None, workers: i
     failed: list[dict] = []
     if todo:
         with connect(scheduler, workers, backend == "redis") as client:
+            write_json(folder / SWEEP_FILE, document([]))    # the folder is a sweep's before its first run lands
             failed = _run_on(client, todo, folder, backend == "redis", Progress(len(tasks), done, quiet), finished)
     result = document(failed)
     write_json(folder / SWEEP_FILE, result)

@@ -186,6 +186,23 @@ def test_report_says_which_differences_are_significant(sweeps, tmp_path):
     assert "results.json" not in markdown                        # the runs are the sweep's, not runs of their own
 
 
+def test_an_existing_cluster_runs_the_sweep_by_its_address(sweeps, tmp_path):
+    from distributed import LocalCluster
+
+    from sim.errors import UsageError
+    from sim.sweep import connect
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        out = tmp_path / "remote"
+        assert sweep(sweeps["scenario"], out, "--seeds", "3", "--scheduler", cluster.scheduler_address, "-q") == 0
+        assert documents(out) == documents(sweeps["one"])
+        with pytest.raises(UsageError, match=r"no worker offers the resource 'real'.*--resources real=1"):
+            with connect(cluster.scheduler_address, 1, real=True):
+                pass
+    with connect(None, 2, real=True) as client:     # a local cluster for real runs: one real run per worker
+        assert [info["resources"] for info in client.scheduler_info()["workers"].values()] == [{"real": 1}] * 2
+
+
 @pytest.mark.parametrize("options, expected", [
     (["--seed-range", "5"], ["--seed-range", "e.g. 1:20"]),
     (["--seed-range", "9:3"], ["--seed-range", "A <= B"]),
