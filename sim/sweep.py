@@ -103,13 +103,15 @@ def _local_cluster(workers: int, real: bool) -> Iterator:
     """A cluster of worker processes on this machine, closed on the way out
     whatever happens. The workers ignore SIGINT (they inherit it ignored):
     a Ctrl-C in a terminal reaches the whole process group, and only this
-    process should act on it, by closing the cluster."""
+    process should act on it, by closing the cluster. Dask's own logs are
+    silenced (a worker's heartbeat racing the scheduler's close logs an
+    error): a run that fails is reported with its error by the sweep."""
     from distributed import LocalCluster
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR, resources={REAL_RESOURCE: 1} if real else None)
+                               silence_logs=logging.CRITICAL, resources={REAL_RESOURCE: 1} if real else None)
     finally:
         signal.signal(signal.SIGINT, previous)
     with cluster:

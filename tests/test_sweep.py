@@ -102,6 +102,12 @@ def test_resume_runs_only_what_is_missing_and_prints_means_with_intervals(sweeps
     assert "mean [95% bootstrap interval]" in printed.out and "|drift|" in printed.out
 
 
+def test_quiet_prints_the_table_and_nothing_else(sweeps, tmp_path, capfd):
+    assert sweep(sweeps["scenario"], tmp_path / "quiet", "--seeds", "2", "--workers", "2", "-q") == 0
+    out, err = capfd.readouterr()          # the workers' output too: they write to the same descriptors
+    assert err == "" and "mean [95% bootstrap interval]" in out and "4 of 4 runs" in out
+
+
 def test_a_run_of_another_scenario_version_is_refused(sweeps, tmp_path, capsys):
     folder = tmp_path / "other"
     shutil.copytree(sweeps["one"], folder)
