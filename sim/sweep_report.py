@@ -108,7 +108,8 @@ def sweep_sections(sweep: dict, folder: Path, index: int, drawn: list[tuple[str,
                   f"--seed-range {entry['seeds'][0]}:{entry['seeds'][-1]} --backend {sweep['backend']}`", ""]
         lines += _markdown_table(sweep, scenario)
         lines += ["", f"Differences between strategies, seed by seed (significant: Wilcoxon signed-rank p < {ALPHA:g}; "
-                      f"with many pairs, a few near {ALPHA:g} can pass by chance):", ""]
+                      f"with many pairs, a few near {ALPHA:g} can pass by chance; the interval is the mean "
+                      f"difference's, the test is on ranks, and near the edge the two can disagree):", ""]
         for figure, label, unit in COMPARED:
             lines += differences(sweep, scenario, figure, label, unit)
         slug = f"{index}-{scenario}-{sweep['backend']}"
