@@ -77,26 +77,56 @@ def tradeoff(document: dict, capacity: dict | None = None) -> Figure:
             left.set_xlim(middle * 0.95, middle * 1.05)
         left.set(xlabel="throughput (operations/s; the offered rate below saturation: see countdrift capacity)",
                  title="throughput vs drift")
+    _label_tradeoff(figure, f"Trade-off: {title_of(document)}")
+    return figure
+
+
+def _label_tradeoff(figure: Figure, title: str) -> None:
+    """What both trade-off charts share: the drift axis, the p99 latency side, the legend."""
+    left, right = figure.axes[:2]
     left.ticklabel_format(axis="x", useOffset=False, style="plain")
     left.set(ylabel="|drift| (sum over users of |total - truth|)")
     right.set(xlabel="p99 latency (ms)", title="p99 latency vs drift")
     right.set_xscale("log")
     right.legend(fontsize=7, loc="best")
-    figure.suptitle(f"Trade-off: {title_of(document)}")
-    return figure
+    figure.suptitle(title)
 
 
 @styled
 def matrix(documents: list[dict], field: str) -> Figure:
     """Strategy x scenario heatmap of |drift| (field="drift") or throughput."""
-    columns = [document["scenario"]["name"] for document in documents]
-    rows = [name for name in STRATEGIES if any(run["strategy"] == name for d in documents for run in d["runs"])]
+    cells = {(run["strategy"], j): run["drift"]["abs_drift_sum"] if field == "drift" else run["throughput_ops_per_s"]
+             for j, document in enumerate(documents) for run in document["runs"]}
+    return _heatmap({key: (value, f"{value:.0f}") for key, value in cells.items()},
+                    [document["scenario"]["name"] for document in documents], field, "")
+
+
+@styled
+def sweep_matrix(sweeps: list[dict], field: str) -> Figure:
+    """Strategy x scenario heatmap of sweeps: each cell the mean over the
+    seeds and its 95% interval."""
+    figure_name = "drift.abs_drift_sum" if field == "drift" else "throughput_ops_per_s"
+    columns = [(sweep, scenario) for sweep in sweeps for scenario in sweep["aggregates"]]
+    cells = {}
+    for j, (sweep, scenario) in enumerate(columns):
+        for strategy, figures in sweep["aggregates"][scenario].items():
+            statistics = figures[figure_name]
+            low, high = statistics["ci95"] or [statistics["mean"]] * 2
+            cells[(strategy, j)] = (statistics["mean"], f"{statistics['mean']:.0f}\n[{low:.0f}, {high:.0f}]")
+    return _heatmap(cells, [scenario for _, scenario in columns], field, " (mean over seeds [95% interval])")
+
+
+def _heatmap(cells: dict[tuple[str, int], tuple[float, str]], columns: list[str], field: str,
+             subtitle: str) -> Figure:
+    """(strategy, column) -> (value, text), drawn as a heatmap; ``columns`` names the columns."""
+    rows = [name for name in STRATEGIES if any(strategy == name for strategy, _ in cells)]
     values = np.full((len(rows), len(columns)), np.nan)
-    for j, document in enumerate(documents):
-        for run in document["runs"]:
-            value = run["drift"]["abs_drift_sum"] if field == "drift" else run["throughput_ops_per_s"]
-            values[rows.index(run["strategy"]), j] = value
-    figure = Figure(figsize=(1.1 * len(columns) + 3, 0.45 * len(rows) + 2))
+    texts = {}
+    for (strategy, j), (value, text) in cells.items():
+        values[rows.index(strategy), j] = value
+        texts[(rows.index(strategy), j)] = text
+    lines = max((text.count("\n") + 1 for text in texts.values()), default=1)
+    figure = Figure(figsize=(1.1 * len(columns) + 3, (0.3 + 0.15 * lines) * len(rows) + 2))
     axis = figure.subplots()
     cmap = "Reds" if field == "drift" else "Blues"
     finite = values[np.isfinite(values)]
@@ -105,15 +135,57 @@ def matrix(documents: list[dict], field: str) -> Figure:
     axis.set_xticks(range(len(columns)), [c.replace("faults_", "") for c in columns], rotation=35, ha="right")
     axis.set_yticks(range(len(rows)), rows)
     axis.grid(False)
-    for i in range(len(rows)):
-        for j in range(len(columns)):
-            if np.isfinite(values[i, j]):
-                text = f"{values[i, j]:.0f}"
-                dark = norm(values[i, j]) > 0.6
-                axis.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    for (i, j), text in texts.items():
+        dark = norm(values[i, j]) > 0.6
+        axis.text(j, i, text, ha="center", va="center", fontsize=8 if lines == 1 else 7,
+                  color="white" if dark else "black")
     label = "|drift| at the end of the run" if field == "drift" else "throughput (operations/s)"
     figure.colorbar(image, ax=axis, label=label)
-    axis.set_title(f"{'Drift' if field == 'drift' else 'Throughput'}: strategy x scenario")
+    axis.set_title(f"{'Drift' if field == 'drift' else 'Throughput'}: strategy x scenario{subtitle}")
+    return figure
+
+
+def _errors(statistics: dict) -> tuple[float, list[list[float]]]:
+    """The mean and its interval as matplotlib's asymmetric error bar."""
+    mean = statistics["mean"]
+    low, high = statistics["ci95"] or (mean, mean)
+    return mean, [[mean - low], [high - mean]]
+
+
+@styled
+def sweep_tradeoff(sweep: dict, scenario: str) -> Figure:
+    """The trade-off chart of one scenario of a sweep: each strategy at its
+    mean over the seeds, with the 95% intervals of both figures as bars."""
+    figure = Figure(figsize=(10, 4))
+    left, right = figure.subplots(1, 2)
+    for strategy, figures in sweep["aggregates"][scenario].items():
+        drift, drift_bar = _errors(figures["drift.abs_drift_sum"])
+        for axis, name in ((left, "throughput_ops_per_s"), (right, "latency_ms.p99")):
+            x, x_bar = _errors(figures[name])
+            axis.errorbar(x, drift, xerr=x_bar, yerr=drift_bar, fmt="o", markersize=8, capsize=3,
+                          color=colour(strategy), markeredgecolor="black", markeredgewidth=0.4, label=strategy,
+                          zorder=3)
+    seeds = len(sweep["scenarios"][scenario]["seeds"])
+    left.set(xlabel="throughput (operations/s; the offered rate below saturation)", title="throughput vs drift")
+    _label_tradeoff(figure, f"Trade-off: {scenario} ({sweep['backend']}, {seeds} seeds: means with 95% intervals)")
+    return figure
+
+
+@styled
+def sweep_spread(sweep: dict, scenario: str) -> Figure:
+    """|drift| of every seed, strategy by strategy, beside the mean and its 95% interval."""
+    strategies = sweep["aggregates"][scenario]
+    figure = Figure(figsize=(max(6, 0.9 * len(strategies) + 2), 4))
+    axis = figure.subplots()
+    for x, (strategy, figures) in enumerate(strategies.items()):
+        statistics = figures["drift.abs_drift_sum"]
+        jitter = np.linspace(-0.15, 0.15, len(statistics["values"])) if len(statistics["values"]) > 1 else [0.0]
+        axis.scatter(x + np.asarray(jitter), statistics["values"], s=12, color=colour(strategy), alpha=0.6, zorder=2)
+        mean, bar = _errors(statistics)
+        axis.errorbar(x + 0.3, mean, yerr=bar, fmt="D", color="black", markersize=5, capsize=4, zorder=3)
+    axis.set_xticks(range(len(strategies)), list(strategies), rotation=30, ha="right")
+    axis.set(ylabel="|drift| at the end of the run",
+             title=f"|drift| seed by seed: {scenario} ({sweep['backend']}); diamond: mean, bar: 95% interval")
     return figure
 
 

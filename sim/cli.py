@@ -123,6 +123,7 @@ def command_trace(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from sim.output import OutputFolder
     from sim.report import ReportError, find_documents, find_results, load_results, write_report
+    from sim.sweep_results import find_sweeps
 
     out = Path(args.out)
     with OutputFolder(out, "--out") as folder:
@@ -130,9 +131,10 @@ def command_report(args: argparse.Namespace) -> int:
             documents = [load_results(path) for path in find_results(args.results)]
             fidelities = find_documents(args.results, "fidelity.json")
             capacities = find_documents(args.results, "capacity.json")
+            sweeps = [sweep for _, sweep in find_sweeps(args.results)]
         except ReportError as error:
             raise UsageError(str(error)) from None
-        markdown, page = write_report(documents, folder.partial, fidelities, capacities)
+        markdown, page = write_report(documents, folder.partial, fidelities, capacities, sweeps)
         folder.commit()
     Done.written = f"the report in {out}"
     print(f"report: {out / page.name} (and {markdown.name}, charts as PNG and SVG in {out})")
@@ -140,18 +142,26 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from sim.compare import as_json, as_markdown, as_text, compare
-    from sim.report import ReportError
-
+    from sim.compare import as_json, as_markdown, as_text, compare, compare_sweeps
     from sim.output import check_file
+    from sim.report import ReportError
+    from sim.sweep_results import find_sweeps
 
     if not (math.isfinite(args.tolerance) and 0 <= args.tolerance <= 10):
         raise UsageError(f"--tolerance: a fraction between 0 and 10 (0.05 is 5%), got {args.tolerance}")
+    if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
+        raise UsageError(f"--alpha: a significance level between 0 and 1 (0.01 is 1%), got {args.alpha}")
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path:
             check_file(Path(path), option)
     try:
-        changes = compare([args.baseline], [args.current], args.tolerance)
+        sweeps = [bool(find_sweeps([path])) for path in (args.baseline, args.current)]
+        if sweeps[0] != sweeps[1]:
+            sweep, other = (args.baseline, args.current) if sweeps[0] else (args.current, args.baseline)
+            raise UsageError(f"{sweep} holds a sweep and {other} does not: compare a sweep with a sweep, "
+                             f"a run with a run")
+        changes = (compare_sweeps([args.baseline], [args.current], args.tolerance, args.alpha) if sweeps[0]
+                   else compare([args.baseline], [args.current], args.tolerance))
     except ReportError as error:
         raise UsageError(str(error)) from None
     print(as_text(changes))
@@ -204,6 +214,61 @@ def command_fidelity(args: argparse.Namespace) -> int:
     print(format_matrix(document))
     print(f"fidelity: {out / 'fidelity.json'}")
     return 1 if document["disagreements"] else 0
+
+
+def _seeds(args: argparse.Namespace) -> Callable[[object], list[int]]:
+    """A scenario's seeds: --seed-range A:B, or --seeds N from the scenario's own (default 10)."""
+    if args.seed_range is None:
+        def from_own(scenario) -> list[int]:
+            if scenario.seed + args.seeds > 2 ** 63:
+                raise UsageError(f"--seeds: {args.seeds} seeds from {scenario.path}'s seed {scenario.seed} pass "
+                                 f"2**63 - 1; name them with --seed-range")
+            return list(range(scenario.seed, scenario.seed + args.seeds))
+        return from_own
+    first, colon, last = args.seed_range.partition(":")
+    try:
+        low, high = seed_number(first, "--seed-range"), seed_number(last, "--seed-range")
+    except UsageError:
+        low, high = 1, 0
+    if not colon or not low <= high or high - low >= 100_000:
+        raise UsageError(f"--seed-range: A:B, two seeds with A <= B and at most 100,000 of them (e.g. 1:20 for "
+                         f"seeds 1 to 20, both included), got {args.seed_range!r}")
+    return lambda scenario: list(range(low, high + 1))
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    from sim.scenario import load
+    from sim.sweep import check_folder, default_workers, plan_tasks, run_sweep
+    from sim.table import format_sweep_table
+
+    scenarios = [load(path) for path in args.scenarios]
+    tasks = plan_tasks(scenarios, _seeds(args), lambda scenario: _strategies(args.strategies, scenario.strategies),
+                       args.backend)
+    if args.scheduler is not None and args.workers is not None:
+        raise UsageError("--workers: the size of a local cluster; with --scheduler the cluster's own workers run "
+                         "the sweep: leave one of them out")
+    for scenario in scenarios:
+        refusal = backends.get(args.backend).refuse(scenario)
+        if refusal:
+            raise UsageError(f"--backend {args.backend}: {refusal}")
+    names = "+".join(dict.fromkeys(scenario.name for scenario in scenarios))
+    out = Path(args.out) if args.out else Path("results") / f"sweep-{names}-{args.backend}"
+    check_folder(out)
+
+    def note(done: int, total: int) -> None:
+        Done.written = f"{done} of {total} runs in {out} (the same command resumes the sweep)"
+
+    document = run_sweep(out, tasks, args.scheduler, args.workers or default_workers(args.backend), args.quiet,
+                         note)
+    Done.written = f"the sweep in {out}"
+    for name in document["aggregates"]:
+        print(format_sweep_table(document, name), end="\n\n")
+    for failure in document["runs"]["failed"]:
+        print(f"failed: {failure['scenario']} seed {failure['seed']} {failure['strategy']}: {failure['error']}")
+    runs = document["runs"]
+    print(f"{runs['done']} of {runs['planned']} runs, wall {document['wall_seconds']:.1f} s; "
+          f"sweep: {out / 'sweep.json'}")
+    return 0 if document["complete"] else 1
 
 
 def _write_document(out: Path, file_name: str, make: Callable[[], dict], show: Callable[[dict], str]) -> int:
@@ -322,16 +387,19 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--out", required=True, help="the .npz file to write")
     trace.set_defaults(handler=command_trace)
 
-    report = commands.add_parser("report", help="charts and a summary page from results.json files")
-    report.add_argument("results", nargs="+", help="results.json files, or folders to search for them")
+    report = commands.add_parser("report", help="charts and a summary page from results.json files and sweeps")
+    report.add_argument("results", nargs="+", help="results.json or sweep.json files, or folders to search for them")
     report.add_argument("--out", default="results/report", help="output folder (default: results/report)")
     report.set_defaults(handler=command_report)
 
-    comparison = commands.add_parser("compare", help="what got worse between two results; exit 1 if anything did")
-    comparison.add_argument("baseline", help="a results.json, or a folder of them")
-    comparison.add_argument("current", help="a results.json, or a folder of them")
+    comparison = commands.add_parser("compare", help="what got worse between two results, or two sweeps; "
+                                                     "exit 1 if anything did")
+    comparison.add_argument("baseline", help="a results.json, or a folder of them, or a sweep's folder")
+    comparison.add_argument("current", help="a results.json, or a folder of them, or a sweep's folder")
     comparison.add_argument("--tolerance", type=float, default=0.05,
                             help="allowed fall in throughput (and growth of drift on real runs), as a fraction")
+    comparison.add_argument("--alpha", type=float, default=0.01,
+                            help="sweeps: a noisy figure's change counts only below this p (default 0.01)")
     comparison.add_argument("--json", help="also write the verdict as JSON here")
     comparison.add_argument("--markdown", help="also write a short Markdown table here (for a CI comment)")
     comparison.set_defaults(handler=command_compare)
@@ -344,6 +412,23 @@ def parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--out", default="results/fidelity", help="output folder (default: results/fidelity)")
     fidelity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     fidelity.set_defaults(handler=command_fidelity)
+
+    sweep = commands.add_parser("sweep", help="every (scenario, seed, strategy) as a task on Dask distributed; "
+                                              "each run's results.json and sweep.json with confidence intervals")
+    sweep.add_argument("scenarios", nargs="+", help="scenario TOML files")
+    seeds = sweep.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=positive, default=10,
+                       help="how many seeds, from each scenario's own seed up (default 10)")
+    seeds.add_argument("--seed-range", help="A:B: seeds A to B, both included, for every scenario")
+    sweep.add_argument("--strategies", help="comma-separated (default: each scenario's)")
+    sweep.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim")
+    sweep.add_argument("--scheduler", help="the address of an existing Dask scheduler (default: a local cluster)")
+    sweep.add_argument("--workers", type=positive,
+                       help="worker processes of the local cluster (default: one per core on the sim, 1 on redis)")
+    sweep.add_argument("--out", help="the sweep's folder, resumed if it holds an earlier run of the same sweep "
+                                     "(default: results/sweep-<scenarios>-<backend>)")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sweep.set_defaults(handler=command_sweep)
 
     capacity = commands.add_parser("capacity", help="each strategy's highest throughput with p99 under an objective "
                                                     "(closed loop, more and more clients)")

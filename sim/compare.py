@@ -7,6 +7,15 @@ the tolerance. Throughput may fall by up to the tolerance (default 5%),
 since wall-clock figures are noisy; simulated throughput is compared the
 same way, so that a deliberate change to the model's costs is not a failure
 by a hair. Latency changes are reported, never fatal.
+
+Two sweeps are matched by scenario, backend and strategy, and compared
+figure by figure over their seeds. A simulated figure is exact for a seed,
+so it is compared seed by seed under the same rules as a run (a drift that
+grew in any seed is a regression). A wall-clock figure (``wall_*``, and
+every figure of a real run) is noisy: a change is a regression only when it
+is significant (Mann-Whitney U below ``alpha``, as asv decides, or disjoint
+intervals when there are too few seeds for the test) and beyond the
+tolerance; the rest is reported as within noise.
 """
 from __future__ import annotations
 
@@ -14,6 +23,8 @@ import json
 from dataclasses import asdict, dataclass
 
 from sim.report import ReportError, find_results, load_results
+from sim.stats import differs
+from sim.sweep_results import find_sweeps
 
 DRIFT_FIELDS = ("users_inconsistent", "users_wrong_total", "convs_wrong", "abs_drift_sum", "max_abs_drift",
                 "overcount", "undercount")
@@ -22,13 +33,14 @@ DRIFT_FIELDS = ("users_inconsistent", "users_wrong_total", "convs_wrong", "abs_d
 @dataclass
 class Change:
     scenario: str
-    seed: int
+    seed: int | None       # None: over the seeds of two sweeps
     backend: str
     strategy: str
     figure: str
     baseline: float
     current: float
     regression: bool
+    detail: str = ""       # for sweeps: in how many seeds, or how significant
 
     @property
     def change(self) -> str:
@@ -86,6 +98,92 @@ def compare(baseline_paths: list[str], current_paths: list[str], tolerance: floa
     return changes
 
 
+# Figures two sweeps are compared on: (figure, +1 if a rise is worse else -1, whether worse is a regression).
+SWEEP_FIGURES = (*((f"drift.{name}", 1, True) for name in DRIFT_FIELDS), ("throughput_ops_per_s", -1, True),
+                 ("latency_ms.p99", 1, False), ("wall_seconds", 1, False))
+
+
+def _allowed(figure: str, before: float, backend: str, tolerance: float) -> float:
+    """How much worse a figure may get before it counts as worse."""
+    if figure.startswith("drift."):
+        return 0.0 if backend == "sim" else max(1.0, tolerance * abs(before))
+    return tolerance * abs(before)
+
+
+def _sweep_index(paths: list[str]) -> dict[tuple[str, str], dict]:
+    """(scenario, backend) -> strategy -> figure -> statistics; two of one key is an error."""
+    index: dict[tuple[str, str], dict] = {}
+    where: dict[tuple[str, str], object] = {}
+    for folder, sweep in find_sweeps(paths):
+        for scenario, strategies in sweep["aggregates"].items():
+            key = (scenario, sweep["backend"])
+            if key in index:
+                raise ReportError(f"{folder} and {where[key]} both hold a sweep of {scenario} on {key[1]}: "
+                                  f"compare one sweep against one sweep")
+            index[key], where[key] = strategies, folder
+    if not index:
+        raise ReportError(f"no sweep.json with runs under {', '.join(paths)}")
+    return index
+
+
+def _seed_by_seed(change: Change, before: dict, after: dict, direction: int, tolerance: float,
+                  fatal: bool) -> Change | None:
+    """An exact figure, over the seeds both sweeps ran: worse in any seed is worse."""
+    base, now = dict(zip(before["seeds"], before["values"])), dict(zip(after["seeds"], after["values"]))
+    common = [seed for seed in base if seed in now]
+    changed = [seed for seed in common if now[seed] != base[seed]]
+    if not changed:
+        return None
+    worse = [seed for seed in changed
+             if (now[seed] - base[seed]) * direction > _allowed(change.figure, base[seed], change.backend, tolerance)]
+    change.baseline = sum(base[seed] for seed in common) / len(common)
+    change.current = sum(now[seed] for seed in common) / len(common)
+    change.regression = fatal and bool(worse)
+    change.detail = f"changed in {len(changed)} of {len(common)} seeds, worse in {len(worse)}"
+    if worse:
+        seed = max(worse, key=lambda seed: (now[seed] - base[seed]) * direction)
+        change.detail += f" (most: seed {seed}, {base[seed]:.6g} -> {now[seed]:.6g})"
+    return change
+
+
+def _over_noise(change: Change, before: dict, after: dict, direction: int, tolerance: float, alpha: float,
+                fatal: bool) -> Change | None:
+    """A noisy figure: worse only when significantly so and beyond the tolerance."""
+    if after["values"] == before["values"]:
+        return None
+    significant, how = differs(before["values"], after["values"], alpha)
+    beyond = (after["mean"] - before["mean"]) * direction > _allowed(change.figure, before["mean"], change.backend,
+                                                                    tolerance)
+    change.baseline, change.current = before["mean"], after["mean"]
+    change.regression = fatal and significant and beyond
+    change.detail = f"{'significant' if significant else 'within noise'}: {how}"
+    return change
+
+
+def compare_sweeps(baseline_paths: list[str], current_paths: list[str], tolerance: float = 0.05,
+                   alpha: float = 0.01) -> list[Change]:
+    baseline, current = _sweep_index(baseline_paths), _sweep_index(current_paths)
+    changes: list[Change] = []
+    for (scenario, backend), strategies in sorted(baseline.items()):
+        now = current.get((scenario, backend), {})
+        for strategy, figures in strategies.items():
+            if strategy not in now:
+                changes.append(Change(scenario, None, backend, strategy, "missing from the current sweep", 1, 0, True))
+                continue
+            for figure, direction, fatal in SWEEP_FIGURES:
+                before, after = figures[figure], now[strategy][figure]
+                change = Change(scenario, None, backend, strategy, figure, 0, 0, False)
+                common = set(before["seeds"]) & set(after["seeds"])
+                exact = backend == "sim" and not figure.startswith("wall_") and common
+                found = (_seed_by_seed(change, before, after, direction, tolerance, fatal) if exact
+                         else _over_noise(change, before, after, direction, tolerance, alpha, fatal))
+                if found:
+                    changes.append(found)
+    for scenario, backend in sorted(set(current) - set(baseline)):
+        changes.append(Change(scenario, None, backend, "*", "only in the current sweeps", 0, 1, False))
+    return changes
+
+
 def as_text(changes: list[Change]) -> str:
     if not changes:
         return "no change: the current results match the baseline"
@@ -93,7 +191,7 @@ def as_text(changes: list[Change]) -> str:
     for c in changes:
         mark = "!!" if c.regression else "  "
         lines.append(f"{mark}{c.scenario:<24}{c.strategy:<16}{c.figure:<28}{c.baseline:>12.6g}{c.current:>12.6g}"
-                     f"{c.change:>9}")
+                     f"{c.change:>9}" + (f"  {c.detail}" if c.detail else ""))
     regressions = sum(c.regression for c in changes)
     lines.append(f"\n{regressions} regression(s) (marked !!), {len(changes) - regressions} other change(s)")
     return "\n".join(lines)
@@ -104,10 +202,12 @@ def as_markdown(changes: list[Change]) -> str:
     head = "**countdrift compare: " + (f"{len(regressions)} regression(s)**" if regressions else "no regression**")
     if not changes:
         return head + "\n"
-    lines = [head, "", "| | scenario | strategy | figure | baseline | current | change |", "|---|---|---|---|---|---|---|"]
+    detail = any(c.detail for c in changes)
+    lines = [head, "", "| | scenario | strategy | figure | baseline | current | change |" + " detail |" * detail,
+             "|---|---|---|---|---|---|---|" + "---|" * detail]
     for c in changes:
         lines.append(f"| {'❌' if c.regression else ''} | {c.scenario} | {c.strategy} | {c.figure} | "
-                     f"{c.baseline:.6g} | {c.current:.6g} | {c.change} |")
+                     f"{c.baseline:.6g} | {c.current:.6g} | {c.change} |" + f" {c.detail} |" * detail)
     return "\n".join(lines) + "\n"
 
 

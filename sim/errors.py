@@ -3,3 +3,7 @@
 
 class UsageError(Exception):
     """A bad command line, or a run that this backend or machine cannot do."""
+
+
+class ReportError(ValueError):
+    """Results that reports and compare cannot read."""

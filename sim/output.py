@@ -54,6 +54,19 @@ def check_file(path: Path, option: str) -> None:
             break
 
 
+def check_folder(path: Path, option: str) -> None:
+    """Refuse, before any work, a folder destination that cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: exists and is not a folder; name a folder")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"{option} {path}: cannot write in {parent}")
+            break
+
+
 class OutputFolder:
     """``with OutputFolder(path, "--out") as folder: ...write into folder.partial...; folder.commit()``"""
 
@@ -62,19 +75,8 @@ class OutputFolder:
         self.option = option
         self.partial: Path | None = None
         self.committed = False
-        self._check()
+        check_folder(self.path, option)
 
-    def _check(self) -> None:
-        """Refuse, before any work, a destination that cannot be written."""
-        if self.path.exists() and not self.path.is_dir():
-            raise UsageError(f"{self.option} {self.path}: exists and is not a folder; name a folder")
-        for parent in self.path.absolute().parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise UsageError(f"{self.option} {self.path}: {parent} is a file, not a folder")
-                if not os.access(parent, os.W_OK | os.X_OK):
-                    raise UsageError(f"{self.option} {self.path}: cannot write in {parent}")
-                break
 
     def __enter__(self) -> "OutputFolder":
         parent = self.path.absolute().parent

@@ -8,27 +8,30 @@ import json
 from pathlib import Path
 
 from sim import charts
+from sim.errors import ReportError
+from sim.sweep_report import sweep_sections
+from sim.sweep_results import SWEEP_FILE
 from sim.table import COLUMNS, field_of
 
 
-class ReportError(ValueError):
-    pass
-
-
 def find_results(paths: list[str]) -> list[Path]:
-    """results.json files named, or found under folders named; in a stable order."""
+    """results.json files named, or found under folders named, except the
+    runs of a sweep (its sweep.json stands for them); in a stable order."""
     found: list[Path] = []
+    sweeps: list[Path] = []
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            found.extend(sorted(path.rglob("results.json")))
-        elif path.is_file() and path.name not in ("fidelity.json", "capacity.json"):
+            sweeps += [sweep.parent for sweep in path.rglob(SWEEP_FILE)]
+            found.extend(result for result in sorted(path.rglob("results.json"))
+                         if not any(result.is_relative_to(sweep) for sweep in sweeps))
+        elif path.is_file() and path.name not in ("fidelity.json", "capacity.json", SWEEP_FILE):
             found.append(path)
         elif path.is_file():
-            continue
+            sweeps += [path.parent] * (path.name == SWEEP_FILE)
         else:
             raise ReportError(f"{path}: no such file or folder")
-    if not found:
+    if not found and not sweeps:
         raise ReportError(f"no results.json under {', '.join(paths)}")
     return found
 
@@ -165,7 +168,7 @@ def _fidelity_section(document: dict, index: int, folder: Path, drawn: list[tupl
 
 
 def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = (),
-                 capacities: list[dict] = ()) -> tuple[Path, Path]:
+                 capacities: list[dict] = (), sweeps: list[dict] = ()) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     drawn = draw_all(documents, folder, capacities)
     markdown = ["# countdrift report", "",
@@ -174,6 +177,8 @@ def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = (
                 "outside the true range. Latency is measured from each operation's intended start.", ""]
     for index, fidelity in enumerate(fidelities):
         markdown += _fidelity_section(fidelity, index, folder, drawn)
+    for index, sweep in enumerate(sweeps):
+        markdown += sweep_sections(sweep, folder, index, drawn)
     for document in documents:
         markdown += _section(document, capacity_of(document, capacities))
     markdown += ["## Charts", ""]

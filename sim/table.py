@@ -68,3 +68,62 @@ def format_causes(results: dict) -> str:
         parts = [f"{cause} {value:+d}" for cause, value in shares.items() if value]
         lines.append(f"  {run['strategy']:<15} {run['drift']['abs_drift_sum']:>6} = " + (", ".join(parts) or "0"))
     return "\n".join(["|drift| by cause:", *lines]) if lines else ""
+
+
+# A sweep's table: (title, figure in sweep.json); each cell the mean and its 95% interval.
+SWEEP_COLUMNS = (
+    ("ops/s", "throughput_ops_per_s"),
+    ("p99 ms", "latency_ms.p99"),
+    ("inconsistent", "drift.users_inconsistent"),
+    ("wrong total", "drift.users_wrong_total"),
+    ("|drift|", "drift.abs_drift_sum"),
+    ("retries", "retries"),
+    ("unknown", "ambiguous"),
+    ("errors", "errors"),
+)
+
+
+def short(value: float) -> str:
+    """About three significant digits, no exponent above 0.0001: 1938, 46.3, 1.25, 0.0042, 12."""
+    if value == round(value) or abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.2g}"
+
+
+def mean_and_ci(statistics: dict) -> str:
+    """``mean [low, high]``; the mean alone when the interval is one point or unknown (one seed)."""
+    mean, interval = short(statistics["mean"]), statistics["ci95"]
+    if interval is None or short(interval[0]) == short(interval[1]) == mean:
+        return mean
+    return f"{mean} [{short(interval[0])}, {short(interval[1])}]"
+
+
+def sweep_rows(sweep: dict, scenario: str) -> list[list[str]]:
+    """Per strategy of one scenario: its name, seeds run, then each column's mean and interval."""
+    return [[strategy, str(figures[SWEEP_COLUMNS[0][1]]["n"]),
+             *(mean_and_ci(figures[figure]) for _, figure in SWEEP_COLUMNS)]
+            for strategy, figures in sweep["aggregates"][scenario].items()]
+
+
+def sweep_heading(sweep: dict, scenario: str) -> str:
+    seeds = sweep["scenarios"][scenario]["seeds"]
+    if len(seeds) == 1:
+        return f"{scenario} ({sweep['backend']}): 1 seed ({seeds[0]})"
+    span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[0] + len(seeds))) else \
+        ", ".join(map(str, seeds))
+    return (f"{scenario} ({sweep['backend']}): {len(seeds)} seeds ({span}), "
+            f"each figure the mean [95% bootstrap interval] over the seeds")
+
+
+def format_sweep_table(sweep: dict, scenario: str) -> str:
+    """One scenario of a sweep: a row per strategy, each figure's mean and 95% interval."""
+    titles = ["strategy", "seeds", *(title for title, _ in SWEEP_COLUMNS)]
+    rows = sweep_rows(sweep, scenario)
+    widths = [max(len(row[i]) for row in [titles, *rows]) for i in range(len(titles))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                         for i, (cell, width) in enumerate(zip(cells, widths)))
+
+    header = line(titles)
+    return "\n".join([sweep_heading(sweep, scenario), header, "-" * len(header), *(line(row) for row in rows)])

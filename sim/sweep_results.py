@@ -1,0 +1,106 @@
+"""A sweep's folder and its sweep.json, which report and compare read.
+
+The folder holds one results.json per (scenario, seed, strategy), each the
+document `countdrift run --seed SEED --strategies STRATEGY` writes, at
+``<scenario>/s<seed>/<strategy>/results.json``; sweep.json aggregates them,
+per (scenario, strategy, figure): n, mean, median, min, max, the mean's 95%
+bootstrap interval, and the values seed by seed (compare matches seeds).
+Wall-clock figures keep their ``wall_`` prefix here too, so that two sweeps
+of the simulation compare equal once they are stripped.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sim import __version__
+from sim.errors import ReportError
+from sim.stats import BOOTSTRAP_SEED, CONFIDENCE, RESAMPLES, describe
+from sim.table import field_of
+
+SWEEP_SCHEMA = 1
+SWEEP_FILE = "sweep.json"
+
+# Every figure aggregated: a path in a run, or wall_seconds (the run's document).
+FIGURES = (
+    "drift.users_inconsistent", "drift.users_wrong_total", "drift.convs_wrong", "drift.abs_drift_sum",
+    "drift.max_abs_drift", "drift.hidden_max", "drift.overcount", "drift.undercount",
+    "throughput_ops_per_s", "latency_ms.p50", "latency_ms.p99", "latency_ms.p999", "latency_ms.max",
+    "retries", "ambiguous", "errors", "wall_seconds",
+)
+
+
+def run_file(folder: Path, scenario: str, seed: int, strategy: str) -> Path:
+    """Where one run of a sweep keeps its results.json."""
+    return folder / scenario / f"s{seed}" / strategy / "results.json"
+
+
+def figure_of(document: dict, figure: str) -> float:
+    """A figure of a one-strategy results document."""
+    return document[figure] if figure.startswith("wall_") else field_of(document["runs"][0], figure)
+
+
+def aggregate(folder: Path, plan: dict[str, dict]) -> dict:
+    """scenario -> strategy -> figure -> statistics, over the planned runs
+    the folder holds. ``plan``: scenario -> {"seeds": [...], "strategies": [...]}."""
+    aggregates: dict[str, dict] = {}
+    for scenario, planned in plan.items():
+        for strategy in planned["strategies"]:
+            found = [(seed, path) for seed in planned["seeds"]
+                     if (path := run_file(folder, scenario, seed, strategy)).exists()]
+            if not found:
+                continue
+            documents = [json.loads(path.read_text()) for _, path in found]
+            figures = {}
+            for figure in FIGURES:
+                values = [figure_of(document, figure) for document in documents]
+                figures[figure] = {**describe(values), "seeds": [seed for seed, _ in found], "values": values}
+            aggregates.setdefault(scenario, {})[strategy] = figures
+    return aggregates
+
+
+def sweep_document(folder: Path, scenarios: dict[str, dict], plan: dict[str, dict], backend: str,
+                   failed: list[dict], wall_seconds: float) -> dict:
+    """sweep.json: the plan, what ran, and the aggregates. ``scenarios``:
+    name -> the scenario's to_dict(); ``plan`` as for ``aggregate``."""
+    aggregates = aggregate(folder, plan)
+    done = sum(figures[FIGURES[0]]["n"] for by_strategy in aggregates.values() for figures in by_strategy.values())
+    planned = sum(len(entry["seeds"]) * len(entry["strategies"]) for entry in plan.values())
+    return {
+        "sweep_schema": SWEEP_SCHEMA,
+        "tool_version": __version__,
+        "backend": backend,
+        "scenarios": {name: {"path": scenario["path"], "sha256": scenario["sha256"],
+                             "description": scenario["description"], **plan[name]}
+                      for name, scenario in scenarios.items()},
+        "runs": {"planned": planned, "done": done, "failed": failed},
+        "complete": done == planned,
+        "statistics": {"ci": f"{CONFIDENCE:.0%} percentile bootstrap of the mean",
+                       "resamples": RESAMPLES, "seed": BOOTSTRAP_SEED},
+        "aggregates": aggregates,
+        "wall_seconds": round(wall_seconds, 3),
+    }
+
+
+def load_sweep(path: Path) -> dict:
+    """A sweep.json, checked for the fields report and compare read."""
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ReportError(f"{path}: not a readable {SWEEP_FILE} ({error})") from None
+    if (not isinstance(document, dict) or document.get("sweep_schema") != SWEEP_SCHEMA
+            or not all(isinstance(document.get(key), dict) for key in ("scenarios", "aggregates", "runs"))
+            or "backend" not in document):
+        raise ReportError(f"{path}: not a countdrift {SWEEP_FILE} (sweep_schema {SWEEP_SCHEMA} with backend, "
+                          f"scenarios, runs and aggregates expected)")
+    return document
+
+
+def find_sweeps(paths: list[str]) -> list[tuple[Path, dict]]:
+    """(folder, sweep.json) for each sweep named, or found under the folders named."""
+    found = []
+    for name in paths:
+        path = Path(name)
+        files = sorted(path.rglob(SWEEP_FILE)) if path.is_dir() else [path] * (path.name == SWEEP_FILE)
+        found.extend((file.parent, load_sweep(file)) for file in files)
+    return found
