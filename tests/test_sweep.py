@@ -270,3 +270,32 @@ def test_ctrl_c_stops_every_worker_and_the_sweep_resumes(sweeps, tmp_path):
     assert 0 < done < 12
     assert sweep(sweeps["scenario"], out, "--seeds", "6", "--workers", "2", "-q") == 0
     assert json.loads((out / "sweep.json").read_text())["runs"]["done"] == 12
+
+
+@pytest.mark.redis
+def test_a_real_sweep_runs_each_task_on_servers_of_its_own(tmp_path):
+    """Two seeds on real servers, one task per worker at a time: each run
+    starts and stops its own servers, and none is left afterwards."""
+    def servers() -> set[int]:
+        """Every redis-server, redis-sentinel and toxiproxy-server on this machine."""
+        found = set()
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "comm").read_text().startswith(("redis", "toxiproxy")):
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+        return found
+
+    scenario = tmp_path / "small.toml"
+    scenario.write_text(SMALL_SCENARIO.replace("messages = 3000", "messages = 1200"))
+    out = tmp_path / "real"
+    before = servers()
+    assert main(["sweep", str(scenario), "--strategies", "lua", "--backend", "redis", "--seeds", "2",
+                 "--out", str(out), "-q"]) == 0
+    runs = sorted(out.rglob("results.json"))
+    assert len(runs) == 2
+    for path in runs:
+        document = json.loads(path.read_text())
+        assert document["backend"] == "redis" and document["runs"][0]["drift"]["abs_drift_sum"] == 0
+    assert servers() <= before
