@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -255,6 +256,7 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
     longest = time.monotonic() - started
     rng = np.random.default_rng(7)
     outcomes = {0: 0, 130: 0}
+    folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))   # the real backend's server folders
     for attempt in range(times):
         run = subprocess.Popen(command + ["--seed", str(2 + attempt)], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -273,6 +275,7 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
         seed = _whole_run(out)
         assert seed in (1, *range(2, 3 + attempt)), seed
         assert not list(tmp_path.glob(".out.partial-*")), "a partial folder was left"
+        assert set(Path(tempfile.gettempdir()).glob("countdrift-*")) <= folders, "a server folder was left"
     return outcomes
 
 

@@ -125,7 +125,9 @@ def test_a_failover_uses_sentinels_election(monkeypatch):
     effects = fault["effects"]
     assert effects["promoted"] is True
     assert 1.0 < effects["promoted_at"] - effects["struck_at"] < 4.0
-    assert effects["clients_on_old_primary_s"] >= effects["promoted_at"] - effects["struck_at"]
+    # No client reaches the new primary before Sentinel names it; the nemesis, asking the
+    # sentinels every 50 ms, may learn of it a little after the clients do.
+    assert effects["clients_on_old_primary_s"] >= effects["promoted_at"] - effects["struck_at"] - 0.1
     assert not any(alive(pid) for pid in sentinel_pids)
 
 

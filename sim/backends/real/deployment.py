@@ -47,8 +47,8 @@ class Servers:
         self.min_replicas = {"min-replicas-to-write": str(min_replicas_to_write),
                              "min-replicas-max-lag": str(min_replicas_max_lag)} if min_replicas_to_write else {}
         self.sentinel_config = sentinel if sentinel is not None and sentinel.enabled else None
-        self.folder = Path(tempfile.mkdtemp(prefix="countdrift-"))
-        self.toxiproxy = ToxiproxyServer(self.folder)
+        self.folder: Path | None = None              # made by start(), removed by close()
+        self.toxiproxy: ToxiproxyServer | None = None
         self.sentinels: Sentinels | None = None
         self.primary: RedisServer | None = None
         self.replicas: list[RedisServer] = []
@@ -76,6 +76,8 @@ class Servers:
         return {"appendonly": "no", "save": f"{max(1, int(self.rdb_interval_s))} 1", **self.min_replicas}
 
     def start(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="countdrift-"))
+        self.toxiproxy = ToxiproxyServer(self.folder)
         self.toxiproxy.start()
         self.primary = self._server("primary")
         self.primary.start()
@@ -113,13 +115,18 @@ class Servers:
         return self.node_proxies[primary.name].listen.replace(":", " ")
 
     def close(self) -> None:
-        if self.sentinels is not None:   # first, so that they reconfigure nothing while the nodes stop
-            self.sentinels.stop()
-        for server in self.nodes:
-            server.stop()
-        self.toxiproxy.stop()
-        if not self.keep_folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        """Stop every process, then remove the folder, also when an
+        interrupt comes while they stop."""
+        try:
+            if self.sentinels is not None:   # first, so that they reconfigure nothing while the nodes stop
+                self.sentinels.stop()
+            for server in self.nodes:
+                server.stop()
+            if self.toxiproxy is not None:
+                self.toxiproxy.stop()
+        finally:
+            if self.folder is not None and not self.keep_folder:
+                shutil.rmtree(self.folder, ignore_errors=True)
 
     def wait_for_replicas(self, timeout: float = 10.0) -> None:
         """Until every replica's link to the primary is up and synced, and

@@ -8,6 +8,7 @@ interpreter exiting).
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import signal
@@ -192,10 +193,12 @@ class SentinelProcess:
         self.name = name
         self.folder = folder
         self.port = free_port()
+        self.myid = hashlib.sha1(str(folder).encode()).hexdigest()   # Sentinel's run id: 40 hex digits
         self.master = master
         self.address = address
         self.quorum = quorum
         self.settings = settings   # sentinel <setting> <master> <value>: down-after-milliseconds...
+        self.peers: list["SentinelProcess"] = []   # the other sentinels, known from the start
         self.process: subprocess.Popen | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -203,8 +206,13 @@ class SentinelProcess:
         binary = find_binary("redis-sentinel", "COUNTDRIFT_REDIS_SENTINEL")
         host, port = self.address.split(":")
         lines = [f"bind 127.0.0.1", f"port {self.port}", f"dir {self.folder}", "daemonize no",
-                 f"logfile {self.folder / 'sentinel.log'}", f"sentinel monitor {self.master} {host} {port} {self.quorum}",
-                 *(f"sentinel {setting} {self.master} {value}" for setting, value in self.settings.items())]
+                 f"logfile {self.folder / 'sentinel.log'}", f"sentinel myid {self.myid}",
+                 f"sentinel monitor {self.master} {host} {port} {self.quorum}",
+                 *(f"sentinel {setting} {self.master} {value}" for setting, value in self.settings.items()),
+                 # As Sentinel writes them itself once it has met them through hello messages
+                 # (every 2 s): known from the start, no failover waits for that.
+                 *(f"sentinel known-sentinel {self.master} 127.0.0.1 {peer.port} {peer.myid}"
+                   for peer in self.peers)]
         config = self.folder / "sentinel.conf"
         config.write_text("".join(line + "\n" for line in lines))
         self.process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,

@@ -32,6 +32,8 @@ class Sentinels:
         self.config = config
         self.processes = [SentinelProcess(f"sentinel{index}", folder / f"sentinel{index}", MASTER, primary_address,
                                           config.quorum, settings) for index in range(config.count)]
+        for sentinel in self.processes:
+            sentinel.peers = [peer for peer in self.processes if peer is not sentinel]
         self._connections: dict[int, AsyncConnection] = {}
 
     def start(self) -> None:
@@ -43,9 +45,9 @@ class Sentinels:
             sentinel.stop()
 
     def wait_until_watching(self, replicas: int, timeout: float = 20.0) -> None:
-        """Until every sentinel knows the primary's replicas and the other
-        sentinels (they find each other through hello messages, every 2 s):
-        before that, a failover could not reach its quorum."""
+        """Until every sentinel knows the primary's replicas (from its first
+        INFO) and the other sentinels (named in its configuration): before
+        that, a failover could not reach its quorum."""
         deadline = time.monotonic() + timeout
         for sentinel in self.processes:
             while True:
