@@ -131,8 +131,11 @@ class Server:
     # -- timing -------------------------------------------------------------
     def service_time(self, request: Request) -> float:
         """How long the server is busy with one round trip's request."""
+        return self._busy(request, may_write(request))
+
+    def _busy(self, request: Request, writes: bool) -> float:
         busy = self.service.request + self._work(request)
-        if self._fsync_always and may_write(request):
+        if self._fsync_always and writes:
             busy += self.service.fsync_always
         return busy
 
@@ -158,11 +161,12 @@ class Server:
         see the same network delay, so they do).
         """
         start = arrival if arrival > self.free_at else self.free_at
-        end = start + self.service_time(request)
+        writes = may_write(request)
+        end = start + self._busy(request, writes)
         self.free_at = end
         entry = Entry(start, end, request, connection)
         self.queue.append(entry)
-        if may_write(request):
+        if writes:
             connection.last_write = end
         return entry
 
