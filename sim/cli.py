@@ -330,6 +330,8 @@ def command_calibrate(args: argparse.Namespace) -> int:
 
 def command_bench(args: argparse.Namespace) -> int:
     args.strategies = _strategies(args.strategies, ())
+    if not Path(args.scenario).exists() and Path("scenarios", f"{args.scenario}.toml").exists():
+        args.scenario = str(Path("scenarios", f"{args.scenario}.toml"))
     return backends.get(args.backend).bench(args)
 
 
@@ -460,7 +462,8 @@ def parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=command_list)
 
     bench = commands.add_parser("bench", help="measure the simulator's speed")
-    bench.add_argument("--scenario", default="scenarios/quick.toml")
+    bench.add_argument("--scenario", default="quick",
+                       help="a scenario TOML file, or the name of one in scenarios/ (quick, review)")
     bench.add_argument("--strategies", default="naive,lua")
     bench.add_argument("--events", type=positive, default=500_000, help="bare SimPy timeouts to time")
     bench.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",

@@ -103,6 +103,7 @@ class ScriptEngine:
     # -- script cache -----------------------------------------------------
     def load(self, script: LuaScript) -> str:
         if script.sha not in self.cache:
+            self._work.setdefault(script.sha, [0, 0])
             try:
                 self.cache[script.sha] = self.runtime.eval(
                     f"function(KEYS, ARGV)\n{script.source}\nend")
@@ -129,7 +130,7 @@ class ScriptEngine:
                 message = f"ERR user_script: {message}"
             raise CommandError(message) from None
         finally:
-            work = self._work.setdefault(sha, [0, 0])
+            work = self._work[sha]   # made when the script was loaded
             work[0] += self.calls - calls
             work[1] += 1
         kind = type(reply)

@@ -46,6 +46,7 @@ READ_CHUNK_BYTES = 16 * 1024   # PROTO_IOBUF_LEN: what Redis reads from a socket
 # an instant restart; ~0.65 s on average in faults_server_crash).
 REPLICA_CRON_S = 1.0
 NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
+_CONNECTION_COMMANDS = frozenset({"WATCH", "UNWATCH", "SCRIPT"})   # the server runs these, not the store
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,11 @@ class Server:
     # -- timing -------------------------------------------------------------
     def service_time(self, request: Request) -> float:
         """How long the server is busy with one round trip's request."""
+        return self._busy(request, may_write(request))
+
+    def _busy(self, request: Request, writes: bool) -> float:
         busy = self.service.request + self._work(request)
-        if self._fsync_always and may_write(request):
+        if self._fsync_always and writes:
             busy += self.service.fsync_always
         return busy
 
@@ -144,9 +148,9 @@ class Server:
             return (self.service.script + self.service.script_call * self.scripts.expected_calls(request.script)
                     + request.stall_s)
         if kind is Pipeline:
-            return sum(self._work(r) for r in request.commands)
+            return sum([self._work(r) for r in request.commands])
         if kind is Transaction:
-            return self.service.command * 2 + sum(self._work(r) for r in request.commands)
+            return self.service.command * 2 + sum([self._work(r) for r in request.commands])
         if kind is Stall:
             return request.seconds
         raise TypeError(f"not a Redis request: {request!r}")
@@ -158,11 +162,12 @@ class Server:
         see the same network delay, so they do).
         """
         start = arrival if arrival > self.free_at else self.free_at
-        end = start + self.service_time(request)
+        writes = may_write(request)
+        end = start + self._busy(request, writes)
         self.free_at = end
         entry = Entry(start, end, request, connection)
         self.queue.append(entry)
-        if may_write(request):
+        if writes:
             connection.last_write = end
         return entry
 
@@ -337,6 +342,8 @@ class Server:
         Each command, script and transaction is one unit of the AOF."""
         if type(request) is Pipeline:
             return [self.run(connection, r) for r in request.commands]
+        if self.aof is None and not self.min_replicas_to_write:   # nothing to do around it
+            return self._execute(connection, request)
         if self.min_replicas_to_write:
             self.store.refusal = NOREPLICAS if self._too_few_replicas() else None
         try:
@@ -376,15 +383,15 @@ class Server:
 
     def _command(self, connection: Connection, words: tuple) -> Any:
         name = words[0]
+        if name not in _CONNECTION_COMMANDS:
+            return self.store.execute(words)
         if name == "WATCH":
             self.store.watch(connection, words[1:])
             return OK
         if name == "UNWATCH":
             self.store.unwatch(connection)
             return OK
-        if name == "SCRIPT":
-            return self._script_command(words)
-        return self.store.execute(words)
+        return self._script_command(words)
 
     def _script_command(self, words: tuple) -> Any:
         sub = str(words[1]).upper() if len(words) > 1 else ""

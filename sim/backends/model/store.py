@@ -11,6 +11,7 @@ commits them; ``now`` is the server clock in seconds, used for key TTLs.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from sim.backends.model.journal import Journal
@@ -84,6 +85,9 @@ class Store:
         self.commands: dict[str, Callable[..., Any]] = {
             name: getattr(self, "cmd_" + name.lower()) for name in ARITY
         }
+        # name -> (handler, fewest words, most words): one lookup per command.
+        self._dispatch = {name: (handler, abs(ARITY[name]), ARITY[name] if ARITY[name] >= 0 else math.inf)
+                          for name, handler in self.commands.items()}
 
     # -- access helpers -------------------------------------------------
     def _lookup(self, key: str) -> Any:
@@ -104,7 +108,8 @@ class Store:
     def _write(self, key: str) -> None:
         """Every command calls this before it changes a key."""
         self._wrote = True
-        self._touch(key)
+        if self.journal is not None or self.watchers:
+            self._touch(key)
 
     def _touch(self, key: str) -> None:
         if self.journal is not None:
@@ -143,14 +148,13 @@ class Store:
 
     def execute(self, words: tuple) -> Any:
         """Run one command given as its words, e.g. ``("HGET", "k", "f")``."""
-        handler = self.commands.get(words[0])
-        if handler is None:
+        dispatch = self._dispatch.get(words[0])
+        if dispatch is None:
             check_arity(words)
             handler = self.commands[str(words[0]).upper()]
         else:
-            arity = ARITY[words[0]]
-            n = len(words)
-            if (arity >= 0 and n != arity) or (arity < 0 and n < -arity):
+            handler, fewest, most = dispatch
+            if not fewest <= len(words) <= most:
                 check_arity(words)
         if self.refusal is not None and str(words[0]).upper() not in READ_ONLY:
             raise CommandError(self.refusal)
