@@ -17,7 +17,7 @@ from typing import Any
 
 from sim.client import ClientConfig
 from sim.faults import FAULT_KINDS, SPECS, Fault, FaultRate, FaultSpecError, check_params
-from sim.traffic import TrafficConfig
+from sim.traffic import TrafficConfig, expected_memberships
 from strategies import STRATEGIES
 from strategies.base import StrategyOptionError
 
@@ -237,11 +237,12 @@ def parse(path: Path, text: str) -> Scenario:
     if round(traffic.users * traffic.dm_per_user / 2) < 1 and traffic.groups == 0:
         raise ScenarioError(f"{path}: key 'traffic.dm_per_user' ({traffic.dm_per_user:g}) with 'traffic.groups' = 0 "
                             f"gives no conversation to send to; raise one of them")
-    memberships = traffic.users * traffic.dm_per_user + traffic.groups * min(traffic.max_group_size, traffic.users)
+    memberships = expected_memberships(traffic)
     if memberships > MAX_MEMBERSHIPS:
-        raise ScenarioError(f"{path}: keys 'traffic.users' x 'traffic.dm_per_user' + 'traffic.groups' x "
-                            f"'traffic.max_group_size' ask for {memberships:,.0f} conversation memberships; "
-                            f"at most {MAX_MEMBERSHIPS:,} fit in memory")
+        raise ScenarioError(f"{path}: keys 'traffic.users' x 'traffic.dm_per_user' + 'traffic.groups' x the mean "
+                            f"group size (from 'traffic.group_size_min', 'group_size_alpha' and 'max_group_size') "
+                            f"ask for about {memberships:,.0f} conversation memberships; at most "
+                            f"{MAX_MEMBERSHIPS:,} fit in memory")
     scenario_name = data.get("name", path.stem)
     if not SAFE_NAME.fullmatch(scenario_name):
         raise ScenarioError(f"{path}: key 'name' must be a plain file name (letters, digits, '.', '_', '-', "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,6 +119,24 @@ class Trace:
                 raise ValueError(f"{path}: trace format {meta.get('format')} is not {TRACE_FORMAT}")
             arrays = {name: data[name] for name in data.files if name != "meta"}
         return cls(config=TrafficConfig(**meta["config"]), seed=meta["seed"], **arrays)
+
+
+def expected_memberships(config: TrafficConfig) -> float:
+    """About how many (user, conversation) memberships a trace of this
+    traffic holds: its 1:1 pairs, and its groups at the mean of their capped
+    Pareto size, E[min(X, cap)] = min + integral of (min/x)^alpha from min to
+    cap (the floor of each draw ignored: a little over), plus the forced
+    largest group."""
+    low, alpha = config.group_size_min, config.group_size_alpha
+    cap = min(config.max_group_size, config.users)
+    if cap <= low:
+        mean = float(cap)
+    elif alpha == 1.0:
+        mean = low + low * math.log(cap / low)
+    else:
+        mean = low + low ** alpha * (cap ** (1.0 - alpha) - low ** (1.0 - alpha)) / (1.0 - alpha)
+    largest = cap if config.include_max_group and config.groups else 0
+    return config.users * config.dm_per_user + config.groups * mean + largest
 
 
 def generate(config: TrafficConfig, seed: int) -> Trace:

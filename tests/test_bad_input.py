@@ -290,3 +290,20 @@ def test_interrupted_real_runs_leave_no_server_and_a_whole_output(tmp_path):
     scenario.write_text(to_toml({**BASE, "name": "real"}))
     outcomes = _interrupt_many(scenario, tmp_path, "redis", times=8)
     assert outcomes[130] >= 4, outcomes
+
+
+def test_the_membership_bound_counts_groups_at_their_mean_size(tmp_path):
+    """The review scenario (5,000 groups up to 10,000 members, mostly small)
+    loads; groups that would all be huge are refused before anything runs."""
+    from sim.scenario import ScenarioError, load, parse
+    from sim.traffic import expected_memberships, generate
+
+    review = load(ROOT / "scenarios" / "review.toml")
+    assert expected_memberships(review.traffic) < 1_000_000
+    small = parse(tmp_path / "small.toml", to_toml(BASE))
+    assert expected_memberships(small.traffic) == pytest.approx(len(generate(small.traffic, 1).conv_members),
+                                                                rel=0.05)
+    huge = {**BASE, "traffic": {**BASE["traffic"], "users": 1_000_000, "groups": 100_000,
+                                "max_group_size": 1_000_000, "group_size_alpha": 0.01}}
+    with pytest.raises(ScenarioError, match="conversation memberships"):
+        parse(tmp_path / "huge.toml", to_toml(huge))
