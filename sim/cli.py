@@ -286,23 +286,39 @@ def _write_document(out: Path, file_name: str, make: Callable[[], dict], show: C
     return 0
 
 
+def _calibration_file(given: str, scenario) -> Path:
+    """The calibration file named, else the scenario's, else the committed one."""
+    from sim.scenario import CALIBRATION
+
+    if given:
+        return Path(given)
+    if scenario.server.calibration:
+        return scenario.path.parent / scenario.server.calibration
+    return CALIBRATION
+
+
 def command_capacity(args: argparse.Namespace) -> int:
     from sim.capacity import RAMP, format_capacity, measure
     from sim.runner import stderr_progress
-    from sim.scenario import load
+    from sim.scenario import DRIVER_KEYS, load, load_calibration
 
     scenario = load(args.scenario)
     strategies = _strategies(args.strategies, scenario.strategies)
     if not (math.isfinite(args.slo_p99_ms) and 0 < args.slo_p99_ms <= 3_600_000):
         raise UsageError(f"--slo-p99-ms: a number of milliseconds above 0, got {args.slo_p99_ms}")
     counts = RAMP if args.clients is None else tuple(positive(count) for count in args.clients.split(","))
+    driver = None
+    if args.model_driver is not None:
+        if args.backend != "sim":
+            raise UsageError("--model-driver: the simulation's option (the redis backend has the driver itself)")
+        driver = load_calibration(_calibration_file(args.model_driver, scenario), "driver", DRIVER_KEYS)
 
     def make() -> dict:
         refusal = backends.get(args.backend).refuse(scenario)
         if refusal:
             raise UsageError(f"--backend {args.backend}: {refusal}")
         return measure(scenario, strategies, args.backend, args.slo_p99_ms, counts,
-                       None if args.quiet else stderr_progress())
+                       None if args.quiet else stderr_progress(), driver)
 
     out = Path(args.out) if args.out else Path("results") / f"capacity-{scenario.name}-{args.backend}"
     return _write_document(out, "capacity.json", make, format_capacity)
@@ -440,6 +456,11 @@ def parser() -> argparse.ArgumentParser:
     capacity.add_argument("--strategies", help="comma-separated (default: the scenario's)")
     capacity.add_argument("--clients", help="the client counts to try, comma-separated (default 1,2,4,...,256)")
     capacity.add_argument("--out", help="output folder (default: results/capacity-<scenario>-<backend>)")
+    capacity.add_argument("--model-driver", nargs="?", const="", metavar="CALIBRATION",
+                          help="sim only: model the redis backend's driver on the calibrated machine (its loopback "
+                               "round trip, one process's CPU for every client), from a calibration file's [driver] "
+                               "(default: the scenario's calibration, else the committed one), so that the "
+                               "figures compare with --backend redis")
     capacity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     capacity.set_defaults(handler=command_capacity)
 
@@ -456,6 +477,8 @@ def parser() -> argparse.ArgumentParser:
                                                       "and write the simulation's service times")
     calibrate.add_argument("--out", default="results/calibration.toml", help="the calibration file to write")
     calibrate.add_argument("--requests", type=positive, default=200_000, help="redis-benchmark -n for each probe")
+    calibrate.add_argument("--driver-only", action="store_true",
+                           help="measure the [driver] section only, keeping the --out file's [server]")
     calibrate.set_defaults(handler=command_calibrate)
 
     listing = commands.add_parser("list", help="list strategies and fault kinds")

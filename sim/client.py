@@ -28,6 +28,13 @@ class ClientConfig:
     backoff_ms: float = 5.0       # doubled at each retry...
     max_backoff_ms: float = 1000.0  # ...up to this
     wait_timeout_ms: float = 10.0
+    # The CPU of one client process that every client shares, per request
+    # and per command it sends (0: not modelled, every client as if on a
+    # machine of its own). The simulation only: `countdrift capacity
+    # --model-driver` sets them from the calibration, to model the redis
+    # backend's driver (one Python process) on this machine.
+    driver_request_us: float = 0.0
+    driver_command_us: float = 0.0
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1, 2, ...)."""

@@ -90,6 +90,17 @@ def may_write(request: Request) -> bool:
     return kind is not Stall
 
 
+def sent_commands(request: Request) -> int:
+    """Commands a client sends for the request (EVALSHA for a script,
+    MULTI and EXEC around a transaction): what its own CPU handles."""
+    kind = type(request)
+    if kind is Pipeline:
+        return sum([sent_commands(item) for item in request.commands])
+    if kind is Transaction:
+        return 2 + sum([sent_commands(item) for item in request.commands])
+    return 1
+
+
 def wire_size(request: Request) -> int:
     """Bytes of the request in RESP, as a client sends it (EVALSHA for a
     script, MULTI ... EXEC around a transaction)."""

@@ -28,20 +28,23 @@ class ScenarioError(ValueError):
 
 CALIBRATION = Path(__file__).with_name("calibration.toml")   # the committed one (see its header)
 SERVICE_KEYS = ("request_us", "command_us", "script_us", "script_call_us", "fsync_always_us")
+# The redis backend's driver on the calibrated machine: its loopback round
+# trip, and its CPU per request and per command (`countdrift capacity --model-driver`).
+DRIVER_KEYS = ("rtt_us", "request_us", "command_us")
 
 
-def load_calibration(path: Path) -> dict[str, float]:
-    """The service times a calibration file (`countdrift calibrate`) holds."""
+def load_calibration(path: Path, section: str = "server", keys: tuple[str, ...] = SERVICE_KEYS) -> dict[str, float]:
+    """The microseconds a calibration file (`countdrift calibrate`) holds in one section."""
     try:
-        table = tomllib.loads(path.read_bytes().decode("utf-8")).get("server", {})
+        table = tomllib.loads(path.read_bytes().decode("utf-8")).get(section, {})
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ScenarioError(f"{path}: not a readable calibration file ({error})") from None
     values = {}
-    for key in SERVICE_KEYS:
+    for key in keys:
         value = table.get(key)
         if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-            raise ScenarioError(f"{path}: key 'server.{key}' must be a number of microseconds >= 0, got {value!r}; "
-                                f"write the file with `countdrift calibrate`")
+            raise ScenarioError(f"{path}: key '{section}.{key}' must be a number of microseconds >= 0, "
+                                f"got {value!r}; write the file with `countdrift calibrate`")
         values[key] = float(value)
     return values
 
@@ -150,7 +153,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "traffic.badge_probability": (0, 1), "traffic.badge_delay_s": (0, 3600),
     "clients.count": (1, 100_000), "clients.rtt_ms": (0.000001, 60_000), "clients.timeout_ms": (0.001, 3_600_000),
     "clients.retries": (0, 1000), "clients.backoff_ms": (0, 3_600_000), "clients.max_backoff_ms": (0, 3_600_000),
-    "clients.wait_timeout_ms": (0, 3_600_000),
+    "clients.wait_timeout_ms": (0, 3_600_000), "clients.driver_request_us": (0, 1_000_000),
+    "clients.driver_command_us": (0, 1_000_000),
     "server.request_us": (0, 1_000_000), "server.command_us": (0, 1_000_000), "server.script_us": (0, 1_000_000),
     "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
     "server.min_replicas_to_write": (0, 5), "server.min_replicas_max_lag": (1, 3600),

@@ -3,6 +3,7 @@ trace offered."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -63,3 +64,111 @@ def test_a_scenario_says_open_or_closed(tmp_path):
     with pytest.raises(ScenarioError, match="run.load"):
         parse(tmp_path / "bad.toml", SMALL_SCENARIO.replace("[run]", '[run]\nload = "sideways"'))
     assert load(ROOT / "scenarios" / "quick.toml").run.load == "open"
+
+
+def test_capacity_leaves_replicas_and_sentinel_out(tmp_path):
+    text = SMALL_SCENARIO.replace("[clients]", "[server]\nreplicas = 2\nmin_replicas_to_write = 1\n\n"
+                                               "[sentinel]\nenabled = true\n\n[clients]")
+    scenario = closed_loop(parse(tmp_path / "small.toml", text), 8)
+    assert (scenario.server.replicas, scenario.server.min_replicas_to_write, scenario.sentinel.enabled) == (0, 0, False)
+    assert scenario.clients.count == 8 and scenario.faults == ()
+
+
+def test_every_request_shape_counts_the_commands_the_client_sends():
+    from sim.backends.real.protocol import flatten
+    from sim.commands import Pipeline, Script, Stall, Transaction, sent_commands
+    from strategies import make_strategy
+
+    script = make_strategy("lua").scripts[0]
+    requests = [("PING",), Script(script, ("a",), ("1",)), Stall(0.001),
+                Pipeline((("HINCRBY", "h", "f", 1), ("INCRBY", "t", 1), Script(script, ("b",)))),
+                Transaction((("HINCRBY", "h", "f", 1), ("INCRBY", "t", 1))),
+                Pipeline((("WATCH", "h"), Transaction((("DEL", "h"),))))]
+    assert [sent_commands(request) for request in requests] == [len(flatten(request)) for request in requests]
+
+
+def test_a_modelled_driver_bounds_the_simulated_capacity(tmp_path):
+    """Every client in one process: the process's CPU per request caps the
+    throughput, whatever the number of clients, and it shows as busy."""
+    scenario = closed_loop(parse(tmp_path / "small.toml", SMALL_SCENARIO), 16)
+    free = run_scenario(scenario, ["lua"], explain=False)["runs"][0]
+    slow = dataclasses.replace(scenario, clients=dataclasses.replace(scenario.clients, driver_request_us=100.0,
+                                                                     driver_command_us=10.0))
+    bound = run_scenario(slow, ["lua"], explain=False)["runs"][0]
+    commands = bound["redis_requests"]   # as the clients sent them: each passed through the driver's process
+    assert "driver_cpu_share" not in free and 0 < free["server_cpu_share"] <= 1
+    assert bound["driver_cpu_share"] > 0.95 and bound["server_cpu_share"] < free["server_cpu_share"]
+    assert bound["throughput_ops_per_s"] < free["throughput_ops_per_s"] / 2
+    # each operation at least one round trip (100 us of the driver), each command 10 us more
+    most = bound["operations"] / (bound["operations"] * 100e-6 + commands * 10e-6)
+    assert most * 0.8 < bound["throughput_ops_per_s"] <= most * 1.01
+
+
+def test_model_driver_reads_the_calibrations_driver_section(tmp_path, capsys):
+    from sim.scenario import CALIBRATION, DRIVER_KEYS, load_calibration
+
+    committed = load_calibration(CALIBRATION, "driver", DRIVER_KEYS)
+    assert committed["request_us"] > 0 and committed["rtt_us"] > 0
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL_SCENARIO)
+    out = tmp_path / "capacity"
+    assert main(["capacity", str(path), "--strategies", "lua", "--clients", "4", "--model-driver", "--out", str(out),
+                 "-q"]) == 0
+    document = json.loads((out / "capacity.json").read_text())
+    assert document["driver_model"] == committed
+    assert "driver modelled" in capsys.readouterr().out
+    server_only = tmp_path / "server-only.toml"
+    server_only.write_text(CALIBRATION.read_text().split("\n# the redis backend's driver")[0])
+    assert main(["capacity", str(path), "--model-driver", str(server_only), "--out", str(out), "-q"]) == 2
+    assert "'driver.rtt_us'" in capsys.readouterr().err
+    assert main(["capacity", str(path), "--backend", "redis", "--model-driver", "--out", str(out), "-q"]) == 2
+    assert "--model-driver" in capsys.readouterr().err
+
+
+# Two strategies whose capacities are closer than this on either backend are a tie.
+TIE = 1.15
+
+
+def agreeing_order(left: dict[str, float], right: dict[str, float]) -> list[str]:
+    """The pairs of strategies that both backends separate by more than a
+    tie, in opposite orders."""
+    names = sorted(left)
+    disagreements = []
+    for index, a in enumerate(names):
+        for b in names[index + 1:]:
+            orders = []
+            for capacity in (left, right):
+                high, low = max(capacity[a], capacity[b]), min(capacity[a], capacity[b])
+                orders.append(None if high <= low * TIE else capacity[a] > capacity[b])
+            if None not in orders and orders[0] != orders[1]:
+                disagreements.append(f"{a} vs {b}: {left[a]:,.0f}/{left[b]:,.0f} against {right[a]:,.0f}/{right[b]:,.0f}")
+    return disagreements
+
+
+def test_ties_and_orders_of_capacities():
+    assert agreeing_order({"a": 100, "b": 50}, {"a": 90, "b": 40}) == []
+    assert agreeing_order({"a": 100, "b": 95}, {"a": 50, "b": 90}) == []          # a tie on one side
+    assert agreeing_order({"a": 100, "b": 50}, {"a": 40, "b": 90}) == ["a vs b: 100/50 against 40/90"]
+
+
+@pytest.mark.redis
+def test_the_capacity_ranking_agrees_between_backends():
+    """naive, lua, watch and lock on quick: the simulation with the redis
+    backend's driver modelled (committed calibration) and real servers order
+    them alike, pairs within 15% of each other on either side counting as
+    ties. Real points last about a second each; the capacity is the best of
+    two client counts, which absorbs one slow point."""
+    from sim.scenario import CALIBRATION, DRIVER_KEYS, load_calibration
+
+    scenario = load(ROOT / "scenarios" / "quick.toml")
+    strategies, counts = ["naive", "lua", "watch", "lock"], (8, 16)
+    real = measure(scenario, strategies, "redis", slo_p99_ms=50.0, counts=counts)
+    sim = measure(scenario, strategies, "sim", slo_p99_ms=50.0, counts=counts,
+                  driver=load_calibration(CALIBRATION, "driver", DRIVER_KEYS))
+    capacities = [{name: result["capacity_ops_per_s"] for name, result in document["strategies"].items()}
+                  for document in (sim, real)]
+    assert all(capacity > 0 for capacity in (*capacities[0].values(), *capacities[1].values()))
+    assert agreeing_order(*capacities) == [], capacities
+    separated = [name for name in strategies if capacities[0]["lua"] > capacities[0][name] * TIE
+                 and capacities[1]["lua"] > capacities[1][name] * TIE]
+    assert "lock" in separated, capacities   # not a ranking of ties: lua is well above lock on both

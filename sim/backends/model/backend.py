@@ -64,6 +64,12 @@ class SimDeployment(Deployment):
         driver, nemesis = simulate(self.scenario, trace, strategy, self.schedule,
                                    timeline_points=self.scenario.run.timeline_points, progress=progress)
         wall = time.perf_counter() - started
+        span = driver.run_end
+        shares = {}
+        if not self.schedule and span > 0:   # as on real servers: how busy Redis (and the clients' process) was
+            shares["server_cpu_share"] = round(driver.server.busy_s / span, 3)
+            if driver.driver_busy:
+                shares["driver_cpu_share"] = round(driver.driver_busy / span, 3)
         return Execution(
             history=driver.history, timeline=driver.timeline, faults=nemesis.records(),
             counters=driver.counters(), reconnects=driver.reconnects, script_loads=driver.script_loads,
@@ -71,7 +77,8 @@ class SimDeployment(Deployment):
             wait_replies=driver.loop.wait_replies,
             figures={"redis_requests": driver.server.requests, "redis_commands": driver.server.commands,
                      "wall_seconds": round(wall, 3),
-                     "wall_redis_commands_per_s": round(driver.server.commands / wall, 1) if wall else 0.0})
+                     "wall_redis_commands_per_s": round(driver.server.commands / wall, 1) if wall else 0.0,
+                     **shares})
 
 
 class SimBackend(Backend):

@@ -24,7 +24,7 @@ from sim.backends.model.server import Connection, Entry, Server
 from sim.checker import Counters, Drift, check, read_counters
 from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
                         next_instruction)
-from sim.commands import CommandError, ConnectionLost, Pipeline, may_write
+from sim.commands import CommandError, ConnectionLost, Pipeline, may_write, sent_commands
 from sim.history import History
 from sim.metrics import timeline_point
 from sim.nemesis import AckLog, Split, StallTarget
@@ -60,6 +60,11 @@ class SimDriver:
         self.noscript = 0
         self.run_end = 0.0
         self._half_rtt = clients.rtt_ms / 2000.0
+        # The clients' shared process, when modelled: a FIFO CPU every request passes through.
+        self._driver_request = clients.driver_request_us / 1e6
+        self._driver_command = clients.driver_command_us / 1e6
+        self.driver_free = 0.0
+        self.driver_busy = 0.0   # seconds of the shared process's CPU
         self._timeout = clients.timeout_ms / 1000.0
         # Counterfactual when "retry_applied_twice" is off: the reply of a
         # request that reached the server is never lost (no timeout, no reset).
@@ -169,7 +174,9 @@ class SimDriver:
             raise self._lose(client, "timeout")
         connection = client.connection
         server = connection.server
-        arrival = sent + route.delay_out + self._half_rtt
+        # The client's timer starts now; the request leaves once the shared client process got to it.
+        leaves = self._driver_cpu(request) if self._driver_request else sent
+        arrival = leaves + route.delay_out + self._half_rtt
         timeout = self._timeout
         if type(request) is tuple and request[0] == "WAIT":
             ready, answer = server.wait(connection, arrival, request[1], request[2] / 1000.0)
@@ -206,6 +213,16 @@ class SimDriver:
             client.connection = None  # reconnect, load the scripts, send again
             return (yield from self._request(client, send))
         return reply, entry.error, entry.end
+
+    def _driver_cpu(self, request) -> float:
+        """When the shared client process has encoded and sent the request
+        (and will have read its reply: both are charged here, the reply's
+        part early), after the requests queued before it."""
+        start = self.env.now if self.env.now > self.driver_free else self.driver_free
+        cost = self._driver_request + self._driver_command * sent_commands(request)
+        self.driver_free = start + cost
+        self.driver_busy += cost
+        return self.driver_free
 
     def _lose(self, client: Client, why: str) -> ConnectionLost:
         """The reply is lost: the client drops the connection; the outcome is unknown."""

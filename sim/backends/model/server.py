@@ -121,6 +121,7 @@ class Server:
         self.free_at = 0.0
         self.aof: AppendOnlyFile | None = None   # kept only when a power loss may tear its tail
         self.requests = 0  # commands as clients sent them (MULTI, EXEC and EVALSHA included)
+        self.busy_s = 0.0  # service time given so far (the real server's CPU time)
         self._first_error: CommandError | None = None
 
     @property
@@ -163,8 +164,10 @@ class Server:
         """
         start = arrival if arrival > self.free_at else self.free_at
         writes = may_write(request)
-        end = start + self._busy(request, writes)
+        busy = self._busy(request, writes)
+        end = start + busy
         self.free_at = end
+        self.busy_s += busy
         entry = Entry(start, end, request, connection)
         self.queue.append(entry)
         if writes:

@@ -64,9 +64,10 @@ class RedisDeployment(Deployment):
     def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
         self.servers.wait_for_replicas()
         server_before = self._server_cpu()
-        started = time.perf_counter()
+        started, driver_cpu = time.perf_counter(), time.process_time()
         driver, nemesis = uvloop.run(self._run(strategy, trace, progress))
         wall = time.perf_counter() - started
+        driver_cpu = time.process_time() - driver_cpu
         server_after = self._server_cpu()
         counters = driver.counters()
         info = self.servers.primary.client().info("commandstats")
@@ -83,6 +84,10 @@ class RedisDeployment(Deployment):
                 # (None when the primary died or changed during the run).
                 "server_cpu_share": (round((server_after[1] - server_before[1]) / wall, 3)
                                      if server_before[0] == server_after[0] and wall > 0 else None),
+                # How busy the driver's process was (the nemesis's work included); near 1, it bounds the run.
+                "driver_cpu_share": round(driver_cpu / wall, 3) if wall > 0 else None,
+                "driver_requests": driver.requests_sent,
+                "driver_commands": driver.commands_sent,
                 "wall_seconds": round(wall, 3),
             })
 

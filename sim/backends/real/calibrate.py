@@ -15,6 +15,18 @@ simulation's costs are fitted from pairs of probes:
 - ``fsync_always_us``: the wall-clock time ``appendfsync always`` adds to a
   write (the fsync holds the server; it is not CPU time): HINCRBY's rate
   with and without it.
+
+``[driver]`` is the redis backend's own driver (one Python process for
+every client), which bounds real capacity on a machine of a few cores, so
+that the simulation can model it (`countdrift capacity --model-driver`):
+
+- ``request_us`` and ``command_us``: the driver process's CPU (user and
+  system) per request and per command it sends, fitted by least squares over
+  closed-loop runs of four strategies (different mixes of requests and
+  commands) on the direct path, at 32 clients, where the driver is busy;
+- ``rtt_us``: the loopback round trip neither side's CPU accounts for (the
+  kernel, waking up): one client's PING wall time less the driver's and the
+  server's CPU per PING.
 """
 from __future__ import annotations
 
@@ -24,8 +36,19 @@ import platform
 import time
 from pathlib import Path
 
+import asyncio
+
+import numpy as np
+import uvloop
+
 from sim.backends.real.bench import redis_benchmark
+from sim.backends.real.connection import AsyncConnection
 from sim.backends.real.deployment import Servers
+from sim.capacity import closed_loop
+from sim.errors import UsageError
+from sim.runner import run_scenario
+from sim.scenario import load_calibration, parse
+from strategies import STRATEGIES
 
 CLIENTS = 50
 LOOP = ("for i = 1, tonumber(ARGV[1]) do redis.call('HINCRBY', KEYS[1], 'f', 1) end return 1")
@@ -82,6 +105,82 @@ def measure(requests: int) -> dict:
     }
 
 
+# The traffic the driver probes replay: quick's mix (1:1 and groups up to
+# 300, reads, badges), shorter.
+DRIVER_TRAFFIC = """
+name = "calibrate-driver"
+seed = 42
+
+[traffic]
+users = 2000
+messages = 20000
+message_rate = 2000.0
+dm_per_user = 3.0
+groups = 120
+max_group_size = 300
+include_max_group = true
+read_probability = 0.8
+read_delay_mean_s = 0.5
+badge_probability = 0.3
+"""
+DRIVER_CLIENTS = 32
+PINGS = 5000
+
+
+async def _pings(port: int, count: int) -> float:
+    """Wall seconds for ``count`` PINGs one after the other on one connection."""
+    connection = AsyncConnection("127.0.0.1", port)
+    await connection.connect(())
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            await connection.execute(("PING",))
+        return time.perf_counter() - started
+    finally:
+        await connection.close()
+
+
+def measure_ping() -> dict:
+    """One client's PING, one after the other: wall time, and the CPU of each side."""
+    with Servers(appendonly=False, client_proxies=False) as servers:
+        client = servers.primary.client()
+        uvloop.run(_pings(servers.primary.port, 500))   # warm up
+        server_before, driver_before = _cpu(client), time.process_time()
+        wall = uvloop.run(_pings(servers.primary.port, PINGS))
+        driver = (time.process_time() - driver_before) / PINGS
+        server = (_cpu(client) - server_before) / PINGS
+    return {"wall_us": round(wall / PINGS * 1e6, 3), "driver_cpu_us": round(driver * 1e6, 3),
+            "server_cpu_us": round(server * 1e6, 3)}
+
+
+def round_trip_us(ping: dict, driver: dict, server: dict) -> float:
+    """What one client's PING takes beyond the CPU the model charges it (the
+    driver's and the server's, as fitted under load): the kernel's loopback,
+    and each side waking up for one request, which load amortizes. With it
+    the model gives one client the PING time measured."""
+    charged = driver["request_us"] + driver["command_us"] + server["request_us"] + server["command_us"]
+    return round(max(ping["wall_us"] - charged, 0.0), 3)
+
+
+def measure_driver(traffic: str = DRIVER_TRAFFIC, strategies: tuple[str, ...] = tuple(STRATEGIES)) -> dict:
+    """The driver's CPU per request and per command, from closed-loop runs."""
+    scenario = closed_loop(parse(Path("calibrate-driver.toml"), traffic), DRIVER_CLIENTS)
+    runs = {}
+    for name in strategies:
+        run = run_scenario(scenario, [name], backend="redis", explain=False)["runs"][0]
+        runs[name] = {"operations": run["operations"], "requests": run["driver_requests"],
+                      "commands": run["driver_commands"],
+                      "cpu_s": round(run["driver_cpu_share"] * run["wall_seconds"], 4),
+                      "throughput_ops_per_s": run["throughput_ops_per_s"]}
+    counts = np.array([[run["requests"], run["commands"]] for run in runs.values()], dtype=float)
+    cpu = np.array([run["cpu_s"] for run in runs.values()])
+    (request, command), *_ = np.linalg.lstsq(counts, cpu, rcond=None)
+    for run, fitted in zip(runs.values(), counts @ (request, command)):
+        run["fitted_cpu_s"] = round(float(fitted), 4)
+    return {"request_us": round(max(float(request), 0.0) * 1e6, 3),
+            "command_us": round(max(float(command), 0.0) * 1e6, 3), "runs": runs}
+
+
 def _cpus() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -105,11 +204,40 @@ def as_toml(calibration: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+DRIVER_HEADER = "# the redis backend's driver"
+
+
+def driver_toml(ping: dict, driver: dict, server: dict) -> str:
+    lines = [f"{DRIVER_HEADER} (one Python process, every client), measured by `countdrift calibrate`,",
+             f"# {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: "
+             "`countdrift capacity --model-driver` models it in the simulation", "[driver]",
+             f"rtt_us = {round_trip_us(ping, driver, server)}", f"request_us = {driver['request_us']}",
+             f"command_us = {driver['command_us']}", "",
+             f"# rtt_us: one client's PING took {ping['wall_us']} us (the driver's CPU {ping['driver_cpu_us']} us, "
+             f"the server's {ping['server_cpu_us']}), less the CPU the model charges a PING",
+             f"# request_us, command_us: the driver's CPU, least squares over closed-loop runs of every strategy "
+             f"({DRIVER_CLIENTS} clients, direct path):",
+             f"# {'strategy':<16}{'requests':>10}{'commands':>10}{'cpu s':>9}{'fitted s':>10}{'ops/s':>9}"]
+    for name, run in driver["runs"].items():
+        lines.append(f"# {name:<16}{run['requests']:>10,}{run['commands']:>10,}{run['cpu_s']:>9.3f}"
+                     f"{run['fitted_cpu_s']:>10.3f}{run['throughput_ops_per_s']:>9,.0f}")
+    return "\n".join(lines) + "\n"
+
+
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    calibration = measure(args.requests)
-    text = as_toml(calibration)
     out = Path(args.out)
+    if args.driver_only:
+        try:
+            text = out.read_text()
+        except OSError as error:
+            raise UsageError(f"--driver-only: {out} must be a calibration file to update ({error.strerror})") from None
+        text = text.split(f"\n{DRIVER_HEADER}")[0].rstrip("\n") + "\n"
+        server = load_calibration(out)
+    else:
+        calibration = measure(args.requests)
+        text, server = as_toml(calibration), calibration["server"]
+    text += "\n" + driver_toml(measure_ping(), measure_driver(), server)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(text)

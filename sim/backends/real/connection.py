@@ -119,6 +119,8 @@ class AsyncConnection:
         self.scripts: tuple[LuaScript, ...] = ()
         self.noscript = 0
         self.timed_out = False
+        self.requests = 0   # sent on it, and the commands in them: what the driver's CPU handled
+        self.commands = 0
 
     async def connect(self, scripts: tuple[LuaScript, ...]) -> None:
         """Connect and shake hands; raise HandshakeFailed if the server is not ready."""
@@ -140,6 +142,8 @@ class AsyncConnection:
         if protocol.lost is not None:
             raise ConnectionRefused(str(protocol.lost))
         commands = flatten(request)
+        self.requests += 1
+        self.commands += len(commands)
         waiter = asyncio.get_running_loop().create_future()
         protocol.waiting.append((len(commands), [], waiter))
         protocol.transport.write(b"".join(map(pack_command, commands)))

@@ -75,6 +75,8 @@ class RealDriver:
         self.script_loads = 0
         self.noscript = 0
         self.resets_missed = 0   # armed resets whose reply came back whole anyway
+        self.requests_sent = 0   # by every connection of the run, and the commands in them
+        self.commands_sent = 0
         self.run_end = 0.0
         self._timeout = config.timeout_ms / 1000.0
         self._start = 0.0
@@ -260,6 +262,8 @@ class RealDriver:
     async def _drop(self, client: Client) -> None:
         if client.connection is not None:
             self.noscript += client.connection.noscript
+            self.requests_sent += client.connection.requests
+            self.commands_sent += client.connection.commands
             await client.connection.close()
             client.connection = None
 
