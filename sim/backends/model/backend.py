@@ -29,10 +29,19 @@ from strategies.base import Strategy
 
 
 def make_server(config: ServerConfig) -> Server:
+    """The simulated target: one server, or a cluster of them (one per shard)."""
+    if config.topology == "cluster":
+        from sim.backends.model.cluster import ClusterServer
+        return ClusterServer([_server(config, config.cluster_replicas_per_primary, f"shard{index}")
+                              for index in range(config.cluster_primaries)])
+    return _server(config, config.replicas)
+
+
+def _server(config: ServerConfig, replicas: int, name: str = "primary") -> Server:
     return Server(ServiceTimes(config.request_us / 1e6, config.command_us / 1e6, config.script_us / 1e6,
                                config.script_call_us / 1e6, config.fsync_always_us / 1e6),
                   Persistence(config.appendonly, config.appendfsync, config.rdb_interval_s),
-                  config.replicas, config.replication_lag_ms / 1000.0, config.min_replicas_to_write)
+                  replicas, config.replication_lag_ms / 1000.0, config.min_replicas_to_write, name)
 
 
 def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: list[Fault],
@@ -64,6 +73,9 @@ class SimDeployment(Deployment):
         driver, nemesis = simulate(self.scenario, trace, strategy, self.schedule,
                                    timeline_points=self.scenario.run.timeline_points, progress=progress)
         wall = time.perf_counter() - started
+        figures = {}
+        if self.scenario.server.topology == "cluster":
+            figures = {"topology": "cluster", "shard_commands": driver.server.shard_commands()}
         return Execution(
             history=driver.history, timeline=driver.timeline, faults=nemesis.records(),
             counters=driver.counters(), reconnects=driver.reconnects, script_loads=driver.script_loads,
@@ -71,7 +83,8 @@ class SimDeployment(Deployment):
             wait_replies=driver.loop.wait_replies,
             figures={"redis_requests": driver.server.requests, "redis_commands": driver.server.commands,
                      "wall_seconds": round(wall, 3),
-                     "wall_redis_commands_per_s": round(driver.server.commands / wall, 1) if wall else 0.0})
+                     "wall_redis_commands_per_s": round(driver.server.commands / wall, 1) if wall else 0.0,
+                     **figures})
 
 
 class SimBackend(Backend):
