@@ -134,7 +134,8 @@ class RealDriver:
             time.sleep(0.05)
 
     def _read_counters(self) -> Counters:
-        connection = SyncConnection(*self.routes.primary_address())
+        reader = getattr(self.routes, "reader", None)
+        connection = reader() if reader is not None else SyncConnection(*self.routes.primary_address())
         try:
             return read_counters(self.strategy, self.trace.users, connection.execute)
         finally:
@@ -188,7 +189,8 @@ class RealDriver:
 
     async def _connect(self, client: Client) -> None:
         host, port, node = await self.routes.connect_to(client.index)
-        connection = AsyncConnection(host, port)
+        # A cluster's routes give a cluster-aware connection (sim/backends/real/cluster.py).
+        connection = getattr(self.routes, "connection", AsyncConnection)(host, port)
         try:
             async with asyncio.timeout(self._timeout):
                 await connection.connect(self.strategy.scripts)
