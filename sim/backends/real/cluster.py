@@ -305,14 +305,16 @@ class ClusterReader:
     """Synchronous reads for the checker: a nested pipeline's commands
     grouped by node, one round trip per node."""
 
-    def __init__(self, cluster: ClusterMap) -> None:
+    def __init__(self, cluster: ClusterMap, scripts: tuple[LuaScript, ...] = ()) -> None:
         self.cluster = cluster
+        self.scripts = scripts   # loaded on each node when first reached (a pipeline's NOSCRIPT is not retried)
         self.links: dict[str, SyncConnection] = {}
 
     def _link(self, address: str) -> SyncConnection:
         if address not in self.links:
             host, port = address.rsplit(":", 1)
             self.links[address] = SyncConnection(host, int(port))
+            self.links[address].load(self.scripts)
         return self.links[address]
 
     def execute(self, request: Request, again: bool = True) -> Any:

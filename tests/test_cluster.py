@@ -1,0 +1,341 @@
+"""Redis Cluster as a target (issue #12, first slice): slot routing, the
+scenario keys, CROSSSLOT from the untagged option, the simulated and the
+real cluster giving identical counters, and no process left behind."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.backends.model.backend import make_server
+from sim.backends.model.cluster import ClusterServer
+from sim.checker import read_counters
+from sim.cluster import (CROSSSLOT, EXECABORT, SLOTS, SlotMap, even_split, key_slot, node_error, route,
+                         split_pipeline)
+from sim.commands import CommandError, Pipeline, Script, Transaction, run_now
+from sim.runner import run_scenario
+from sim.scenario import ScenarioError, ServerConfig, load, parse
+from sim.traffic import generate
+from sim.workload import Workload
+from strategies import STRATEGIES, keys, make_strategy
+
+from conftest import ROOT, alive, children
+
+CLUSTER_QUICK = ROOT / "scenarios" / "cluster_quick.toml"
+
+SMALL = """
+name = "cluster_small"
+seed = 5
+
+[traffic]
+users = 150
+messages = 500
+message_rate = 1000.0
+groups = 8
+max_group_size = 30
+read_probability = 0.8
+read_delay_mean_s = 0.1
+badge_probability = 0.3
+
+[clients]
+count = 4
+
+[server]
+topology = "{topology}"
+{extra}
+
+[run]
+timeline_points = 2
+"""
+
+
+def small(tmp_path: Path, topology: str = "cluster", extra: str = "", options: str = "") -> Path:
+    path = tmp_path / f"{topology}.toml"
+    path.write_text(SMALL.format(topology=topology, extra=extra) + options)
+    return path
+
+
+UNTAGGED = "".join(f"\n[strategy_options.{name}]\nuntagged_total = true\n" for name in ("naive", "multi", "lua"))
+
+
+def user_on_same_node_other_slot(slots: SlotMap) -> int:
+    """A user whose tagged hash and untagged total live on one node, in two slots."""
+    return next(user for user in range(100_000)
+                if slots.shard_of_key(keys.unread(user)) == slots.shard_of_key(keys.total_untagged(user)))
+
+
+def user_on_other_node(slots: SlotMap) -> int:
+    return next(user for user in range(100_000)
+                if slots.shard_of_key(keys.unread(user)) != slots.shard_of_key(keys.total_untagged(user)))
+
+
+# -- slot math and routing (no server) ---------------------------------------------------------
+
+def test_key_slots_are_redis_clusters():
+    # CLUSTER KEYSLOT on redis 7.0.15: foo 12182, bar 5061; a hash tag hashes only its content
+    assert key_slot("foo") == 12182 and key_slot(b"bar") == 5061
+    assert key_slot(keys.unread(42)) == key_slot(keys.total(42)) == key_slot(keys.lock(42)) == key_slot("u42")
+    assert key_slot(keys.total_untagged(42)) == key_slot("total:u42") != key_slot("u42")
+    assert key_slot("a{}b") == key_slot("a{}b")          # an empty tag: the whole key
+    assert key_slot("{x}{y}") == key_slot("x")           # the first tag counts
+
+
+@pytest.mark.parametrize("primaries", [1, 2, 3, 5, 7, 16])
+def test_slots_split_evenly_as_redis_cli_does(primaries):
+    ranges = even_split(primaries)
+    assert ranges[0][0] == 0 and ranges[-1][1] == SLOTS - 1
+    assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+    sizes = [last - first + 1 for first, last in ranges]
+    assert max(sizes) - min(sizes) <= 1
+    if primaries == 3:   # redis-cli --cluster create
+        assert ranges == [(0, 5460), (5461, 10922), (10923, 16383)]
+    slots = SlotMap.even(primaries)
+    assert [slots.shard_of(first) for first, _ in ranges] == list(range(primaries))
+    assert slots.shard_of(SLOTS - 1) == primaries - 1
+
+
+def test_the_errors_a_node_answers():
+    slots = SlotMap.even(3)
+    names = ["a:1", "b:2", "c:3"]
+    user = 42
+    home = slots.shard_of_key(keys.unread(user))
+    tagged = Script(make_strategy("lua").deliver_script, (keys.unread(user), keys.total(user)), ("7",))
+    untagged = Script(tagged.script, (keys.unread(user), keys.total_untagged(user)), ("7",))
+    assert node_error(tagged, slots, home, names) is None
+    assert node_error(untagged, slots, home, names) == CROSSSLOT      # before MOVED, on any node
+    assert node_error(untagged, slots, (home + 1) % 3, names) == CROSSSLOT
+    assert node_error(("GET", keys.total(user)), slots, (home + 1) % 3, names) == \
+        f"MOVED {key_slot(keys.total(user))} {names[home]}"
+    assert node_error(("WATCH", keys.unread(user), keys.total_untagged(user)), slots, home, names) == CROSSSLOT
+    # MULTI: a queued command of another node is answered MOVED and EXEC aborts;
+    # on one node but in two slots each is QUEUED and EXEC answers CROSSSLOT.
+    far, near = user_on_other_node(slots), user_on_same_node_other_slot(slots)
+    for user, expected in ((far, EXECABORT), (near, CROSSSLOT)):
+        transaction = Transaction((("HINCRBY", keys.unread(user), "1", 1), ("INCRBY", keys.total_untagged(user), 1)))
+        shard = route(transaction, slots)
+        assert shard == slots.shard_of_key(keys.unread(user))
+        assert node_error(transaction, slots, shard, names) == expected
+
+
+def test_a_pipeline_splits_by_shard_and_keyless_commands_go_everywhere():
+    slots = SlotMap.even(3)
+    users = list(range(40))
+    pipeline = Pipeline((("PING",), *(("INCRBY", keys.total(user), 1) for user in users)))
+    parts = split_pipeline(pipeline, slots, 3)
+    assert set(parts) == {0, 1, 2} and all(indices[0] == 0 for indices in parts.values())
+    for shard, indices in parts.items():
+        assert all(slots.shard_of_key(keys.total(users[index - 1])) == shard for index in indices[1:])
+
+
+# -- scenarios --------------------------------------------------------------------------------
+
+def test_cluster_keys_are_read_and_checked(tmp_path):
+    scenario = load(CLUSTER_QUICK)
+    assert (scenario.server.topology, scenario.server.cluster_primaries,
+            scenario.server.cluster_replicas_per_primary) == ("cluster", 3, 1)
+    assert load(ROOT / "scenarios" / "quick.toml").server.topology == "single"
+    bad = {
+        'topology = "ring"': "key 'server.topology' must be one of single, cluster",
+        'topology = "cluster"\ncluster_primaries = 0': "key 'server.cluster_primaries' must be between 1 and 16",
+        'topology = "cluster"\ncluster_replicas_per_primary = 9':
+            "key 'server.cluster_replicas_per_primary' must be between 0 and 3",
+        'topology = "cluster"\nreplicas = 2': "write that instead",
+        'topology = "cluster"\nmin_replicas_to_write = 1': "not supported on a cluster yet",
+        'topology = "cluster"\ncluster_primaries = "3"': "key 'server.cluster_primaries' must be an integer",
+    }
+    for server, message in bad.items():
+        text = SMALL.replace('topology = "{topology}"\n{extra}', server)
+        with pytest.raises(ScenarioError, match=message) as raised:
+            parse(tmp_path / "bad.toml", text)
+        assert str(raised.value).startswith(f"{tmp_path / 'bad.toml'}: ")
+    text = SMALL.format(topology="cluster", extra="")
+    for refused in ("server_crash", "failover", "partition", "power_loss"):
+        with pytest.raises(ScenarioError, match=f"{refused} cannot strike a cluster yet"):
+            parse(tmp_path / "f.toml", text + f'\n[[faults]]\nkind = "{refused}"\nat = 0.1\n')
+    parse(tmp_path / "ok.toml", text + '\n[[faults]]\nkind = "client_crash"\nat = 0.1\n')
+    with pytest.raises(ScenarioError, match="without Sentinel"):
+        parse(tmp_path / "s.toml", text + "\n[sentinel]\nenabled = true\n")
+    with pytest.raises(ScenarioError, match="wait_replicas': WAIT is not supported on a cluster yet"):
+        parse(tmp_path / "w.toml", text + "\n[strategy_options.lua]\nwait_replicas = 1\n")
+
+
+# -- the simulated cluster -----------------------------------------------------------------------
+
+def test_simulated_cluster_serves_every_shard_with_zero_drift_and_the_same_counters(tmp_path):
+    """Atomic strategies end at the truth on a cluster as on one server,
+    every shard takes a share, and the results say the topology."""
+    cluster = run_scenario(load(small(tmp_path)), ["lua", "multi", "idset"], explain=False)
+    single = run_scenario(load(small(tmp_path, "single")), ["lua", "multi", "idset"], explain=False)
+    for on_cluster, on_single in zip(cluster["runs"], single["runs"]):
+        assert on_cluster["topology"] == "cluster" and "topology" not in on_single
+        assert on_cluster["drift"]["abs_drift_sum"] == on_single["drift"]["abs_drift_sum"] == 0
+        assert on_cluster["drift"]["convs_wrong"] == 0 and on_cluster["errors"] == 0
+        shares = on_cluster["shard_commands"]
+        assert len(shares) == 3 and min(shares.values()) > 0.2 * sum(shares.values())
+    assert cluster["scenario"]["server"]["topology"] == "cluster"
+
+
+def test_untagged_total_errors_and_drifts_on_a_cluster_not_on_one_server(tmp_path):
+    cluster = {run["strategy"]: run for run in
+               run_scenario(load(small(tmp_path, options=UNTAGGED)), ["naive", "multi", "lua"], explain=False)["runs"]}
+    single = {run["strategy"]: run for run in
+              run_scenario(load(small(tmp_path, "single", options=UNTAGGED)), ["naive", "multi", "lua"],
+                           explain=False)["runs"]}
+    for name in ("multi", "lua"):
+        assert single[name]["errors"] == 0 and single[name]["drift"]["abs_drift_sum"] == 0
+        assert cluster[name]["errors"] > 0 and cluster[name]["drift"]["abs_drift_sum"] > 0
+        assert cluster[name]["drift"]["undercount"] > 0
+    assert set(cluster["lua"]["errors_by_kind"]) == {"CROSSSLOT"}              # every script, before it runs
+    assert set(cluster["multi"]["errors_by_kind"]) <= {"CROSSSLOT", "EXECABORT"}   # a delivery's transactions
+    assert cluster["naive"]["errors"] == 0   # no multi-key request: nothing to refuse
+
+
+# -- the real cluster -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_cluster():
+    from sim.backends.real.cluster import ClusterServers
+
+    with ClusterServers(3, 1) as servers:
+        yield servers
+
+
+def flush(servers) -> None:
+    for primary in servers.primaries:
+        primary.client().flushall()
+
+
+def sim_cluster(strategy) -> ClusterServer:
+    server = make_server(ServerConfig(topology="cluster"))
+    for shard in server.shards:
+        for script in strategy.scripts:
+            shard.scripts.load(script)
+    return server
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("name", ["naive", "multi", "watch", "lua", "lock", "lua_idempotent"])
+@pytest.mark.parametrize("untagged", [False, True])
+def test_one_operation_at_a_time_both_clusters_end_identical(real_cluster, name, untagged):
+    """The same trace through the same strategy, one operation at a time, on
+    the simulated and the real cluster: the same replies, the same counters,
+    the same keys on the same shard."""
+    from sim.backends.real.cluster import ClusterReader
+
+    if untagged and name not in ("naive", "multi", "lua"):
+        pytest.skip("the untagged option matters for multi-key requests")
+    flush(real_cluster)
+    trace = generate(load(small(Path(tempfile.mkdtemp()))).traffic, 5)
+    strategy = make_strategy(name, untagged_total=untagged)
+    sim = sim_cluster(strategy)
+    reader = ClusterReader(real_cluster.slot_map(), strategy.scripts)
+    workload = Workload(trace)
+    errors = {"sim": 0, "real": 0}
+
+    def counting(execute, side):
+        def run(request):
+            reply = execute(request)
+            flat = reply if isinstance(reply, list) else [reply]
+            errors[side] += sum(isinstance(item, CommandError) for item in flat)
+            return reply
+        return run
+
+    try:
+        for op in range(len(trace.t)):
+            for side, execute in (("sim", sim.inspect), ("real", reader.execute)):
+                try:
+                    run_now(workload.operation(strategy, op), counting(execute, side))
+                except CommandError:   # a strategy that does not catch an error reply gives up
+                    pass
+        on_sim = read_counters(strategy, trace.users, sim.inspect)
+        on_real = read_counters(strategy, trace.users, reader.execute)
+        for field in ("entry_user", "entry_conv", "entry_value", "total"):
+            assert np.array_equal(getattr(on_sim, field), getattr(on_real, field)), field
+        assert on_sim.stray_keys == on_real.stray_keys == 0
+        assert errors["sim"] == errors["real"]
+        assert (errors["sim"] > 0) == (untagged and name in ("multi", "lua"))
+        for index, shard in enumerate(sim.shards):   # the same keys on the same shard
+            address = reader.cluster.addresses[index]
+            real_keys = sorted(reader._link(address).execute(("KEYS", "*")))
+            assert sorted(shard.inspect(("KEYS", "*"))) == real_keys
+    finally:
+        reader.close()
+
+
+@pytest.mark.redis
+def test_a_run_on_both_clusters_gives_identical_counters_and_the_same_crossslot_errors(tmp_path):
+    """Whole timed runs (8 clients, pipelines split over the shards): the
+    atomic strategies' counters are identical on both backends, and the
+    untagged option's errors are the same in number and kind."""
+    from sim import backends
+    from sim.runner import schedule_for
+
+    scenario = load(small(tmp_path, options=UNTAGGED.replace("naive", "watch")))
+    trace = generate(scenario.traffic, scenario.seed)
+    for name, untagged in (("lua", False), ("multi", False), ("lua", True)):
+        strategy = make_strategy(name, untagged_total=untagged)
+        executions = {}
+        for backend in ("sim", "redis"):
+            with backends.get(backend).deploy(scenario, schedule_for(scenario, trace)) as deployment:
+                executions[backend] = deployment.run(strategy, trace, None)
+        sim, real = executions["sim"].counters, executions["redis"].counters
+        for field in ("entry_user", "entry_conv", "entry_value", "total"):
+            assert np.array_equal(getattr(sim, field), getattr(real, field)), (name, untagged, field)
+        assert executions["sim"].history.errors == executions["redis"].history.errors, (name, untagged)
+        assert bool(executions["sim"].history.errors) == untagged
+        shards = executions["redis"].figures["shard_commands"]
+        assert len(shards) == 3 and all(shards.values())
+
+
+@pytest.mark.redis
+def test_a_cluster_that_fails_to_start_or_a_run_that_fails_leaves_no_process(monkeypatch):
+    from sim.backends.real.cluster import ClusterServers
+    from sim.backends.real.processes import ProcessError
+
+    before = set(Path(tempfile.gettempdir()).glob("countdrift-cluster-*"))
+    pids: list[int] = []
+
+    def never_ready(self) -> bool:   # the nodes are up and joined; the cluster fails to get ready
+        pids.extend(node.process.pid for node in self.nodes)
+        raise ProcessError("the cluster did not come up (injected)")
+
+    monkeypatch.setattr(ClusterServers, "ready", never_ready)
+    with pytest.raises(ProcessError, match="the cluster did not come up"):
+        with ClusterServers(3, 1):
+            pass
+    monkeypatch.undo()
+    assert len(set(pids)) == 6 and not any(alive(pid) for pid in pids)
+    with pytest.raises(KeyError):
+        with ClusterServers(3, 1) as servers:
+            pids = [node.process.pid for node in servers.nodes]
+            raise KeyError("the run failed")
+    assert len(pids) == 6 and not any(alive(pid) for pid in pids)
+    assert set(Path(tempfile.gettempdir()).glob("countdrift-cluster-*")) <= before
+
+
+@pytest.mark.redis
+def test_an_interrupted_cluster_run_leaves_no_server(tmp_path):
+    folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(CLUSTER_QUICK), "--backend", "redis",
+                                "--strategies", "lua", "-q", "--out", str(tmp_path / "out")], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        servers: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(servers) < 6 and time.monotonic() < deadline and run.poll() is None:
+            servers.update(pid for pid, _ in children(run.pid, ("redis-server",)))
+            time.sleep(0.01)
+        assert len(servers) == 6, servers
+        time.sleep(0.5 if signum == signal.SIGINT else 3.0)   # while it starts, and while it runs
+        run.send_signal(signum)
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 130, err
+        assert err.strip().startswith("countdrift: interrupted;"), err
+        assert not any(alive(pid) for pid in servers), "a server outlived the run"
+    assert set(Path(tempfile.gettempdir()).glob("countdrift-*")) <= folders, "a server folder was left"
