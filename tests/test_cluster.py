@@ -179,6 +179,13 @@ def test_simulated_cluster_serves_every_shard_with_zero_drift_and_the_same_count
         shares = on_cluster["shard_commands"]
         assert len(shares) == 3 and min(shares.values()) > 0.2 * sum(shares.values())
     assert cluster["scenario"]["server"]["topology"] == "cluster"
+    from sim.report import _section
+    from sim.table import format_topology
+
+    printed = format_topology(cluster)
+    assert printed.startswith("Redis Cluster: 3 primaries x 1 replica(s)") and "shard2" in printed
+    assert format_topology(single) == ""
+    assert "| strategy | shard0 | shard1 | shard2 |" in _section(cluster)
 
 
 def test_untagged_total_errors_and_drifts_on_a_cluster_not_on_one_server(tmp_path):
@@ -290,7 +297,8 @@ def test_a_run_on_both_clusters_gives_identical_counters_and_the_same_crossslot_
         assert executions["sim"].history.errors == executions["redis"].history.errors, (name, untagged)
         assert bool(executions["sim"].history.errors) == untagged
         shards = executions["redis"].figures["shard_commands"]
-        assert len(shards) == 3 and all(shards.values())
+        assert list(shards) == list(executions["sim"].figures["shard_commands"]) == ["shard0", "shard1", "shard2"]
+        assert all(shards.values())
 
 
 @pytest.mark.redis
