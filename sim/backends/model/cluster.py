@@ -25,8 +25,7 @@ import math
 from typing import Any
 
 from sim.backends.model.server import Connection, Entry, Server
-from sim.cluster import (SlotMap, command_keys, merge_keyless, node_error, request_slots, route,
-                         split_pipeline)
+from sim.cluster import SlotMap, command_keys, merge_keyless, node_error, route, split_pipeline
 from sim.commands import CommandError, Pipeline, Request
 
 _PLACEHOLDER = ("PING",)   # what a node's time on a refused request is charged as
@@ -143,7 +142,9 @@ class ClusterServer:
         if type(request) is Pipeline:
             return self._submit_pipeline(connection, request, arrival)
         if type(request) is tuple and not command_keys(request):   # to every shard
-            return self._submit_pipeline(connection, Pipeline((request,)), arrival, single=True)
+            parts = [server.submit(self._link(connection, index), request, arrival)
+                     for index, server in enumerate(self.shards)]
+            return ClusterEntry(parts, [[(index, 0) for index in range(len(parts))]], [request[0]], {}, single=True)
         shard = route(request, self.slots)
         error = node_error(request, self.slots, shard, self.addresses)
         if error is None:
@@ -151,8 +152,7 @@ class ClusterServer:
         entry = self.shards[shard].submit(self._link(connection, shard), _PLACEHOLDER, arrival)
         return ClusterEntry([entry], [[(0, 0)]], [None], {0: CommandError(error)}, single=True)
 
-    def _submit_pipeline(self, connection: Connection, pipeline: Pipeline, arrival: float,
-                         single: bool = False) -> ClusterEntry:
+    def _submit_pipeline(self, connection: Connection, pipeline: Pipeline, arrival: float) -> ClusterEntry:
         items = pipeline.commands
         parts: list[Entry] = []
         sources: list[list[tuple[int, int]]] = [[] for _ in items]
@@ -173,12 +173,7 @@ class ClusterServer:
                 sent.append(item)
                 sources[index].append((len(parts), position))
             parts.append(self.shards[shard].submit(self._link(connection, shard), Pipeline(tuple(sent)), arrival))
-        entry = ClusterEntry(parts, sources, names, errors, single=False)
-        if single:
-            entry.single = True
-            entry.sources = [[(part, 0) for part, _ in sources[0]]]
-            entry.parts = [_Unwrapped(part) for part in parts]
-        return entry
+        return ClusterEntry(parts, sources, names, errors, single=False)
 
     def wait(self, connection: Connection, arrival: float, replicas: int, timeout: float) -> tuple[float, int]:
         raise NotImplementedError("WAIT on a cluster (refused when the scenario is loaded)")
@@ -194,19 +189,3 @@ class ClusterServer:
         error = node_error(request, self.slots, shard, self.addresses)
         return CommandError(error) if error is not None else self.shards[shard].inspect(request)
 
-    def slots_of(self, request: Request) -> list[int]:
-        return request_slots(request)
-
-
-class _Unwrapped:
-    """A one-command pipeline's entry read as that command's (a keyless
-    command sent on its own to every shard)."""
-
-    __slots__ = ("entry",)
-
-    def __init__(self, entry: Entry) -> None:
-        self.entry = entry
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self.entry, name)
-        return value[0] if name == "reply" and isinstance(value, list) else value
