@@ -41,7 +41,7 @@ from typing import Any
 import redis
 
 from sim.backends.real.connection import AsyncConnection, SyncConnection
-from sim.backends.real.processes import ProcessError, RedisServer, free_port
+from sim.backends.real.processes import ProcessError, RedisServer, free_port, stop_process
 from sim.cluster import SlotMap, command_keys, even_split, merge_keyless, route
 from sim.commands import CommandError, Pipeline, Request
 from sim.lua import LuaScript
@@ -141,8 +141,11 @@ class ClusterServers:
             # Replicas first: a primary told to stop waits (up to shutdown-timeout, 10 s) for
             # replicas that have not acknowledged its last writes, and the stop would SIGKILL it.
             replicas = {replica.name for shard in self.replicas for replica in shard}
+            # A replica that has just synced refuses SIGTERM while it writes its initial AOF
+            # ("Writing initial AOF, can't exit"): SIGKILL after 1 s rather than 5, the files are thrown away.
             for node in sorted(self.nodes, key=lambda node: node.name not in replicas):
-                node.stop()
+                if node.process is not None:
+                    stop_process(node.process, timeout=1.0)
         finally:
             if self.folder is not None and not self.keep_folder:
                 shutil.rmtree(self.folder, ignore_errors=True)
