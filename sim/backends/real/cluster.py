@@ -87,7 +87,14 @@ class ClusterServers:
     def _node(self, name: str) -> RedisServer:
         # The cluster bus port is the client port + 10000 by default, which a
         # free port above 55535 cannot have: each node gets one of its own.
-        node = RedisServer(name, self.folder / name, {**self.config(), "cluster-port": str(free_port())})
+        node = RedisServer(name, self.folder / name, self.config())
+        taken = {other.port for other in self.nodes} | {int(other.config["cluster-port"]) for other in self.nodes}
+        while node.port in taken:   # a port probed free twice: pick again
+            node.port = free_port()
+        bus = free_port()
+        while bus in taken or bus == node.port:
+            bus = free_port()
+        node.config["cluster-port"] = str(bus)
         self.nodes.append(node)
         node.start()
         self.node_ids[name] = node.client().execute_command("CLUSTER", "MYID")
