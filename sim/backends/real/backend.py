@@ -169,7 +169,8 @@ class ClusterDeployment(Deployment):
 
 class RedisBackend(Backend):
     name = "redis"
-    summary = "real redis-server processes on 127.0.0.1, network faults through toxiproxy-server"
+    summary = ("real redis-server processes on 127.0.0.1 (a primary, or a Redis Cluster), network faults "
+               "through toxiproxy-server")
 
     def refuse(self, scenario: Scenario) -> str | None:
         span = scenario.traffic.messages / scenario.traffic.message_rate
