@@ -113,6 +113,12 @@ class ClusterServer:
         return sum(shard.commands for shard in self.shards)
 
     @property
+    def busy_s(self) -> float:
+        """Service time given so far by the busiest shard (the one that bounds
+        the cluster); 0 where the servers do not count it."""
+        return max(getattr(shard, "busy_s", 0.0) for shard in self.shards)
+
+    @property
     def service(self):
         return self.shards[0].service
 
