@@ -242,6 +242,15 @@ class ClusterConnection:
         return self._noscript + sum(link.noscript for link in self.links.values())
 
     @property
+    def requests(self) -> int:
+        """Requests and commands sent on its links (where a link counts them)."""
+        return sum(getattr(link, "requests", 0) for link in self.links.values())
+
+    @property
+    def commands(self) -> int:
+        return sum(getattr(link, "commands", 0) for link in self.links.values())
+
+    @property
     def timed_out(self) -> bool:
         return self._timed_out or any(link.timed_out for link in self.links.values())
 
