@@ -406,3 +406,31 @@ def test_a_simulated_node_answers_moved_for_a_slot_it_does_not_own():
     reply = node_error(("GET", keys.total(user)), server.slots, 1, server.addresses)
     assert reply == f"MOVED {key_slot(keys.total(user))} shard0"
     assert wrong.inspect(("GET", keys.total(user))) == "2"    # the data has not moved: only the map
+
+
+@pytest.mark.redis
+def test_a_pipeline_over_a_closed_link_is_refused_whole(real_cluster):
+    """When one node's link is closed, a pipeline that needs it sends nothing
+    anywhere (refused: surely not applied), rather than applying its other parts."""
+    import asyncio
+
+    from sim.backends.real.cluster import ClusterConnection
+    from sim.client import ConnectionRefused
+
+    flush(real_cluster)
+    slots = SlotMap.even(3)
+    users = [next(user for user in range(1000) if slots.shard_of_key(keys.total(user)) == shard) for shard in range(3)]
+
+    async def scenario() -> None:
+        client = ClusterConnection(real_cluster.slot_map())
+        await client.connect(())
+        try:
+            client.links[real_cluster.addresses[2]].protocol.transport.abort()   # the link to node 2 is gone
+            await asyncio.sleep(0.05)
+            with pytest.raises(ConnectionRefused):
+                await client.execute(Pipeline(tuple(("INCRBY", keys.total(user), 1) for user in users)))
+            assert await client.execute(("GET", keys.total(users[0]))) is None   # node 0's part was not sent
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())

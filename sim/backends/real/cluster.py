@@ -42,6 +42,7 @@ import redis
 
 from sim.backends.real.connection import AsyncConnection, SyncConnection
 from sim.backends.real.processes import ProcessError, RedisServer, free_port, stop_process
+from sim.client import ConnectionRefused
 from sim.cluster import SlotMap, command_keys, even_split, merge_keyless, route
 from sim.commands import CommandError, Pipeline, Request
 from sim.lua import LuaScript
@@ -268,6 +269,15 @@ class ClusterConnection:
             await link.connect(self.scripts)
         return link
 
+    @staticmethod
+    def _all_open(links: list[AsyncConnection]) -> None:
+        """Refuse (nothing sent) if a link the request needs was closed: sending
+        the other parts first would apply them while the client reports the
+        request refused, surely not applied."""
+        for link in links:
+            if link.protocol is not None and link.protocol.lost is not None:
+                raise ConnectionRefused(str(link.protocol.lost))
+
     def _route(self, item: Request | None) -> Any:
         if item is None:
             return list(self.cluster.addresses)
@@ -278,6 +288,7 @@ class ClusterConnection:
             return await self._pipeline(request)
         if type(request) is tuple and not command_keys(request):
             links = [await self._link(address) for address in self.cluster.addresses]
+            self._all_open(links)
             replies = await asyncio.gather(*(link.execute(request) for link in links))
             return merge_keyless(request[0], list(replies))
         reply = await (await self._link(self.cluster.route(request))).execute(request)
@@ -301,6 +312,7 @@ class ClusterConnection:
         parts, names = _split(request, self._route)
         addresses = list(parts)
         links = [await self._link(address) for address in addresses]
+        self._all_open(links)
         replies = await asyncio.gather(*(link.execute(Pipeline(tuple(request.commands[index]
                                                                      for index in parts[address])))
                                          for link, address in zip(links, addresses)))
