@@ -159,8 +159,14 @@ def split_pipeline(pipeline: Pipeline, slots: SlotMap, shards: int) -> dict[int,
 
 def merge_keyless(name: str, replies: list[Any]) -> Any:
     """One reply from every shard's reply to a keyless command: KEYS
-    concatenated, DBSIZE summed, the first shard's otherwise."""
+    concatenated, DBSIZE summed, WAIT the fewest replicas any node
+    confirmed (a node the client wrote nothing to confirms all of its
+    replicas at once), the first shard's otherwise."""
     name = str(name).upper()
+    if name == "WAIT":
+        counts = [reply for reply in replies if isinstance(reply, int)]
+        return min(counts) if len(counts) == len(replies) else next(
+            reply for reply in replies if not isinstance(reply, int))
     if name == "KEYS":
         return [key for reply in replies if isinstance(reply, list) for key in reply]
     if name == "DBSIZE":

@@ -282,7 +282,7 @@ def parse(path: Path, text: str) -> Scenario:
         raise ScenarioError(f"{path}: key 'server.topology' must be one of {', '.join(TOPOLOGIES)}, "
                             f"got {server.topology!r}")
     if server.topology == "cluster":
-        _check_cluster(path, tables["server"], sentinel, kinds, options)
+        _check_cluster(path, tables["server"], sentinel, kinds)
     if kinds & {"failover", "split_brain"} and sections["server"].replicas < 1:
         raise ScenarioError(f"{path}: a failover needs a replica: set 'server.replicas' to 1 or more")
     if "split_brain" in kinds and not sentinel.enabled:
@@ -298,8 +298,7 @@ def parse(path: Path, text: str) -> Scenario:
         faults=faults, fault_rates=rates, **sections)
 
 
-def _check_cluster(path: Path, server: dict, sentinel: SentinelConfig, kinds: set[str],
-                   options: dict[str, dict[str, Any]]) -> None:
+def _check_cluster(path: Path, server: dict, sentinel: SentinelConfig, kinds: set[str]) -> None:
     """What a cluster run cannot take yet, refused rather than run wrong."""
     if "replicas" in server:
         raise ScenarioError(f"{path}: key 'server.replicas' is for topology = \"single\"; a cluster gives each "
@@ -315,10 +314,6 @@ def _check_cluster(path: Path, server: dict, sentinel: SentinelConfig, kinds: se
         raise ScenarioError(f"{path}: fault kind(s) {', '.join(refused)} cannot strike a cluster yet (which "
                             f"shard they strike is not modelled); on a cluster use only "
                             f"{', '.join(CLUSTER_FAULTS)}, or set 'server.topology' to \"single\"")
-    for name, table in options.items():
-        if isinstance(table, dict) and table.get("wait_replicas", 0):
-            raise ScenarioError(f"{path}: key 'strategy_options.{name}.wait_replicas': WAIT is not supported "
-                                f"on a cluster yet; remove it or set 'server.topology' to \"single\"")
 
 
 def _fault(path: Path, where: str, table: Any, kind_of: type) -> Fault | FaultRate:

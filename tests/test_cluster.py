@@ -162,8 +162,6 @@ def test_cluster_keys_are_read_and_checked(tmp_path):
     parse(tmp_path / "ok.toml", text + '\n[[faults]]\nkind = "client_crash"\nat = 0.1\n')
     with pytest.raises(ScenarioError, match="without Sentinel"):
         parse(tmp_path / "s.toml", text + "\n[sentinel]\nenabled = true\n")
-    with pytest.raises(ScenarioError, match="wait_replicas': WAIT is not supported on a cluster yet"):
-        parse(tmp_path / "w.toml", text + "\n[strategy_options.lua]\nwait_replicas = 1\n")
 
 
 # -- the simulated cluster -----------------------------------------------------------------------
@@ -434,3 +432,42 @@ def test_a_pipeline_over_a_closed_link_is_refused_whole(real_cluster):
             await client.close()
 
     asyncio.run(scenario())
+
+
+WAIT_ONE = "\n[strategy_options.lua]\nwait_replicas = 1\n"
+
+
+def test_wait_on_a_simulated_cluster_asks_every_primary():
+    from sim.backends.model.server import Connection
+
+    server = make_server(ServerConfig(topology="cluster", cluster_replicas_per_primary=1, replication_lag_ms=5.0))
+    client = Connection(server)
+    user = 3
+    shard = server.slots.shard_of_key(keys.total(user))
+    entry = server.submit(client, ("INCRBY", keys.total(user), 1), 0.0)
+    ready, confirmed = server.wait(client, entry.end, 1, 0.010)
+    assert confirmed == 1 and ready == pytest.approx(entry.end + 0.005)   # the written shard's replica, after the lag
+    server.advance(ready)
+    assert server.shards[shard].requests == 2 and all(other.requests == 1 for index, other in
+                                                      enumerate(server.shards) if index != shard)
+    later, confirmed = server.wait(client, ready, 2, 0.010)                # more replicas than a shard has:
+    assert confirmed == 1 and later == pytest.approx(ready + 0.010)        # its timeout, with the one it has
+
+
+def test_wait_replicas_runs_on_a_simulated_cluster(tmp_path):
+    """WAIT after each write reaches every primary; every write confirmed by one replica."""
+    scenario = load(small(tmp_path, options=WAIT_ONE))
+    sim = run_scenario(scenario, ["lua"], explain=False)["runs"][0]
+    assert set(sim["wait_replies"]) == {"1"} and sim["errors"] == 0 and sim["drift"]["abs_drift_sum"] == 0
+
+
+@pytest.mark.redis
+def test_wait_replicas_on_a_real_cluster(tmp_path):
+    """The same on real servers: one WAIT per write, as many as simulated, nearly all confirmed."""
+    scenario = load(small(tmp_path, options=WAIT_ONE))
+    sim = run_scenario(scenario, ["lua"], explain=False)["runs"][0]
+    real = run_scenario(scenario, ["lua"], backend="redis", explain=False)["runs"][0]
+    assert real["errors"] == 0 and real["drift"]["abs_drift_sum"] == 0
+    assert set(real["wait_replies"]) <= {"0", "1"}
+    assert real["wait_replies"].get("1", 0) >= 0.9 * sum(real["wait_replies"].values())
+    assert sum(real["wait_replies"].values()) == sum(sim["wait_replies"].values())   # one WAIT per write, both

@@ -182,7 +182,12 @@ class ClusterServer:
         return ClusterEntry(parts, sources, names, errors, single=False)
 
     def wait(self, connection: Connection, arrival: float, replicas: int, timeout: float) -> tuple[float, int]:
-        raise NotImplementedError("WAIT on a cluster (refused when the scenario is loaded)")
+        """WAIT, as the cluster client sends it: to every primary on its own
+        link; the reply is back when the last node's is, and says the fewest
+        replicas any node confirmed."""
+        answers = [shard.wait(self._link(connection, index), arrival, replicas, timeout)
+                   for index, shard in enumerate(self.shards)]
+        return max(ready for ready, _ in answers), min(count for _, count in answers)
 
     def inspect(self, request: Request) -> Any:
         """Run a request outside the workload (reading counters), routed
