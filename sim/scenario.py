@@ -306,9 +306,6 @@ def _check_cluster(path: Path, server: dict, sentinel: SentinelConfig, kinds: se
     if sentinel.enabled:
         raise ScenarioError(f"{path}: key 'sentinel.enabled': a cluster fails over by itself, without Sentinel; "
                             f"set it to false or remove it, or set 'server.topology' to \"single\"")
-    if server.get("min_replicas_to_write", 0):
-        raise ScenarioError(f"{path}: key 'server.min_replicas_to_write' is not supported on a cluster yet; "
-                            f"remove it or set 'server.topology' to \"single\"")
     refused = sorted(kinds - set(CLUSTER_FAULTS))
     if refused:
         raise ScenarioError(f"{path}: fault kind(s) {', '.join(refused)} cannot strike a cluster yet (which "

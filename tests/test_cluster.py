@@ -147,7 +147,6 @@ def test_cluster_keys_are_read_and_checked(tmp_path):
         'topology = "cluster"\ncluster_replicas_per_primary = 9':
             "key 'server.cluster_replicas_per_primary' must be between 0 and 3",
         'topology = "cluster"\nreplicas = 2': "write that instead",
-        'topology = "cluster"\nmin_replicas_to_write = 1': "not supported on a cluster yet",
         'topology = "cluster"\ncluster_primaries = "3"': "key 'server.cluster_primaries' must be an integer",
     }
     for server, message in bad.items():
@@ -471,3 +470,27 @@ def test_wait_replicas_on_a_real_cluster(tmp_path):
     assert set(real["wait_replies"]) <= {"0", "1"}
     assert real["wait_replies"].get("1", 0) >= 0.9 * sum(real["wait_replies"].values())
     assert sum(real["wait_replies"].values()) == sum(sim["wait_replies"].values())   # one WAIT per write, both
+
+
+def min_replicas(tmp_path: Path, count: int) -> Path:
+    return small(tmp_path, extra=f"min_replicas_to_write = {count}")
+
+
+def test_min_replicas_to_write_holds_on_every_shard(tmp_path):
+    """With more replicas required than each primary has, every write is
+    refused (NOREPLICAS) on every shard; with as many, none."""
+    refused = run_scenario(load(min_replicas(tmp_path, 2)), ["lua", "multi"], explain=False)["runs"]
+    for run in refused:
+        assert set(run["errors_by_kind"]) <= {"NOREPLICAS", "EXECABORT"} and run["errors"] > 0
+        assert run["drift"]["undercount"] > 0
+    served = run_scenario(load(min_replicas(tmp_path, 1)), ["lua"], explain=False)["runs"][0]
+    assert served["errors"] == 0 and served["drift"]["abs_drift_sum"] == 0
+
+
+@pytest.mark.redis
+def test_min_replicas_to_write_on_a_real_cluster(tmp_path):
+    scenario = load(min_replicas(tmp_path, 2))
+    sim = run_scenario(scenario, ["lua"], explain=False)["runs"][0]
+    real = run_scenario(scenario, ["lua"], backend="redis", explain=False)["runs"][0]
+    assert real["errors_by_kind"] == sim["errors_by_kind"] and real["errors"] > 0
+    assert real["drift"]["abs_drift_sum"] == sim["drift"]["abs_drift_sum"]

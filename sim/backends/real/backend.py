@@ -125,7 +125,9 @@ class ClusterDeployment(Deployment):
         self.schedule = schedule
         server = scenario.server
         self.servers = ClusterServers(server.cluster_primaries, server.cluster_replicas_per_primary,
-                                      server.appendonly, server.appendfsync, server.rdb_interval_s)
+                                      server.appendonly, server.appendfsync, server.rdb_interval_s,
+                                      min_replicas_to_write=server.min_replicas_to_write,
+                                      min_replicas_max_lag=server.min_replicas_max_lag)
 
     def __enter__(self) -> "ClusterDeployment":
         self.servers.__enter__()

@@ -54,13 +54,16 @@ class ClusterServers:
     """The processes of one cluster run, all in one temporary folder."""
 
     def __init__(self, primaries: int = 3, replicas_per_primary: int = 1, appendonly: bool = True,
-                 appendfsync: str = "everysec", rdb_interval_s: float = 60.0, keep_folder: bool = False) -> None:
+                 appendfsync: str = "everysec", rdb_interval_s: float = 60.0, keep_folder: bool = False,
+                 min_replicas_to_write: int = 0, min_replicas_max_lag: int = 10) -> None:
         self.primary_count = primaries
         self.replicas_per_primary = replicas_per_primary
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.rdb_interval_s = rdb_interval_s
         self.keep_folder = keep_folder
+        self.min_replicas = {"min-replicas-to-write": str(min_replicas_to_write),
+                             "min-replicas-max-lag": str(min_replicas_max_lag)} if min_replicas_to_write else {}
         self.folder: Path | None = None
         self.primaries: list[RedisServer] = []
         self.replicas: list[list[RedisServer]] = []   # per shard
@@ -82,7 +85,7 @@ class ClusterServers:
     def config(self) -> dict[str, str]:
         persistence = ({"appendonly": "yes", "appendfsync": self.appendfsync} if self.appendonly else
                        {"appendonly": "no", "save": f"{max(1, int(self.rdb_interval_s))} 1"})
-        return {**persistence, "cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
+        return {**persistence, **self.min_replicas, "cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
                 "cluster-node-timeout": str(NODE_TIMEOUT_MS)}
 
     def _node(self, name: str) -> RedisServer:
