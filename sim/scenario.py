@@ -140,9 +140,10 @@ TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
              **{name: dict for name in SECTIONS}}
 APPENDFSYNC = ("always", "everysec", "no")
 TOPOLOGIES = ("single", "cluster")
-# Fault kinds a cluster run takes so far: the others strike "the primary",
-# and which shard's primary is not yet modelled on either backend.
-CLUSTER_FAULTS = ("client_crash", "client_pause")
+# Fault kinds a cluster run takes so far (the network ones strike every
+# client's links to every node); the others strike "the primary", and which
+# shard's primary is not yet modelled on either backend.
+CLUSTER_FAULTS = ("client_crash", "client_pause", "partition", "latency", "reset_peer", "blackhole")
 LOADS = ("open", "closed")
 # Bounds of a fault's timing: seconds, and faults per minute.
 FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}

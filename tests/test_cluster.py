@@ -22,6 +22,7 @@ from sim.commands import CommandError, Pipeline, Script, Transaction, run_now
 from sim.runner import run_scenario
 from sim.scenario import ScenarioError, ServerConfig, load, parse
 from sim.traffic import generate
+from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
 from strategies import keys, make_strategy
 
@@ -155,7 +156,7 @@ def test_cluster_keys_are_read_and_checked(tmp_path):
             parse(tmp_path / "bad.toml", text)
         assert str(raised.value).startswith(f"{tmp_path / 'bad.toml'}: ")
     text = SMALL.format(topology="cluster", extra="")
-    for refused in ("server_crash", "failover", "partition", "power_loss"):
+    for refused in ("server_crash", "failover", "mid_script_power_loss", "power_loss"):
         with pytest.raises(ScenarioError, match=f"{refused} cannot strike a cluster yet"):
             parse(tmp_path / "f.toml", text + f'\n[[faults]]\nkind = "{refused}"\nat = 0.1\n')
     parse(tmp_path / "ok.toml", text + '\n[[faults]]\nkind = "client_crash"\nat = 0.1\n')
@@ -277,8 +278,9 @@ def test_one_operation_at_a_time_both_clusters_end_identical(real_cluster, name,
 @pytest.mark.redis
 def test_a_run_on_both_clusters_gives_identical_counters_and_the_same_crossslot_errors(tmp_path):
     """Whole timed runs (4 clients, pipelines split over the shards): an
-    atomic strategy's counters are identical on both backends, and so are
-    the untagged option's errors, in number and kind, and its counters."""
+    atomic strategy's counters are identical on both backends (for every
+    user whose order of operations the real run pins down: nearly all), and
+    so are the untagged option's errors, in number and kind."""
     from sim import backends
     from sim.runner import schedule_for
 
@@ -292,8 +294,18 @@ def test_a_run_on_both_clusters_gives_identical_counters_and_the_same_crossslot_
                 executions[backend] = deployment.run(strategy, trace, None)
         sim, real = executions["sim"].counters, executions["redis"].counters
         assert executions["redis"].history.ambiguous == 0, "a reply was lost: the real run's counters may differ"
-        for field in ("entry_user", "entry_conv", "entry_value", "total"):
-            assert np.array_equal(getattr(sim, field), getattr(real, field)), (name, untagged, field)
+        # Identical for every user whose truth the real run pins down; a user
+        # whose delivery and read overlapped in real time (a stall of the
+        # shared machine) may end either way on real servers: it is left out.
+        pairs = Memberships(trace)
+        truth = truth_ranges(trace, executions["redis"].history, pairs)
+        pinned = truth.user_lo == truth.user_hi
+        assert pinned.mean() > 0.95, f"{(~pinned).sum()} users' truth is a range"
+        assert np.array_equal(sim.total[pinned], real.total[pinned]), (name, untagged)
+        def entries(counters):
+            keep = pinned[counters.entry_user]
+            return sorted(zip(counters.entry_user[keep], counters.entry_conv[keep], counters.entry_value[keep]))
+        assert entries(sim) == entries(real), (name, untagged)
         assert executions["sim"].history.errors == executions["redis"].history.errors, (name, untagged)
         assert bool(executions["sim"].history.errors) == untagged
         shards = executions["redis"].figures["shard_commands"]
@@ -496,14 +508,65 @@ def test_min_replicas_to_write_on_a_real_cluster(tmp_path):
     assert real["drift"]["abs_drift_sum"] == sim["drift"]["abs_drift_sum"]
 
 
+NETWORK_FAULTS = """
+[[faults]]
+kind = "latency"
+at = 0.15
+duration = 0.15
+params = { delay_ms = 5.0, jitter_ms = 2.0 }
+[[faults]]
+kind = "partition"
+at = 0.35
+duration = 0.1
+[[faults]]
+kind = "reset_peer"
+at = 0.5
+duration = 0.3
+params = { probability = 0.3 }
+[[faults]]
+kind = "blackhole"
+at = 0.85
+duration = 0.05
+"""
+
+
+def network(tmp_path: Path, options: str = "") -> Path:
+    """The small cluster scenario over 1 s, with every network fault, and
+    clients that time out after 200 ms and retry."""
+    path = small(tmp_path, options=options + NETWORK_FAULTS)
+    text = path.read_text().replace("messages = 500", "messages = 1000").replace(
+        "timeout_ms = 10000.0", "timeout_ms = 200.0\nretries = 6\nbackoff_ms = 10.0")
+    path.write_text(text)
+    return path
+
+
+def test_network_faults_strike_a_simulated_cluster(tmp_path):
+    runs = run_scenario(load(network(tmp_path)), ["lua", "lua_idempotent"], explain=False)["runs"]
+    for run in runs:
+        assert [fault["kind"] for fault in run["faults"]] == ["latency", "partition", "reset_peer", "blackhole"]
+        assert all(fault["effects"]["applied"] for fault in run["faults"])
+        assert run["faults"][2]["effects"]["replies_lost"] > 0 and run["retries"] > 0
+    assert runs[1]["drift"]["abs_drift_sum"] == 0   # lua_idempotent: a retried delivery counts once
+
+
 @pytest.mark.redis
-def test_fidelity_covers_a_cluster_scenario(tmp_path):
-    """`countdrift fidelity` on a cluster scenario: both backends' cells agree,
-    the untagged option's CROSSSLOT drift included."""
+def test_fidelity_covers_a_cluster_scenario_with_network_faults(tmp_path):
+    """`countdrift fidelity` on a cluster scenario with every network fault
+    (toxiproxy, a proxy from each client to each node): both backends' cells
+    agree, the untagged option's CROSSSLOT drift included."""
     from sim.fidelity import run_fidelity
 
-    scenario = load(small(tmp_path, options=UNTAGGED))
+    scenario = load(network(tmp_path, UNTAGGED))
     document = run_fidelity([scenario], ["lua", "lua_idempotent"], None, tmp_path / "fidelity")
     assert document["disagreements"] == 0, document["cells"]
     classes = {cell["strategy"]: cell["redis"]["class"] for cell in document["cells"]}
     assert classes["lua_idempotent"] == "none" and classes["lua"] != "none"
+    real = {run["strategy"]: run for run in load_json(tmp_path / "fidelity", "redis")["runs"]}
+    assert real["lua_idempotent"]["client_path"] == "toxiproxy"
+    assert real["lua_idempotent"]["faults"][2]["effects"]["replies_lost"] > 0
+
+
+def load_json(folder: Path, backend: str) -> dict:
+    import json
+
+    return json.loads(next(folder.glob(f"*/{backend}/results.json")).read_text())

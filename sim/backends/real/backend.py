@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 
 import uvloop
@@ -22,7 +23,7 @@ from sim.backends.real.processes import ProcessError, find_binary
 from sim.backends.real.routes import ClientRoutes
 from sim.backends.real.toxics import Toxics
 from sim.cost import CostTarget
-from sim.faults import Fault, strikes_network
+from sim.faults import SPECS, Fault, strikes_network
 from sim.nemesis import AckLog, StallTarget, rollback_horizon
 from sim.scenario import Scenario
 from sim.traffic import Trace
@@ -127,7 +128,8 @@ class ClusterDeployment(Deployment):
         self.servers = ClusterServers(server.cluster_primaries, server.cluster_replicas_per_primary,
                                       server.appendonly, server.appendfsync, server.rdb_interval_s,
                                       min_replicas_to_write=server.min_replicas_to_write,
-                                      min_replicas_max_lag=server.min_replicas_max_lag)
+                                      min_replicas_max_lag=server.min_replicas_max_lag,
+                                      client_proxies=strikes_network(schedule), clients=scenario.clients.count)
 
     def __enter__(self) -> "ClusterDeployment":
         self.servers.__enter__()
@@ -150,7 +152,9 @@ class ClusterDeployment(Deployment):
             reconnects=driver.reconnects, script_loads=driver.script_loads, noscript=driver.noscript,
             operations_cut_by_client_crash=driver.loop.crashed_operations, wait_replies=driver.loop.wait_replies,
             figures={"topology": "cluster", "redis_commands": sum(shard_commands.values()),
-                     "shard_commands": shard_commands, "client_path": "direct",
+                     "shard_commands": shard_commands,
+                     "client_path": "toxiproxy" if self.servers.proxied else "direct",
+                     "resets_missed": driver.resets_missed,
                      "wall_seconds": round(wall, 3)})
 
     async def _run(self, strategy: Strategy, trace: Trace, progress: Progress | None):
@@ -160,12 +164,17 @@ class ClusterDeployment(Deployment):
         acks = AckLog(rollback_horizon(scenario.server, scenario.sentinel, self.schedule) + 1.0)
         target = StallTarget()
         routes = await asyncio.to_thread(ClusterRoutes, self.servers)
-        driver = RealDriver(trace, strategy, scenario.clients, routes, scenario.run.timeline_points,
-                            progress=progress, paced=scenario.run.load == "open", acks=acks, target=target,
-                            seed=trace.seed, think_s=scenario.run.think_time_ms / 1000.0)
-        nemesis = RealNemesis(driver, self.servers, None, routes, self.schedule, trace.seed, scenario.server, acks,
-                              target)
-        await driver.run(tuple(nemesis.coroutines()))
+        async with contextlib.AsyncExitStack() as stack:
+            toxics = None
+            if self.servers.toxiproxy is not None:   # network faults: each client reaches each node by a proxy
+                toxics = await stack.enter_async_context(Toxics(self.servers.toxiproxy.port))
+            driver = RealDriver(trace, strategy, scenario.clients, routes, scenario.run.timeline_points,
+                                progress=progress, paced=scenario.run.load == "open", acks=acks, target=target,
+                                seed=trace.seed, toxics=toxics, proxies=routes.proxies(),
+                                think_s=scenario.run.think_time_ms / 1000.0)
+            nemesis = RealNemesis(driver, self.servers, toxics, routes, self.schedule, trace.seed, scenario.server,
+                                  acks, target)
+            await driver.run(tuple(nemesis.coroutines()))
         return driver, nemesis, routes
 
 
@@ -179,8 +188,10 @@ class RedisBackend(Backend):
         if span > MAX_SPAN_S:
             return (f"it replays the trace in real time, and this one lasts about {span:,.0f} s "
                     f"(traffic.messages / traffic.message_rate); at most {MAX_SPAN_S:,} s")
-        if scenario.server.topology == "cluster":   # no network fault on a cluster yet: no toxiproxy
-            try:
+        if scenario.server.topology == "cluster":
+            if any(SPECS[fault.kind].network for fault in (*scenario.faults, *scenario.fault_rates)):
+                return missing_programs()
+            try:   # toxiproxy only for network faults
                 find_binary("redis-server", "COUNTDRIFT_REDIS_SERVER")
             except ProcessError as missing:
                 return str(missing)

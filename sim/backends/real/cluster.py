@@ -41,7 +41,7 @@ from typing import Any
 import redis
 
 from sim.backends.real.connection import AsyncConnection, SyncConnection
-from sim.backends.real.processes import ProcessError, RedisServer, free_port, stop_process
+from sim.backends.real.processes import ProcessError, RedisServer, ToxiproxyServer, free_port, stop_process
 from sim.client import ConnectionRefused
 from sim.cluster import SlotMap, command_keys, even_split, merge_keyless, route
 from sim.commands import CommandError, Pipeline, Request
@@ -55,7 +55,8 @@ class ClusterServers:
 
     def __init__(self, primaries: int = 3, replicas_per_primary: int = 1, appendonly: bool = True,
                  appendfsync: str = "everysec", rdb_interval_s: float = 60.0, keep_folder: bool = False,
-                 min_replicas_to_write: int = 0, min_replicas_max_lag: int = 10) -> None:
+                 min_replicas_to_write: int = 0, min_replicas_max_lag: int = 10,
+                 client_proxies: bool = False, clients: int = 1) -> None:
         self.primary_count = primaries
         self.replicas_per_primary = replicas_per_primary
         self.appendonly = appendonly
@@ -64,6 +65,11 @@ class ClusterServers:
         self.keep_folder = keep_folder
         self.min_replicas = {"min-replicas-to-write": str(min_replicas_to_write),
                              "min-replicas-max-lag": str(min_replicas_max_lag)} if min_replicas_to_write else {}
+        self.proxied = client_proxies
+        self.client_count = clients
+        self.toxiproxy: ToxiproxyServer | None = None
+        self.client_proxies: list = []                # every client's proxy to every primary
+        self.proxies_of: list[dict[str, Any]] = []    # per client: node address -> its proxy to it
         self.folder: Path | None = None
         self.primaries: list[RedisServer] = []
         self.replicas: list[list[RedisServer]] = []   # per shard
@@ -122,6 +128,28 @@ class ClusterServers:
             for replica in replicas:
                 replica.client().execute_command("CLUSTER", "REPLICATE", self.node_ids[primary.name])
         self._wait(self.ready, "cluster_state:ok on every node and every replica synced")
+        if self.proxied:
+            self._proxies()
+
+    def _proxies(self) -> None:
+        """A toxiproxy proxy from each client to each primary (``client<i>-shard<j>``),
+        so that a network fault strikes the links of chosen clients to every node."""
+        self.toxiproxy = ToxiproxyServer(self.folder)
+        self.toxiproxy.start()
+        for index in range(self.client_count):
+            mine = {}
+            for shard, primary in enumerate(self.primaries):
+                proxy = self.toxiproxy.proxy(f"client{index}-shard{shard}", primary.address)
+                mine[primary.address] = proxy
+                self.client_proxies.append(proxy)
+            self.proxies_of.append(mine)
+
+    def client_address(self, index: int, address: str) -> str:
+        """Where client ``index`` reaches the node at ``address``: its proxy, or the node."""
+        if not self.proxied:
+            return address
+        proxy = self.proxies_of[index].get(address)
+        return proxy.listen if proxy is not None else address
 
     def _knows_all(self, node: RedisServer) -> bool:
         """Whether ``node`` knows every node by its id, each past the handshake
@@ -149,6 +177,8 @@ class ClusterServers:
         """Stop every process by its PID, then remove the folder, also when
         an interrupt comes while they stop."""
         try:
+            if self.toxiproxy is not None:
+                self.toxiproxy.stop()
             # Replicas first: a primary told to stop waits (up to shutdown-timeout, 10 s) for
             # replicas that have not acknowledged its last writes, and the stop would SIGKILL it.
             replicas = {replica.name for shard in self.replicas for replica in shard}
@@ -233,8 +263,10 @@ class ClusterConnection:
     opened (with the handshake) when first needed; the same face as
     :class:`~sim.backends.real.connection.AsyncConnection`."""
 
-    def __init__(self, cluster: ClusterMap) -> None:
+    def __init__(self, cluster: ClusterMap, reach=None, proxy_of=None) -> None:
         self.cluster = cluster
+        self.reach = reach or (lambda address: address)   # a node's address -> where to connect (a proxy)
+        self.proxy_of = proxy_of                          # a node's address -> the name of the proxy to it
         self.links: dict[str, AsyncConnection] = {}
         self.scripts: tuple[LuaScript, ...] = ()
         self.redirects = 0
@@ -266,7 +298,7 @@ class ClusterConnection:
     async def _link(self, address: str) -> AsyncConnection:
         link = self.links.get(address)
         if link is None:
-            host, port = address.rsplit(":", 1)
+            host, port = self.reach(address).rsplit(":", 1)
             link = AsyncConnection(host, int(port))
             self.links[address] = link
             await link.connect(self.scripts)
@@ -280,6 +312,22 @@ class ClusterConnection:
         for link in links:
             if link.protocol is not None and link.protocol.lost is not None:
                 raise ConnectionRefused(str(link.protocol.lost))
+
+    def proxies_for(self, request: Request) -> list[str]:
+        """The names of the proxies a request will cross (the driver arms a
+        reset on those only: arming every node's costs the run requests)."""
+        if self.proxy_of is None:
+            return []
+        if type(request) is Pipeline:
+            addresses = set()
+            for item in request.commands:
+                routed = self._route(None if type(item) is tuple and not command_keys(item) else item)
+                addresses.update(routed if isinstance(routed, list) else [routed])
+        elif type(request) is tuple and not command_keys(request):
+            addresses = set(self.cluster.addresses)
+        else:
+            addresses = {self.cluster.route(request)}
+        return [self.proxy_of(address) for address in sorted(addresses)]
 
     def _route(self, item: Request | None) -> Any:
         if item is None:
@@ -412,8 +460,17 @@ class ClusterRoutes:
         host, port = self.cluster.addresses[0].rsplit(":", 1)
         return host, int(port), "cluster"
 
-    def connection(self, host: str, port: int) -> ClusterConnection:
-        return ClusterConnection(self.cluster)
+    def connection(self, index: int) -> ClusterConnection:
+        """Client ``index``'s connection: through its proxies when the run has network faults."""
+        if not self.servers.proxied:
+            return ClusterConnection(self.cluster)
+        mine = self.servers.proxies_of[index]
+        return ClusterConnection(self.cluster, lambda address: mine[address].listen,
+                                 lambda address: mine[address].name)
+
+    def proxies(self) -> list[list[str]]:
+        """Per client, the names of its proxies (the driver arms a reset on them)."""
+        return [[proxy.name for proxy in mine.values()] for mine in self.servers.proxies_of]
 
     def reader(self) -> ClusterReader:
         return ClusterReader(self.cluster)
