@@ -32,7 +32,10 @@ more) and ASK (ASKING then the request, once, on the named node).
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -182,14 +185,12 @@ class ClusterServers:
             # Replicas first: a primary told to stop waits (up to shutdown-timeout, 10 s) for
             # replicas that have not acknowledged its last writes, and the stop would SIGKILL it.
             replicas = {replica.name for shard in self.replicas for replica in shard}
-            # A replica that has just synced refuses SIGTERM while it writes its initial AOF
-            # ("Writing initial AOF, can't exit"): SIGKILL after 1 s rather than 5, the files are thrown away.
             for node in sorted(self.nodes, key=lambda node: node.name not in replicas):
                 if node.process is not None:
-                    stop_process(node.process, timeout=1.0)
+                    _stop_node(node.process)
         finally:
             if self.folder is not None and not self.keep_folder:
-                shutil.rmtree(self.folder, ignore_errors=True)
+                _remove(self.folder)
 
     # -- what the driver needs ------------------------------------------------------------
     @property
@@ -198,6 +199,34 @@ class ClusterServers:
 
     def slot_map(self) -> "ClusterMap":
         return ClusterMap.read(self.primaries[0].address)
+
+
+def _stop_node(process, patience_s: float = 3.0) -> None:
+    """SIGTERM, again every 0.2 s while it lives (a replica that has just
+    synced refuses it while it writes its initial AOF: "Writing initial AOF,
+    can't exit", and does not try again by itself), then SIGKILL."""
+    deadline = time.monotonic() + patience_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            os.kill(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(0.2)
+        except subprocess.TimeoutExpired:
+            pass
+    stop_process(process, timeout=1.0)
+
+
+def _remove(folder: Path, patience_s: float = 3.0) -> None:
+    """Remove the run's folder; again while something still writes in it
+    (an AOF rewrite's child finishing after its parent was stopped)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 class ClusterMap:
