@@ -10,7 +10,9 @@ with CLUSTER REPLICATE, and waits until every node says cluster_state:ok
 and every replica is synced. Every process is a
 :class:`~sim.backends.real.processes.RedisServer`, registered to be stopped
 by PID when the run ends, fails or is interrupted; the folder is removed in
-a ``finally``.
+a ``finally``. In a run with network faults a toxiproxy-server is started
+too, with a proxy from each client to each primary (``client<i>-shard<j>``),
+through which that client reaches that node.
 
 Hand-written rather than redis-py's ``RedisCluster``, and why: the driver
 needs what that client hides. Each virtual client owns one raw connection
@@ -289,8 +291,11 @@ def _split(request: Pipeline, route_of) -> tuple[dict[str, list[int]], list[Any]
 
 class ClusterConnection:
     """One virtual client's connections to the cluster: one per primary,
-    opened (with the handshake) when first needed; the same face as
-    :class:`~sim.backends.real.connection.AsyncConnection`."""
+    all opened with the handshake when the client connects (a node first
+    named by a redirect: when first needed); the same face as
+    :class:`~sim.backends.real.connection.AsyncConnection`. A request that
+    needs a closed link is refused; the driver then drops them all and
+    connects again, as it does with one server's connection."""
 
     def __init__(self, cluster: ClusterMap, reach=None, proxy_of=None) -> None:
         self.cluster = cluster

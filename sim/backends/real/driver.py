@@ -42,7 +42,10 @@ _RESET_TOXIC = "reset_peer"
 
 
 class Routes(Protocol):
-    """Where clients connect (sim/backends/real/routes.py)."""
+    """Where clients connect (sim/backends/real/routes.py). A cluster's
+    routes (sim/backends/real/cluster.py) also give each client its
+    connection (``connection(index)``) and the checker its reader
+    (``reader()``)."""
 
     async def connect_to(self, index: int) -> tuple[str, int, str]: ...
 
