@@ -570,3 +570,16 @@ def load_json(folder: Path, backend: str) -> dict:
     import json
 
     return json.loads(next(folder.glob(f"*/{backend}/results.json")).read_text())
+
+
+def test_the_cluster_scenarios_load_and_run():
+    """scenarios/cluster_*.toml: the network one's faults all strike, and a
+    strategy that counts a retried delivery once ends at zero drift."""
+    network_run = run_scenario(load(ROOT / "scenarios" / "cluster_network.toml"), ["lua_idempotent"],
+                               explain=False)["runs"][0]
+    assert all(fault["effects"]["applied"] for fault in network_run["faults"]) and len(network_run["faults"]) == 4
+    assert network_run["drift"]["abs_drift_sum"] == 0 and network_run["retries"] > 0
+    assert load(CLUSTER_QUICK).strategies == tuple(STRATEGY_NAMES)
+
+
+STRATEGY_NAMES = ("naive", "multi", "watch", "lock", "lua", "lua_repair", "derived", "idset", "lua_idempotent")
