@@ -68,7 +68,7 @@ class Drift:
         return asdict(self)
 
 
-_USER_TAG = re.compile(r"\{u(\d+)\}")
+_USER_TAG = re.compile(r"\{u(\d+)\}|^total:u(\d+)$")   # the second: option untagged_total
 
 
 def stray_keys(keys: list[str], users: int) -> int:
@@ -76,7 +76,7 @@ def stray_keys(keys: list[str], users: int) -> int:
     stray = 0
     for key in keys:
         tag = _USER_TAG.search(key)
-        if tag is None or int(tag.group(1)) >= users:
+        if tag is None or int(tag.group(1) or tag.group(2)) >= users:
             stray += 1
     return stray
 

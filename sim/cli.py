@@ -69,7 +69,7 @@ def command_run(args: argparse.Namespace) -> int:
     from sim.results import write_json
     from sim.runner import peak_rss_mib, run_scenario, stderr_progress
     from sim.scenario import load
-    from sim.table import format_causes, format_faults, format_table
+    from sim.table import format_causes, format_faults, format_table, format_topology
 
     scenario = load(args.scenario)
     strategies = _strategies(args.strategies, scenario.strategies)
@@ -94,6 +94,8 @@ def command_run(args: argparse.Namespace) -> int:
         for part in (format_faults(results), format_causes(results)):
             if part:
                 print(f"\n{part}")
+    if format_topology(results):
+        print(f"\n{format_topology(results)}")
     summary = results["trace"]
     print(f"\n{summary['messages']} messages ({summary['deliveries']} deliveries), "
           f"{summary['operations']} operations over {summary['span_s']:.1f} simulated s; "

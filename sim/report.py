@@ -127,6 +127,14 @@ def _section(document: dict, capacity: dict | None = None) -> list[str]:
              f"- reproduce: `countdrift run {scenario.get('path', 'SCENARIO')} --seed {document['seed']}"
              + (" --backend redis" if document["backend"] == "redis" else "") + "`", ""]
     lines += _markdown_table(document)
+    server = scenario.get("server", {})
+    if server.get("topology") == "cluster":
+        shards = list(document["runs"][0].get("shard_commands", {})) if document["runs"] else []
+        lines += ["", f"Redis Cluster: {server['cluster_primaries']} primaries x "
+                      f"{server['cluster_replicas_per_primary']} replica(s); commands per shard's primary:", "",
+                  "| strategy | " + " | ".join(shards) + " |", "|" + "---|" * (len(shards) + 1)]
+        lines += [f"| {run['strategy']} | " + " | ".join(str(run.get("shard_commands", {}).get(name, ""))
+                                                          for name in shards) + " |" for run in document["runs"]]
     if capacity:
         lines += ["", f"Capacity (`countdrift capacity`: the best throughput with p99 <= "
                       f"{capacity['slo_p99_ms']:g} ms, closed loop, no faults; the trade-off chart plots it):", "",

@@ -71,6 +71,11 @@ class ServerConfig:
     replication_lag_ms: float = 5.0
     min_replicas_to_write: int = 0     # Redis refuses writes with fewer connected replicas (0: off)
     min_replicas_max_lag: int = 10     # seconds: a replica silent longer does not count
+    # "single": one primary and its `replicas`; "cluster": Redis Cluster, `cluster_primaries`
+    # shards of one primary and `cluster_replicas_per_primary` replicas each (sim/cluster.py).
+    topology: str = "single"
+    cluster_primaries: int = 3
+    cluster_replicas_per_primary: int = 1
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,11 @@ TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
              "strategy_options": dict, "faults": list, "fault_rates": list,
              **{name: dict for name in SECTIONS}}
 APPENDFSYNC = ("always", "everysec", "no")
+TOPOLOGIES = ("single", "cluster")
+# Fault kinds a cluster run takes so far (the network ones strike every
+# client's links to every node); the others strike "the primary", and which
+# shard's primary is not yet modelled on either backend.
+CLUSTER_FAULTS = ("client_crash", "client_pause", "partition", "latency", "reset_peer", "blackhole")
 LOADS = ("open", "closed")
 # Bounds of a fault's timing: seconds, and faults per minute.
 FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}
@@ -159,6 +169,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
     "server.min_replicas_to_write": (0, 5), "server.min_replicas_max_lag": (1, 3600),
     "server.replication_lag_ms": (0, 600_000),
+    "server.cluster_primaries": (1, 16), "server.cluster_replicas_per_primary": (0, 3),
     "sentinel.count": (1, 9), "sentinel.quorum": (1, 9), "sentinel.down_after_ms": (1, 3_600_000),
     "sentinel.failover_timeout_ms": (1, 3_600_000), "sentinel.parallel_syncs": (1, 5),
     "run.timeline_points": (0, 10_000), "run.think_time_ms": (0, 3_600_000),
@@ -271,6 +282,12 @@ def parse(path: Path, text: str) -> Scenario:
                   for i, table in enumerate(data.get("fault_rates", [])))
     kinds = {f.kind for f in faults + rates}
     sentinel: SentinelConfig = sections["sentinel"]
+    server: ServerConfig = sections["server"]
+    if server.topology not in TOPOLOGIES:
+        raise ScenarioError(f"{path}: key 'server.topology' must be one of {', '.join(TOPOLOGIES)}, "
+                            f"got {server.topology!r}")
+    if server.topology == "cluster":
+        _check_cluster(path, tables["server"], sentinel, kinds)
     if kinds & {"failover", "split_brain"} and sections["server"].replicas < 1:
         raise ScenarioError(f"{path}: a failover needs a replica: set 'server.replicas' to 1 or more")
     if "split_brain" in kinds and not sentinel.enabled:
@@ -284,6 +301,21 @@ def parse(path: Path, text: str) -> Scenario:
         name=scenario_name, description=data.get("description", ""),
         seed=data.get("seed", 1), strategies=strategies, strategy_options=options,
         faults=faults, fault_rates=rates, **sections)
+
+
+def _check_cluster(path: Path, server: dict, sentinel: SentinelConfig, kinds: set[str]) -> None:
+    """What a cluster run cannot take yet, refused rather than run wrong."""
+    if "replicas" in server:
+        raise ScenarioError(f"{path}: key 'server.replicas' is for topology = \"single\"; a cluster gives each "
+                            f"primary 'server.cluster_replicas_per_primary' replicas: write that instead")
+    if sentinel.enabled:
+        raise ScenarioError(f"{path}: key 'sentinel.enabled': a cluster fails over by itself, without Sentinel; "
+                            f"set it to false or remove it, or set 'server.topology' to \"single\"")
+    refused = sorted(kinds - set(CLUSTER_FAULTS))
+    if refused:
+        raise ScenarioError(f"{path}: fault kind(s) {', '.join(refused)} cannot strike a cluster yet (which "
+                            f"shard they strike is not modelled); on a cluster use only "
+                            f"{', '.join(CLUSTER_FAULTS)}, or set 'server.topology' to \"single\"")
 
 
 def _fault(path: Path, where: str, table: Any, kind_of: type) -> Fault | FaultRate:

@@ -127,3 +127,18 @@ def format_sweep_table(sweep: dict, scenario: str) -> str:
 
     header = line(titles)
     return "\n".join([sweep_heading(sweep, scenario), header, "-" * len(header), *(line(row) for row in rows)])
+
+
+def format_topology(results: dict) -> str:
+    """On a cluster: its size, and each strategy's commands per shard ("" on one server)."""
+    server = results["scenario"]["server"]
+    if server.get("topology", "single") != "cluster":
+        return ""
+    lines = [f"Redis Cluster: {server['cluster_primaries']} primaries x {server['cluster_replicas_per_primary']} "
+             f"replica(s); commands per shard's primary:"]
+    for run in results["runs"]:
+        shards = run.get("shard_commands") or {}
+        total = sum(shards.values()) or 1
+        lines.append(f"  {run['strategy']:<16} " + "  ".join(
+            f"{name} {count} ({100 * count / total:.0f}%)" for name, count in shards.items()))
+    return "\n".join(lines)

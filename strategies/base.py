@@ -24,8 +24,11 @@ class Strategy:
     # Options this strategy accepts, with their defaults.
     defaults: ClassVar[dict[str, Any]] = {}
     # Options every strategy accepts: after each write, WAIT for this many
-    # replicas (the driver sends the WAIT; 0 = never).
-    common_defaults: ClassVar[dict[str, Any]] = {"wait_replicas": 0}
+    # replicas (the driver sends the WAIT; 0 = never); untagged_total: the
+    # total key without the user's hash tag (``total:u42``), so that on a
+    # Redis Cluster a script or MULTI/EXEC over both counters fails with
+    # CROSSSLOT (on a single server it changes nothing but the key's name).
+    common_defaults: ClassVar[dict[str, Any]] = {"wait_replicas": 0, "untagged_total": False}
     # (low, high) of each numeric option; those not named: 0 to 1e9.
     bounds: ClassVar[dict[str, tuple[float, float]]] = {"wait_replicas": (0, 5)}
 
@@ -52,6 +55,10 @@ class Strategy:
                                           f"{low:g} and {high:g}, got {value!r}")
             setattr(self, name, value)
 
+    def total_key(self, user: int) -> str:
+        """The key of the user's total (tagged unless ``untagged_total``)."""
+        return keys.total_untagged(user) if self.untagged_total else keys.total(user)
+
     def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
         """A message was stored: count it as unread for every recipient."""
         raise NotImplementedError
@@ -62,13 +69,13 @@ class Strategy:
 
     def fetch_badge(self, user: int) -> Operation:
         """A push needs the user's total; returns it as an int."""
-        reply = yield ("GET", keys.total(user))
+        reply = yield ("GET", self.total_key(user))
         return int(reply or 0)
 
     def counters(self, user: int) -> Operation:
         """Read back (per-conversation counts, total, values that are not
         integers) for the checker."""
-        flat, total = yield Pipeline((("HGETALL", keys.unread(user)), ("GET", keys.total(user))))
+        flat, total = yield Pipeline((("HGETALL", keys.unread(user)), ("GET", self.total_key(user))))
         counts, bad = counts_from_flat(flat)
         value = whole(total or 0)
         return counts, value or 0, bad + (value is None)

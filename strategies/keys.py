@@ -16,6 +16,13 @@ def total(user: int) -> str:
     return f"total:{{u{user}}}"
 
 
+def total_untagged(user: int) -> str:
+    """The total without the hash tag (the strategy option `untagged_total`):
+    on a cluster it hashes to another slot than the user's hash, so a
+    script or a transaction that touches both fails with CROSSSLOT."""
+    return f"total:u{user}"
+
+
 LOCK_PREFIX = "lock:"
 
 

@@ -49,7 +49,7 @@ class Lock(Strategy):
                 work = []
                 for user in held:
                     work.append(("HINCRBY", keys.unread(user), field, 1))
-                    work.append(("INCRBY", keys.total(user), 1))
+                    work.append(("INCRBY", self.total_key(user), 1))
                     work.append(self._release(user, token))
                 yield Pipeline(tuple(work))
             waiting = [user for user, reply in zip(waiting, replies) if reply is None]
@@ -69,5 +69,5 @@ class Lock(Strategy):
         unread, field = keys.unread(user), str(conversation)
         count = yield ("HGET", unread, field)
         if count is not None:
-            yield Pipeline((("HDEL", unread, field), ("DECRBY", keys.total(user), int(count))))
+            yield Pipeline((("HDEL", unread, field), ("DECRBY", self.total_key(user), int(count))))
         yield self._release(user, token)

@@ -26,7 +26,7 @@ class Lua(Strategy):
         return (str(conversation),)
 
     def deliver_call(self, message: int, conversation: int, user: int) -> Script:
-        return Script(self.deliver_script, (keys.unread(user), keys.total(user)), self.deliver_args(conversation))
+        return Script(self.deliver_script, (keys.unread(user), self.total_key(user)), self.deliver_args(conversation))
 
     def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
         # One script per recipient: each is atomic and touches one user's
@@ -34,4 +34,4 @@ class Lua(Strategy):
         yield Pipeline(tuple(self.deliver_call(message, conversation, user) for user in recipients))
 
     def open_conversation(self, user: int, conversation: int) -> Operation:
-        yield Script(self.read_script, (keys.unread(user), keys.total(user)), self.read_args(conversation))
+        yield Script(self.read_script, (keys.unread(user), self.total_key(user)), self.read_args(conversation))

@@ -21,5 +21,5 @@ class LuaIdempotent(Lua):
     bounds = {**Lua.bounds, "dedup_ttl_s": (1, 1e9)}
 
     def deliver_call(self, message: int, conversation: int, user: int) -> Script:
-        return Script(DELIVER_ONCE, (keys.unread(user), keys.total(user), keys.seen(user, message)),
+        return Script(DELIVER_ONCE, (keys.unread(user), self.total_key(user), keys.seen(user, message)),
                       (str(conversation), str(self.dedup_ttl_s)))

@@ -7,17 +7,18 @@ fails, one counter behind the other if the client dies in between.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sim.commands import Operation, Pipeline, Transaction
 from strategies import keys
 from strategies.base import Strategy
 
 
-def increment_transactions(conversation: int, recipients: Sequence[int]) -> Pipeline:
+def increment_transactions(conversation: int, recipients: Sequence[int],
+                           total: Callable[[int], str] = keys.total) -> Pipeline:
     field = str(conversation)
     return Pipeline(tuple(
-        Transaction((("HINCRBY", keys.unread(user), field, 1), ("INCRBY", keys.total(user), 1)))
+        Transaction((("HINCRBY", keys.unread(user), field, 1), ("INCRBY", total(user), 1)))
         for user in recipients))
 
 
@@ -26,11 +27,11 @@ class Multi(Strategy):
     summary = "MULTI/EXEC per recipient; read = MULTI HGET HDEL EXEC, then DECRBY"
 
     def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
-        yield increment_transactions(conversation, recipients)
+        yield increment_transactions(conversation, recipients, self.total_key)
 
     def open_conversation(self, user: int, conversation: int) -> Operation:
         field = str(conversation)
         count, _ = yield Transaction((("HGET", keys.unread(user), field),
                                       ("HDEL", keys.unread(user), field)))
         if count is not None:
-            yield ("DECRBY", keys.total(user), int(count))
+            yield ("DECRBY", self.total_key(user), int(count))

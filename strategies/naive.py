@@ -17,7 +17,7 @@ class Naive(Strategy):
         commands = []
         for user in recipients:
             commands.append(("HINCRBY", keys.unread(user), field, 1))
-            commands.append(("INCRBY", keys.total(user), 1))
+            commands.append(("INCRBY", self.total_key(user), 1))
         # Pipelined for speed, but not atomic: each command stands alone.
         yield Pipeline(tuple(commands))
 
@@ -27,4 +27,4 @@ class Naive(Strategy):
         if count is None:
             return
         yield ("HDEL", keys.unread(user), field)
-        yield ("DECRBY", keys.total(user), int(count))
+        yield ("DECRBY", self.total_key(user), int(count))

@@ -24,14 +24,14 @@ class Watch(Strategy):
     def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
         if not self.watch_deliveries:
             # Increments are blind writes: they need no WATCH, and they abort a racing reader.
-            yield increment_transactions(conversation, recipients)
+            yield increment_transactions(conversation, recipients, self.total_key)
             return
         field = str(conversation)
-        watched = tuple(key for user in recipients for key in (keys.unread(user), keys.total(user)))
+        watched = tuple(key for user in recipients for key in (keys.unread(user), self.total_key(user)))
         for _ in range(self.max_attempts):
             yield ("WATCH", *watched)
             done = yield Transaction(tuple(command for user in recipients for command in (
-                ("HINCRBY", keys.unread(user), field, 1), ("INCRBY", keys.total(user), 1))))
+                ("HINCRBY", keys.unread(user), field, 1), ("INCRBY", self.total_key(user), 1))))
             if done is not None:
                 return
             yield Backoff(self.backoff_ms / 1000.0)
@@ -46,7 +46,7 @@ class Watch(Strategy):
                 yield ("UNWATCH",)
                 return
             done = yield Transaction((("HDEL", unread, field),
-                                      ("DECRBY", keys.total(user), int(count))))
+                                      ("DECRBY", self.total_key(user), int(count))))
             if done is not None:
                 return
             yield Backoff(self.backoff_ms / 1000.0)

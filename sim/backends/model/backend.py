@@ -29,10 +29,19 @@ from strategies.base import Strategy
 
 
 def make_server(config: ServerConfig) -> Server:
+    """The simulated target: one server, or a cluster of them (one per shard)."""
+    if config.topology == "cluster":
+        from sim.backends.model.cluster import ClusterServer
+        return ClusterServer([_server(config, config.cluster_replicas_per_primary, f"shard{index}")
+                              for index in range(config.cluster_primaries)])
+    return _server(config, config.replicas)
+
+
+def _server(config: ServerConfig, replicas: int, name: str = "primary") -> Server:
     return Server(ServiceTimes(config.request_us / 1e6, config.command_us / 1e6, config.script_us / 1e6,
                                config.script_call_us / 1e6, config.fsync_always_us / 1e6),
                   Persistence(config.appendonly, config.appendfsync, config.rdb_interval_s),
-                  config.replicas, config.replication_lag_ms / 1000.0, config.min_replicas_to_write)
+                  replicas, config.replication_lag_ms / 1000.0, config.min_replicas_to_write, name)
 
 
 def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: list[Fault],
@@ -65,11 +74,13 @@ class SimDeployment(Deployment):
                                    timeline_points=self.scenario.run.timeline_points, progress=progress)
         wall = time.perf_counter() - started
         span = driver.run_end
-        shares = {}
+        figures = {}
         if not self.schedule and span > 0:   # as on real servers: how busy Redis (and the clients' process) was
-            shares["server_cpu_share"] = round(driver.server.busy_s / span, 3)
+            figures["server_cpu_share"] = round(driver.server.busy_s / span, 3)
             if driver.driver_busy:
-                shares["driver_cpu_share"] = round(driver.driver_busy / span, 3)
+                figures["driver_cpu_share"] = round(driver.driver_busy / span, 3)
+        if self.scenario.server.topology == "cluster":
+            figures.update(topology="cluster", shard_commands=driver.server.shard_commands())
         return Execution(
             history=driver.history, timeline=driver.timeline, faults=nemesis.records(),
             counters=driver.counters(), reconnects=driver.reconnects, script_loads=driver.script_loads,
@@ -78,12 +89,12 @@ class SimDeployment(Deployment):
             figures={"redis_requests": driver.server.requests, "redis_commands": driver.server.commands,
                      "wall_seconds": round(wall, 3),
                      "wall_redis_commands_per_s": round(driver.server.commands / wall, 1) if wall else 0.0,
-                     **shares})
+                     **figures})
 
 
 class SimBackend(Backend):
     name = "sim"
-    summary = "a SimPy model of Redis: no server needed, deterministic for a given seed"
+    summary = "a SimPy model of Redis (a primary, or a Redis Cluster): no server needed, deterministic for a given seed"
 
     def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
         return SimDeployment(scenario, schedule)

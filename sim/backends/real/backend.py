@@ -9,6 +9,8 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import time
 
 import uvloop
@@ -21,7 +23,7 @@ from sim.backends.real.processes import ProcessError, find_binary
 from sim.backends.real.routes import ClientRoutes
 from sim.backends.real.toxics import Toxics
 from sim.cost import CostTarget
-from sim.faults import Fault, strikes_network
+from sim.faults import SPECS, Fault, strikes_network
 from sim.nemesis import AckLog, StallTarget, rollback_horizon
 from sim.scenario import Scenario
 from sim.traffic import Trace
@@ -117,20 +119,95 @@ class RedisDeployment(Deployment):
         return driver, nemesis
 
 
+class ClusterDeployment(Deployment):
+    """A Redis Cluster (sim/backends/real/cluster.py) for one strategy's run:
+    the same driver with a cluster-aware connection per client, the same
+    nemesis (client faults only so far: the scenario refuses the others)."""
+
+    def __init__(self, scenario: Scenario, schedule: list[Fault]) -> None:
+        from sim.backends.real.cluster import ClusterServers
+
+        self.scenario = scenario
+        self.schedule = schedule
+        server = scenario.server
+        self.servers = ClusterServers(server.cluster_primaries, server.cluster_replicas_per_primary,
+                                      server.appendonly, server.appendfsync, server.rdb_interval_s,
+                                      min_replicas_to_write=server.min_replicas_to_write,
+                                      min_replicas_max_lag=server.min_replicas_max_lag,
+                                      client_proxies=strikes_network(schedule), clients=scenario.clients.count)
+
+    def __enter__(self) -> "ClusterDeployment":
+        self.servers.__enter__()
+        return self
+
+    def close(self) -> None:
+        self.servers.close()
+
+    def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
+        started = time.perf_counter()
+        driver, nemesis, routes = uvloop.run(self._run(strategy, trace, progress))
+        wall = time.perf_counter() - started
+        counters = driver.counters()
+        shard_commands = {}
+        for index, primary in enumerate(self.servers.primaries):   # named as the simulation names its shards
+            info = primary.client().info("commandstats")
+            shard_commands[f"shard{index}"] = sum(stats["calls"] for stats in info.values())
+        return Execution(
+            history=driver.history, timeline=driver.timeline, faults=nemesis.records(), counters=counters,
+            reconnects=driver.reconnects, script_loads=driver.script_loads, noscript=driver.noscript,
+            operations_cut_by_client_crash=driver.loop.crashed_operations, wait_replies=driver.loop.wait_replies,
+            figures={"topology": "cluster", "redis_commands": sum(shard_commands.values()),
+                     "shard_commands": shard_commands,
+                     "client_path": "toxiproxy" if self.servers.proxied else "direct",
+                     "resets_missed": driver.resets_missed,
+                     "wall_seconds": round(wall, 3)})
+
+    async def _run(self, strategy: Strategy, trace: Trace, progress: Progress | None):
+        from sim.backends.real.cluster import ClusterRoutes
+
+        scenario = self.scenario
+        acks = AckLog(rollback_horizon(scenario.server, scenario.sentinel, self.schedule) + 1.0)
+        target = StallTarget()
+        routes = await asyncio.to_thread(ClusterRoutes, self.servers)
+        async with contextlib.AsyncExitStack() as stack:
+            toxics = None
+            if self.servers.toxiproxy is not None:   # network faults: each client reaches each node by a proxy
+                toxics = await stack.enter_async_context(Toxics(self.servers.toxiproxy.port))
+            driver = RealDriver(trace, strategy, scenario.clients, routes, scenario.run.timeline_points,
+                                progress=progress, paced=scenario.run.load == "open", acks=acks, target=target,
+                                seed=trace.seed, toxics=toxics, proxies=routes.proxies(),
+                                think_s=scenario.run.think_time_ms / 1000.0)
+            nemesis = RealNemesis(driver, self.servers, toxics, routes, self.schedule, trace.seed, scenario.server,
+                                  acks, target)
+            await driver.run(tuple(nemesis.coroutines()))
+        return driver, nemesis, routes
+
+
 class RedisBackend(Backend):
     name = "redis"
-    summary = "real redis-server processes on 127.0.0.1, network faults through toxiproxy-server"
+    summary = ("real redis-server processes on 127.0.0.1 (a primary, or a Redis Cluster), network faults "
+               "through toxiproxy-server")
 
     def refuse(self, scenario: Scenario) -> str | None:
         span = scenario.traffic.messages / scenario.traffic.message_rate
         if span > MAX_SPAN_S:
             return (f"it replays the trace in real time, and this one lasts about {span:,.0f} s "
                     f"(traffic.messages / traffic.message_rate); at most {MAX_SPAN_S:,} s")
+        if scenario.server.topology == "cluster":
+            if any(SPECS[fault.kind].network for fault in (*scenario.faults, *scenario.fault_rates)):
+                return missing_programs()
+            try:   # toxiproxy only for network faults
+                find_binary("redis-server", "COUNTDRIFT_REDIS_SERVER")
+            except ProcessError as missing:
+                return str(missing)
+            return None
         if scenario.sentinel.enabled:
             return missing_programs(("redis-sentinel", "COUNTDRIFT_REDIS_SENTINEL"))
         return missing_programs()
 
     def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
+        if scenario.server.topology == "cluster":
+            return ClusterDeployment(scenario, schedule)
         return RedisDeployment(scenario, schedule)
 
     def cost_target(self, strategy: Strategy) -> CostTarget:

@@ -42,7 +42,10 @@ _RESET_TOXIC = "reset_peer"
 
 
 class Routes(Protocol):
-    """Where clients connect (sim/backends/real/routes.py)."""
+    """Where clients connect (sim/backends/real/routes.py). A cluster's
+    routes (sim/backends/real/cluster.py) also give each client its
+    connection (``connection(index)``) and the checker its reader
+    (``reader()``)."""
 
     async def connect_to(self, index: int) -> tuple[str, int, str]: ...
 
@@ -54,7 +57,7 @@ class RealDriver:
                  routes: Routes, timeline_points: int = 0, causes: frozenset[str] = frozenset(CAUSES),
                  progress: Callable[[float, int], None] | None = None, paced: bool = True,
                  acks: AckLog | None = None, target: StallTarget | None = None, seed: int = 0,
-                 toxics: Toxics | None = None, proxies: list[str] | None = None, think_s: float = 0.0) -> None:
+                 toxics: Toxics | None = None, proxies: list | None = None, think_s: float = 0.0) -> None:
         self.trace = trace
         self.strategy = strategy
         self.routes = routes
@@ -136,7 +139,8 @@ class RealDriver:
             time.sleep(0.05)
 
     def _read_counters(self) -> Counters:
-        connection = SyncConnection(*self.routes.primary_address())
+        reader = getattr(self.routes, "reader", None)
+        connection = reader() if reader is not None else SyncConnection(*self.routes.primary_address())
         try:
             return read_counters(self.strategy, self.trace.users, connection.execute)
         finally:
@@ -190,7 +194,9 @@ class RealDriver:
 
     async def _connect(self, client: Client) -> None:
         host, port, node = await self.routes.connect_to(client.index)
-        connection = AsyncConnection(host, port)
+        # A cluster's routes give each client a cluster-aware connection (sim/backends/real/cluster.py).
+        factory = getattr(self.routes, "connection", None)
+        connection = factory(client.index) if factory is not None else AsyncConnection(host, port)
         try:
             async with asyncio.timeout(self._timeout):
                 await connection.connect(self.strategy.scripts)
@@ -215,8 +221,9 @@ class RealDriver:
             route = self.network.route(self.now(), send.operation, send.attempt, send.number)
             if route.fate == RESET:
                 reset = route.window
-                await self.toxics.add(self.proxies[client.index], _RESET_TOXIC, "limit_data", "downstream",
-                                      {"bytes": 1})
+                armed = self._proxies_of(client, request)
+                await asyncio.gather(*(self.toxics.add(proxy, _RESET_TOXIC, "limit_data", "downstream", {"bytes": 1})
+                                       for proxy in armed))
         timeout = self._timeout
         if type(request) is tuple and request[0] == "WAIT":
             timeout += request[2] / 1000.0
@@ -238,7 +245,7 @@ class RealDriver:
         finally:
             self._deadlines.pop(connection, None)
             if reset >= 0:
-                await self.toxics.remove(self.proxies[client.index], _RESET_TOXIC)
+                await asyncio.gather(*(self.toxics.remove(proxy, _RESET_TOXIC) for proxy in armed))
         if reset >= 0:
             self.resets_missed += 1
         inside = _first_error(reply) if isinstance(reply, list) else None
@@ -248,6 +255,11 @@ class RealDriver:
             await self._drop(client)
             raise ConnectionRefused("the server is a replica now (READONLY)")
         return reply, inside, self.now()
+
+    def _proxies_of(self, client: Client, request: Any) -> list[str]:
+        """The client's proxy, or on a cluster its proxies to the nodes the request goes to."""
+        route = getattr(client.connection, "proxies_for", None)
+        return route(request) if route is not None else [self.proxies[client.index]]
 
     async def _watchdog(self) -> None:
         """Abort the connections whose request is late: their clients see a

@@ -1,0 +1,202 @@
+"""A simulated Redis Cluster: one simulated server per shard, and a slot map.
+
+:class:`ClusterServer` stands where the driver expects the one server (the
+same ``submit``, ``advance``, ``inspect``, ``incarnation`` ...), so the
+SimPy driver runs unchanged: a cluster-aware client in front of several
+FIFO servers. Each shard is a :class:`~sim.backends.model.server.Server`
+(its own queue, store, persistence and replicas, as the single server
+has); a request is routed by the slot of its first key (sim/cluster.py,
+redis-py's CRC16), and a pipeline whose items live on several shards is
+split by shard, each part sent at once (in parallel, as a cluster client
+sends them) and queued on its shard: its reply is back when the slowest
+part is. A client holds one connection per shard (WATCH and MULTI stay on
+the shard of their keys). Keyless commands (the handshake's PING and
+SCRIPT LOAD) go to every shard; KEYS and DBSIZE are gathered from all.
+
+A node answers a request it does not serve with the error real redis 7.0
+gives (sim/cluster.py: CROSSSLOT, MOVED, EXECABORT), costing one command of
+its time and running nothing. With a slot map that never changes (this
+version: no resharding, no failover) a cluster-aware client sees MOVED
+only where a transaction's queued command lives on another node.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sim.backends.model.server import Connection, Entry, Server
+from sim.cluster import SlotMap, command_keys, merge_keyless, node_error, route, split_pipeline
+from sim.commands import CommandError, Pipeline, Request
+
+_PLACEHOLDER = ("PING",)   # what a node's time on a refused request is charged as
+
+
+class ClusterEntry:
+    """A request the cluster split or refused: its parts on the shards, and
+    the reply assembled from them, in the request's order."""
+
+    __slots__ = ("parts", "sources", "names", "errors", "single")
+
+    def __init__(self, parts: list[Entry], sources: list[list[tuple[int, int]]], names: list[Any],
+                 errors: dict[int, CommandError], single: bool) -> None:
+        self.parts = parts       # one Entry per shard it went to
+        self.sources = sources   # per item: [(part, position in that part's reply), ...]
+        self.names = names       # per item: the command's name when it went to every shard, else None
+        self.errors = errors     # item -> the error its node answered instead of running it
+        self.single = single     # not a pipeline: the reply is the one item's
+
+    @property
+    def end(self) -> float:
+        return max(part.end for part in self.parts)
+
+    @property
+    def lost(self) -> bool:
+        return any(part.lost for part in self.parts)
+
+    @property
+    def committed(self) -> bool:
+        return any(part.committed for part in self.parts)
+
+    @property
+    def applied_at(self) -> float:
+        times = [part.applied_at for part in self.parts if part.committed]
+        return max(times) if times else math.nan
+
+    @property
+    def reply(self) -> Any:
+        items = []
+        for index, sources in enumerate(self.sources):
+            if index in self.errors:
+                items.append(self.errors[index])
+                continue
+            replies = [self.parts[part].reply if self.single else self.parts[part].reply[position]
+                       for part, position in sources]
+            items.append(replies[0] if self.names[index] is None else merge_keyless(self.names[index], replies))
+        return items[0] if self.single else items
+
+    @property
+    def error(self) -> CommandError | None:
+        return _first_error(self.reply if not self.single else [self.reply])
+
+
+def _first_error(items: list) -> CommandError | None:
+    for item in items:
+        if isinstance(item, CommandError):
+            return item
+        if isinstance(item, list):
+            found = _first_error(item)
+            if found is not None:
+                return found
+    return None
+
+
+class ClusterServer:
+    """The shards' primaries behind one face (see the module's docstring)."""
+
+    def __init__(self, shards: list[Server], slots: SlotMap | None = None) -> None:
+        self.shards = shards
+        self.slots = slots or SlotMap.even(len(shards))
+        self.name = "cluster"
+        self.incarnation = 0          # the cluster as a whole never restarts (its shards may, later)
+        self.down_until = -math.inf
+        # node addresses as MOVED names them (the simulation's: the shard's name)
+        self.addresses = [shard.name for shard in shards]
+        self._links: dict[Connection, list[Connection]] = {}   # a client's connection -> one per shard
+
+    # -- what the driver and the checker read -------------------------------------
+    @property
+    def requests(self) -> int:
+        return sum(shard.requests for shard in self.shards)
+
+    @property
+    def commands(self) -> int:
+        return sum(shard.commands for shard in self.shards)
+
+    @property
+    def busy_s(self) -> float:
+        """Service time given so far by the busiest shard (the one that bounds
+        the cluster); 0 where the servers do not count it."""
+        return max(getattr(shard, "busy_s", 0.0) for shard in self.shards)
+
+    @property
+    def service(self):
+        return self.shards[0].service
+
+    def shard_commands(self) -> dict[str, int]:
+        return {shard.name: shard.commands for shard in self.shards}
+
+    def keep_history(self, seconds: float) -> None:
+        for shard in self.shards:
+            shard.keep_history(seconds)
+
+    def keep_aof(self) -> None:
+        for shard in self.shards:
+            shard.keep_aof()
+
+    def advance(self, now: float) -> None:
+        for shard in self.shards:
+            shard.advance(now)
+
+    # -- requests -----------------------------------------------------------------------
+    def _link(self, connection: Connection, shard: int) -> Connection:
+        links = self._links.get(connection)
+        if links is None:
+            links = self._links[connection] = [Connection(server) for server in self.shards]
+        return links[shard]
+
+    def submit(self, connection: Connection, request: Request, arrival: float) -> Entry | ClusterEntry:
+        if type(request) is Pipeline:
+            return self._submit_pipeline(connection, request, arrival)
+        if type(request) is tuple and not command_keys(request):   # to every shard
+            parts = [server.submit(self._link(connection, index), request, arrival)
+                     for index, server in enumerate(self.shards)]
+            return ClusterEntry(parts, [[(index, 0) for index in range(len(parts))]], [request[0]], {}, single=True)
+        shard = route(request, self.slots)
+        error = node_error(request, self.slots, shard, self.addresses)
+        if error is None:
+            return self.shards[shard].submit(self._link(connection, shard), request, arrival)
+        entry = self.shards[shard].submit(self._link(connection, shard), _PLACEHOLDER, arrival)
+        return ClusterEntry([entry], [[(0, 0)]], [None], {0: CommandError(error)}, single=True)
+
+    def _submit_pipeline(self, connection: Connection, pipeline: Pipeline, arrival: float) -> ClusterEntry:
+        items = pipeline.commands
+        parts: list[Entry] = []
+        sources: list[list[tuple[int, int]]] = [[] for _ in items]
+        names = [None] * len(items)
+        errors: dict[int, CommandError] = {}
+        for shard, indices in split_pipeline(pipeline, self.slots, len(self.shards)).items():
+            sent = []
+            for position, index in enumerate(indices):
+                item = items[index]
+                if type(item) is tuple and not command_keys(item):
+                    names[index] = item[0]
+                    error = None
+                else:
+                    error = node_error(item, self.slots, shard, self.addresses)
+                if error is not None:
+                    errors[index] = CommandError(error)
+                    item = _PLACEHOLDER
+                sent.append(item)
+                sources[index].append((len(parts), position))
+            parts.append(self.shards[shard].submit(self._link(connection, shard), Pipeline(tuple(sent)), arrival))
+        return ClusterEntry(parts, sources, names, errors, single=False)
+
+    def wait(self, connection: Connection, arrival: float, replicas: int, timeout: float) -> tuple[float, int]:
+        """WAIT, as the cluster client sends it: to every primary on its own
+        link; the reply is back when the last node's is, and says the fewest
+        replicas any node confirmed."""
+        answers = [shard.wait(self._link(connection, index), arrival, replicas, timeout)
+                   for index, shard in enumerate(self.shards)]
+        return max(ready for ready, _ in answers), min(count for _, count in answers)
+
+    def inspect(self, request: Request) -> Any:
+        """Run a request outside the workload (reading counters), routed
+        as a cluster client would; a nested pipeline item by item."""
+        if type(request) is Pipeline:
+            return [self.inspect(item) for item in request.commands]
+        if type(request) is tuple and not command_keys(request):
+            return merge_keyless(request[0], [shard.inspect(request) for shard in self.shards])
+        shard = route(request, self.slots)
+        error = node_error(request, self.slots, shard, self.addresses)
+        return CommandError(error) if error is not None else self.shards[shard].inspect(request)
+

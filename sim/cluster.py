@@ -1,0 +1,174 @@
+"""Redis Cluster's slot math and routing rules, shared by both backends.
+
+The key -> slot function is redis-py's (:func:`redis.crc.key_slot`: CRC16
+of the hash tag, or of the whole key, modulo 16,384), not a copy. What is
+hand-written here, because no library exposes it for our backend-neutral
+requests (:mod:`sim.commands`): which words of a request are keys, the even
+split of the slots over the primaries that ``redis-cli --cluster create``
+makes, and which error a node answers to a request whose keys span slots
+or live on another node (the rules of cluster.c's ``getNodeByQuery`` in
+redis 7.0, checked against redis-server 7.0.15 in tests/test_cluster.py):
+
+- a command or a script whose own keys span two slots: ``CROSSSLOT``,
+  whichever node it reaches, before it runs;
+- a command whose key lives on another node: ``MOVED <slot> <address>``;
+- inside MULTI, a queued command whose key lives on another node is
+  answered MOVED and flags the transaction, so EXEC answers ``EXECABORT``;
+  queued commands that all live on this node but in different slots are
+  each QUEUED, and EXEC answers ``CROSSSLOT`` (the transaction is
+  discarded, nothing runs).
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS, key_slot as _key_slot
+
+from sim.commands import Pipeline, Request, Script, Stall, Transaction
+
+CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
+EXECABORT = "EXECABORT Transaction discarded because of previous errors."
+
+# Commands with no key: they go to every node (PING, SCRIPT LOAD) or are
+# gathered from all (KEYS, DBSIZE).
+KEYLESS = frozenset({"PING", "SCRIPT", "WAIT", "KEYS", "DBSIZE", "UNWATCH", "INFO", "FLUSHALL"})
+ALL_KEYS = frozenset({"WATCH", "DEL", "EXISTS", "MGET", "UNLINK"})   # every argument is a key
+
+
+def key_slot(key: Any) -> int:
+    """The slot of a key (redis-py's CRC16, hash tags honoured)."""
+    if isinstance(key, str):
+        key = key.encode()
+    return _key_slot(key)
+
+
+def command_keys(words: tuple) -> tuple:
+    """The keys of one command as the strategies use them."""
+    name = str(words[0]).upper()
+    if name in KEYLESS:
+        return ()
+    if name in ALL_KEYS:
+        return tuple(words[1:])
+    return (words[1],) if len(words) > 1 else ()
+
+
+def request_slots(request: Request) -> list[int]:
+    """Slots of a command's, a script's or a transaction's keys, in order."""
+    kind = type(request)
+    if kind is tuple:
+        return [key_slot(key) for key in command_keys(request)]
+    if kind is Script:
+        return [key_slot(key) for key in request.keys]
+    if kind is Transaction:
+        return [slot for command in request.commands for slot in request_slots(command)]
+    if kind is Stall:
+        return []
+    raise TypeError(f"not a single request: {request!r}")
+
+
+def even_split(primaries: int) -> list[tuple[int, int]]:
+    """Inclusive slot ranges, one per primary, as ``redis-cli --cluster
+    create`` assigns them (redis-cli.c: slotsPerNode = 16384 / n as a
+    float, each range ending at round(first + slotsPerNode) - 1, the last
+    at 16383): 3 primaries get 0-5460, 5461-10922, 10923-16383."""
+    per_node = SLOTS / primaries
+    ranges, first, cursor = [], 0, 0.0
+    for index in range(primaries):
+        last = SLOTS - 1 if index == primaries - 1 else int(cursor + per_node - 1 + 0.5)
+        ranges.append((first, last))
+        first = last + 1
+        cursor += per_node
+    return ranges
+
+
+@dataclass
+class SlotMap:
+    """Which shard owns each slot, as sorted inclusive ranges."""
+
+    ranges: list[tuple[int, int, int]]   # (first, last, shard)
+
+    @classmethod
+    def even(cls, primaries: int) -> "SlotMap":
+        return cls([(first, last, shard) for shard, (first, last) in enumerate(even_split(primaries))])
+
+    def __post_init__(self) -> None:
+        self.ranges.sort()
+        self._firsts = [first for first, _, _ in self.ranges]
+
+    def shard_of(self, slot: int) -> int | None:
+        index = bisect_right(self._firsts, slot) - 1
+        if index < 0:
+            return None
+        first, last, shard = self.ranges[index]
+        return shard if first <= slot <= last else None
+
+    def shard_of_key(self, key: Any) -> int | None:
+        return self.shard_of(key_slot(key))
+
+
+def route(request: Request, slots: SlotMap, default: int = 0) -> int:
+    """The shard a single request goes to: its first key's (a client sends
+    a transaction where its first key lives, as redis-py does), or
+    ``default`` when it has no key."""
+    found = request_slots(request)
+    if not found:
+        return default
+    shard = slots.shard_of(found[0])
+    return default if shard is None else shard
+
+
+def node_error(request: Request, slots: SlotMap, shard: int, address: Sequence[str]) -> str | None:
+    """The error a node answers, before running anything, to a single
+    request sent to ``shard`` (None: it runs there). ``address`` names each
+    shard as MOVED does."""
+    kind = type(request)
+    if kind is Transaction:
+        exec_slots: set[int] = set()
+        for command in request.commands:
+            error = node_error(command, slots, shard, address)
+            if error is not None:
+                return EXECABORT   # the queued command was answered the error; EXEC aborts
+            exec_slots.update(request_slots(command))
+        return CROSSSLOT if len(exec_slots) > 1 else None
+    found = request_slots(request)
+    if not found:
+        return None
+    if any(slot != found[0] for slot in found):
+        return CROSSSLOT
+    owner = slots.shard_of(found[0])
+    if owner != shard:
+        return f"MOVED {found[0]} {address[owner] if owner is not None else '?'}"
+    return None
+
+
+def split_pipeline(pipeline: Pipeline, slots: SlotMap, shards: int) -> dict[int, list[int]]:
+    """Which of a pipeline's items go to which shard (by the item's first
+    key; keyless items go to every shard and the first shard's reply
+    stands), in order: {shard: [item index, ...]}."""
+    parts: dict[int, list[int]] = {}
+    for index, item in enumerate(pipeline.commands):
+        if type(item) is tuple and not command_keys(item):
+            for shard in range(shards):
+                parts.setdefault(shard, []).append(index)
+        else:
+            parts.setdefault(route(item, slots), []).append(index)
+    return parts
+
+
+def merge_keyless(name: str, replies: list[Any]) -> Any:
+    """One reply from every shard's reply to a keyless command: KEYS
+    concatenated, DBSIZE summed, WAIT the fewest replicas any node
+    confirmed (a node the client wrote nothing to confirms all of its
+    replicas at once), the first shard's otherwise."""
+    name = str(name).upper()
+    if name == "WAIT":
+        counts = [reply for reply in replies if isinstance(reply, int)]
+        return min(counts) if len(counts) == len(replies) else next(
+            reply for reply in replies if not isinstance(reply, int))
+    if name == "KEYS":
+        return [key for reply in replies if isinstance(reply, list) for key in reply]
+    if name == "DBSIZE":
+        return sum(reply for reply in replies if isinstance(reply, int))
+    return replies[0]
