@@ -156,10 +156,31 @@ def test_cluster_keys_are_read_and_checked(tmp_path):
             parse(tmp_path / "bad.toml", text)
         assert str(raised.value).startswith(f"{tmp_path / 'bad.toml'}: ")
     text = SMALL.format(topology="cluster", extra="")
-    for refused in ("server_crash", "failover", "mid_script_power_loss", "power_loss"):
+    for refused in ("failover", "mid_script_power_loss"):
         with pytest.raises(ScenarioError, match=f"{refused} cannot strike a cluster yet"):
             parse(tmp_path / "f.toml", text + f'\n[[faults]]\nkind = "{refused}"\nat = 0.1\n')
     parse(tmp_path / "ok.toml", text + '\n[[faults]]\nkind = "client_crash"\nat = 0.1\n')
+    # A fault on one shard names a shard of the cluster; a crash is shorter than the node timeout.
+    shard_faults = {
+        'kind = "server_crash"\nat = 0.1\nparams = { shard = 3 }': r"has 3 shard\(s\).*0 to 2",
+        'kind = "power_loss"\nat = 0.1\nduration = 20.0': "must be shorter than 'server.cluster_node_timeout_ms'",
+        'kind = "cluster_failover"\nat = 0.1': "set 'server.replication_lag_ms' to 0",
+    }
+    for fault, message in shard_faults.items():
+        with pytest.raises(ScenarioError, match=message):
+            parse(tmp_path / "f.toml", text + f"\n[[faults]]\n{fault}\n")
+    lagless = text.replace("[server]\n", "[server]\nreplication_lag_ms = 0.0\n")
+    parsed = parse(tmp_path / "ok.toml", lagless + '\n[[faults]]\nkind = "cluster_failover"\nat = 0.1\n'
+                   'params = { shard = 2 }\n[[faults]]\nkind = "server_crash"\nat = 0.1\nparams = { shard = 1 }\n')
+    assert [fault.param("shard") for fault in parsed.faults] == [2, 1]
+    with pytest.raises(ScenarioError, match="needs a replica"):
+        parse(tmp_path / "f.toml", lagless.replace("[server]\n", "[server]\ncluster_replicas_per_primary = 0\n")
+              + '\n[[faults]]\nkind = "cluster_failover"\nat = 0.1\n')
+    single = SMALL.format(topology="single", extra="")
+    with pytest.raises(ScenarioError, match="cluster_failover needs a Redis Cluster"):
+        parse(tmp_path / "f.toml", single + '\n[[faults]]\nkind = "cluster_failover"\nat = 0.1\n')
+    with pytest.raises(ScenarioError, match="one server has only shard 0"):
+        parse(tmp_path / "f.toml", single + '\n[[faults]]\nkind = "server_crash"\nat = 0.1\nparams = { shard = 1 }\n')
     with pytest.raises(ScenarioError, match="without Sentinel"):
         parse(tmp_path / "s.toml", text + "\n[sentinel]\nenabled = true\n")
 
