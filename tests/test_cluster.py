@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from sim.backends.model.backend import make_server
-from sim.backends.model.cluster import ClusterServer
+from sim.backends.model.cluster import ClusterServer, promotion_times
 from sim.checker import read_counters
 from sim.cluster import (CROSSSLOT, EXECABORT, SLOTS, SlotMap, even_split, key_slot, node_error, route,
                          split_pipeline)
 from sim.commands import CommandError, Pipeline, Script, Transaction, run_now
+from sim.history import OK
 from sim.runner import run_scenario
 from sim.scenario import ScenarioError, ServerConfig, load, parse
 from sim.traffic import generate
@@ -601,6 +602,109 @@ def test_the_cluster_scenarios_load_and_run():
     assert all(fault["effects"]["applied"] for fault in network_run["faults"]) and len(network_run["faults"]) == 4
     assert network_run["drift"]["abs_drift_sum"] == 0 and network_run["retries"] > 0
     assert load(CLUSTER_QUICK).strategies == tuple(STRATEGY_NAMES)
+    failover = run_scenario(load(ROOT / "scenarios" / "cluster_failover.toml"), ["lua"], explain=False)["runs"][0]
+    (fault,) = failover["faults"]
+    effects = fault["effects"]
+    assert fault["kind"] == "cluster_failover" and effects["shard"] == 1 and effects["slots"] == "5461-10922"
+    low, _ = promotion_times(1.0, (0.0, 0.0, 0.0))
+    _, high = promotion_times(1.0, (1.0, 1.0, 1.0))
+    assert low <= effects["promoted_at"] - effects["struck_at"] <= high
+    assert effects["struck_at"] + 1.0 < effects["failed_at"] < effects["promoted_at"]
 
 
 STRATEGY_NAMES = ("naive", "multi", "watch", "lock", "lua", "lua_repair", "derived", "idset", "lua_idempotent")
+
+
+# -- faults on one shard (issue #12, second slice) -------------------------------------------------
+
+SHARD_FAULT = """
+name = "cluster_shard_fault"
+seed = 3
+
+[traffic]
+users = 150
+messages = 1500
+message_rate = 1000.0
+groups = 0              # 1:1 conversations only: every operation touches one user, so one shard
+dm_per_user = 3.0
+read_probability = 0.2   # few reads: a delivery that gave up stays drift (a read would clear it)
+read_delay_mean_s = 0.1
+badge_probability = 0.3
+
+[clients]
+count = 16
+timeout_ms = 1000.0
+retries = {retries}
+backoff_ms = 50.0
+
+[server]
+topology = "cluster"
+cluster_node_timeout_ms = 1000.0
+replication_lag_ms = 0.0
+
+[run]
+timeline_points = 2
+
+[[faults]]
+kind = "{kind}"
+at = 0.4
+duration = {duration}
+params = {{ shard = 1 }}
+"""
+
+
+def shard_fault_run(tmp_path: Path, kind: str, backend: str) -> tuple:
+    """One lua run of the small 1:1 scenario with ``kind`` on shard 1: the
+    execution, and the users whose total ended outside its true range."""
+    from sim import backends
+    from sim.runner import schedule_for
+
+    path = tmp_path / f"{kind}.toml"
+    # A failover: retries for 50 + 100 + ... + 800 ms, through the cluster's CLUSTERDOWN window
+    # (under 1.2 s), not through the shard's outage (over 1.6 s). A crash: the shard alone is down.
+    retries = 1 if kind == "server_crash" else 5
+    path.write_text(SHARD_FAULT.format(kind=kind, duration=0.5 if kind == "server_crash" else 2.5, retries=retries))
+    scenario = load(path)
+    trace = generate(scenario.traffic, scenario.seed)
+    with backends.get(backend).deploy(scenario, schedule_for(scenario, trace)) as deployment:
+        execution = deployment.run(make_strategy("lua"), trace, None)
+    truth = truth_ranges(trace, execution.history, Memberships(trace))
+    total = execution.counters.total
+    drifting = np.flatnonzero((total < truth.user_lo) | (total > truth.user_hi))
+    return execution, drifting
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["server_crash", "cluster_failover"])
+def test_a_shard_down_loses_only_its_users_writes_on_both_backends(tmp_path, kind):
+    """Shard 1's primary dies (a crash and a restart; or the cluster fails
+    it over to its replica). On both backends: requests to shards 0 and 2
+    go on while it is down (their links are independent), the users who
+    drift are all on shard 1 (its requests were refused until it was back;
+    the cluster's CLUSTERDOWN window, which every node answers, is retried
+    through), no acknowledged write is lost, and the record names the
+    shard and its slots."""
+    slots = SlotMap.even(3)
+    for backend in ("sim", "redis"):
+        execution, drifting = shard_fault_run(tmp_path, kind, backend)
+        (fault,) = execution.faults
+        effects = fault["effects"]
+        assert effects["applied"] and effects["shard"] == 1 and effects["slots"] == "5461-10922", (backend, effects)
+        assert effects["acknowledged_writes_lost"] == 0, (backend, effects)
+        shards = {slots.shard_of_key(keys.total(int(user))) for user in drifting}
+        assert shards <= {1}, (backend, kind, sorted(drifting), shards)
+        history = execution.history
+        # Shard 1's requests were refused until it was back: operations gave up (drift, unless a
+        # read cleared it: under a failover 2 users of 16 operations given up, on both backends).
+        assert history.outcomes()["fail"] > 10, (backend, history.outcomes())
+        if backend == "sim" or kind == "server_crash":
+            assert shards == {1}, (backend, kind)
+        # Until the cluster flags it FAIL (a crash: until it is back), only shard 1 is down.
+        until = effects["failed_at"] if kind == "cluster_failover" else effects["ended_at"]
+        down = (history.complete >= effects["struck_at"]) & (history.complete < until)
+        assert ((history.outcome == OK) & down).sum() > 10, (backend, "the other shards stopped serving")
+        if kind == "cluster_failover":
+            promotion = effects["promoted_at"] - effects["struck_at"]
+            assert effects["struck_at"] < effects["failed_at"] < effects["promoted_at"], (backend, effects)
+            assert 1.0 < promotion < 3.5, (backend, promotion)   # node timeout 1 s; modelled 1.66-2.76 s
+        print(backend, kind, "drifting users", len(drifting), "errors", dict(history.errors), effects)
