@@ -177,6 +177,9 @@ def test_cluster_keys_are_read_and_checked(tmp_path):
     with pytest.raises(ScenarioError, match="needs a replica"):
         parse(tmp_path / "f.toml", lagless.replace("[server]\n", "[server]\ncluster_replicas_per_primary = 0\n")
               + '\n[[faults]]\nkind = "cluster_failover"\nat = 0.1\n')
+    with pytest.raises(ScenarioError, match="cannot share a run with network faults \\(partition\\)"):
+        parse(tmp_path / "f.toml", lagless + '\n[[faults]]\nkind = "cluster_failover"\nat = 0.1\n'
+              '\n[[faults]]\nkind = "partition"\nat = 0.5\n')
     single = SMALL.format(topology="single", extra="")
     with pytest.raises(ScenarioError, match="cluster_failover needs a Redis Cluster"):
         parse(tmp_path / "f.toml", single + '\n[[faults]]\nkind = "cluster_failover"\nat = 0.1\n')

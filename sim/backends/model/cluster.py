@@ -14,10 +14,19 @@ the shard of their keys). Keyless commands (the handshake's PING and
 SCRIPT LOAD) go to every shard; KEYS and DBSIZE are gathered from all.
 
 A node answers a request it does not serve with the error real redis 7.0
-gives (sim/cluster.py: CROSSSLOT, MOVED, EXECABORT), costing one command of
-its time and running nothing. With a slot map that never changes (this
-version: no resharding, no failover) a cluster-aware client sees MOVED
-only where a transaction's queued command lives on another node.
+gives (sim/cluster.py: CROSSSLOT, MOVED, EXECABORT, CLUSTERDOWN), costing
+one command of its time and running nothing. The slot map never changes
+(no resharding yet: a failover keeps a shard's slots on the shard, its
+replica serving them), so a cluster-aware client sees MOVED only where a
+transaction's queued command lives on another node.
+
+A client's link to each shard is its own (the driver opens, refuses and
+drops them one by one: :meth:`ClusterServer.dead_links`,
+:meth:`~ClusterServer.open_links`), so a shard that is down refuses only
+the requests that need it. A restarted primary answers CLUSTERDOWN for
+its first 2 s, and every node does while a failed primary waits for its
+replica's promotion (``down_windows``, set by the nemesis's
+``cluster_failover``, timed by :func:`promotion_times`).
 """
 from __future__ import annotations
 
@@ -267,10 +276,12 @@ class ClusterServer:
 #   (rank 0: the replica with the most recent replication offset, the one
 #   this model promotes), then asks the primaries for votes and wins in one
 #   round trip.
-# With cluster-node-timeout 1000 on redis-server 7.0.15 here, FAIL came
-# 1.25 and 1.65 s after a SIGKILL, the election was scheduled 58 ms after it
-# ("Start of election delayed for 970 milliseconds") and won 9 ms after it
-# started; the replica was primary 2.34 s and 2.39 s after the kill.
+# With cluster-node-timeout 1000 on redis-server 7.0.15 here, in 10 kills,
+# FAIL came 1.25-1.65 s after the SIGKILL (mean 1.44), the election was
+# scheduled 58 ms after it in one replica's log ("Start of election delayed
+# for 970 milliseconds") and won 9 ms after it started; the replica was
+# primary 2.13-2.67 s after the kill (mean 2.35). Modelled: FAIL 1.15-1.65 s
+# (mean 1.40), promotion 1.66-2.76 s (mean 2.21).
 FAIL_GOSSIP_S = 0.15      # from the ping's timeout to a majority's reports at one node (fit to the above)
 CRON_S = 0.1              # clusterCron's period: when the replica notices the FAIL
 ELECTION_FIXED_S = 0.5
