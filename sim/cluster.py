@@ -212,3 +212,10 @@ def request_shards(request: Request, slots: SlotMap, shards: int) -> list[int]:
     if type(request) is tuple and not command_keys(request):
         return list(range(shards))
     return [route(request, slots)]
+
+
+def user_shards(users: int, slots: SlotMap) -> "np.ndarray":
+    """The shard of each user's keys (all under the user's hash tag ``{u<id>}``)."""
+    import numpy as np
+
+    return np.fromiter((slots.shard_of_key(f"{{u{user}}}") for user in range(users)), np.int64, users)

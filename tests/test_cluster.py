@@ -613,6 +613,11 @@ def test_the_cluster_scenarios_load_and_run():
     _, high = promotion_times(1.0, (1.0, 1.0, 1.0))
     assert low <= effects["promoted_at"] - effects["struck_at"] <= high
     assert effects["struck_at"] + 1.0 < effects["failed_at"] < effects["promoted_at"]
+    by_shard = failover["shard_drift"]   # lua: what drift there is, is on the failed shard's users
+    assert list(by_shard) == ["shard0", "shard1", "shard2"]
+    assert sum(figures["users"] for figures in by_shard.values()) == 300
+    assert by_shard["shard0"]["abs_drift_sum"] == by_shard["shard2"]["abs_drift_sum"] == 0
+    assert by_shard["shard1"]["abs_drift_sum"] == failover["drift"]["abs_drift_sum"]
 
 
 STRATEGY_NAMES = ("naive", "multi", "watch", "lock", "lua", "lua_repair", "derived", "idset", "lua_idempotent")
