@@ -716,3 +716,37 @@ def test_a_shard_down_loses_only_its_users_writes_on_both_backends(tmp_path, kin
             assert effects["struck_at"] < effects["failed_at"] < effects["promoted_at"], (backend, effects)
             assert 1.0 < promotion < 3.5, (backend, promotion)   # node timeout 1 s; modelled 1.66-2.76 s
         print(backend, kind, "drifting users", len(drifting), "errors", dict(history.errors), effects)
+
+
+@pytest.mark.redis
+def test_a_run_interrupted_during_a_failover_leaves_no_server(tmp_path):
+    """SIGINT while shard 1's primary is dead and its replica not yet
+    promoted (the nemesis starts the old one again as it stops): every one
+    of the 6 servers, and any restarted since, is gone, and its folder."""
+    folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
+    run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(ROOT / "scenarios" / "cluster_failover.toml"),
+                            "--backend", "redis", "--strategies", "lua", "-q", "--out", str(tmp_path / "out")],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    servers: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(servers) < 6 and time.monotonic() < deadline and run.poll() is None:
+        servers.update(pid for pid, _ in children(run.pid, ("redis-server",)))
+        time.sleep(0.01)
+    assert len(servers) == 6, servers
+    # The cluster joins, the run starts, the fault kills shard 1's primary 1 s into it: wait for that,
+    # then interrupt half a second later (the promotion comes 1.6 s or more after the kill).
+    while all(alive(pid) for pid in servers) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.01)
+    assert sum(alive(pid) for pid in servers) == 5, "the fault did not kill a primary"
+    time.sleep(0.5)
+    run.send_signal(signal.SIGINT)
+    started = len(servers)
+    while run.poll() is None and time.monotonic() < deadline + 60:   # the old primary, started again as it stops
+        servers.update(pid for pid, _ in children(run.pid, ("redis-server",)))
+        time.sleep(0.005)
+    _, err = run.communicate(timeout=60)
+    assert len(servers) >= started   # here: 7, the old primary started again as the run stopped
+    assert run.returncode == 130, err
+    assert err.strip().startswith("countdrift: interrupted;"), err
+    assert not any(alive(pid) for pid in servers), "a server outlived the run"
+    assert set(Path(tempfile.gettempdir()).glob("countdrift-*")) <= folders, "a server folder was left"
