@@ -344,12 +344,6 @@ def _check_shards(path: Path, server: ServerConfig, faults: tuple, rates: tuple)
     loss must end before the cluster would fail the shard over (that is
     cluster_failover, whose replica must exist and be as current as the
     real cluster's: its replication links carry no added lag)."""
-    if any(fault.kind == "cluster_failover" for _, fault in _numbered(faults, rates)):
-        network = sorted({fault.kind for _, fault in _numbered(faults, rates) if SPECS[fault.kind].network})
-        if network:
-            raise ScenarioError(f"{path}: a cluster_failover cannot share a run with network faults "
-                                f"({', '.join(network)}) yet: each client's proxies lead to the first primaries, "
-                                f"and a promoted replica would be out of their reach")
     for where, fault in _numbered(faults, rates):
         if fault.kind not in SHARD_FAULTS:
             continue

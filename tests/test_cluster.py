@@ -177,9 +177,6 @@ def test_cluster_keys_are_read_and_checked(tmp_path):
     with pytest.raises(ScenarioError, match="needs a replica"):
         parse(tmp_path / "f.toml", lagless.replace("[server]\n", "[server]\ncluster_replicas_per_primary = 0\n")
               + '\n[[faults]]\nkind = "cluster_failover"\nat = 0.1\n')
-    with pytest.raises(ScenarioError, match="cannot share a run with network faults \\(partition\\)"):
-        parse(tmp_path / "f.toml", lagless + '\n[[faults]]\nkind = "cluster_failover"\nat = 0.1\n'
-              '\n[[faults]]\nkind = "partition"\nat = 0.5\n')
     single = SMALL.format(topology="single", extra="")
     with pytest.raises(ScenarioError, match="cluster_failover needs a Redis Cluster"):
         parse(tmp_path / "f.toml", single + '\n[[faults]]\nkind = "cluster_failover"\nat = 0.1\n')
@@ -613,6 +610,10 @@ def test_the_cluster_scenarios_load_and_run():
     _, high = promotion_times(1.0, (1.0, 1.0, 1.0))
     assert low <= effects["promoted_at"] - effects["struck_at"] <= high
     assert effects["struck_at"] + 1.0 < effects["failed_at"] < effects["promoted_at"]
+    mixed = run_scenario(load(ROOT / "scenarios" / "cluster_mixed.toml"), ["lua_idempotent"], explain=False)["runs"][0]
+    struck = {(fault["kind"], fault["effects"].get("shard")) for fault in mixed["faults"] if fault["effects"]["applied"]}
+    assert {("server_crash", 0), ("power_loss", 2), ("cluster_failover", 1), ("server_crash", 2)} <= struck
+    assert {kind for kind, _ in struck} >= {"client_crash", "partition", "latency", "reset_peer", "blackhole"}
     by_shard = failover["shard_drift"]   # lua: what drift there is, is on the failed shard's users
     assert list(by_shard) == ["shard0", "shard1", "shard2"]
     assert sum(figures["users"] for figures in by_shard.values()) == 300

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncConnection
 from sim.backends.real.processes import ProcessError, RedisServer, ToxiproxyServer, free_port, stop_process
@@ -139,15 +141,21 @@ class ClusterServers:
 
     def _proxies(self) -> None:
         """A toxiproxy proxy from each client to each primary (``client<i>-shard<j>``),
-        so that a network fault strikes the links of chosen clients to every node."""
+        so that a network fault strikes the links of chosen clients to every node;
+        and to each replica (``client<i>-shard<j>-replica<k>``), which clients
+        reach once the cluster has promoted it (cluster_failover)."""
         self.toxiproxy = ToxiproxyServer(self.folder)
         self.toxiproxy.start()
         for index in range(self.client_count):
             mine = {}
             for shard, primary in enumerate(self.primaries):
-                proxy = self.toxiproxy.proxy(f"client{index}-shard{shard}", primary.address)
-                mine[primary.address] = proxy
-                self.client_proxies.append(proxy)
+                nodes = [(f"client{index}-shard{shard}", primary)] + [
+                    (f"client{index}-shard{shard}-replica{number}", replica)
+                    for number, replica in enumerate(self.replicas[shard])]
+                for name, node in nodes:
+                    proxy = self.toxiproxy.proxy(name, node.address)
+                    mine[node.address] = proxy
+                    self.client_proxies.append(proxy)
             self.proxies_of.append(mine)
 
     def client_address(self, index: int, address: str) -> str:
@@ -253,7 +261,10 @@ class ClusterMap:
     def read(cls, address: str) -> "ClusterMap":
         """CLUSTER SLOTS of the node at ``address``."""
         host, port = address.rsplit(":", 1)
-        client = redis.Redis(host=host, port=int(port), decode_responses=True, socket_timeout=5)
+        # No retry of redis-py's own (its default backs off and tries again on a refused
+        # connection: a dead node held a thread for seconds, and the nemesis waited for one).
+        client = redis.Redis(host=host, port=int(port), decode_responses=True, socket_timeout=5,
+                             socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
         try:
             reply = client.cluster("SLOTS")
         finally:
