@@ -347,6 +347,7 @@ class ClusterConnection:
         self.proxy_of = proxy_of                          # a node's address -> the name of the proxy to it
         self.name_of = name_of or (lambda address: address)   # a node's address -> its name (links opened)
         self.on_link = None                               # called with a node's name when a link opens
+        self.connect_timeout: float | None = None         # a link's handshake (the driver sets the client's timeout)
         self.links: dict[str, AsyncConnection] = {}
         self.scripts: tuple[LuaScript, ...] = ()
         self.redirects = 0
@@ -398,8 +399,10 @@ class ClusterConnection:
         host, port = self.reach(address).rsplit(":", 1)
         link = AsyncConnection(host, int(port))
         try:
-            await link.connect(self.scripts)
-        except (HandshakeFailed, ConnectionRefused, ConnectionError, OSError, asyncio.IncompleteReadError) as error:
+            async with asyncio.timeout(self.connect_timeout):   # a handshake that vanishes (blackhole) is refused
+                await link.connect(self.scripts)
+        except (TimeoutError, HandshakeFailed, ConnectionRefused, ConnectionError, OSError,
+                asyncio.IncompleteReadError) as error:
             await link.close()
             await self._stale()
             raise ConnectionRefused(str(error) or type(error).__name__) from None

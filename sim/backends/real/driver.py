@@ -201,6 +201,7 @@ class RealDriver:
         connection = factory(client.index) if factory is not None else AsyncConnection(host, port)
         if factory is not None:   # a cluster: each link that opens counts as a connection to its node
             connection.on_link = lambda name: client.connects.append((self.now(), name))
+            connection.connect_timeout = self._timeout
         try:
             async with asyncio.timeout(self._timeout):
                 await connection.connect(self.strategy.scripts)
