@@ -260,6 +260,9 @@ class SimDriver:
         if any(env.now < cluster.shards[shard].down_until for shard in missing):
             yield env.timeout(2 * self._half_rtt)
             raise ConnectionRefused("server down")
+        if route.fate == network.VANISH:   # the handshake vanishes (a blackhole): refused at the timeout
+            yield env.timeout(self._timeout)
+            raise ConnectionRefused("no answer to the handshake")
         started = env.now
         entries = cluster.open_links(connection, missing, started + route.delay_out + self._half_rtt)
         reply_at = max(entry.end for entry in entries.values()) + self._half_rtt + route.delay_back
