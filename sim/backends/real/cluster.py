@@ -11,8 +11,8 @@ and every replica is synced. Every process is a
 :class:`~sim.backends.real.processes.RedisServer`, registered to be stopped
 by PID when the run ends, fails or is interrupted; the folder is removed in
 a ``finally``. In a run with network faults a toxiproxy-server is started
-too, with a proxy from each client to each primary (``client<i>-shard<j>``),
-through which that client reaches that node.
+too, with a proxy from each client to each node (``client<i>-shard<j>``, and
+``-replica<k>`` for a replica), through which that client reaches that node.
 
 Hand-written rather than redis-py's ``RedisCluster``, and why: the driver
 needs what that client hides. Each virtual client owns one raw connection
@@ -29,7 +29,10 @@ The client, :class:`ClusterConnection`, routes a request by the slot of
 its first key to the owning primary's connection, splits a pipeline by node
 (each node's part sent at once, the replies put back in order), follows
 MOVED (refreshes the slot map from CLUSTER SLOTS and sends the request once
-more) and ASK (ASKING then the request, once, on the named node).
+more) and ASK (ASKING then the request, once, on the named node). Its link
+to each node is independent of the others: a node that is down refuses the
+requests that need it, the slot map is read again from any node that
+answers (a promoted replica), and the other nodes' links stay open.
 """
 from __future__ import annotations
 
