@@ -128,3 +128,21 @@ def check(pairs: Memberships, truth: TruthRanges, counters: Counters) -> Drift:
         total_under=int(-total_drift[total_drift < 0].sum()),
         hidden_max=int((truth.user_hi - truth.user_lo).sum()),
     )
+
+
+def drift_by_shard(truth: TruthRanges, counters: Counters, shard_of_user: np.ndarray) -> dict[str, dict[str, int]]:
+    """On a cluster, per shard (named as results name shards: ``shard0``...):
+    its users, those whose total is outside the truth, the sum of how far,
+    and those whose total differs from the sum of their conversations. A
+    fault on one shard should leave the others' figures alone."""
+    total_drift = np.abs(_outside(counters.total, truth.user_lo, truth.user_hi))
+    conv_sum = np.bincount(counters.entry_user, weights=counters.entry_value, minlength=len(counters.total))
+    inconsistent = counters.total != conv_sum.astype(np.int64)
+    out = {}
+    for shard in range(int(shard_of_user.max()) + 1 if len(shard_of_user) else 0):
+        mine = shard_of_user == shard
+        out[f"shard{shard}"] = {"users": int(mine.sum()),
+                                "users_wrong_total": int(np.count_nonzero(total_drift[mine])),
+                                "abs_drift_sum": int(total_drift[mine].sum()),
+                                "users_inconsistent": int(inconsistent[mine].sum())}
+    return out

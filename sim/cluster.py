@@ -26,9 +26,16 @@ from typing import Any, Sequence
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS, key_slot as _key_slot
 
-from sim.commands import Pipeline, Request, Script, Stall, Transaction
+from sim.commands import CommandError, Pipeline, Request, Script, Stall, Transaction
 
 CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
+# What every node answers a request with keys while the cluster is down (a
+# primary flagged FAIL, not yet replaced), and a restarted primary for its
+# first CLUSTER_WRITABLE_DELAY (cluster.c: 2,000 ms; measured 2.01 s on
+# redis-server 7.0.15); inside MULTI the queued command gets it and EXEC
+# answers EXECABORT (measured). PING and SCRIPT LOAD are still served.
+CLUSTERDOWN = "CLUSTERDOWN The cluster is down"
+WRITABLE_DELAY_S = 2.0
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
 
 # Commands with no key: they go to every node (PING, SCRIPT LOAD) or are
@@ -172,3 +179,43 @@ def merge_keyless(name: str, replies: list[Any]) -> Any:
     if name == "DBSIZE":
         return sum(reply for reply in replies if isinstance(reply, int))
     return replies[0]
+
+
+def cluster_down_error(request: Request) -> str | None:
+    """The error a node that is down answers a single request (None: one
+    without keys, which it serves). A transaction's EXEC answers EXECABORT;
+    both backends report the queued command's CLUSTERDOWN instead, which
+    says why (sim/backends/real/protocol.py)."""
+    return CLUSTERDOWN if request_slots(request) else None
+
+
+def refused_whole(reply: Any) -> bool:
+    """Whether a reply says nothing of its request ran because the cluster
+    was down (every item CLUSTERDOWN, or EXECABORT behind it): a cluster
+    client retries such a request as a refused one (redis-py retries
+    ClusterDownError), rather than failing the operation."""
+    if isinstance(reply, list):
+        return bool(reply) and all(refused_whole(item) for item in reply)
+    return isinstance(reply, CommandError) and str(reply).startswith("CLUSTERDOWN")
+
+
+def shard_slots(slots: SlotMap, shard: int) -> str:
+    """A shard's slot ranges as fault records give them: ``0-5460`` (``first-last``, comma-separated)."""
+    return ",".join(f"{first}-{last}" for first, last, owner in slots.ranges if owner == shard)
+
+
+def request_shards(request: Request, slots: SlotMap, shards: int) -> list[int]:
+    """The shards a request goes to: a pipeline's by its items, a keyless
+    command's every shard, any other request's its first key's."""
+    if type(request) is Pipeline:
+        return sorted(split_pipeline(request, slots, shards))
+    if type(request) is tuple and not command_keys(request):
+        return list(range(shards))
+    return [route(request, slots)]
+
+
+def user_shards(users: int, slots: SlotMap) -> "np.ndarray":
+    """The shard of each user's keys (all under the user's hash tag ``{u<id>}``)."""
+    import numpy as np
+
+    return np.fromiter((slots.shard_of_key(f"{{u{user}}}") for user in range(users)), np.int64, users)

@@ -94,6 +94,12 @@ _PROMOTION = {
     "clients_on_old_primary_s": "per client, on average, how long from the fault until its first request "
                                 "on the promoted replica (until the run's end for one that never got there)",
 }
+_SHARD = Param("shard", int, "shard", 0, 0, 15,
+               "on a cluster, the shard whose primary it strikes (below server.cluster_primaries); 0 on one server")
+_WHERE = {
+    "shard": "on a cluster, the shard struck (null on one server)",
+    "slots": "on a cluster, the struck shard's slot ranges, as first-last[,first-last] (null on one server)",
+}
 _TEAR = Param("tear_bytes", int, "bytes", 0, 0, 1 << 20,
               "bytes of the first unsynced AOF write that reach the disk anyway (a torn tail)")
 
@@ -108,11 +114,13 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
               {"clients": "the virtual clients struck"}),
     FaultSpec("server_crash", "redis-server is killed (SIGKILL); the OS page cache survives",
               "how long the server stays down (with Sentinel on, it promotes a replica if that is long "
-              "enough, and the old primary rejoins as a replica)", 0.5,
-              (), {**_SERVER_LOSS, "promoted": "whether a replica was promoted instead of a restart",
-                   **_PROMOTION}),
+              "enough, and the old primary rejoins as a replica; on a cluster, shorter than "
+              "server.cluster_node_timeout_ms: longer is a cluster_failover)", 0.5,
+              (_SHARD,), {**_SERVER_LOSS, "promoted": "whether a replica was promoted instead of a restart",
+                          **_PROMOTION, **_WHERE}),
     FaultSpec("power_loss", "the machine loses power: what was not fsynced is lost",
-              "how long the machine stays down", 1.0, (_TEAR,), _SERVER_LOSS),
+              "how long the machine stays down (on a cluster, shorter than server.cluster_node_timeout_ms)", 1.0,
+              (_TEAR, _SHARD), {**_SERVER_LOSS, **_WHERE}),
     FaultSpec("mid_script_power_loss",
               "power fails while an operation is between two of its writes: inside a script or a "
               "MULTI/EXEC, or between two requests (naive); strikes anyway when the window ends",
@@ -130,6 +138,17 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
               (Param("lag_ms", float, "ms", -1.0, -1.0, 600_000.0,
                      "how far the replica is behind (-1: the scenario's replication_lag_ms)"),),
               {**_SERVER_LOSS, **_PROMOTION}),
+    FaultSpec("cluster_failover",
+              "a cluster shard's primary dies (SIGKILL) and the cluster itself promotes its replica: the other "
+              "nodes flag it FAIL after server.cluster_node_timeout_ms and gossip, every node answers "
+              "CLUSTERDOWN until the replica wins its election (500 ms + random 0-500 ms after it learns of the "
+              "FAIL); the writes the replica lacked are lost (needs topology cluster and a replica per primary)",
+              "how long the old primary stays down, at least until the promotion (it rejoins as a replica)", 5.0,
+              (_SHARD,),
+              {**_SERVER_LOSS, **_PROMOTION,
+               "failed_at": "when the cluster flagged the primary FAIL (every node answered CLUSTERDOWN from "
+                            "then until the promotion), in run seconds",
+               **_WHERE}),
     FaultSpec("partition", "clients are cut from the primary: connections refused and reset",
               "how long the partition lasts", 1.0, network=True),
     FaultSpec("latency", "added network delay and jitter on every request, each way",

@@ -27,7 +27,7 @@ FSYNC_PERIOD_S = {"always": 0.0, "everysec": 1.0, "no": 30.0}
 def promotes(sentinel: SentinelConfig, schedule: list[Fault]) -> bool:
     """Whether a fault of this schedule may promote a replica."""
     kinds = {fault.kind for fault in schedule}
-    return bool(kinds & {"failover", "split_brain"}) or (sentinel.enabled and "server_crash" in kinds)
+    return bool(kinds & {"failover", "split_brain", "cluster_failover"}) or (sentinel.enabled and "server_crash" in kinds)
 
 
 def rollback_horizon(server: ServerConfig, sentinel: SentinelConfig, schedule: list[Fault]) -> float:
@@ -167,6 +167,7 @@ class AckedWrite:
     applied_at: float    # when the server applied it (the sim: exactly; real: when its reply came back)
     op: int
     confirmed: bool = False   # WAIT said enough replicas had it
+    shards: Any = None        # on a cluster, the shards it went to (None: one server)
 
 
 class AckLog:
@@ -180,15 +181,20 @@ class AckLog:
         self.keep_s = keep_s
         self.writes: deque[AckedWrite] = deque()
         self.watched: dict[str, set[int]] = {}   # server -> operations it acknowledged a write of
+        # On a cluster, the shards a request goes to (set by the backend), so that a fault on one
+        # shard counts only the writes that shard acknowledged.
+        self.locate: Callable[[Any], Any] | None = None
 
     def watch(self, node: str) -> set[int]:
         """From now on, the operations whose write ``node`` acknowledges."""
         return self.watched.setdefault(node, set())
 
-    def acknowledged(self, applied_at: float, op: int, node: str = "") -> AckedWrite:
+    def acknowledged(self, applied_at: float, op: int, node: str = "", request: Any = None) -> AckedWrite:
         if self.watched and node in self.watched:
             self.watched[node].add(op)
         write = AckedWrite(applied_at, op)
+        if self.locate is not None and request is not None:
+            write.shards = frozenset(self.locate(request))
         writes = self.writes
         writes.append(write)
         horizon = applied_at - self.keep_s
@@ -196,15 +202,19 @@ class AckLog:
             writes.popleft()
         return write
 
-    def lost(self, after: float, until: float) -> tuple[int, int]:
-        """Operations with an acknowledged write applied in (after, until],
-        and how many of them WAIT had confirmed."""
-        confirmed = {write.op for write in self.writes if after < write.applied_at <= until and write.confirmed}
-        return len(self.lost_operations(after, until)), len(confirmed)
+    def lost(self, after: float, until: float, shard: int | None = None) -> tuple[int, int]:
+        """Operations with an acknowledged write applied in (after, until]
+        (on ``shard``, when given), and how many of them WAIT had confirmed."""
+        confirmed = {write.op for write in self._window(after, until, shard) if write.confirmed}
+        return len(self.lost_operations(after, until, shard)), len(confirmed)
 
-    def lost_operations(self, after: float, until: float) -> set[int]:
-        """Operations with an acknowledged write applied in (after, until]."""
-        return {write.op for write in self.writes if after < write.applied_at <= until}
+    def lost_operations(self, after: float, until: float, shard: int | None = None) -> set[int]:
+        """Operations with an acknowledged write applied in (after, until] (on ``shard``, when given)."""
+        return {write.op for write in self._window(after, until, shard)}
+
+    def _window(self, after: float, until: float, shard: int | None):
+        return [write for write in self.writes if after < write.applied_at <= until
+                and (shard is None or write.shards is None or shard in write.shards)]
 
 
 class StallTarget:

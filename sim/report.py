@@ -135,6 +135,14 @@ def _section(document: dict, capacity: dict | None = None) -> list[str]:
                   "| strategy | " + " | ".join(shards) + " |", "|" + "---|" * (len(shards) + 1)]
         lines += [f"| {run['strategy']} | " + " | ".join(str(run.get("shard_commands", {}).get(name, ""))
                                                           for name in shards) + " |" for run in document["runs"]]
+        if any(run.get("shard_drift") for run in document["runs"]):
+            lines += ["", "Users with a wrong total / |drift|, by the shard of their keys (a fault on one shard "
+                          "should leave the others at 0):", "",
+                      "| strategy | " + " | ".join(shards) + " |", "|" + "---|" * (len(shards) + 1)]
+            lines += [f"| {run['strategy']} | " + " | ".join(
+                "{users_wrong_total} / {abs_drift_sum}".format(**run.get("shard_drift", {}).get(name, {
+                    "users_wrong_total": "", "abs_drift_sum": ""})) for name in shards) + " |"
+                for run in document["runs"]]
     if capacity:
         lines += ["", f"Capacity (`countdrift capacity`: the best throughput with p99 <= "
                       f"{capacity['slo_p99_ms']:g} ms, closed loop, no faults; the trade-off chart plots it):", "",

@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from sim import __version__, backends
 from sim.backend import Backend, BackendRefused, Progress
-from sim.checker import check
+from sim.checker import check, drift_by_shard
+from sim.cluster import SlotMap, user_shards
 from sim.faults import Fault, draw_schedule
 from sim.record import run_record
 from sim.results import SCHEMA_VERSION
@@ -73,8 +74,12 @@ def run_strategy(backend: Backend, scenario: Scenario, trace: Trace, name: str, 
         execution = deployment.run(strategy, trace, progress(name, trace) if progress else None)
     pairs = Memberships(trace)
     history = execution.history
-    drift = check(pairs, truth_ranges(trace, history, pairs), execution.counters)
+    truth = truth_ranges(trace, history, pairs)
+    drift = check(pairs, truth, execution.counters)
     record = run_record(scenario, trace, strategy, execution, drift)
+    if scenario.server.topology == "cluster":   # which shards' users drifted (a fault strikes one)
+        shards = user_shards(trace.users, SlotMap.even(scenario.server.cluster_primaries))
+        record["shard_drift"] = drift_by_shard(truth, execution.counters, shards)
     if not np.isnan(history.applied_at).all():
         # The same run judged only from what the clients saw, as on a real
         # server (countdrift fidelity compares these).

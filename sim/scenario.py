@@ -76,6 +76,9 @@ class ServerConfig:
     topology: str = "single"
     cluster_primaries: int = 3
     cluster_replicas_per_primary: int = 1
+    # Redis's cluster-node-timeout (its default): how long a primary is unreachable before the
+    # others flag it PFAIL, then FAIL, and its replica starts an election (cluster_failover).
+    cluster_node_timeout_ms: float = 15_000.0
 
 
 @dataclass(frozen=True)
@@ -144,9 +147,12 @@ TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
 APPENDFSYNC = ("always", "everysec", "no")
 TOPOLOGIES = ("single", "cluster")
 # Fault kinds a cluster run takes so far (the network ones strike every
-# client's links to every node); the others strike "the primary", and which
-# shard's primary is not yet modelled on either backend.
-CLUSTER_FAULTS = ("client_crash", "client_pause", "partition", "latency", "reset_peer", "blackhole")
+# client's links to every node; the server ones the primary of the shard
+# their `shard` parameter names); mid_script_power_loss, failover and
+# split_brain strike "the primary", which is not modelled on a cluster.
+CLUSTER_FAULTS = ("client_crash", "client_pause", "partition", "latency", "reset_peer", "blackhole",
+                  "server_crash", "power_loss", "cluster_failover")
+SHARD_FAULTS = ("server_crash", "power_loss", "cluster_failover")
 LOADS = ("open", "closed")
 # Bounds of a fault's timing: seconds, and faults per minute.
 FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}
@@ -170,6 +176,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "server.min_replicas_to_write": (0, 5), "server.min_replicas_max_lag": (1, 3600),
     "server.replication_lag_ms": (0, 600_000),
     "server.cluster_primaries": (1, 16), "server.cluster_replicas_per_primary": (0, 3),
+    "server.cluster_node_timeout_ms": (100, 3_600_000),
     "sentinel.count": (1, 9), "sentinel.quorum": (1, 9), "sentinel.down_after_ms": (1, 3_600_000),
     "sentinel.failover_timeout_ms": (1, 3_600_000), "sentinel.parallel_syncs": (1, 5),
     "run.timeline_points": (0, 10_000), "run.think_time_ms": (0, 3_600_000),
@@ -288,6 +295,15 @@ def parse(path: Path, text: str) -> Scenario:
                             f"got {server.topology!r}")
     if server.topology == "cluster":
         _check_cluster(path, tables["server"], sentinel, kinds)
+        _check_shards(path, server, faults, rates)
+    else:
+        if "cluster_failover" in kinds:
+            raise ScenarioError(f"{path}: fault kind cluster_failover needs a Redis Cluster: set 'server.topology' "
+                                f"to \"cluster\" (one server: use failover)")
+        for where, fault in _numbered(faults, rates):
+            if fault.params.get("shard", 0):
+                raise ScenarioError(f"{path}: key '{where}.params.shard' is for topology = \"cluster\"; one "
+                                    f"server has only shard 0")
     if kinds & {"failover", "split_brain"} and sections["server"].replicas < 1:
         raise ScenarioError(f"{path}: a failover needs a replica: set 'server.replicas' to 1 or more")
     if "split_brain" in kinds and not sentinel.enabled:
@@ -316,6 +332,39 @@ def _check_cluster(path: Path, server: dict, sentinel: SentinelConfig, kinds: se
         raise ScenarioError(f"{path}: fault kind(s) {', '.join(refused)} cannot strike a cluster yet (which "
                             f"shard they strike is not modelled); on a cluster use only "
                             f"{', '.join(CLUSTER_FAULTS)}, or set 'server.topology' to \"single\"")
+
+
+def _numbered(faults: tuple, rates: tuple):
+    yield from ((f"faults[{i}]", fault) for i, fault in enumerate(faults))
+    yield from ((f"fault_rates[{i}]", rate) for i, rate in enumerate(rates))
+
+
+def _check_shards(path: Path, server: ServerConfig, faults: tuple, rates: tuple) -> None:
+    """A fault on one shard names a shard of the cluster; a crash or a power
+    loss must end before the cluster would fail the shard over (that is
+    cluster_failover, whose replica must exist and be as current as the
+    real cluster's: its replication links carry no added lag)."""
+    for where, fault in _numbered(faults, rates):
+        if fault.kind not in SHARD_FAULTS:
+            continue
+        shard = fault.params.get("shard", 0)
+        if shard >= server.cluster_primaries:
+            raise ScenarioError(f"{path}: key '{where}.params.shard' is {shard}, but the cluster has "
+                                f"{server.cluster_primaries} shard(s) (server.cluster_primaries): 0 to "
+                                f"{server.cluster_primaries - 1}")
+        if fault.kind == "cluster_failover":
+            if server.cluster_replicas_per_primary < 1:
+                raise ScenarioError(f"{path}: {where}: a cluster_failover needs a replica to promote: set "
+                                    f"'server.cluster_replicas_per_primary' to 1 or more")
+            if server.replication_lag_ms > 0:
+                raise ScenarioError(f"{path}: {where}: a cluster_failover's replica lag is not emulated on real "
+                                    f"servers yet (a cluster's replication links are direct): set "
+                                    f"'server.replication_lag_ms' to 0")
+        elif fault.duration * 1000.0 >= server.cluster_node_timeout_ms:
+            raise ScenarioError(f"{path}: key '{where}.duration' ({fault.duration:g} s) must be shorter than "
+                                f"'server.cluster_node_timeout_ms' ({server.cluster_node_timeout_ms:g} ms): a "
+                                f"primary down that long is failed over by the cluster: schedule a "
+                                f"cluster_failover instead")
 
 
 def _fault(path: Path, where: str, table: Any, kind_of: type) -> Fault | FaultRate:

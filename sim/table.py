@@ -141,4 +141,10 @@ def format_topology(results: dict) -> str:
         total = sum(shards.values()) or 1
         lines.append(f"  {run['strategy']:<16} " + "  ".join(
             f"{name} {count} ({100 * count / total:.0f}%)" for name, count in shards.items()))
+    if any(run.get("shard_drift") for run in results["runs"]):
+        lines.append("users with a wrong total / |drift|, by the shard of their keys:")
+        for run in results["runs"]:
+            lines.append(f"  {run['strategy']:<16} " + "  ".join(
+                f"{name} {figures['users_wrong_total']}/{figures['abs_drift_sum']}"
+                for name, figures in (run.get("shard_drift") or {}).items()))
     return "\n".join(lines)

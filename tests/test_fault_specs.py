@@ -18,7 +18,8 @@ from conftest import ROOT
 
 # A value other than the default, within bounds, for every parameter.
 PROBE_VALUES = {"clients": 2, "tear_bytes": 40, "within_s": 0.5, "stall_ms": 10.0, "lag_ms": 30.0,
-                "delay_ms": 5.0, "jitter_ms": 2.0, "probability": 0.4, "clients_share": 0.5}
+                "delay_ms": 5.0, "jitter_ms": 2.0, "probability": 0.4, "clients_share": 0.5,
+                "shard": 1}
 
 PROBE = """
 name = "spec_probe"
@@ -60,6 +61,9 @@ def probe_scenario(kind: str):
     text = PROBE.format(kind=kind, params=params)
     if kind == "split_brain":   # Sentinel, so that it may promote a replica (not within 0.2 s)
         text = text.replace("[run]", "[sentinel]\nenabled = true\n\n[run]")
+    if any(param.name == "shard" for param in SPECS[kind].params):   # a fault on one shard of a cluster
+        text = text.replace("replicas = 1\nreplication_lag_ms = 10.0", 'topology = "cluster"\ncluster_primaries = 2\n'
+                            "replication_lag_ms = 0.0\ncluster_node_timeout_ms = 300.0")
     return parse(ROOT / "scenarios" / "spec_probe.toml", text)
 
 
@@ -101,7 +105,8 @@ EFFECT_TYPES = {"applied": bool, "reason": (str, type(None)), "struck_at": float
                 "wait_confirmed_writes_lost": int, "promoted": bool, "target": str,
                 "target_operation": (str, type(None)), "clients": list, "replies_lost": (int, type(None)),
                 "promoted_at": (float, type(None)), "clients_on_old_primary_s": (float, type(None)),
-                "clients_left": int, "old_primary_acknowledged": int, "demoted_at": (float, type(None))}
+                "clients_left": int, "old_primary_acknowledged": int, "demoted_at": (float, type(None)),
+                "shard": int, "slots": str, "failed_at": float}
 
 
 def _check_types(effects: dict) -> None:

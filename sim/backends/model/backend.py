@@ -55,6 +55,8 @@ def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: lis
     if tears_aof(scenario.server, schedule):
         server.keep_aof()
     acks, target = AckLog(reach + 1.0), StallTarget()
+    if scenario.server.topology == "cluster":   # a fault on one shard counts that shard's writes
+        acks.locate = server.shards_of
     run = scenario.run
     driver = SimDriver(trace, strategy, scenario.clients, server, trace.seed, timeline_points, causes, progress,
                        acks, target, run.load == "open", run.think_time_ms / 1000.0)

@@ -14,10 +14,19 @@ the shard of their keys). Keyless commands (the handshake's PING and
 SCRIPT LOAD) go to every shard; KEYS and DBSIZE are gathered from all.
 
 A node answers a request it does not serve with the error real redis 7.0
-gives (sim/cluster.py: CROSSSLOT, MOVED, EXECABORT), costing one command of
-its time and running nothing. With a slot map that never changes (this
-version: no resharding, no failover) a cluster-aware client sees MOVED
-only where a transaction's queued command lives on another node.
+gives (sim/cluster.py: CROSSSLOT, MOVED, EXECABORT, CLUSTERDOWN), costing
+one command of its time and running nothing. The slot map never changes
+(no resharding yet: a failover keeps a shard's slots on the shard, its
+replica serving them), so a cluster-aware client sees MOVED only where a
+transaction's queued command lives on another node.
+
+A client's link to each shard is its own (the driver opens, refuses and
+drops them one by one: :meth:`ClusterServer.dead_links`,
+:meth:`~ClusterServer.open_links`), so a shard that is down refuses only
+the requests that need it. A restarted primary answers CLUSTERDOWN for
+its first 2 s, and every node does while a failed primary waits for its
+replica's promotion (``down_windows``, set by the nemesis's
+``cluster_failover``, timed by :func:`promotion_times`).
 """
 from __future__ import annotations
 
@@ -25,7 +34,8 @@ import math
 from typing import Any
 
 from sim.backends.model.server import Connection, Entry, Server
-from sim.cluster import SlotMap, command_keys, merge_keyless, node_error, route, split_pipeline
+from sim.cluster import (CROSSSLOT, SlotMap, cluster_down_error, command_keys, merge_keyless, node_error,
+                         request_shards, route, split_pipeline)
 from sim.commands import CommandError, Pipeline, Request
 
 _PLACEHOLDER = ("PING",)   # what a node's time on a refused request is charged as
@@ -101,7 +111,13 @@ class ClusterServer:
         self.down_until = -math.inf
         # node addresses as MOVED names them (the simulation's: the shard's name)
         self.addresses = [shard.name for shard in shards]
-        self._links: dict[Connection, list[Connection]] = {}   # a client's connection -> one per shard
+        # A client's connection -> its link to each shard it holds one to (see shards_of, open_links).
+        self._links: dict[Connection, dict[int, Connection]] = {}
+        self.handshake: Request | None = None   # what opening a link sends (the driver sets it)
+        # CLUSTERDOWN: every node, while a failed primary is not yet replaced (the nemesis adds
+        # the windows), and a restarted primary until it is writable again (per shard).
+        self.down_windows: list[tuple[float, float]] = []
+        self.writable_at = [-math.inf] * len(shards)
 
     # -- what the driver and the checker read -------------------------------------
     @property
@@ -139,10 +155,45 @@ class ClusterServer:
 
     # -- requests -----------------------------------------------------------------------
     def _link(self, connection: Connection, shard: int) -> Connection:
-        links = self._links.get(connection)
-        if links is None:
-            links = self._links[connection] = [Connection(server) for server in self.shards]
-        return links[shard]
+        links = self._links.setdefault(connection, {})
+        link = links.get(shard)
+        if link is None:
+            link = links[shard] = Connection(self.shards[shard])
+        return link
+
+    # -- each client's links, one per shard, independent of each other ------------------
+    def shards_of(self, request: Request) -> list[int]:
+        """The shards a request goes to (a keyless command: every shard)."""
+        return request_shards(request, self.slots, len(self.shards))
+
+    def dead_links(self, connection: Connection, shards: list[int]) -> list[int]:
+        """Of ``shards``, those whose link the shard closed (it died since):
+        they are forgotten, and the next request there opens a new one."""
+        links = self._links.get(connection, {})
+        dead = [shard for shard in shards if shard in links
+                and links[shard].incarnation != self.shards[shard].incarnation]
+        for shard in dead:
+            del links[shard]
+        return dead
+
+    def missing_links(self, connection: Connection, shards: list[int]) -> list[int]:
+        links = self._links.get(connection, {})
+        return [shard for shard in shards if shard not in links]
+
+    def open_links(self, connection: Connection, shards: list[int], arrival: float) -> dict[int, Entry]:
+        """Open a link to each of ``shards``: its handshake, queued there."""
+        links = self._links.setdefault(connection, {})
+        entries = {}
+        for shard in shards:
+            link = links[shard] = Connection(self.shards[shard])
+            entries[shard] = self.shards[shard].submit(link, self.handshake, arrival)
+        return entries
+
+    def drop_links(self, connection: Connection, shards: list[int] | None = None) -> None:
+        """The client closes its links to ``shards`` (all: None)."""
+        links = self._links.get(connection, {})
+        for shard in list(links) if shards is None else shards:
+            links.pop(shard, None)
 
     def submit(self, connection: Connection, request: Request, arrival: float) -> Entry | ClusterEntry:
         if type(request) is Pipeline:
@@ -152,7 +203,7 @@ class ClusterServer:
                      for index, server in enumerate(self.shards)]
             return ClusterEntry(parts, [[(index, 0) for index in range(len(parts))]], [request[0]], {}, single=True)
         shard = route(request, self.slots)
-        error = node_error(request, self.slots, shard, self.addresses)
+        error = self._error(request, shard, arrival)
         if error is None:
             return self.shards[shard].submit(self._link(connection, shard), request, arrival)
         entry = self.shards[shard].submit(self._link(connection, shard), _PLACEHOLDER, arrival)
@@ -172,7 +223,7 @@ class ClusterServer:
                     names[index] = item[0]
                     error = None
                 else:
-                    error = node_error(item, self.slots, shard, self.addresses)
+                    error = self._error(item, shard, arrival)
                 if error is not None:
                     errors[index] = CommandError(error)
                     item = _PLACEHOLDER
@@ -180,6 +231,17 @@ class ClusterServer:
                 sources[index].append((len(parts), position))
             parts.append(self.shards[shard].submit(self._link(connection, shard), Pipeline(tuple(sent)), arrival))
         return ClusterEntry(parts, sources, names, errors, single=False)
+
+    def is_down(self, shard: int, at: float) -> bool:
+        """Whether ``shard``'s node answers CLUSTERDOWN at ``at``."""
+        return at < self.writable_at[shard] or any(start <= at < end for start, end in self.down_windows)
+
+    def _error(self, request: Request, shard: int, arrival: float) -> str | None:
+        """The node's error, in cluster.c's order: CROSSSLOT, then CLUSTERDOWN, then MOVED."""
+        error = node_error(request, self.slots, shard, self.addresses)
+        if error != CROSSSLOT and self.is_down(shard, arrival):
+            return cluster_down_error(request) or error
+        return error
 
     def wait(self, connection: Connection, arrival: float, replicas: int, timeout: float) -> tuple[float, int]:
         """WAIT, as the cluster client sends it: to every primary on its own
@@ -200,3 +262,39 @@ class ClusterServer:
         error = node_error(request, self.slots, shard, self.addresses)
         return CommandError(error) if error is not None else self.shards[shard].inspect(request)
 
+
+
+# How the cluster replaces a failed primary, from redis 7.0's src/cluster.c
+# (redis/redis, clusterCron, markNodeAsFailingIfNeeded, clusterHandleSlaveFailover):
+# - clusterCron runs every 100 ms and pings a node whose last pong is older
+#   than cluster-node-timeout / 2; a node whose ping has gone unanswered for
+#   cluster-node-timeout is flagged PFAIL by the pinger;
+# - PFAIL becomes FAIL on a node that holds reports (from gossip, sent with
+#   every ping) from a majority of the primaries, and it broadcasts FAIL;
+# - the failed primary's replica, at its next cron, schedules its election
+#   at "500 ms (fixed, to let FAIL propagate) + random() % 500 + rank * 1000"
+#   (rank 0: the replica with the most recent replication offset, the one
+#   this model promotes), then asks the primaries for votes and wins in one
+#   round trip.
+# With cluster-node-timeout 1000 on redis-server 7.0.15 here, in 14 kills,
+# FAIL came 1.11-1.65 s after the SIGKILL (mean 1.42), the election was
+# scheduled 58 ms after it in one replica's log ("Start of election delayed
+# for 970 milliseconds") and won 9 ms after it started; the replica was
+# primary 1.90-2.67 s after the kill (mean 2.33). Modelled: FAIL 1.15-1.65 s
+# (mean 1.40), promotion 1.66-2.76 s (mean 2.21).
+FAIL_GOSSIP_S = 0.15      # from the ping's timeout to a majority's reports at one node (fit to the above)
+CRON_S = 0.1              # clusterCron's period: when the replica notices the FAIL
+ELECTION_FIXED_S = 0.5
+ELECTION_RANDOM_S = 0.5
+ELECTION_RANK_S = 1.0
+VOTE_S = 0.01             # the vote's round trip
+
+
+def promotion_times(node_timeout_s: float, draws: tuple[float, float, float], rank: int = 0) -> tuple[float, float]:
+    """Seconds from a primary's death to its FAIL flag, and to its replica's
+    promotion, given three uniform draws in [0, 1) (see above)."""
+    first_unanswered, cron, election = draws
+    failed = node_timeout_s + first_unanswered * node_timeout_s / 2 + FAIL_GOSSIP_S
+    promoted = (failed + cron * CRON_S + ELECTION_FIXED_S + election * ELECTION_RANDOM_S
+                + rank * ELECTION_RANK_S + VOTE_S)
+    return failed, promoted

@@ -24,6 +24,7 @@ from sim.backends.model.server import Connection, Entry, Server
 from sim.checker import Counters, Drift, check, read_counters
 from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
                         next_instruction)
+from sim.cluster import refused_whole
 from sim.commands import CommandError, ConnectionLost, Pipeline, may_write, sent_commands
 from sim.history import History
 from sim.metrics import timeline_point
@@ -70,6 +71,9 @@ class SimDriver:
         # request that reached the server is never lost (no timeout, no reset).
         self._replies_lost = "retry_applied_twice" in causes
         self._handshake = Pipeline((("PING",), *(("SCRIPT", "LOAD", script.source) for script in strategy.scripts)))
+        self._cluster = hasattr(server, "open_links")   # a Redis Cluster: one link per shard
+        if self._cluster:
+            server.handshake = self._handshake
         self.workload = Workload(trace)
         self._t = self.workload.t
         self.loop = ClientLoop(self.workload, strategy, clients, self.history, causes, lambda: self.env.now,
@@ -168,12 +172,14 @@ class SimDriver:
             raise ConnectionRefused("partitioned")
         if client.connection is None:
             yield from self._connect(client, route)
+        connection = client.connection
+        server = connection.server
+        if self._cluster:   # a link per shard, each opened, closed and refused on its own
+            yield from self._shard_links(client, connection, request, route)
         sent = env.now
         if route.fate == network.VANISH:
             yield env.timeout(self._timeout)
-            raise self._lose(client, "timeout")
-        connection = client.connection
-        server = connection.server
+            raise self._lose(client, "timeout", request)
         # The client's timer starts now; the request leaves once the shared client process got to it.
         leaves = self._driver_cpu(request) if self._driver_request else sent
         arrival = leaves + route.delay_out + self._half_rtt
@@ -191,11 +197,12 @@ class SimDriver:
             self.history.timed_out[send.operation] = True   # for a client's view of the truth
             if entry is not None and may_write(request):
                 self._unanswered.append((entry, send.operation))
-            raise self._lose(client, "timeout")
+            raise self._lose(client, "timeout", request)
         yield env.timeout(reply_at - sent)
         if entry is None:
-            if connection.incarnation != server.incarnation:
-                raise self._lose(client, "server went away")
+            if connection.incarnation != server.incarnation or (self._cluster and server.dead_links(
+                    connection, server.shards_of(request))):
+                raise self._lose(client, "server went away", request)
             return answer, None, ready
         server.advance(env.now)
         # A split brain closed the link while the request was out: it ran, its reply is lost.
@@ -204,10 +211,12 @@ class SimDriver:
             if entry.committed and may_write(request):   # it ran (a large pipeline's earlier reads, or all)
                 self.history.applied(send.operation, entry.applied_at)
             if entry.lost or closed:
-                raise self._lose(client, "server went away" if entry.lost else "connection closed")
+                raise self._lose(client, "server went away" if entry.lost else "connection closed", request)
             self.network.replies_lost[route.window] += 1
-            raise self._lose(client, "connection reset")
+            raise self._lose(client, "connection reset", request)
         reply = entry.reply
+        if self._cluster and refused_whole(reply):   # nothing ran: a cluster client tries again later
+            raise ConnectionRefused("CLUSTERDOWN")
         if type(reply) is CommandError and str(reply).startswith("NOSCRIPT"):
             self.noscript += 1
             client.connection = None  # reconnect, load the scripts, send again
@@ -224,11 +233,52 @@ class SimDriver:
         self.driver_busy += cost
         return self.driver_free
 
-    def _lose(self, client: Client, why: str) -> ConnectionLost:
-        """The reply is lost: the client drops the connection; the outcome is unknown."""
-        client.connection = None
+    def _lose(self, client: Client, why: str, request=None) -> ConnectionLost:
+        """The reply is lost: the client drops the connection (on a cluster,
+        its links to the shards the request went to); the outcome is unknown."""
+        if self._cluster and request is not None and client.connection is not None:
+            self.server.drop_links(client.connection, self.server.shards_of(request))
+        else:
+            client.connection = None
         self.history.ambiguous += 1
         return ConnectionLost(why)
+
+    def _shard_links(self, client: Client, connection: Connection, request, route: network.Route):
+        """On a cluster, before a request is sent: every shard it goes to
+        needs a live link. One the shard closed (it died) refuses the
+        request, sending nothing anywhere, and is forgotten; a missing one
+        is opened with the handshake, refused while its shard is down. A
+        request to the other shards goes on as if nothing happened (the
+        real cluster client: sim/backends/real/cluster.py)."""
+        env, cluster = self.env, connection.server
+        shards = cluster.shards_of(request)
+        if cluster.dead_links(connection, shards):
+            raise ConnectionRefused("connection closed by the server")
+        missing = cluster.missing_links(connection, shards)
+        if not missing:
+            return
+        if any(env.now < cluster.shards[shard].down_until for shard in missing):
+            yield env.timeout(2 * self._half_rtt)
+            raise ConnectionRefused("server down")
+        if route.fate == network.VANISH:   # the handshake vanishes (a blackhole): refused at the timeout
+            yield env.timeout(self._timeout)
+            raise ConnectionRefused("no answer to the handshake")
+        started = env.now
+        entries = cluster.open_links(connection, missing, started + route.delay_out + self._half_rtt)
+        reply_at = max(entry.end for entry in entries.values()) + self._half_rtt + route.delay_back
+        if reply_at - started > self._timeout:
+            cluster.drop_links(connection, missing)
+            yield env.timeout(self._timeout)
+            raise ConnectionRefused("the handshake timed out")
+        yield env.timeout(reply_at - started)
+        for shard in missing:
+            cluster.shards[shard].advance(env.now)
+        lost = [shard for shard, entry in entries.items() if entry.lost]
+        if lost:
+            cluster.drop_links(connection, lost)
+            raise ConnectionRefused("server went away during the handshake")
+        for shard in missing:
+            client.connects.append((env.now, cluster.shards[shard].name))
 
     def _connect(self, client: Client, route: network.Route):
         """Open a connection: PING and SCRIPT LOAD in one round trip; refused
@@ -247,14 +297,31 @@ class SimDriver:
             raise ConnectionRefused("no answer to the handshake")
         connection = Connection(server)
         started = env.now
-        entry = server.submit(connection, self._handshake, started + route.delay_out + self._half_rtt)
-        reply_at = entry.end + self._half_rtt + route.delay_back
+        if self._cluster:   # a link to every shard that is up (the others: when a request needs them)
+            up = [index for index, shard in enumerate(server.shards) if env.now >= shard.down_until]
+            if not up:
+                yield env.timeout(2 * self._half_rtt)
+                raise ConnectionRefused("server down")
+            entries = server.open_links(connection, up, started + route.delay_out + self._half_rtt)
+            end = max(entry.end for entry in entries.values())
+        else:
+            entry = server.submit(connection, self._handshake, started + route.delay_out + self._half_rtt)
+            end = entry.end
+        reply_at = end + self._half_rtt + route.delay_back
         if reply_at - started > self._timeout:
             yield env.timeout(self._timeout)
             raise ConnectionRefused("the handshake timed out")
         yield env.timeout(reply_at - started)
         server.advance(env.now)
-        if entry.lost:
+        if self._cluster:
+            lost = [index for index, entry in entries.items() if entry.lost]
+            server.drop_links(connection, lost)
+            if len(lost) == len(entries):
+                raise ConnectionRefused("server went away during the handshake")
+            for index in entries:
+                if index not in lost:
+                    client.connects.append((env.now, server.shards[index].name))
+        elif entry.lost:
             raise ConnectionRefused("server went away during the handshake")
         self.reconnects += 1
         self.script_loads += bool(self.strategy.scripts)

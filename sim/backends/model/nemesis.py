@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.backends.model.cluster import promotion_times
 from sim.backends.model.driver import SimDriver
 from sim.backends.model.server import REPLICA_CRON_S
 from sim.client import in_flight, strike_clients
+from sim.cluster import WRITABLE_DELAY_S, shard_slots
 from sim.faults import Fault
 from sim.nemesis import AckLog, FaultLog, Split, StallTarget, left_with_old_primary, uniform
 from sim.scenario import SentinelConfig, ServerConfig
@@ -53,41 +55,60 @@ class Nemesis:
         yield from getattr(self, fault.kind)(index, fault)
 
     # -- the server -------------------------------------------------------------
-    def _server_down(self, index: int) -> bool:
-        if self.env.now < self.server.down_until:
+    def _struck(self, index: int, fault: Fault):
+        """The server a fault strikes: the primary, or on a cluster the
+        primary of the shard its ``shard`` parameter names (recorded, with
+        its slots); and that shard (None on one server)."""
+        shards = getattr(self.driver.server, "shards", None)
+        if shards is None:
+            return self.server, None
+        shard = fault.param("shard")
+        self.log.update(index, shard=shard, slots=shard_slots(self.driver.server.slots, shard))
+        return shards[shard], shard
+
+    def _server_down(self, index: int, server=None) -> bool:
+        if self.env.now < (server or self.server).down_until:
             self.log.not_applied(index, "the server was already down")
             return True
         return False
 
     def _kill(self, index: int, keep_until: float, down_for: float, tear_bytes: int = 0,
-              replica: bool = False) -> None:
+              replica: bool = False, server=None, shard: int | None = None) -> None:
         """The primary dies now; what survives reaches back to ``keep_until``:
         on its own disk (it restarts), or on the replica promoted instead."""
         now = self.env.now
+        server = server or self.server
         self.log.struck(index, now, operations_in_flight=in_flight(self.driver.clients))
-        self._losses(index, now, keep_until)
+        self._losses(index, now, keep_until, shard)
         if replica:
-            self.server.fail_over(now, down_for, keep_until, self._preserved())
+            server.fail_over(now, down_for, keep_until, self._preserved())
         else:
             # The replicas' cron ticks fall anywhere in the second after the restart.
-            self.server.crash(now, down_for, keep_until, tear_bytes,
-                              replicas_after_s=uniform(self.seed, index, 0x5E1C) * REPLICA_CRON_S)
+            server.crash(now, down_for, keep_until, tear_bytes,
+                         replicas_after_s=uniform(self.seed, index, 0x5E1C) * REPLICA_CRON_S)
+            if shard is not None:   # a restarted cluster primary answers CLUSTERDOWN for a while
+                self.driver.server.writable_at[shard] = server.down_until + WRITABLE_DELAY_S
 
-    def _losses(self, index: int, died_at: float, keep_until: float) -> None:
-        acknowledged, confirmed = self.acks.lost(keep_until, died_at)
+    def _losses(self, index: int, died_at: float, keep_until: float, shard: int | None = None) -> None:
+        acknowledged, confirmed = self.acks.lost(keep_until, died_at, shard)
         self.log.update(index, writes_lost_s=round(died_at - keep_until, 6), acknowledged_writes_lost=acknowledged,
                         wait_confirmed_writes_lost=confirmed)
 
-    def _back_up(self, index: int):
-        yield self.env.timeout(max(0.0, self.server.down_until - self.env.now))
+    def _back_up(self, index: int, server=None):
+        server = server or self.server
+        yield self.env.timeout(max(0.0, server.down_until - self.env.now))
         self.log.ended(index, self.env.now)
 
     def server_crash(self, index: int, fault: Fault):
-        if self._server_down(index):
+        server, shard = self._struck(index, fault)
+        if self._server_down(index, server):
             return
         now = self.env.now
-        self._kill(index, self.server.persistence.survives_crash(now), fault.duration)
+        self._kill(index, server.persistence.survives_crash(now), fault.duration, server=server, shard=shard)
         self.log.update(index, promoted=False)
+        if shard is not None:
+            yield from self._back_up(index, server)
+            return
         if self.sentinel.enabled and self.server.replicas and fault.duration > self.promotion_s:
             # Sentinel finds the primary down and promotes a replica before it is back.
             yield self.env.timeout(self.promotion_s)
@@ -111,15 +132,43 @@ class Nemesis:
         server.replicas += 1
 
     def power_loss(self, index: int, fault: Fault):
-        if self._server_down(index):
+        server, shard = self._struck(index, fault) if fault.kind == "power_loss" else (self.server, None)
+        if self._server_down(index, server):
             return
         now = self.env.now
         if "lost_unfsynced" in self.driver.causes:
-            keep, tear = self.server.persistence.survives_power_loss(now), fault.param("tear_bytes")
+            keep, tear = server.persistence.survives_power_loss(now), fault.param("tear_bytes")
         else:
-            keep, tear = self.server.persistence.survives_crash(now), 0  # counterfactual: as a process crash
-        self._kill(index, keep, fault.duration, tear)
-        yield from self._back_up(index)
+            keep, tear = server.persistence.survives_crash(now), 0  # counterfactual: as a process crash
+        self._kill(index, keep, fault.duration, tear, server=server, shard=shard)
+        yield from self._back_up(index, server)
+
+    def cluster_failover(self, index: int, fault: Fault):
+        """A cluster shard's primary dies; the cluster flags it FAIL and its
+        replica wins the election when cluster.c's timing says
+        (:func:`~sim.backends.model.cluster.promotion_times`); every node
+        answers CLUSTERDOWN in between. The replica lacks the writes of the
+        last replication lag; the old primary rejoins as a replica after
+        ``duration`` (or the promotion, if later)."""
+        server, shard = self._struck(index, fault)
+        if self._server_down(index, server):
+            return
+        if not server.replicas:
+            self.log.not_applied(index, "no replica to promote (the last one was promoted)")
+            return
+        env, cluster = self.env, self.driver.server
+        now = env.now
+        draws = tuple(uniform(self.seed, index, salt) for salt in (0xFA11, 0xC205, 0xE1EC))
+        failed_s, promoted_s = promotion_times(self.config.cluster_node_timeout_ms / 1000.0, draws)
+        keep = self._replica_keeps(now, self.config.replication_lag_ms / 1000.0, server)
+        self._kill(index, keep, promoted_s, replica=True, server=server, shard=shard)
+        cluster.down_windows.append((now + failed_s, now + promoted_s))
+        self.log.update(index, failed_at=round(now + failed_s, 6))
+        server.replicas -= 1
+        yield env.timeout(promoted_s)
+        self.log.promoted(index, now, env.now, server.name)
+        self.log.ended(index, env.now)
+        env.process(self._rejoin(server, now + max(fault.duration, promoted_s)))
 
     def mid_script_power_loss(self, index: int, fault: Fault):
         """Arm the stall (sim/stall.py); when an operation reaches it, cut the
@@ -176,7 +225,8 @@ class Nemesis:
             return
         lag_ms = fault.param("lag_ms")
         now = self.env.now
-        keep = self._replica_keeps(now, (self.config.replication_lag_ms if lag_ms < 0 else lag_ms) / 1000.0)
+        keep = self._replica_keeps(now, (self.config.replication_lag_ms if lag_ms < 0 else lag_ms) / 1000.0,
+                                   self.server)
         delay = self.promotion_s if self.sentinel.enabled else fault.duration
         self._kill(index, keep, delay, replica=True)
         yield from self._back_up(index)
@@ -185,10 +235,10 @@ class Nemesis:
         else:
             self.log.promoted(index, now, self.env.now, self.server.name)
 
-    def _replica_keeps(self, died_at: float, lag_s: float) -> float:
+    def _replica_keeps(self, died_at: float, lag_s: float, server=None) -> float:
         """A replica promoted after the primary died holds its writes up to then."""
         if "lost_on_failover" in self.driver.causes:
-            return self.server.replica_has_until(died_at, lag_s)
+            return (server or self.server).replica_has_until(died_at, lag_s)
         return died_at   # counterfactual: the replica has everything
 
     def _preserved(self) -> str | None:

@@ -121,8 +121,8 @@ class RedisDeployment(Deployment):
 
 class ClusterDeployment(Deployment):
     """A Redis Cluster (sim/backends/real/cluster.py) for one strategy's run:
-    the same driver with a cluster-aware connection per client, the same
-    nemesis (client faults only so far: the scenario refuses the others)."""
+    the same driver with a cluster-aware connection per client, and the
+    nemesis with the server faults aimed at one shard (cluster_nemesis.py)."""
 
     def __init__(self, scenario: Scenario, schedule: list[Fault]) -> None:
         from sim.backends.real.cluster import ClusterServers
@@ -134,7 +134,8 @@ class ClusterDeployment(Deployment):
                                       server.appendonly, server.appendfsync, server.rdb_interval_s,
                                       min_replicas_to_write=server.min_replicas_to_write,
                                       min_replicas_max_lag=server.min_replicas_max_lag,
-                                      client_proxies=strikes_network(schedule), clients=scenario.clients.count)
+                                      client_proxies=strikes_network(schedule), clients=scenario.clients.count,
+                                      node_timeout_ms=server.cluster_node_timeout_ms)
 
     def __enter__(self) -> "ClusterDeployment":
         self.servers.__enter__()
@@ -164,9 +165,14 @@ class ClusterDeployment(Deployment):
 
     async def _run(self, strategy: Strategy, trace: Trace, progress: Progress | None):
         from sim.backends.real.cluster import ClusterRoutes
+        from sim.backends.real.cluster_nemesis import ClusterNemesis
+        from sim.cluster import SlotMap, request_shards
 
         scenario = self.scenario
         acks = AckLog(rollback_horizon(scenario.server, scenario.sentinel, self.schedule) + 1.0)
+        shards = scenario.server.cluster_primaries
+        slots = SlotMap.even(shards)
+        acks.locate = lambda request: request_shards(request, slots, shards)   # a fault on one shard counts its writes
         target = StallTarget()
         routes = await asyncio.to_thread(ClusterRoutes, self.servers)
         async with contextlib.AsyncExitStack() as stack:
@@ -177,8 +183,8 @@ class ClusterDeployment(Deployment):
                                 progress=progress, paced=scenario.run.load == "open", acks=acks, target=target,
                                 seed=trace.seed, toxics=toxics, proxies=routes.proxies(),
                                 think_s=scenario.run.think_time_ms / 1000.0)
-            nemesis = RealNemesis(driver, self.servers, toxics, routes, self.schedule, trace.seed, scenario.server,
-                                  acks, target)
+            nemesis = ClusterNemesis(driver, self.servers, toxics, routes, self.schedule, trace.seed, scenario.server,
+                                     acks, target)
             await driver.run(tuple(nemesis.coroutines()))
         return driver, nemesis, routes
 

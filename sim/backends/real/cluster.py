@@ -11,8 +11,8 @@ and every replica is synced. Every process is a
 :class:`~sim.backends.real.processes.RedisServer`, registered to be stopped
 by PID when the run ends, fails or is interrupted; the folder is removed in
 a ``finally``. In a run with network faults a toxiproxy-server is started
-too, with a proxy from each client to each primary (``client<i>-shard<j>``),
-through which that client reaches that node.
+too, with a proxy from each client to each node (``client<i>-shard<j>``, and
+``-replica<k>`` for a replica), through which that client reaches that node.
 
 Hand-written rather than redis-py's ``RedisCluster``, and why: the driver
 needs what that client hides. Each virtual client owns one raw connection
@@ -29,7 +29,10 @@ The client, :class:`ClusterConnection`, routes a request by the slot of
 its first key to the owning primary's connection, splits a pipeline by node
 (each node's part sent at once, the replies put back in order), follows
 MOVED (refreshes the slot map from CLUSTER SLOTS and sends the request once
-more) and ASK (ASKING then the request, once, on the named node).
+more) and ASK (ASKING then the request, once, on the named node). Its link
+to each node is independent of the others: a node that is down refuses the
+requests that need it, the slot map is read again from any node that
+answers (a promoted replica), and the other nodes' links stay open.
 """
 from __future__ import annotations
 
@@ -44,15 +47,17 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from sim.backends.real.connection import AsyncConnection, SyncConnection
+from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncConnection
 from sim.backends.real.processes import ProcessError, RedisServer, ToxiproxyServer, free_port, stop_process
 from sim.client import ConnectionRefused
 from sim.cluster import SlotMap, command_keys, even_split, merge_keyless, route
 from sim.commands import CommandError, Pipeline, Request
 from sim.lua import LuaScript
 
-NODE_TIMEOUT_MS = 5000   # cluster-node-timeout (Redis's default is 15 s; no failover is exercised yet)
+NODE_TIMEOUT_MS = 15000   # cluster-node-timeout: Redis's default ([server] cluster_node_timeout_ms)
 
 
 class ClusterServers:
@@ -61,8 +66,9 @@ class ClusterServers:
     def __init__(self, primaries: int = 3, replicas_per_primary: int = 1, appendonly: bool = True,
                  appendfsync: str = "everysec", rdb_interval_s: float = 60.0, keep_folder: bool = False,
                  min_replicas_to_write: int = 0, min_replicas_max_lag: int = 10,
-                 client_proxies: bool = False, clients: int = 1) -> None:
+                 client_proxies: bool = False, clients: int = 1, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
         self.primary_count = primaries
+        self.node_timeout_ms = int(node_timeout_ms)
         self.replicas_per_primary = replicas_per_primary
         self.appendonly = appendonly
         self.appendfsync = appendfsync
@@ -97,7 +103,7 @@ class ClusterServers:
         persistence = ({"appendonly": "yes", "appendfsync": self.appendfsync} if self.appendonly else
                        {"appendonly": "no", "save": f"{max(1, int(self.rdb_interval_s))} 1"})
         return {**persistence, **self.min_replicas, "cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
-                "cluster-node-timeout": str(NODE_TIMEOUT_MS)}
+                "cluster-node-timeout": str(self.node_timeout_ms)}
 
     def _node(self, name: str) -> RedisServer:
         # The cluster bus port is the client port + 10000 by default, which a
@@ -138,15 +144,21 @@ class ClusterServers:
 
     def _proxies(self) -> None:
         """A toxiproxy proxy from each client to each primary (``client<i>-shard<j>``),
-        so that a network fault strikes the links of chosen clients to every node."""
+        so that a network fault strikes the links of chosen clients to every node;
+        and to each replica (``client<i>-shard<j>-replica<k>``), which clients
+        reach once the cluster has promoted it (cluster_failover)."""
         self.toxiproxy = ToxiproxyServer(self.folder)
         self.toxiproxy.start()
         for index in range(self.client_count):
             mine = {}
             for shard, primary in enumerate(self.primaries):
-                proxy = self.toxiproxy.proxy(f"client{index}-shard{shard}", primary.address)
-                mine[primary.address] = proxy
-                self.client_proxies.append(proxy)
+                nodes = [(f"client{index}-shard{shard}", primary)] + [
+                    (f"client{index}-shard{shard}-replica{number}", replica)
+                    for number, replica in enumerate(self.replicas[shard])]
+                for name, node in nodes:
+                    proxy = self.toxiproxy.proxy(name, node.address)
+                    mine[node.address] = proxy
+                    self.client_proxies.append(proxy)
             self.proxies_of.append(mine)
 
     def client_address(self, index: int, address: str) -> str:
@@ -200,7 +212,12 @@ class ClusterServers:
         return [primary.address for primary in self.primaries]
 
     def slot_map(self) -> "ClusterMap":
-        return ClusterMap.read(self.primaries[0].address)
+        cluster = ClusterMap.read(self.primaries[0].address)
+        cluster.seeds = [node.address for node in self.nodes]
+        return cluster
+
+    def name_of(self, address: str) -> str:
+        return next((node.name for node in self.nodes if node.address == address), address)
 
 
 def _stop_node(process, patience_s: float = 3.0) -> None:
@@ -235,15 +252,22 @@ class ClusterMap:
     """The slot map as a client knows it: slot ranges -> shard, and each
     shard's primary address (``host:port``). Shared by a run's clients."""
 
-    def __init__(self, slots: SlotMap, addresses: list[str]) -> None:
+    REFRESH_S = 0.05   # after a failure, the map is read again at most this often
+
+    def __init__(self, slots: SlotMap, addresses: list[str], seeds: list[str] | None = None) -> None:
         self.slots = slots
         self.addresses = addresses
+        self.seeds = list(seeds or addresses)   # every node: where to read the map when a primary is gone
+        self._read_at = -float("inf")
 
     @classmethod
     def read(cls, address: str) -> "ClusterMap":
         """CLUSTER SLOTS of the node at ``address``."""
         host, port = address.rsplit(":", 1)
-        client = redis.Redis(host=host, port=int(port), decode_responses=True, socket_timeout=5)
+        # No retry of redis-py's own (its default backs off and tries again on a refused
+        # connection: a dead node held a thread for seconds, and the nemesis waited for one).
+        client = redis.Redis(host=host, port=int(port), decode_responses=True, socket_timeout=5,
+                             socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
         try:
             reply = client.cluster("SLOTS")
         finally:
@@ -261,6 +285,21 @@ class ClusterMap:
     def refresh(self, address: str) -> None:
         fresh = ClusterMap.read(address)
         self.slots, self.addresses = fresh.slots, fresh.addresses
+        self._read_at = time.monotonic()
+
+    def refresh_any(self) -> None:
+        """Read the map from the first node that answers (a link failed: its
+        node may be gone, its slots served by a promoted replica); at most
+        every REFRESH_S, however many clients ask."""
+        if time.monotonic() - self._read_at < self.REFRESH_S:
+            return
+        self._read_at = time.monotonic()
+        for address in [*self.addresses, *self.seeds]:
+            try:
+                self.refresh(address)
+                return
+            except (redis.RedisError, OSError):
+                continue
 
     def route(self, request: Request) -> str:
         return self.addresses[route(request, self.slots)]
@@ -290,21 +329,34 @@ def _split(request: Pipeline, route_of) -> tuple[dict[str, list[int]], list[Any]
 
 
 class ClusterConnection:
-    """One virtual client's connections to the cluster: one per primary,
-    all opened with the handshake when the client connects (a node first
-    named by a redirect: when first needed); the same face as
-    :class:`~sim.backends.real.connection.AsyncConnection`. A request that
-    needs a closed link is refused; the driver then drops them all and
-    connects again, as it does with one server's connection."""
+    """One virtual client's connections to the cluster: a link per primary,
+    each independent of the others, as a cluster client holds them; the
+    same face as :class:`~sim.backends.real.connection.AsyncConnection`.
 
-    def __init__(self, cluster: ClusterMap, reach=None, proxy_of=None) -> None:
+    ``connect`` opens a link to every primary that answers the handshake
+    (at least one must); a link to a node that did not, or to one first
+    named by a redirect or a new slot map, is opened when a request needs
+    it. A request that needs a link its node has closed (it died), or one
+    that cannot be opened (the node is down), is refused before any part
+    is sent anywhere, and that link is forgotten; the slot map is read
+    again (its slots may have a new primary). After a lost reply the driver
+    calls :meth:`discard_broken`: the links that failed are closed, the
+    others stay open, so a request to a live shard goes on while another
+    shard is down."""
+
+    def __init__(self, cluster: ClusterMap, reach=None, proxy_of=None, name_of=None) -> None:
         self.cluster = cluster
         self.reach = reach or (lambda address: address)   # a node's address -> where to connect (a proxy)
         self.proxy_of = proxy_of                          # a node's address -> the name of the proxy to it
+        self.name_of = name_of or (lambda address: address)   # a node's address -> its name (links opened)
+        self.on_link = None                               # called with a node's name when a link opens
+        self.connect_timeout: float | None = None         # a link's handshake (the driver sets the client's timeout)
         self.links: dict[str, AsyncConnection] = {}
         self.scripts: tuple[LuaScript, ...] = ()
         self.redirects = 0
         self._noscript = 0
+        self._requests = 0   # of links closed since
+        self._commands = 0
         self._timed_out = False
 
     @property
@@ -314,38 +366,92 @@ class ClusterConnection:
     @property
     def requests(self) -> int:
         """Requests and commands sent on its links (where a link counts them)."""
-        return sum(getattr(link, "requests", 0) for link in self.links.values())
+        return self._requests + sum(getattr(link, "requests", 0) for link in self.links.values())
 
     @property
     def commands(self) -> int:
-        return sum(getattr(link, "commands", 0) for link in self.links.values())
+        return self._commands + sum(getattr(link, "commands", 0) for link in self.links.values())
 
     @property
     def timed_out(self) -> bool:
         return self._timed_out or any(link.timed_out for link in self.links.values())
 
     async def connect(self, scripts: tuple[LuaScript, ...]) -> None:
-        """Connect to every primary and shake hands with each."""
+        """Open a link to every primary that answers (ConnectionRefused if none does)."""
         self.scripts = scripts
-        await asyncio.gather(*(self._link(address) for address in self.cluster.addresses))
+        results = await asyncio.gather(*(self._link(address) for address in self.cluster.addresses),
+                                       return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure
+        if len(failures) == len(results):
+            raise ConnectionRefused(str(failures[0]) or type(failures[0]).__name__)
 
     async def _link(self, address: str) -> AsyncConnection:
+        """The open link to ``address``, opened (with the handshake) if there
+        is none; ConnectionRefused, nothing sent, if it was closed by its node
+        or cannot be opened."""
         link = self.links.get(address)
-        if link is None:
-            host, port = self.reach(address).rsplit(":", 1)
-            link = AsyncConnection(host, int(port))
-            self.links[address] = link
-            await link.connect(self.scripts)
+        if link is not None:
+            if link.protocol is not None and link.protocol.lost is None:
+                return link
+            await self._forget(address)
+            await self._stale()
+            raise ConnectionRefused(str(link.protocol.lost) if link.protocol is not None else "not connected")
+        host, port = self.reach(address).rsplit(":", 1)
+        link = AsyncConnection(host, int(port))
+        try:
+            async with asyncio.timeout(self.connect_timeout):   # a handshake that vanishes (blackhole) is refused
+                await link.connect(self.scripts)
+        except (TimeoutError, HandshakeFailed, ConnectionRefused, ConnectionError, OSError,
+                asyncio.IncompleteReadError) as error:
+            await link.close()
+            await self._stale()
+            raise ConnectionRefused(str(error) or type(error).__name__) from None
+        self.links[address] = link
+        if self.on_link is not None:
+            self.on_link(self.name_of(address))
         return link
 
-    @staticmethod
-    def _all_open(links: list[AsyncConnection]) -> None:
-        """Refuse (nothing sent) if a link the request needs was closed: sending
+    async def _links(self, addresses: list[str]) -> list[AsyncConnection]:
+        """A live link to each of ``addresses`` (each opened if needed), or
+        ConnectionRefused before anything is sent on any of them: sending
         the other parts first would apply them while the client reports the
         request refused, surely not applied."""
-        for link in links:
-            if link.protocol is not None and link.protocol.lost is not None:
-                raise ConnectionRefused(str(link.protocol.lost))
+        links, refused = [], None
+        for address in addresses:
+            try:
+                links.append(await self._link(address))
+            except ConnectionRefused as error:
+                refused = refused or error
+        if refused is not None:
+            raise refused
+        return links
+
+    async def _forget(self, address: str) -> None:
+        link = self.links.pop(address, None)
+        if link is not None:
+            self._noscript += link.noscript
+            self._requests += link.requests
+            self._commands += link.commands
+            await link.close()
+
+    async def _stale(self) -> None:
+        """A node failed us: read the slot map again (it may have a new primary)."""
+        await asyncio.to_thread(self.cluster.refresh_any)
+
+    async def discard_broken(self) -> None:
+        """After a lost reply or a refusal: close the links that failed
+        (closed by their node, or timed out), keep the others."""
+        broken = [address for address, link in self.links.items()
+                  if link.timed_out or link.protocol is None or link.protocol.lost is not None]
+        lost = any(not self.links[address].timed_out for address in broken)
+        for address in broken:
+            await self._forget(address)
+        self._timed_out = False
+        if lost:
+            await self._stale()
 
     def proxies_for(self, request: Request) -> list[str]:
         """The names of the proxies a request will cross (the driver arms a
@@ -361,7 +467,8 @@ class ClusterConnection:
             addresses = set(self.cluster.addresses)
         else:
             addresses = {self.cluster.route(request)}
-        return [self.proxy_of(address) for address in sorted(addresses)]
+        names = (self.proxy_of(address) for address in sorted(addresses))
+        return [name for name in names if name is not None]
 
     def _route(self, item: Request | None) -> Any:
         if item is None:
@@ -372,11 +479,11 @@ class ClusterConnection:
         if type(request) is Pipeline:
             return await self._pipeline(request)
         if type(request) is tuple and not command_keys(request):
-            links = [await self._link(address) for address in self.cluster.addresses]
-            self._all_open(links)
+            links = await self._links(list(self.cluster.addresses))
             replies = await asyncio.gather(*(link.execute(request) for link in links))
             return merge_keyless(request[0], list(replies))
-        reply = await (await self._link(self.cluster.route(request))).execute(request)
+        (link,) = await self._links([self.cluster.route(request)])
+        reply = await link.execute(request)
         return await self._follow(request, reply)
 
     async def _follow(self, request: Request, reply: Any) -> Any:
@@ -396,8 +503,7 @@ class ClusterConnection:
     async def _pipeline(self, request: Pipeline) -> list:
         parts, names = _split(request, self._route)
         addresses = list(parts)
-        links = [await self._link(address) for address in addresses]
-        self._all_open(links)
+        links = await self._links(addresses)
         replies = await asyncio.gather(*(link.execute(Pipeline(tuple(request.commands[index]
                                                                      for index in parts[address])))
                                          for link, address in zip(links, addresses)))
@@ -415,8 +521,11 @@ class ClusterConnection:
         return out
 
     def time_out(self) -> None:
+        """The request is late: abort the links it waits on (all, if none is known)."""
         self._timed_out = True
-        for link in self.links.values():
+        waiting = [link for link in self.links.values()
+                   if link.protocol is not None and link.protocol.waiting]
+        for link in waiting or list(self.links.values()):
             link.time_out()
 
     async def close(self) -> None:
@@ -452,15 +561,27 @@ class ClusterReader:
                 by_node.setdefault(self.cluster.route(leaf), []).append(index)
         values: dict[int, list] = {}
         for address, indices in by_node.items():
-            replies = self._link(address).execute(Pipeline(tuple(leaves[index] for index in indices)))
+            try:
+                replies = self._link(address).execute(Pipeline(tuple(leaves[index] for index in indices)))
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._drop(address)
+                self.cluster.refresh_any()   # the node is gone: its slots may have a new primary
+                raise
             for index, value in zip(indices, replies):
                 values.setdefault(index, []).append(value)
+                if isinstance(value, CommandError) and str(value).startswith("CLUSTERDOWN"):
+                    raise value   # not readable yet (the caller tries again)
         answers = [merge_keyless(leaf[0], values[index]) if type(leaf) is tuple and not command_keys(leaf)
                    else values[index][0] for index, leaf in enumerate(leaves)]
         if again and any(_redirect(answer) for answer in answers):   # the map changed: read it again, once
             self.cluster.refresh(self.cluster.addresses[0])
             return self.execute(request, again=False)
         return _rebuild(shape, iter(answers))
+
+    def _drop(self, address: str) -> None:
+        link = self.links.pop(address, None)
+        if link is not None:
+            link.close()
 
     def close(self) -> None:
         for link in self.links.values():
@@ -496,11 +617,13 @@ class ClusterRoutes:
 
     def connection(self, index: int) -> ClusterConnection:
         """Client ``index``'s connection: through its proxies when the run has network faults."""
+        name_of = self.servers.name_of
         if not self.servers.proxied:
-            return ClusterConnection(self.cluster)
+            return ClusterConnection(self.cluster, name_of=name_of)
         mine = self.servers.proxies_of[index]
-        return ClusterConnection(self.cluster, lambda address: mine[address].listen,
-                                 lambda address: mine[address].name)
+        # A node with no proxy of this client's (a replica promoted since): reached directly.
+        return ClusterConnection(self.cluster, lambda address: mine[address].listen if address in mine else address,
+                                 lambda address: mine[address].name if address in mine else None, name_of)
 
     def proxies(self) -> list[list[str]]:
         """Per client, the names of its proxies (the driver arms a reset on them)."""

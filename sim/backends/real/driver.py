@@ -24,6 +24,7 @@ from sim.backends.real.toxics import Toxics
 from sim.checker import Counters, check, read_counters
 from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
                         next_instruction)
+from sim.cluster import refused_whole
 from sim.commands import CommandError, ConnectionLost
 from sim.history import History
 from sim.metrics import timeline_point
@@ -85,6 +86,7 @@ class RealDriver:
         self._start = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: dict[AsyncConnection, float] = {}   # connection -> when its request times out
+        self._cluster = hasattr(routes, "connection")   # a Redis Cluster: a link per node
 
     def now(self) -> float:
         """Seconds since the run started (history times are in these). Not the
@@ -197,6 +199,9 @@ class RealDriver:
         # A cluster's routes give each client a cluster-aware connection (sim/backends/real/cluster.py).
         factory = getattr(self.routes, "connection", None)
         connection = factory(client.index) if factory is not None else AsyncConnection(host, port)
+        if factory is not None:   # a cluster: each link that opens counts as a connection to its node
+            connection.on_link = lambda name: client.connects.append((self.now(), name))
+            connection.connect_timeout = self._timeout
         try:
             async with asyncio.timeout(self._timeout):
                 await connection.connect(self.strategy.scripts)
@@ -232,13 +237,13 @@ class RealDriver:
             self._deadlines[connection] = self._loop.time() + timeout
             reply = await connection.execute(request)
         except ConnectionRefused:
-            await self._drop(client)
+            await self._drop_failed(client)
             raise
         except CONNECTION_ERRORS as error:
             self.history.ambiguous += 1
             if connection.timed_out:   # it may still run on the server, later than the client gave up
                 self.history.timed_out[send.operation] = True
-            await self._drop(client)
+            await self._drop_failed(client)
             if reset >= 0:
                 self.network.replies_lost[reset] += 1
             raise ConnectionLost("timeout" if connection.timed_out else str(error)) from None
@@ -248,6 +253,8 @@ class RealDriver:
                 await asyncio.gather(*(self.toxics.remove(proxy, _RESET_TOXIC) for proxy in armed))
         if reset >= 0:
             self.resets_missed += 1
+        if self._cluster and refused_whole(reply):   # nothing ran: a cluster client tries again later
+            raise ConnectionRefused("CLUSTERDOWN")
         inside = _first_error(reply) if isinstance(reply, list) else None
         if _read_only(reply if inside is None else inside):
             # The node is a replica now (Sentinel demoted it): nothing was
@@ -270,6 +277,15 @@ class RealDriver:
             now = self._loop.time()
             for connection in [c for c, deadline in self._deadlines.items() if deadline < now]:
                 connection.time_out()
+
+    async def _drop_failed(self, client: Client) -> None:
+        """After a refusal or a lost reply: drop the connection, or on a
+        cluster only the links that failed (the others stay open)."""
+        discard = getattr(client.connection, "discard_broken", None)
+        if discard is not None:
+            await discard()
+        else:
+            await self._drop(client)
 
     async def _drop(self, client: Client) -> None:
         if client.connection is not None:

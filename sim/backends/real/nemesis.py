@@ -367,6 +367,11 @@ class RealNemesis:
         finally:
             probe.close()
 
+    async def cluster_failover(self, index: int, fault: Fault) -> None:
+        """On a cluster only (sim/backends/real/cluster_nemesis.py); a scenario
+        on one server is refused when it loads."""
+        self.log.not_applied(index, "a cluster_failover needs a Redis Cluster")
+
     def lead_s(self, fault: Fault) -> float:
         """How long before its time a fault starts preparing."""
         if fault.kind == "failover" and self.failover_lag_ms(fault) != self.config.replication_lag_ms:

@@ -87,6 +87,8 @@ def _take(request: Request, replies: list) -> tuple[Any, list]:
     queued_errors = [value for value in block[1:-1] if isinstance(value, CommandError)]
     exec_reply = block[-1]
     if isinstance(exec_reply, CommandError):
+        if queued_errors and str(queued_errors[0]).startswith("CLUSTERDOWN"):
+            return queued_errors[0], rest   # EXECABORT because the cluster was down: say so (sim/cluster.py)
         return exec_reply, rest
     if queued_errors and exec_reply is None:
         return queued_errors[0], rest

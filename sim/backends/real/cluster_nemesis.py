@@ -1,0 +1,170 @@
+"""The nemesis on a real Redis Cluster: the faults that strike one shard.
+
+The same schedule, parameters and effects as the simulation's nemesis
+(sim/backends/model/nemesis.py); the network and client faults are
+:class:`~sim.backends.real.nemesis.RealNemesis`'s own. A server fault
+strikes the primary of the shard its ``shard`` parameter names, and its
+record says which shard and which slots:
+
+- ``server_crash``: SIGKILL, and a restart from the same folder after
+  ``duration`` (shorter than cluster-node-timeout: the scenario sees to it,
+  so the cluster does not fail the shard over); the node loads its AOF and
+  its nodes.conf, and answers CLUSTERDOWN for its first 2 s (cluster.c's
+  CLUSTER_WRITABLE_DELAY);
+- ``power_loss``: the same, with the node's AOF cut back to its last
+  emulated fsync first (RealNemesis's sampler covers every node);
+- ``cluster_failover``: SIGKILL only; the cluster does the rest. The
+  nemesis watches (every 10 ms) another primary's ``cluster_state`` (it
+  turns ``fail`` when the dead primary is flagged FAIL: ``failed_at``) and
+  the replica's ROLE (``master``: ``promoted_at``); the old primary is
+  started again after ``duration`` (or the promotion, if later), and the
+  cluster makes it a replica of the promoted one. Clients follow by
+  themselves: a refused link makes them read the slot map again.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis
+
+from sim.backends.real.nemesis import RealNemesis
+from sim.backends.real.processes import RedisServer
+from sim.client import in_flight
+from sim.cluster import SlotMap, shard_slots
+from sim.faults import Fault
+from sim.nemesis import FSYNC_PERIOD_S
+
+_WATCH_S = 0.01          # how often the failover's progress is read
+_PROMOTION_PATIENCE = 10  # node timeouts (plus 5 s) to wait for a promotion before giving up
+
+
+class ClusterNemesis(RealNemesis):
+    """RealNemesis, with the server faults aimed at one shard of a ClusterServers."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.down_shards: set[int] = set()
+        self.slots = SlotMap.even(self.servers.primary_count)
+
+    def _struck(self, index: int, fault: Fault) -> tuple[RedisServer, int]:
+        shard = fault.param("shard")
+        self.log.update(index, shard=shard, slots=shard_slots(self.slots, shard))
+        return self.servers.primaries[shard], shard
+
+    def _shard_down(self, index: int, shard: int) -> bool:
+        if shard in self.down_shards:
+            self.log.not_applied(index, "the server was already down")
+            return True
+        return False
+
+    def _shard_losses(self, index: int, died_at: float, keep_until: float, shard: int) -> None:
+        acknowledged, confirmed = self.acks.lost(keep_until, died_at, shard)
+        self.log.update(index, writes_lost_s=round(died_at - keep_until, 6), acknowledged_writes_lost=acknowledged,
+                        wait_confirmed_writes_lost=confirmed)
+
+    def _node_last_save(self, node: RedisServer) -> float:
+        saved = node.client().lastsave().timestamp()
+        return self.driver.now() - (time.time() - saved)
+
+    async def _crash(self, index: int, fault: Fault, power: bool) -> None:
+        primary, shard = self._struck(index, fault)
+        if self._shard_down(index, shard):
+            return
+        self.down_shards.add(shard)
+        died_at = self.driver.now()
+        if not self.config.appendonly:
+            keep = await asyncio.to_thread(self._node_last_save, primary)
+        elif power and FSYNC_PERIOD_S[self.config.appendfsync]:
+            keep = self.synced.get(primary.name, (0.0, None, 0))[0]
+        else:
+            keep = died_at
+        self.log.struck(index, died_at, operations_in_flight=in_flight(self.driver.clients))
+        self._shard_losses(index, died_at, keep, shard)
+        try:
+            await asyncio.to_thread(primary.kill)
+            if power:
+                self._lose_unsynced(primary, fault.param("tear_bytes"))
+            await asyncio.sleep(max(0.0, died_at + fault.duration - self.driver.now()))
+            await asyncio.to_thread(primary.start)
+            self.log.ended(index, self.driver.now())
+        finally:
+            if not primary.running:   # the run ended while it was down: back, so that it can be read
+                await asyncio.to_thread(primary.start)
+            self.down_shards.discard(shard)
+
+    async def server_crash(self, index: int, fault: Fault) -> None:
+        await self._crash(index, fault, power=False)
+        if fault.kind == "server_crash":
+            self.log.update(index, promoted=False)
+
+    async def power_loss(self, index: int, fault: Fault) -> None:
+        await self._crash(index, fault, power=True)
+
+    async def cluster_failover(self, index: int, fault: Fault) -> None:
+        primary, shard = self._struck(index, fault)
+        if self._shard_down(index, shard):
+            return
+        replicas = [replica for replica in self.servers.replicas[shard] if replica.running]
+        if not replicas:
+            self.log.not_applied(index, "no replica to promote (the last one was promoted)")
+            return
+        self.down_shards.add(shard)
+        died_at = self.driver.now()
+        self.log.struck(index, died_at, operations_in_flight=in_flight(self.driver.clients))
+        # The replication links are direct (no lag emulated: the scenario has replication_lag_ms = 0).
+        self._shard_losses(index, died_at, died_at - self.config.replication_lag_ms / 1000.0, shard)
+        try:
+            await asyncio.to_thread(primary.kill)
+            promoted = await self._promotion(index, shard, replicas, died_at)
+            if promoted is not None:
+                self.servers.primaries[shard] = promoted
+                self.servers.replicas[shard] = [primary, *(r for r in self.servers.replicas[shard] if r is not promoted)]
+                self.log.promoted(index, died_at, self.driver.now(), promoted.name)
+                self.log.ended(index, self.driver.now())
+            await asyncio.sleep(max(0.0, died_at + fault.duration - self.driver.now()))
+            await asyncio.to_thread(primary.start)   # the cluster makes it a replica of the promoted one
+        finally:
+            if not primary.running:
+                await asyncio.to_thread(primary.start)
+            self.down_shards.discard(shard)
+
+    async def _promotion(self, index: int, shard: int, replicas: list[RedisServer],
+                         died_at: float) -> RedisServer | None:
+        """Watch the cluster until a replica of ``shard`` is its primary
+        (None if none is within the patience); record when another primary
+        first saw the cluster fail (the dead one flagged FAIL)."""
+        other = next(node for number, node in enumerate(self.servers.primaries) if number != shard)
+        watcher = other.client(socket_timeout=1.0)
+        probes = [replica.client(socket_timeout=1.0) for replica in replicas]
+        deadline = died_at + _PROMOTION_PATIENCE * self.servers.node_timeout_ms / 1000.0 + 5.0
+        failed = False
+
+        def look() -> RedisServer | None:
+            nonlocal failed
+            if not failed:
+                try:
+                    failed = watcher.cluster("INFO").get("cluster_state") == "fail"
+                except redis.RedisError:
+                    pass
+                if failed:
+                    self.log.update(index, failed_at=round(self.driver.now(), 6))
+            for replica, probe in zip(replicas, probes):
+                try:
+                    if probe.execute_command("ROLE")[0] == "master":
+                        return replica
+                except redis.RedisError:
+                    pass
+            return None
+
+        try:
+            while self.driver.now() < deadline:
+                found = await asyncio.to_thread(look)
+                if found is not None:
+                    return found
+                await asyncio.sleep(_WATCH_S)
+            return None
+        finally:
+            watcher.close()
+            for probe in probes:
+                probe.close()
