@@ -22,9 +22,8 @@ import simpy
 from sim import network
 from sim.backends.model.server import Connection, Entry, Server
 from sim.checker import Counters, Drift, check, read_counters
-from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
-                        next_instruction)
-from sim.commands import CommandError, ConnectionLost, Pipeline, may_write, sent_commands
+from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep
+from sim.commands import CommandError, ConnectionLost, Pipeline, sent_commands
 from sim.history import History
 from sim.metrics import timeline_point
 from sim.nemesis import AckLog, Split, StallTarget
@@ -136,7 +135,11 @@ class SimDriver:
         loop = self.loop.run(client, ops)
         answer: Any = None
         error: Exception | None = None
-        while (instruction := next_instruction(loop, answer, error)) is not None:
+        while True:
+            try:   # next_instruction's body: a call less per instruction
+                instruction = loop.send(answer) if error is None else loop.throw(error)
+            except StopIteration:
+                return
             answer = error = None
             kind = type(instruction)
             if kind is Send:
@@ -183,13 +186,13 @@ class SimDriver:
             timeout += request[2] / 1000.0
             entry = None
         else:
-            entry = server.submit(connection, request, arrival)
+            entry = server.submit(connection, request, arrival, send.writes)
             ready = entry.end
         reply_at = ready + self._half_rtt + route.delay_back
         if reply_at - sent > timeout and self._replies_lost:
             yield env.timeout(timeout)
             self.history.timed_out[send.operation] = True   # for a client's view of the truth
-            if entry is not None and may_write(request):
+            if entry is not None and send.writes:
                 self._unanswered.append((entry, send.operation))
             raise self._lose(client, "timeout")
         yield env.timeout(reply_at - sent)
@@ -201,7 +204,7 @@ class SimDriver:
         # A split brain closed the link while the request was out: it ran, its reply is lost.
         closed = connection.incarnation < 0 and self._replies_lost
         if entry.lost or closed or (route.fate == network.RESET and self._replies_lost):
-            if entry.committed and may_write(request):   # it ran (a large pipeline's earlier reads, or all)
+            if entry.committed and send.writes:   # it ran (a large pipeline's earlier reads, or all)
                 self.history.applied(send.operation, entry.applied_at)
             if entry.lost or closed:
                 raise self._lose(client, "server went away" if entry.lost else "connection closed")
