@@ -149,7 +149,8 @@ class Server:
             return (self.service.script + self.service.script_call * self.scripts.expected_calls(request.script)
                     + request.stall_s)
         if kind is Pipeline:
-            return sum([self._work(r) for r in request.commands])
+            command, work = self.service.command, self._work
+            return sum([command if type(r) is tuple else work(r) for r in request.commands])
         if kind is Transaction:
             return self.service.command * 2 + sum([self._work(r) for r in request.commands])
         if kind is Stall:
