@@ -112,7 +112,8 @@ def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: lis
         raise BackendRefused(f"the {target.name} backend runs one strategy at a time")
     _inherited = (target, scenario, trace, schedule, explain)
     try:
-        with multiprocessing.get_context("fork").Pool(min(jobs, len(names))) as pool:
+        # A fresh process per strategy: none inherits another's freed memory.
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(names)), maxtasksperchild=1) as pool:
             return pool.map(_run_inherited, names, chunksize=1)
     finally:
         _inherited = None
