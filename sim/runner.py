@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import signal
 import sys
 import time
 from typing import Callable, Iterable, TextIO
@@ -94,6 +95,13 @@ def run_strategy(backend: Backend, scenario: Scenario, trace: Trace, name: str, 
 _inherited: tuple | None = None
 
 
+def _quiet_worker() -> None:
+    """A worker leaves interrupts to the parent (which stops the pool) and
+    ends at the pool's SIGTERM without the command's interrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _run_inherited(name: str) -> dict:
     target, scenario, trace, schedule, explain = _inherited
     return run_strategy(target, scenario, trace, name, schedule, None, explain)
@@ -113,8 +121,12 @@ def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: lis
     _inherited = (target, scenario, trace, schedule, explain)
     try:
         # A fresh process per strategy: none inherits another's freed memory.
-        with multiprocessing.get_context("fork").Pool(min(jobs, len(names)), maxtasksperchild=1) as pool:
-            return pool.map(_run_inherited, names, chunksize=1)
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(names)), _quiet_worker,
+                                                       maxtasksperchild=1) as pool:
+            runs = pool.map(_run_inherited, names, chunksize=1)
+            pool.close()
+            pool.join()
+            return runs
     finally:
         _inherited = None
 
