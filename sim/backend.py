@@ -72,6 +72,9 @@ class BackendRefused(UsageError):
 class Backend(ABC):
     name: str
     summary: str
+    # Whether strategies' runs may go in parallel processes (`run --jobs`):
+    # they share nothing, no ports, no server processes, no files.
+    parallel_runs: bool = False
 
     def refuse(self, scenario: Scenario) -> str | None:
         """Why this backend cannot run the scenario (a topology it lacks, a

@@ -80,10 +80,13 @@ def command_run(args: argparse.Namespace) -> int:
         refusal = backends.get(args.backend).refuse(scenario)
         if refusal:
             raise UsageError(f"--backend {args.backend}: {refusal}")
+        if args.jobs > 1 and not backends.get(args.backend).parallel_runs:
+            raise UsageError(f"--jobs: the {args.backend} backend runs one strategy at a time")
         if not args.quiet:
             print(f"countdrift {__version__}: scenario {scenario.name} ({scenario.path}), seed {seed}, "
                   f"backend {args.backend}, strategies {', '.join(strategies)}", file=sys.stderr)
-        results = run_scenario(scenario, strategies, trace, None if args.quiet else stderr_progress(), args.backend)
+        results = run_scenario(scenario, strategies, trace, None if args.quiet else stderr_progress(), args.backend,
+                               jobs=args.jobs)
         trace.save(folder.partial / "trace.npz")
         results["trace"]["file"] = "trace.npz"
         write_json(folder.partial / "results.json", results)
@@ -399,6 +402,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",
                      help="sim: the SimPy model (default); redis: real redis-server and toxiproxy-server processes")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    run.add_argument("--jobs", type=positive, default=1,
+                     help="(sim) strategies run at once, each in a process of its own (no progress bars)")
     run.set_defaults(handler=command_run)
 
     trace = commands.add_parser("trace", help="generate a scenario's trace and save it")

@@ -104,12 +104,13 @@ class Send(NamedTuple):
     """Send a request; the backend answers (reply, first error reply inside
     it or None, when the server applied it), or raises ConnectionLost /
     ConnectionRefused into the loop. (operation, attempt, number) name the
-    request, for the network's dice."""
+    request, for the network's dice; ``writes``: whether it may write."""
 
     request: Any
     operation: int
     attempt: int
     number: int
+    writes: bool = False
 
 
 class Disconnect:
@@ -239,7 +240,7 @@ class ClientLoop:
                         history.spread[op] = True
                 client.sending = True   # _send's body, without a generator per request
                 try:
-                    reply, inside, applied_at = yield Send(request, op, attempt, number)
+                    reply, inside, applied_at = yield Send(request, op, attempt, number, writes)
                 finally:
                     client.sending = False
                 done += 1

@@ -2,7 +2,9 @@
 on one backend."""
 from __future__ import annotations
 
+import multiprocessing
 import resource
+import signal
 import sys
 import time
 from typing import Callable, Iterable, TextIO
@@ -26,7 +28,9 @@ ProgressFactory = Callable[[str, Trace], Progress]
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """The largest resident set of this process and of the worker processes
+    of a parallel run (`--jobs`)."""
+    return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024.0
 
 
 def stderr_progress(stream: TextIO = sys.stderr) -> ProgressFactory:
@@ -90,10 +94,54 @@ def run_strategy(backend: Backend, scenario: Scenario, trace: Trace, name: str, 
     return record
 
 
+# What the worker processes of a parallel run inherit (forked): the run's
+# backend, scenario, trace, schedule and whether to explain, so that only a
+# strategy's name goes to a worker and only its record comes back.
+_inherited: tuple | None = None
+
+
+def _quiet_worker() -> None:
+    """A worker leaves interrupts to the parent (which stops the pool) and
+    ends at the pool's SIGTERM without the command's interrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _run_inherited(name: str) -> dict:
+    target, scenario, trace, schedule, explain = _inherited
+    return run_strategy(target, scenario, trace, name, schedule, None, explain)
+
+
+def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: list[str], schedule: list[Fault],
+                   progress: ProgressFactory | None = None, explain: bool = True, jobs: int = 1) -> list[dict]:
+    """Each strategy's record, in the order named; with ``jobs`` > 1 (a
+    backend whose runs share nothing) that many strategies run at once, each
+    in a forked process of its own, without progress bars. A run's record is
+    the same either way: a run starts from nothing that another one left."""
+    global _inherited
+    if jobs <= 1 or len(names) <= 1:
+        return [run_strategy(target, scenario, trace, name, schedule, progress, explain) for name in names]
+    if not target.parallel_runs:
+        raise BackendRefused(f"the {target.name} backend runs one strategy at a time")
+    _inherited = (target, scenario, trace, schedule, explain)
+    try:
+        # A fresh process per strategy: none inherits another's freed memory.
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(names)), _quiet_worker,
+                                                       maxtasksperchild=1) as pool:
+            runs = pool.map(_run_inherited, names, chunksize=1)
+            pool.close()
+            pool.join()
+            return runs
+    finally:
+        _inherited = None
+
+
 def run_scenario(scenario: Scenario, strategies: Iterable[str] | None = None, trace: Trace | None = None,
-                 progress: ProgressFactory | None = None, backend: str = "sim", explain: bool = True) -> dict:
+                 progress: ProgressFactory | None = None, backend: str = "sim", explain: bool = True,
+                 jobs: int = 1) -> dict:
     """Run the strategies (default: the scenario's) on a trace (default: the
-    scenario's, generated with its seed), on the named backend."""
+    scenario's, generated with its seed), on the named backend, ``jobs`` at
+    once (see run_strategies)."""
     started = time.perf_counter()
     target = backends.get(backend)
     refusal = target.refuse(scenario)
@@ -102,8 +150,8 @@ def run_scenario(scenario: Scenario, strategies: Iterable[str] | None = None, tr
     if trace is None:
         trace = generate(scenario.traffic, scenario.seed)
     schedule = schedule_for(scenario, trace)
-    runs = [run_strategy(target, scenario, trace, name, schedule, progress, explain)
-            for name in (strategies or scenario.strategies)]
+    runs = run_strategies(target, scenario, trace, list(strategies or scenario.strategies), schedule, progress,
+                          explain, jobs)
     return {
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,

@@ -45,9 +45,18 @@ class Memberships:
         keys = self.user * self.n_conv + self.conv
         self._order = np.argsort(keys, kind="stable")
         self._keys = keys[self._order]
+        self._operations = (trace.user, trace.conv)
+        self._of_operations: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.conv)
+
+    def of_operations(self) -> np.ndarray:
+        """The pair of each operation of the trace, its user's in its
+        conversation (or -1): looked up once, for every truth computed."""
+        if self._of_operations is None:
+            self._of_operations = self.lookup(*self._operations)
+        return self._of_operations
 
     def lookup(self, users: np.ndarray, convs: np.ndarray) -> np.ndarray:
         """Pair index of each (user, conversation), or -1 where the user is no
@@ -103,8 +112,9 @@ def truth_ranges(trace: Trace, history: History, pairs: Memberships, at: float =
     # completed before the last completed read began (that read took effect
     # after it). It is surely unread when it began after the window ends:
     # the last completion of any read (never, while one is in flight).
+    operation_pairs = pairs.of_operations()
     reads = np.flatnonzero((trace.kind == READ) & begun)
-    r_pair = pairs.lookup(trace.user[reads], trace.conv[reads])
+    r_pair = operation_pairs[reads]
     r_start, r_comp = start[reads], complete[reads]
     done = r_comp < inf
     window_start = np.full(n_pairs, -inf)
@@ -140,7 +150,7 @@ def truth_ranges(trace: Trace, history: History, pairs: Memberships, at: float =
     in_conv = np.bincount(m_conv, minlength=pairs.n_conv)[pairs.conv]
 
     # A sender's own messages are never unread for the sender.
-    own = pairs.lookup(trace.user[messages], m_conv)
+    own = operation_pairs[messages]
     in_conv -= np.bincount(own, minlength=n_pairs)
     own_s = own[settled]
     read_own = s_comp < window_start[own_s]

@@ -23,6 +23,13 @@ def test_same_seed_same_results(small_scenario):
     assert first["runs"][0]["timeline"], "the timeline was recorded"
 
 
+def test_parallel_strategies_same_results(small_scenario):
+    """run --jobs: strategies in processes of their own give the same records, in order."""
+    scenario = load(small_scenario)
+    names = ["naive", "lua", "watch"]
+    assert strip_wall(run_scenario(scenario, names, jobs=2)) == strip_wall(run_scenario(scenario, names))
+
+
 def test_different_seeds_different_traces():
     config = TrafficConfig(users=200, messages=500)
     assert generate(config, 1).sha256() != generate(config, 2).sha256()

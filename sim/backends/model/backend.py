@@ -97,6 +97,7 @@ class SimDeployment(Deployment):
 class SimBackend(Backend):
     name = "sim"
     summary = "a SimPy model of Redis (a primary, or a Redis Cluster): no server needed, deterministic for a given seed"
+    parallel_runs = True
 
     def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
         return SimDeployment(scenario, schedule)

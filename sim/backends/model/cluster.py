@@ -195,7 +195,10 @@ class ClusterServer:
         for shard in list(links) if shards is None else shards:
             links.pop(shard, None)
 
-    def submit(self, connection: Connection, request: Request, arrival: float) -> Entry | ClusterEntry:
+    def submit(self, connection: Connection, request: Request, arrival: float,
+               writes: bool | None = None) -> Entry | ClusterEntry:
+        """Route the request to its shards (``writes``, as for one server:
+        whether it may write, when the caller knows already)."""
         if type(request) is Pipeline:
             return self._submit_pipeline(connection, request, arrival)
         if type(request) is tuple and not command_keys(request):   # to every shard
@@ -205,7 +208,7 @@ class ClusterServer:
         shard = route(request, self.slots)
         error = self._error(request, shard, arrival)
         if error is None:
-            return self.shards[shard].submit(self._link(connection, shard), request, arrival)
+            return self.shards[shard].submit(self._link(connection, shard), request, arrival, writes)
         entry = self.shards[shard].submit(self._link(connection, shard), _PLACEHOLDER, arrival)
         return ClusterEntry([entry], [[(0, 0)]], [None], {0: CommandError(error)}, single=True)
 

@@ -155,7 +155,10 @@ class ScriptEngine:
         if reply is None:
             return False
         if type(reply) is list:
-            return self._table_from([self._to_lua(item) for item in reply])
+            for item in reply:
+                if type(item) is not str and type(item) is not int:
+                    return self._table_from([self._to_lua(item) for item in reply])
+            return self._table_from(reply)   # bulk strings and integers convert as they are
         if type(reply) is Status:
             return self._table_from({"ok": str(reply)})
         return reply

@@ -149,21 +149,24 @@ class Server:
             return (self.service.script + self.service.script_call * self.scripts.expected_calls(request.script)
                     + request.stall_s)
         if kind is Pipeline:
-            return sum([self._work(r) for r in request.commands])
+            command, work = self.service.command, self._work
+            return sum([command if type(r) is tuple else work(r) for r in request.commands])
         if kind is Transaction:
             return self.service.command * 2 + sum([self._work(r) for r in request.commands])
         if kind is Stall:
             return request.seconds
         raise TypeError(f"not a Redis request: {request!r}")
 
-    def submit(self, connection: Connection, request: Request, arrival: float) -> Entry:
-        """Queue a request that reaches the server at ``arrival``.
+    def submit(self, connection: Connection, request: Request, arrival: float, writes: bool | None = None) -> Entry:
+        """Queue a request that reaches the server at ``arrival`` (``writes``:
+        whether it may write, when the caller knows already).
 
         Requests must be submitted in arrival order (the driver's clients all
         see the same network delay, so they do).
         """
         start = arrival if arrival > self.free_at else self.free_at
-        writes = may_write(request)
+        if writes is None:
+            writes = may_write(request)
         busy = self._busy(request, writes)
         end = start + busy
         self.free_at = end
@@ -197,14 +200,15 @@ class Server:
     def advance(self, now: float) -> None:
         """Commit, in order, every queued request whose service ended by ``now``."""
         queue = self.queue
+        store = self.store
         while queue and queue[0].end <= now:
             entry = queue.popleft()
-            self.store.now = entry.end
+            store.now = end = entry.end
             self._first_error = None
             entry.reply = self.run(entry.connection, entry.request)
             entry.error = self._first_error
             entry.committed = True
-            entry.applied_at = entry.end
+            entry.applied_at = end
 
     # -- faults ---------------------------------------------------------------
     def keep_history(self, seconds: float) -> None:
@@ -343,10 +347,13 @@ class Server:
     def run(self, connection: Connection, request: Request) -> Any:
         """Execute a request now; an error reply is returned as a CommandError.
         Each command, script and transaction is one unit of the AOF."""
+        if self.aof is None and not self.min_replicas_to_write:   # nothing to do around each unit
+            if type(request) is Pipeline:
+                execute = self._execute
+                return [execute(connection, r) for r in request.commands]
+            return self._execute(connection, request)
         if type(request) is Pipeline:
             return [self.run(connection, r) for r in request.commands]
-        if self.aof is None and not self.min_replicas_to_write:   # nothing to do around it
-            return self._execute(connection, request)
         if self.min_replicas_to_write:
             self.store.refusal = NOREPLICAS if self._too_few_replicas() else None
         try:
@@ -361,7 +368,9 @@ class Server:
         try:
             if kind is tuple:
                 self.requests += 1
-                return self._command(connection, request)
+                if request[0] in _CONNECTION_COMMANDS:
+                    return self._connection_command(connection, request)
+                return self.store.execute(request)
             if kind is Script:
                 self.requests += 1
                 return self.scripts.evalsha(request.script.sha, request.keys, request.args)
@@ -369,6 +378,8 @@ class Server:
                 return self._transaction(connection, request.commands)
             if kind is Stall:
                 return None
+            if kind is Pipeline:   # inside a pipeline
+                return self.run(connection, request)
         except CommandError as error:
             if self._first_error is None:
                 self._first_error = error
@@ -384,10 +395,9 @@ class Server:
         finally:
             self.requests, self.scripts.calls = requests, calls
 
-    def _command(self, connection: Connection, words: tuple) -> Any:
+    def _connection_command(self, connection: Connection, words: tuple) -> Any:
+        """WATCH, UNWATCH and SCRIPT: what the server does, not the store."""
         name = words[0]
-        if name not in _CONNECTION_COMMANDS:
-            return self.store.execute(words)
         if name == "WATCH":
             self.store.watch(connection, words[1:])
             return OK

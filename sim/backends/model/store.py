@@ -39,16 +39,28 @@ class Status(str):
 OK = Status("OK")
 
 
+# Canonical decimal texts already parsed (counters take few distinct values):
+# a dict lookup instead of int() and str() on every INCRBY and HINCRBY.
+_PARSED: dict[str, int] = {}
+_PARSED_MAX = 1 << 16
+
+
 def to_int(value: Any, error: str = NOT_INTEGER) -> int:
     """Parse an integer as Redis's string2ll does: canonical decimal text only."""
     if type(value) is int:
         return value
+    if type(value) is str:
+        number = _PARSED.get(value)
+        if number is not None:
+            return number
     try:
         number = int(value)
     except (TypeError, ValueError):
         raise CommandError(error) from None
     if str(number) != value:
         raise CommandError(error)
+    if len(_PARSED) < _PARSED_MAX:
+        _PARSED[value] = number
     return number
 
 
@@ -312,11 +324,7 @@ class Store:
         value = self._hash(key)
         if not value:
             return []
-        flat: list[str] = []
-        for field, item in value.items():
-            flat.append(field)
-            flat.append(item)
-        return flat
+        return [word for pair in value.items() for word in pair]
 
     def cmd_hvals(self, key: str) -> list[str]:
         value = self._hash(key)
