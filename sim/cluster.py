@@ -24,6 +24,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS, key_slot as _key_slot
 
 from sim.commands import CommandError, Pipeline, Request, Script, Stall, Transaction
@@ -214,8 +215,6 @@ def request_shards(request: Request, slots: SlotMap, shards: int) -> list[int]:
     return [route(request, slots)]
 
 
-def user_shards(users: int, slots: SlotMap) -> "np.ndarray":
+def user_shards(users: int, slots: SlotMap) -> np.ndarray:
     """The shard of each user's keys (all under the user's hash tag ``{u<id>}``)."""
-    import numpy as np
-
     return np.fromiter((slots.shard_of_key(f"{{u{user}}}") for user in range(users)), np.int64, users)

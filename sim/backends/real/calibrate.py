@@ -36,8 +36,6 @@ import platform
 import time
 from pathlib import Path
 
-import asyncio
-
 import numpy as np
 import uvloop
 

@@ -205,7 +205,7 @@ class SentinelProcess:
     def start(self) -> None:
         binary = find_binary("redis-sentinel", "COUNTDRIFT_REDIS_SENTINEL")
         host, port = self.address.split(":")
-        lines = [f"bind 127.0.0.1", f"port {self.port}", f"dir {self.folder}", "daemonize no",
+        lines = ["bind 127.0.0.1", f"port {self.port}", f"dir {self.folder}", "daemonize no",
                  f"logfile {self.folder / 'sentinel.log'}", f"sentinel myid {self.myid}",
                  f"sentinel monitor {self.master} {host} {port} {self.quorum}",
                  *(f"sentinel {setting} {self.master} {value}" for setting, value in self.settings.items()),
