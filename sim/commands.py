@@ -90,6 +90,18 @@ def may_write(request: Request) -> bool:
     return kind is not Stall
 
 
+def first_error(replies: list) -> CommandError | None:
+    """The first error reply inside a pipeline's or a transaction's replies."""
+    for item in replies:
+        if isinstance(item, CommandError):
+            return item
+        if isinstance(item, list):
+            found = first_error(item)
+            if found is not None:
+                return found
+    return None
+
+
 def sent_commands(request: Request) -> int:
     """Commands a client sends for the request (EVALSHA for a script,
     MULTI and EXEC around a transaction): what its own CPU handles."""

@@ -36,7 +36,7 @@ from typing import Any
 from sim.backends.model.server import Connection, Entry, Server
 from sim.cluster import (CROSSSLOT, SlotMap, cluster_down_error, command_keys, merge_keyless, node_error,
                          request_shards, route, split_pipeline)
-from sim.commands import CommandError, Pipeline, Request
+from sim.commands import CommandError, Pipeline, Request, first_error
 
 _PLACEHOLDER = ("PING",)   # what a node's time on a refused request is charged as
 
@@ -86,18 +86,7 @@ class ClusterEntry:
 
     @property
     def error(self) -> CommandError | None:
-        return _first_error(self.reply if not self.single else [self.reply])
-
-
-def _first_error(items: list) -> CommandError | None:
-    for item in items:
-        if isinstance(item, CommandError):
-            return item
-        if isinstance(item, list):
-            found = _first_error(item)
-            if found is not None:
-                return found
-    return None
+        return first_error(self.reply if not self.single else [self.reply])
 
 
 class ClusterServer:

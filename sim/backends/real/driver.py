@@ -25,7 +25,7 @@ from sim.checker import Counters, check, read_counters
 from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
                         next_instruction)
 from sim.cluster import refused_whole
-from sim.commands import CommandError, ConnectionLost
+from sim.commands import CommandError, ConnectionLost, first_error
 from sim.history import History
 from sim.metrics import timeline_point
 from sim.nemesis import AckLog, StallTarget
@@ -255,7 +255,7 @@ class RealDriver:
             self.resets_missed += 1
         if self._cluster and refused_whole(reply):   # nothing ran: a cluster client tries again later
             raise ConnectionRefused("CLUSTERDOWN")
-        inside = _first_error(reply) if isinstance(reply, list) else None
+        inside = first_error(reply) if isinstance(reply, list) else None
         if _read_only(reply if inside is None else inside):
             # The node is a replica now (Sentinel demoted it): nothing was
             # written; a Sentinel-aware client reconnects to the primary.
@@ -298,15 +298,3 @@ class RealDriver:
 
 def _read_only(reply: object) -> bool:
     return isinstance(reply, CommandError) and "READONLY" in str(reply)
-
-
-def _first_error(reply: list) -> CommandError | None:
-    """The first error reply inside a pipeline's or a transaction's replies."""
-    for item in reply:
-        if isinstance(item, CommandError):
-            return item
-        if isinstance(item, list):
-            found = _first_error(item)
-            if found is not None:
-                return found
-    return None
