@@ -62,9 +62,15 @@ def short(name: str) -> Scenario:
     return parse(path, text)
 
 
+# Kinds that strike only a Redis Cluster: their scenario is scenarios/<kind>.toml, and
+# tests/test_cluster.py compares both backends on it (a shard's failover, users per shard).
+CLUSTER_KINDS = tuple(kind for kind in FAULT_KINDS if kind.startswith("cluster_"))
+
+
 def kind_scenarios() -> list[str]:
-    return [*(f"faults_{kind}" for kind in FAULT_KINDS), "faults_torn_power_loss_with_reads",
-            "faults_torn_power_loss_without_reads"]
+    """The single-server matrix: every other kind's scenario."""
+    return [*(f"faults_{kind}" for kind in FAULT_KINDS if kind not in CLUSTER_KINDS),
+            "faults_torn_power_loss_with_reads", "faults_torn_power_loss_without_reads"]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +110,9 @@ def class_differs(cell: dict) -> bool:
 def test_every_fault_kind_has_a_scenario():
     for name in kind_scenarios():
         assert short(name).name == name
+    assert CLUSTER_KINDS == ("cluster_failover",)
+    for kind in CLUSTER_KINDS:
+        assert load(SCENARIOS / f"{kind}.toml").server.topology == "cluster"
 
 
 @pytest.mark.parametrize("name", kind_scenarios())
