@@ -361,19 +361,26 @@ def test_a_cluster_that_fails_to_start_or_a_run_that_fails_leaves_no_process(mon
     assert set(Path(tempfile.gettempdir()).glob("countdrift-cluster-*")) <= before
 
 
+def start_real_cluster_run(scenario: Path, tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
+    """`countdrift run` of lua on a real cluster, in a process of its own,
+    once its 6 redis-servers are up: the process and their PIDs."""
+    run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(scenario), "--backend", "redis",
+                            "--strategies", "lua", "-q", "--out", str(tmp_path / "out")], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    servers: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(servers) < 6 and time.monotonic() < deadline and run.poll() is None:
+        servers.update(pid for pid, _ in children(run.pid, ("redis-server",)))
+        time.sleep(0.01)
+    assert len(servers) == 6, servers
+    return run, servers
+
+
 @pytest.mark.redis
 def test_an_interrupted_cluster_run_leaves_no_server(tmp_path):
     folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
     for signum in (signal.SIGINT, signal.SIGTERM):
-        run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(CLUSTER_QUICK), "--backend", "redis",
-                                "--strategies", "lua", "-q", "--out", str(tmp_path / "out")], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        servers: set[int] = set()
-        deadline = time.monotonic() + 30
-        while len(servers) < 6 and time.monotonic() < deadline and run.poll() is None:
-            servers.update(pid for pid, _ in children(run.pid, ("redis-server",)))
-            time.sleep(0.01)
-        assert len(servers) == 6, servers
+        run, servers = start_real_cluster_run(CLUSTER_QUICK, tmp_path)
         time.sleep(0.5 if signum == signal.SIGINT else 3.0)   # while it starts, and while it runs
         run.send_signal(signum)
         _, err = run.communicate(timeout=60)
@@ -728,15 +735,8 @@ def test_a_run_interrupted_during_a_failover_leaves_no_server(tmp_path):
     promoted (the nemesis starts the old one again as it stops): every one
     of the 6 servers, and any restarted since, is gone, and its folder."""
     folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
-    run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(ROOT / "scenarios" / "cluster_failover.toml"),
-                            "--backend", "redis", "--strategies", "lua", "-q", "--out", str(tmp_path / "out")],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    servers: set[int] = set()
+    run, servers = start_real_cluster_run(ROOT / "scenarios" / "cluster_failover.toml", tmp_path)
     deadline = time.monotonic() + 30
-    while len(servers) < 6 and time.monotonic() < deadline and run.poll() is None:
-        servers.update(pid for pid, _ in children(run.pid, ("redis-server",)))
-        time.sleep(0.01)
-    assert len(servers) == 6, servers
     # The cluster joins, the run starts, the fault kills shard 1's primary 1 s into it: wait for that,
     # then interrupt half a second later (the promotion comes 1.6 s or more after the kill).
     while all(alive(pid) for pid in servers) and time.monotonic() < deadline and run.poll() is None:
