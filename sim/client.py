@@ -35,6 +35,9 @@ class ClientConfig:
     # backend's driver (one Python process) on this machine.
     driver_request_us: float = 0.0
     driver_command_us: float = 0.0
+    # What a reply costs that process on top when it finds it idle (waking up
+    # from its wait for the network): busy, replies are picked up on the way.
+    driver_wake_us: float = 0.0
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1, 2, ...)."""

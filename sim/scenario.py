@@ -29,8 +29,9 @@ class ScenarioError(ValueError):
 CALIBRATION = Path(__file__).with_name("calibration.toml")   # the committed one (see its header)
 SERVICE_KEYS = ("request_us", "command_us", "script_us", "script_call_us", "fsync_always_us")
 # The redis backend's driver on the calibrated machine: its loopback round
-# trip, and its CPU per request and per command (`countdrift capacity --model-driver`).
-DRIVER_KEYS = ("rtt_us", "request_us", "command_us")
+# trip, its CPU per request and per command, and what waking up costs it and
+# the server (`countdrift capacity --model-driver`).
+DRIVER_KEYS = ("rtt_us", "request_us", "command_us", "wake_us", "server_wake_us")
 
 
 def load_calibration(path: Path, section: str = "server", keys: tuple[str, ...] = SERVICE_KEYS) -> dict[str, float]:
@@ -64,6 +65,9 @@ class ServerConfig:
     script_us: float = _DEFAULT_SERVICE["script_us"]
     script_call_us: float = _DEFAULT_SERVICE["script_call_us"]
     fsync_always_us: float = _DEFAULT_SERVICE["fsync_always_us"]
+    # What a request that finds the server idle costs it on top (the process
+    # waking up): 0, except when `countdrift capacity --model-driver` models this machine.
+    wake_us: float = 0.0
     appendonly: bool = True
     appendfsync: str = "everysec"
     rdb_interval_s: float = 60.0
@@ -170,7 +174,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "clients.count": (1, 100_000), "clients.rtt_ms": (0.000001, 60_000), "clients.timeout_ms": (0.001, 3_600_000),
     "clients.retries": (0, 1000), "clients.backoff_ms": (0, 3_600_000), "clients.max_backoff_ms": (0, 3_600_000),
     "clients.wait_timeout_ms": (0, 3_600_000), "clients.driver_request_us": (0, 1_000_000),
-    "clients.driver_command_us": (0, 1_000_000),
+    "clients.driver_command_us": (0, 1_000_000), "clients.driver_wake_us": (0, 1_000_000),
+    "server.wake_us": (0, 1_000_000),
     "server.request_us": (0, 1_000_000), "server.command_us": (0, 1_000_000), "server.script_us": (0, 1_000_000),
     "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
     "server.min_replicas_to_write": (0, 5), "server.min_replicas_max_lag": (1, 3600),

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from sim.backends.real.calibrate import DRIVER_TRAFFIC, driver_toml, measure_driver, measure_ping, round_trip_us
+from sim.backends.real.calibrate import DRIVER_TRAFFIC, driver_toml, measure_driver, idle_costs, measure_ping
 from sim.scenario import DRIVER_KEYS, load_calibration
 
 
-def test_the_round_trip_is_what_the_model_does_not_charge():
+def test_one_clients_ping_splits_into_loaded_cpu_waking_up_and_the_loopback():
     ping = {"wall_us": 60.0, "driver_cpu_us": 30.0, "server_cpu_us": 20.0}
     driver = {"request_us": 15.0, "command_us": 1.0}
     server = {"request_us": 7.0, "command_us": 0.5}
-    assert round_trip_us(ping, driver, server) == 36.5
-    assert round_trip_us({**ping, "wall_us": 10.0}, driver, server) == 0.0
+    idle = idle_costs(ping, driver, server)
+    assert idle == {"rtt_us": 10.0, "wake_us": 14.0, "server_wake_us": 12.5}
+    # the model charges one client's PING all of its wall time: loaded CPU, waking up, the loopback
+    assert idle["rtt_us"] + idle["wake_us"] + idle["server_wake_us"] + 16.0 + 7.5 == ping["wall_us"]
+    # a side that costs no more idle than under load has nothing to wake
+    assert idle_costs({**ping, "wall_us": 40.0, "driver_cpu_us": 10.0}, driver, server)["wake_us"] == 0.0
 
 
 @pytest.mark.redis
@@ -32,4 +36,4 @@ def test_the_driver_calibration_fits_its_runs(tmp_path):
     path = tmp_path / "calibration.toml"
     path.write_text(driver_toml(ping, driver, {"request_us": 7.0, "command_us": 0.5}))
     written = load_calibration(path, "driver", DRIVER_KEYS)
-    assert written["request_us"] == driver["request_us"] and written["rtt_us"] >= 0.0
+    assert written["request_us"] == driver["request_us"] and all(written[key] >= 0.0 for key in DRIVER_KEYS)

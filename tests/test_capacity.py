@@ -104,6 +104,49 @@ def test_a_modelled_driver_bounds_the_simulated_capacity(tmp_path):
     assert most * 0.8 < bound["throughput_ops_per_s"] <= most * 1.01
 
 
+def test_waking_up_costs_an_idle_process_and_load_amortizes_it(tmp_path):
+    """One client leaves the driver and the server idle between requests:
+    each pays its wake-up, in CPU and in latency. Sixteen keep the driver
+    busy: its wake-ups are gone, and the throughput is what its CPU per
+    request allows, as without them."""
+    from sim.backends.model.server import Server, ServiceTimes
+
+    server = Server(ServiceTimes(request=10e-6, command=0.0, wake=5e-6))
+    first = server.submit(_connection(server), ("PING",), 0.0)
+    queued = server.submit(_connection(server), ("PING",), 0.0)   # found it busy
+    soon = server.submit(_connection(server), ("PING",), queued.end + 3e-6)   # idle too briefly to sleep
+    later = server.submit(_connection(server), ("PING",), soon.end + 1e-3)
+    assert [round((entry.end - entry.start) * 1e6, 3) for entry in (first, queued, soon, later)] == [10, 10, 10, 15]
+    assert round(server.busy_s * 1e6, 3) == 45
+
+    scenario = parse(tmp_path / "small.toml", SMALL_SCENARIO)
+
+    def run(clients, wake_us):
+        modelled = dataclasses.replace(
+            closed_loop(scenario, clients),
+            clients=dataclasses.replace(scenario.clients, count=clients, rtt_ms=0.01, driver_request_us=20.0,
+                                        driver_wake_us=wake_us),
+            server=dataclasses.replace(scenario.server, replicas=0, wake_us=wake_us))
+        return run_scenario(modelled, ["lua"], explain=False)["runs"][0]
+
+    alone, woken = run(1, 0.0), run(1, 15.0)
+    assert woken["throughput_ops_per_s"] < alone["throughput_ops_per_s"] * 0.8
+
+    def cpu_us_per_operation(run, share):
+        return run[share] / run["throughput_ops_per_s"] * 1e6
+
+    for share in ("driver_cpu_share", "server_cpu_share"):   # a wake-up at each request at least (15 us)
+        assert cpu_us_per_operation(woken, share) > cpu_us_per_operation(alone, share) + 14, share
+    busy, busy_woken = run(16, 0.0), run(16, 15.0)
+    assert busy_woken["driver_cpu_share"] > 0.95
+    assert busy_woken["throughput_ops_per_s"] > busy["throughput_ops_per_s"] * 0.95
+
+
+def _connection(server):
+    from sim.backends.model.server import Connection
+    return Connection(server)
+
+
 def test_model_driver_reads_the_calibrations_driver_section(tmp_path, capsys):
     from sim.scenario import CALIBRATION, DRIVER_KEYS, load_calibration
 

@@ -83,6 +83,7 @@ class SimDriver:
         # The clients' shared process, when modelled: a FIFO CPU every request passes through.
         self._driver_request = clients.driver_request_us / 1e6
         self._driver_command = clients.driver_command_us / 1e6
+        self._driver_wake = clients.driver_wake_us / 1e6
         self.driver_free = 0.0
         self.driver_busy = 0.0   # seconds of the shared process's CPU
         self._timeout = clients.timeout_ms / 1000.0
@@ -174,6 +175,8 @@ class SimDriver:
                     error = lost
             elif kind is Sleep:
                 yield env.timeout(instruction.seconds)
+                if self._driver_wake:   # the timer wakes the shared process, as a reply does
+                    yield from self._wake()
             else:
                 client.connection = None
 
@@ -223,6 +226,8 @@ class SimDriver:
                 self._unanswered.append((entry, send.operation))
             raise self._lose(client, "timeout", request)
         yield env.timeout(reply_at - sent)
+        if self._driver_wake:
+            yield from self._wake()
         if entry is None:
             if connection.incarnation != server.incarnation or (self._cluster and server.dead_links(
                     connection, server.shards_of(request))):
@@ -246,6 +251,15 @@ class SimDriver:
             client.connection = None  # reconnect, load the scripts, send again
             return (yield from self._request(client, send))
         return reply, entry.error, entry.end
+
+    def _wake(self):
+        """A reply or a timer finds the shared process: if it has been idle
+        longer than waking up takes, it went to sleep and wakes up first."""
+        now = self.env.now
+        if now > self.driver_free:
+            self.driver_free = now + self._driver_wake
+            self.driver_busy += self._driver_wake
+            yield self.env.timeout(self._driver_wake)
 
     def _driver_cpu(self, request) -> float:
         """When the shared client process has encoded and sent the request

@@ -59,6 +59,11 @@ class ServiceTimes:
     script: float = 3e-6         # each script it runs, beyond a command
     script_call: float = 0.5e-6  # each redis.call the script makes
     fsync_always: float = 0.0    # a write's wait for the fsync under appendfsync always
+    # A request that finds the server idle for longer than this: the process
+    # wakes up first, at this cost. Measured with redis-benchmark's PING: one
+    # client (the server idle 30 us between requests) cost the server 23.1 us
+    # each, four (idle about 4 us) 8.0 us, fifty 7.1 us.
+    wake: float = 0.0
 
 
 class Connection:
@@ -164,10 +169,15 @@ class Server:
         Requests must be submitted in arrival order (the driver's clients all
         see the same network delay, so they do).
         """
-        start = arrival if arrival > self.free_at else self.free_at
         if writes is None:
             writes = may_write(request)
         busy = self._busy(request, writes)
+        if arrival > self.free_at:
+            start = arrival
+            if arrival - self.free_at > self.service.wake:   # idle long enough to have gone to sleep
+                busy += self.service.wake
+        else:
+            start = self.free_at
         end = start + busy
         self.free_at = end
         self.busy_s += busy

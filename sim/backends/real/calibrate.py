@@ -24,9 +24,13 @@ that the simulation can model it (`countdrift capacity --model-driver`):
   system) per request and per command it sends, fitted by least squares over
   closed-loop runs of four strategies (different mixes of requests and
   commands) on the direct path, at 32 clients, where the driver is busy;
-- ``rtt_us``: the loopback round trip neither side's CPU accounts for (the
-  kernel, waking up): one client's PING wall time less the driver's and the
-  server's CPU per PING.
+- ``wake_us`` and ``server_wake_us``: what one client's PING costs the
+  driver's and the server's CPU beyond what it costs them under load (the
+  fitted ``request_us + command_us``, and ``[server]``'s): a process that
+  waits for the network pays this to wake up for each message, a busy one
+  finds messages waiting;
+- ``rtt_us``: the rest of one client's PING wall time, neither side's CPU:
+  the kernel's loopback.
 """
 from __future__ import annotations
 
@@ -151,13 +155,17 @@ def measure_ping() -> dict:
             "server_cpu_us": round(server * 1e6, 3)}
 
 
-def round_trip_us(ping: dict, driver: dict, server: dict) -> float:
-    """What one client's PING takes beyond the CPU the model charges it (the
-    driver's and the server's, as fitted under load): the kernel's loopback,
-    and each side waking up for one request, which load amortizes. With it
-    the model gives one client the PING time measured."""
-    charged = driver["request_us"] + driver["command_us"] + server["request_us"] + server["command_us"]
-    return round(max(ping["wall_us"] - charged, 0.0), 3)
+def idle_costs(ping: dict, driver: dict, server: dict) -> dict[str, float]:
+    """One client's PING split as the model charges it: each side's CPU
+    under load, what each side spends waking up beyond it, and the loopback
+    that neither side's CPU accounts for. With them the model gives one
+    client the PING time measured, and a loaded driver and server the costs
+    fitted under load."""
+    driver_loaded = driver["request_us"] + driver["command_us"]
+    server_loaded = server["request_us"] + server["command_us"]
+    return {"rtt_us": round(max(ping["wall_us"] - ping["driver_cpu_us"] - ping["server_cpu_us"], 0.0), 3),
+            "wake_us": round(max(ping["driver_cpu_us"] - driver_loaded, 0.0), 3),
+            "server_wake_us": round(max(ping["server_cpu_us"] - server_loaded, 0.0), 3)}
 
 
 def measure_driver(traffic: str = DRIVER_TRAFFIC, strategies: tuple[str, ...] = tuple(STRATEGIES)) -> dict:
@@ -206,13 +214,15 @@ DRIVER_HEADER = "# the redis backend's driver"
 
 
 def driver_toml(ping: dict, driver: dict, server: dict) -> str:
+    idle = idle_costs(ping, driver, server)
     lines = [f"{DRIVER_HEADER} (one Python process, every client), measured by `countdrift calibrate`,",
              f"# {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: "
              "`countdrift capacity --model-driver` models it in the simulation", "[driver]",
-             f"rtt_us = {round_trip_us(ping, driver, server)}", f"request_us = {driver['request_us']}",
+             *(f"{key} = {value}" for key, value in idle.items()), f"request_us = {driver['request_us']}",
              f"command_us = {driver['command_us']}", "",
-             f"# rtt_us: one client's PING took {ping['wall_us']} us (the driver's CPU {ping['driver_cpu_us']} us, "
-             f"the server's {ping['server_cpu_us']}), less the CPU the model charges a PING",
+             f"# one client's PING took {ping['wall_us']} us: the driver's CPU {ping['driver_cpu_us']} us, the "
+             f"server's {ping['server_cpu_us']} us; wake_us and server_wake_us are what each spent beyond a PING's "
+             "cost under load, rtt_us the rest",
              f"# request_us, command_us: the driver's CPU, least squares over closed-loop runs of every strategy "
              f"({DRIVER_CLIENTS} clients, direct path):",
              f"# {'strategy':<16}{'requests':>10}{'commands':>10}{'cpu s':>9}{'fitted s':>10}{'ops/s':>9}"]

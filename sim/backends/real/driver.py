@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol
 import redis.exceptions
 
 from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncConnection
+from sim.backends.real.timer import FineTimer
 from sim.backends.real.toxics import Toxics
 from sim.checker import Counters, check, read_counters
 from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
@@ -85,6 +86,7 @@ class RealDriver:
         self._timeout = config.timeout_ms / 1000.0
         self._start = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: FineTimer | None = None   # the clients' sleeps (uvloop's timers count whole ms)
         self._deadlines: dict[AsyncConnection, float] = {}   # connection -> when its request times out
         self._cluster = hasattr(routes, "connection")   # a Redis Cluster: a link per node
 
@@ -99,6 +101,7 @@ class RealDriver:
         """Run the trace to its end; ``background`` coroutines (the nemesis)
         run beside it and are cancelled at the end (they undo what they did)."""
         self._loop = asyncio.get_running_loop()
+        self._timer = FineTimer(self._loop)
         self._start = time.perf_counter() + 0.05
         n_ops = len(self.workload)
         clients = [asyncio.create_task(self._client(client, range(client.index, n_ops, len(self.clients))))
@@ -121,8 +124,11 @@ class RealDriver:
                     ticker.cancel()
                 # Its last points are due by now: it takes them once the nemesis has healed the server.
                 results.append((await asyncio.gather(ticker, return_exceptions=True))[0])
-            for client in self.clients:
-                await self._drop(client)
+            try:
+                for client in self.clients:
+                    await self._drop(client)
+            finally:
+                self._timer.close()
         failures = [result for result in results if isinstance(result, Exception)
                     and not isinstance(result, asyncio.CancelledError)]
         if failures:
@@ -190,7 +196,7 @@ class RealDriver:
                 except ConnectionLost as lost:
                     error = lost
             elif kind is Sleep:
-                await asyncio.sleep(instruction.seconds)
+                await self._timer.sleep(instruction.seconds)
             else:
                 await self._drop(client)
 
