@@ -203,3 +203,16 @@ def test_wait_narrows_the_failover_loss_and_costs_latency():
     assert 0 <= lost(waiting) < lost(without)
     assert waiting["options"]["wait_replicas"] == 1
     assert waiting["latency_ms"]["p50"] > 10 * without["latency_ms"]["p50"]
+
+
+def test_lua_repair_is_replayed_without_its_repair_only_when_something_could_corrupt():
+    """Without a fault or a failed request lua_repair is atomic and exact:
+    there is nothing for its repair to fix, so no replay (a whole run) asks."""
+    from sim.causes import relevant
+    from sim.faults import Fault
+
+    crash = [Fault(kind="client_crash", at=1.0, duration=0.1)]
+    assert relevant("lua_repair", [], 0, 0, False) == []
+    assert relevant("lua_repair", [], 3, 0, False) == ["gave_up", "repaired"]   # timeouts under overload
+    assert relevant("lua_repair", crash, 0, 0, False) == ["repaired"]
+    assert relevant("lua", crash, 0, 0, False) == []
