@@ -38,6 +38,8 @@ CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same slot"
 CLUSTERDOWN = "CLUSTERDOWN The cluster is down"
 WRITABLE_DELAY_S = 2.0
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
+# A request on several keys of a slot being migrated, not all of them on the node.
+TRYAGAIN = "TRYAGAIN Multiple keys request during rehashing of slot"
 
 # Commands with no key: they go to every node (PING, SCRIPT LOAD) or are
 # gathered from all (KEYS, DBSIZE).
@@ -60,6 +62,18 @@ def command_keys(words: tuple) -> tuple:
     if name in ALL_KEYS:
         return tuple(words[1:])
     return (words[1],) if len(words) > 1 else ()
+
+
+def request_keys(request: Request) -> list:
+    """The keys of a command, a script or a transaction, in order."""
+    kind = type(request)
+    if kind is tuple:
+        return list(command_keys(request))
+    if kind is Script:
+        return list(request.keys)
+    if kind is Transaction:
+        return [key for command in request.commands for key in request_keys(command)]
+    return []
 
 
 def request_slots(request: Request) -> list[int]:
@@ -114,6 +128,17 @@ class SlotMap:
 
     def shard_of_key(self, key: Any) -> int | None:
         return self.shard_of(key_slot(key))
+
+    def give(self, slot: int, shard: int) -> None:
+        """CLUSTER SETSLOT <slot> NODE: the slot is the shard's from now on."""
+        ranges = []
+        for first, last, owner in self.ranges:
+            if first <= slot <= last and owner != shard:
+                ranges += [(first, slot - 1, owner), (slot, slot, shard), (slot + 1, last, owner)]
+            else:
+                ranges.append((first, last, owner))
+        self.ranges = [(first, last, owner) for first, last, owner in ranges if first <= last]
+        self.__post_init__()
 
 
 def route(request: Request, slots: SlotMap, default: int = 0) -> int:
@@ -198,6 +223,35 @@ def refused_whole(reply: Any) -> bool:
     if isinstance(reply, list):
         return bool(reply) and all(refused_whole(item) for item in reply)
     return isinstance(reply, CommandError) and str(reply).startswith("CLUSTERDOWN")
+
+
+def asked(reply: Any) -> bool:
+    """Whether a reply (or an item of a pipeline's) is an ASK redirection."""
+    if isinstance(reply, list):
+        return any(asked(item) for item in reply)
+    return isinstance(reply, CommandError) and str(reply).startswith("ASK ")
+
+
+def asking(request: Request) -> Request | None:
+    """The request an ASKING pipeline carries to the node an ASK named (None: not one)."""
+    if type(request) is Pipeline and len(request.commands) == 2 and request.commands[0] == ("ASKING",):
+        return request.commands[1]
+    return None
+
+
+def migrating_slots(users: int, slots: SlotMap, shard: int, count: int) -> list[int]:
+    """The slots a ``slot_migration`` moves off ``shard``: those of its
+    users' hash tags, lowest user id first, ``count`` of them (fewer if the
+    shard holds fewer users), so that each carries traffic. Both backends
+    move the same ones."""
+    chosen: list[int] = []
+    for user in range(users):
+        slot = key_slot(f"{{u{user}}}")
+        if slots.shard_of(slot) == shard and slot not in chosen:
+            chosen.append(slot)
+            if len(chosen) == count:
+                break
+    return chosen
 
 
 def shard_slots(slots: SlotMap, shard: int) -> str:

@@ -149,6 +149,19 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                "failed_at": "when the cluster flagged the primary FAIL (every node answered CLUSTERDOWN from "
                             "then until the promotion), in run seconds",
                **_WHERE}),
+    FaultSpec("slot_migration",
+              "live resharding while traffic flows: `slots` slots of a shard (those of its lowest-numbered "
+              "users) are marked MIGRATING there and IMPORTING on `to_shard`, then each slot's keys move "
+              "(MIGRATE) and the slot is given to `to_shard` (CLUSTER SETSLOT NODE), one after the other at an "
+              "even pace; meanwhile a request for an open slot is served where all of its keys are, and gets "
+              "ASK (the client follows it with ASKING) or TRYAGAIN (some of its keys moved) (needs topology "
+              "cluster)",
+              "how long the migration takes, from opening the slots to the last one's move", 2.0,
+              (Param("shard", int, "shard", 0, 0, 15, "the shard the slots leave (below server.cluster_primaries)"),
+               Param("to_shard", int, "shard", 1, 0, 15, "the shard they go to (another one)"),
+               Param("slots", int, "slots", 16, 1, 16384, "how many slots move")),
+              {"shard": "the shard the slots left", "to_shard": "the shard they went to",
+               "slots": "the slots moved, comma-separated", "keys_moved": "keys MIGRATE moved"}),
     FaultSpec("partition", "clients are cut from the primary: connections refused and reset",
               "how long the partition lasts", 1.0, network=True),
     FaultSpec("latency", "added network delay and jitter on every request, each way",

@@ -155,8 +155,9 @@ TOPOLOGIES = ("single", "cluster")
 # their `shard` parameter names); mid_script_power_loss, failover and
 # split_brain strike "the primary", which is not modelled on a cluster.
 CLUSTER_FAULTS = ("client_crash", "client_pause", "partition", "latency", "reset_peer", "blackhole",
-                  "server_crash", "power_loss", "cluster_failover")
-SHARD_FAULTS = ("server_crash", "power_loss", "cluster_failover")
+                  "server_crash", "power_loss", "cluster_failover", "slot_migration")
+SHARD_FAULTS = ("server_crash", "power_loss", "cluster_failover", "slot_migration")
+CLUSTER_ONLY_FAULTS = ("cluster_failover", "slot_migration")
 LOADS = ("open", "closed")
 # Bounds of a fault's timing: seconds, and faults per minute.
 FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}
@@ -302,9 +303,10 @@ def parse(path: Path, text: str) -> Scenario:
         _check_cluster(path, tables["server"], sentinel, kinds)
         _check_shards(path, server, faults, rates)
     else:
-        if "cluster_failover" in kinds:
-            raise ScenarioError(f"{path}: fault kind cluster_failover needs a Redis Cluster: set 'server.topology' "
-                                f"to \"cluster\" (one server: use failover)")
+        for kind in sorted(kinds & set(CLUSTER_ONLY_FAULTS)):
+            instead = " (one server: use failover)" if kind == "cluster_failover" else ""
+            raise ScenarioError(f"{path}: fault kind {kind} needs a Redis Cluster: set 'server.topology' "
+                                f"to \"cluster\"{instead}")
         for where, fault in _numbered(faults, rates):
             if fault.params.get("shard", 0):
                 raise ScenarioError(f"{path}: key '{where}.params.shard' is for topology = \"cluster\"; one "
@@ -357,7 +359,9 @@ def _check_shards(path: Path, server: ServerConfig, faults: tuple, rates: tuple)
             raise ScenarioError(f"{path}: key '{where}.params.shard' is {shard}, but the cluster has "
                                 f"{server.cluster_primaries} shard(s) (server.cluster_primaries): 0 to "
                                 f"{server.cluster_primaries - 1}")
-        if fault.kind == "cluster_failover":
+        if fault.kind == "slot_migration":
+            _check_migration(path, where, server, fault)
+        elif fault.kind == "cluster_failover":
             if server.cluster_replicas_per_primary < 1:
                 raise ScenarioError(f"{path}: {where}: a cluster_failover needs a replica to promote: set "
                                     f"'server.cluster_replicas_per_primary' to 1 or more")
@@ -370,6 +374,24 @@ def _check_shards(path: Path, server: ServerConfig, faults: tuple, rates: tuple)
                                 f"'server.cluster_node_timeout_ms' ({server.cluster_node_timeout_ms:g} ms): a "
                                 f"primary down that long is failed over by the cluster: schedule a "
                                 f"cluster_failover instead")
+    migrations = sorted((fault.at, fault.end, where) for where, fault in _numbered(faults, ())
+                        if fault.kind == "slot_migration")
+    for (_, end, first), (at, _, second) in zip(migrations, migrations[1:]):
+        if at < end:
+            raise ScenarioError(f"{path}: {second} starts at {at:g} s, before {first} ends ({end:g} s): one "
+                                f"slot_migration at a time")
+
+
+def _check_migration(path: Path, where: str, server: ServerConfig, fault: Fault | FaultRate) -> None:
+    """A slot migration goes to another shard of the cluster, and is scheduled:
+    one at a time (the harness's migration of a slot is not interleaved with another's)."""
+    if isinstance(fault, FaultRate):
+        raise ScenarioError(f"{path}: {where}: slot_migration cannot be drawn at a rate (two would overlap): "
+                            f"schedule it in [[faults]]")
+    source, target = fault.params.get("shard", 0), fault.param("to_shard")
+    if target >= server.cluster_primaries or target == source:
+        raise ScenarioError(f"{path}: key '{where}.params.to_shard' is {target}: it must be another shard than "
+                            f"'shard' ({source}), below 'server.cluster_primaries' ({server.cluster_primaries})")
 
 
 def _fault(path: Path, where: str, table: Any, kind_of: type) -> Fault | FaultRate:

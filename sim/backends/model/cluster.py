@@ -33,8 +33,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sim.backends.model.migration import SlotMigration
 from sim.backends.model.server import Connection, Entry, Server
-from sim.cluster import (CROSSSLOT, SlotMap, cluster_down_error, command_keys, merge_keyless, node_error,
+from sim.cluster import (CROSSSLOT, SlotMap, asking, cluster_down_error, command_keys, merge_keyless, node_error,
                          request_shards, route, split_pipeline)
 from sim.commands import CommandError, Pipeline, Request, first_error
 
@@ -107,6 +108,7 @@ class ClusterServer:
         # the windows), and a restarted primary until it is writable again (per shard).
         self.down_windows: list[tuple[float, float]] = []
         self.writable_at = [-math.inf] * len(shards)
+        self.migration: SlotMigration | None = None   # slots on the move (the slot_migration fault)
 
     # -- what the driver and the checker read -------------------------------------
     @property
@@ -152,8 +154,16 @@ class ClusterServer:
 
     # -- each client's links, one per shard, independent of each other ------------------
     def shards_of(self, request: Request) -> list[int]:
-        """The shards a request goes to (a keyless command: every shard)."""
+        """The shards a request goes to (a keyless command: every shard; ASKING
+        and its request: the shard importing the slot)."""
+        if self.migration is not None and asking(request) is not None:
+            return [self.migration.target]
         return request_shards(request, self.slots, len(self.shards))
+
+    def give_slot(self, slot: int, shard: int) -> None:
+        """CLUSTER SETSLOT ... NODE on every node: clients learn it from the
+        next MOVED (here at once: the slot map is every client's)."""
+        self.slots.give(slot, shard)
 
     def dead_links(self, connection: Connection, shards: list[int]) -> list[int]:
         """Of ``shards``, those whose link the shard closed (it died since):
@@ -188,6 +198,9 @@ class ClusterServer:
                writes: bool | None = None) -> Entry | ClusterEntry:
         """Route the request to its shards (``writes``, as for one server:
         whether it may write, when the caller knows already)."""
+        if self.migration is not None and asking(request) is not None:   # following an ASK: the node decides
+            target = self.migration.target
+            return self.shards[target].submit(self._link(connection, target), request, arrival, writes)
         if type(request) is Pipeline:
             return self._submit_pipeline(connection, request, arrival)
         if type(request) is tuple and not command_keys(request):   # to every shard
@@ -252,7 +265,11 @@ class ClusterServer:
             return merge_keyless(request[0], [shard.inspect(request) for shard in self.shards])
         shard = route(request, self.slots)
         error = node_error(request, self.slots, shard, self.addresses)
-        return CommandError(error) if error is not None else self.shards[shard].inspect(request)
+        if error is not None:
+            return CommandError(error)
+        if self.migration is not None:   # where an ASK would send the reader
+            shard = self.migration.holder(shard, request)
+        return self.shards[shard].inspect(request)
 
 
 

@@ -25,8 +25,8 @@ from sim import network
 from sim.backends.model.server import Connection, Entry, Server
 from sim.checker import Counters, Drift, check, read_counters
 from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep
-from sim.cluster import refused_whole
-from sim.commands import CommandError, ConnectionLost, Pipeline, sent_commands
+from sim.cluster import asked, refused_whole
+from sim.commands import CommandError, ConnectionLost, Pipeline, first_error, sent_commands
 from sim.history import History
 from sim.metrics import timeline_point
 from sim.nemesis import AckLog, Split, StallTarget
@@ -250,7 +250,25 @@ class SimDriver:
             self.noscript += 1
             client.connection = None  # reconnect, load the scripts, send again
             return (yield from self._request(client, send))
+        if self._cluster and asked(reply):   # a slot on the move
+            return (yield from self._follow_asks(client, send, reply, entry.end))
         return reply, entry.error, entry.end
+
+    def _follow_asks(self, client: Client, send: Send, reply, applied_at: float):
+        """ASK: the request (a pipeline's item that got it) again, after
+        ASKING, on the node the ASK names, one round trip each, as the real
+        cluster client does."""
+        request = send.request
+        items = list(reply) if type(request) is Pipeline else [reply]
+        commands = request.commands if type(request) is Pipeline else (request,)
+        for index, item in enumerate(items):
+            if asked(item):
+                followed, _, at = yield from self._request(
+                    client, send._replace(request=Pipeline((("ASKING",), commands[index]))))
+                items[index] = followed[1] if isinstance(followed, list) else followed
+                applied_at = max(applied_at, at)
+        reply = items if type(request) is Pipeline else items[0]
+        return reply, first_error(items), applied_at
 
     def _wake(self):
         """A reply or a timer finds the shared process: if it has been idle

@@ -8,9 +8,10 @@ import numpy as np
 
 from sim.backends.model.cluster import promotion_times
 from sim.backends.model.driver import SimDriver
+from sim.backends.model.migration import SlotMigration
 from sim.backends.model.server import REPLICA_CRON_S
 from sim.client import in_flight, strike_clients
-from sim.cluster import WRITABLE_DELAY_S, shard_slots
+from sim.cluster import WRITABLE_DELAY_S, migrating_slots, shard_slots
 from sim.faults import Fault
 from sim.nemesis import AckLog, FaultLog, Split, StallTarget, left_with_old_primary, uniform
 from sim.scenario import SentinelConfig, ServerConfig
@@ -169,6 +170,25 @@ class Nemesis:
         self.log.promoted(index, now, env.now, server.name)
         self.log.ended(index, env.now)
         env.process(self._rejoin(server, now + max(fault.duration, promoted_s)))
+
+    def slot_migration(self, index: int, fault: Fault):
+        """Live resharding: slots of the ``shard`` move to ``to_shard`` while
+        traffic flows (sim/backends/model/migration.py): all open at once,
+        then each slot's keys migrate at an even pace over the fault's
+        duration, the slot given to the target right after."""
+        cluster, env = self.driver.server, self.env
+        source, target = fault.param("shard"), fault.param("to_shard")
+        slots = migrating_slots(self.driver.trace.users, cluster.slots, source, fault.param("slots"))
+        self.log.struck(index, env.now, shard=source, to_shard=target, slots=",".join(map(str, slots)))
+        if not slots:
+            self.log.ended(index, env.now, keys_moved=0)
+            return
+        migration = cluster.migration = SlotMigration(cluster, source, target, slots)
+        started = env.now
+        for number, slot in enumerate(slots, 1):
+            yield env.timeout(max(0.0, started + fault.duration * number / len(slots) - env.now))
+            migration.move(slot, env.now)
+        self.log.ended(index, env.now, keys_moved=migration.keys_moved)
 
     def mid_script_power_loss(self, index: int, fault: Fault):
         """Arm the stall (sim/stall.py); when an operation reaches it, cut the

@@ -28,7 +28,7 @@ import copy
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from sim.backends.model.aof import AppendOnlyFile
 from sim.backends.model.journal import Journal
@@ -46,7 +46,7 @@ READ_CHUNK_BYTES = 16 * 1024   # PROTO_IOBUF_LEN: what Redis reads from a socket
 # an instant restart; ~0.65 s on average in faults_server_crash).
 REPLICA_CRON_S = 1.0
 NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
-_CONNECTION_COMMANDS = frozenset({"WATCH", "UNWATCH", "SCRIPT"})   # the server runs these, not the store
+_CONNECTION_COMMANDS = frozenset({"WATCH", "UNWATCH", "SCRIPT", "ASKING"})   # the server runs these, not the store
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Connection:
     server (and which of its processes) it reached, the end of its last
     write (for WAIT)."""
 
-    __slots__ = ("watched", "dirty", "server", "incarnation", "last_write")
+    __slots__ = ("watched", "dirty", "server", "incarnation", "last_write", "asking")
 
     def __init__(self, server: "Server | None" = None) -> None:
         self.watched: set[str] = set()
@@ -79,6 +79,7 @@ class Connection:
         self.server = server
         self.incarnation = server.incarnation if server is not None else 0
         self.last_write = -math.inf
+        self.asking = False   # ASKING came before the next command (a cluster's slot migration)
 
     def close(self) -> None:
         """The network closed it (a partition): a reply on its way is lost,
@@ -128,6 +129,9 @@ class Server:
         self.requests = 0  # commands as clients sent them (MULTI, EXEC and EVALSHA included)
         self.busy_s = 0.0  # service time given so far (the real server's CPU time)
         self._first_error: CommandError | None = None
+        # On a cluster shard while slots migrate: the error a request gets
+        # instead of running (ASK, TRYAGAIN, MOVED), decided as it runs.
+        self.guard: Callable[[Server, Connection, Request], str | None] | None = None
 
     @property
     def commands(self) -> int:
@@ -376,6 +380,11 @@ class Server:
     def _execute(self, connection: Connection, request: Request) -> Any:
         kind = type(request)
         try:
+            if self.guard is not None and kind is not Pipeline:
+                refused = self.guard(self, connection, request)
+                if refused is not None:
+                    self.requests += 1
+                    raise CommandError(refused)
             if kind is tuple:
                 self.requests += 1
                 if request[0] in _CONNECTION_COMMANDS:
@@ -398,12 +407,14 @@ class Server:
 
     def inspect(self, request: Request) -> Any:
         """Run a request outside the workload (the checker reading counters):
-        not counted, on a connection of its own."""
-        requests, calls = self.requests, self.scripts.calls
+        not counted, on a connection of its own, where the caller routed it
+        (a cluster's migration guard stays out of it)."""
+        requests, calls, guard = self.requests, self.scripts.calls, self.guard
+        self.guard = None
         try:
             return self.run(Connection(), request)
         finally:
-            self.requests, self.scripts.calls = requests, calls
+            self.requests, self.scripts.calls, self.guard = requests, calls, guard
 
     def _connection_command(self, connection: Connection, words: tuple) -> Any:
         """WATCH, UNWATCH and SCRIPT: what the server does, not the store."""
@@ -413,6 +424,9 @@ class Server:
             return OK
         if name == "UNWATCH":
             self.store.unwatch(connection)
+            return OK
+        if name == "ASKING":
+            connection.asking = True
             return OK
         return self._script_command(words)
 

@@ -117,6 +117,26 @@ class Store:
         del self.data[key]
         self.expires.pop(key, None)
 
+    def exists(self, key: str) -> bool:
+        return self._lookup(key) is not None
+
+    def take(self, key: str) -> tuple[Any, float | None] | None:
+        """MIGRATE's side on the source: the key's value and expiry, and the key deleted."""
+        value = self._lookup(key)
+        if value is None:
+            return None
+        expires_at = self.expires.get(key)
+        self._write(key)
+        self._remove(key)
+        return value, expires_at
+
+    def put(self, key: str, value: Any, expires_at: float | None) -> None:
+        """MIGRATE's side on the target (RESTORE)."""
+        self._write(key)
+        self.data[key] = value
+        if expires_at is not None:
+            self.expires[key] = expires_at
+
     def _write(self, key: str) -> None:
         """Every command calls this before it changes a key."""
         self._wrote = True

@@ -19,7 +19,13 @@ record says which shard and which slots:
   the replica's ROLE (``master``: ``promoted_at``); the old primary is
   started again after ``duration`` (or the promotion, if later), and the
   cluster makes it a replica of the promoted one. Clients follow by
-  themselves: a refused link makes them read the slot map again.
+  themselves: a refused link makes them read the slot map again;
+- ``slot_migration``: what ``redis-cli --cluster reshard`` sends, with
+  every slot opened first: CLUSTER SETSLOT IMPORTING on the target and
+  MIGRATING on the source for each slot, then, one slot at a time at an
+  even pace, CLUSTER GETKEYSINSLOT and MIGRATE of its keys, and CLUSTER
+  SETSLOT NODE on the target, the source and the other primaries. Clients
+  follow ASK and MOVED by themselves (sim/backends/real/cluster.py).
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import redis
 from sim.backends.real.nemesis import RealNemesis
 from sim.backends.real.processes import RedisServer
 from sim.client import in_flight
-from sim.cluster import SlotMap, shard_slots
+from sim.cluster import SlotMap, migrating_slots, shard_slots
 from sim.faults import Fault
 from sim.nemesis import FSYNC_PERIOD_S
 
@@ -128,6 +134,41 @@ class ClusterNemesis(RealNemesis):
             if not primary.running:
                 await asyncio.to_thread(primary.start)
             self.down_shards.discard(shard)
+
+    async def slot_migration(self, index: int, fault: Fault) -> None:
+        source, target = fault.param("shard"), fault.param("to_shard")
+        slots = migrating_slots(self.driver.trace.users, self.slots, source, fault.param("slots"))
+        started = self.driver.now()
+        self.log.struck(index, started, shard=source, to_shard=target, slots=",".join(map(str, slots)))
+        await asyncio.to_thread(self._open_slots, slots, source, target)
+        moved = 0
+        for number, slot in enumerate(slots, 1):
+            await asyncio.sleep(max(0.0, started + fault.duration * number / len(slots) - self.driver.now()))
+            moved += await asyncio.to_thread(self._move_slot, slot, source, target)
+        self.log.ended(index, self.driver.now(), keys_moved=moved)
+
+    def _open_slots(self, slots: list[int], source: int, target: int) -> None:
+        primaries, ids = self.servers.primaries, self.servers.node_ids
+        with primaries[target].client() as importing, primaries[source].client() as migrating:
+            for slot in slots:
+                importing.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[primaries[source].name])
+                migrating.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[primaries[target].name])
+
+    def _move_slot(self, slot: int, source: int, target: int) -> int:
+        """MIGRATE the slot's keys, then give it to the target (target, source, others: redis-cli's order)."""
+        primaries = self.servers.primaries
+        to = primaries[target]
+        with primaries[source].client() as node:
+            keys = node.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100_000)
+            if keys:
+                host, port = to.address.rsplit(":", 1)
+                node.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys)
+        owner = self.servers.node_ids[to.name]
+        for primary in [to, primaries[source], *(p for n, p in enumerate(primaries) if n not in (source, target))]:
+            with primary.client() as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner)
+        self.slots.give(slot, target)
+        return len(keys)
 
     async def _promotion(self, index: int, shard: int, replicas: list[RedisServer],
                          died_at: float) -> RedisServer | None:

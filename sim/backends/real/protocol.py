@@ -89,6 +89,10 @@ def _take(request: Request, replies: list) -> tuple[Any, list]:
     if isinstance(exec_reply, CommandError):
         if queued_errors and str(queued_errors[0]).startswith("CLUSTERDOWN"):
             return queued_errors[0], rest   # EXECABORT because the cluster was down: say so (sim/cluster.py)
+        if len(queued_errors) == count - 2 and all(str(error).startswith("MOVED") for error in queued_errors):
+            # every queued command lives elsewhere (its slot moved): nothing ran, and the
+            # cluster client follows the MOVED (a new slot map, the transaction sent there)
+            return queued_errors[0], rest
         return exec_reply, rest
     if queued_errors and exec_reply is None:
         return queued_errors[0], rest
