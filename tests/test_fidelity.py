@@ -11,7 +11,7 @@ import pytest
 from sim.faults import FAULT_KINDS
 from sim.fidelity import SIZE_FLOOR, cells_of, compare_runs, drift_class, format_matrix
 from sim.runner import run_scenario
-from sim.scenario import Scenario, load, parse
+from sim.scenario import CLUSTER_ONLY_FAULTS, Scenario, load, parse
 from sim.traffic import generate
 
 from conftest import ROOT
@@ -57,9 +57,9 @@ def short(name: str) -> Scenario:
     return parse(path, text)
 
 
-# Kinds that strike only a Redis Cluster: their scenario is scenarios/<kind>.toml, and
-# tests/test_cluster.py compares both backends on it (a shard's failover, users per shard).
-CLUSTER_KINDS = tuple(kind for kind in FAULT_KINDS if kind.startswith("cluster_"))
+# Kinds that strike only a Redis Cluster: each has its cluster scenario, on which
+# tests/test_cluster.py and tests/test_migration.py compare both backends.
+CLUSTER_KINDS = CLUSTER_ONLY_FAULTS
 
 
 def kind_scenarios() -> list[str]:
@@ -105,9 +105,9 @@ def class_differs(cell: dict) -> bool:
 def test_every_fault_kind_has_a_scenario():
     for name in kind_scenarios():
         assert short(name).name == name
-    assert CLUSTER_KINDS == ("cluster_failover",)
-    for kind in CLUSTER_KINDS:
-        assert load(SCENARIOS / f"{kind}.toml").server.topology == "cluster"
+    scenario_of = {"cluster_failover": "cluster_failover", "slot_migration": "cluster_migration"}
+    for kind in CLUSTER_KINDS:   # compared in tests/test_cluster.py and tests/test_migration.py
+        assert load(SCENARIOS / f"{scenario_of[kind]}.toml").server.topology == "cluster"
 
 
 @pytest.mark.parametrize("name", kind_scenarios())

@@ -368,9 +368,15 @@ class RealNemesis:
             probe.close()
 
     async def cluster_failover(self, index: int, fault: Fault) -> None:
-        """On a cluster only (sim/backends/real/cluster_nemesis.py); a scenario
-        on one server is refused when it loads."""
-        self.log.not_applied(index, "a cluster_failover needs a Redis Cluster")
+        self._needs_cluster(index, fault)
+
+    async def slot_migration(self, index: int, fault: Fault) -> None:
+        self._needs_cluster(index, fault)
+
+    def _needs_cluster(self, index: int, fault: Fault) -> None:
+        """A kind for a cluster only (sim/backends/real/cluster_nemesis.py); a
+        scenario on one server is refused when it loads."""
+        self.log.not_applied(index, f"a {fault.kind} needs a Redis Cluster")
 
     def lead_s(self, fault: Fault) -> float:
         """How long before its time a fault starts preparing."""
