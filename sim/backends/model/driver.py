@@ -271,8 +271,11 @@ class SimDriver:
         return reply, first_error(items), applied_at
 
     def _wake(self):
-        """A reply or a timer finds the shared process: if it has been idle
-        longer than waking up takes, it went to sleep and wakes up first."""
+        """A reply or a timer finds the shared process: if it is idle, it
+        waits in epoll and wakes up first. Charged at every idle moment, not
+        after an idle as long as the wake-up as for redis-server: here that
+        was closer to the real driver (hot_user, lock, 8 clients: 18,118
+        ops/s simulated so, 20,000 with the server's rule, 11,428 real)."""
         now = self.env.now
         if now > self.driver_free:
             self.driver_free = now + self._driver_wake
