@@ -163,11 +163,12 @@ class ClientLoop:
         self.wait_replies: dict[int, int] = {}    # replicas WAIT confirmed -> how many times
 
     def run(self, client: Client, ops: Iterable[int]):
-        clock, history = self.clock, self.history
+        clock, history, paced, start_at = self.clock, self.history, self.paced, self.workload.t
+        attempt_operation = self._attempt
         first = True
         for op in ops:
-            if self.paced:
-                delay = self.workload.t[op] - clock()
+            if paced:
+                delay = start_at[op] - clock()
                 if delay > 0:
                     yield Sleep(delay)
             elif self.think_s and not first:
@@ -179,7 +180,7 @@ class ClientLoop:
             history.invoked(op, clock())
             attempt = 0
             while True:
-                result = yield from self._attempt(client, op, attempt)
+                result = yield from attempt_operation(client, op, attempt)
                 if result.crashed:
                     self.crashed_operations += 1
                     yield Sleep(client.crash_for)

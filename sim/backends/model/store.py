@@ -103,6 +103,9 @@ class Store:
 
     # -- access helpers -------------------------------------------------
     def _lookup(self, key: str) -> Any:
+        """The key's value, None when it is missing or expired (then removed).
+        The typed helpers below call it only for a key with a TTL: the others
+        cannot expire, a plain dict lookup is their value."""
         value = self.data.get(key)
         if value is not None and self.expires and key in self.expires:
             if self.expires[key] <= self.now:
@@ -153,7 +156,9 @@ class Store:
                     connection.dirty = True
 
     def _hash(self, key: str, create: bool = False) -> dict | None:
-        value = self._lookup(key)
+        value = self.data.get(key)
+        if key in self.expires:
+            value = self._lookup(key)
         if value is None:
             if create:
                 value = self.data[key] = {}
@@ -163,7 +168,9 @@ class Store:
         return value
 
     def _set(self, key: str, create: bool = False) -> set | None:
-        value = self._lookup(key)
+        value = self.data.get(key)
+        if key in self.expires:
+            value = self._lookup(key)
         if value is None:
             if create:
                 value = self.data[key] = set()
@@ -173,7 +180,9 @@ class Store:
         return value
 
     def _string(self, key: str) -> str | None:
-        value = self._lookup(key)
+        value = self.data.get(key)
+        if key in self.expires:
+            value = self._lookup(key)
         if value is not None and type(value) is not str:
             raise CommandError(WRONGTYPE)
         return value
