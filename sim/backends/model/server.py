@@ -364,6 +364,8 @@ class Server:
         Each command, script and transaction is one unit of the AOF."""
         if self.aof is None and not self.min_replicas_to_write:   # nothing to do around each unit
             if type(request) is Pipeline:
+                if self.guard is not None:   # each command may be refused (a slot migration)
+                    return [self._execute(connection, r) for r in request.commands]
                 return self._pipeline(connection, request.commands)
             return self._execute(connection, request)
         if type(request) is Pipeline:
