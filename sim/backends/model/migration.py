@@ -26,13 +26,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sim.cluster import EXECABORT, TRYAGAIN, key_slot, request_keys
-
-SCRIPT_NON_LOCAL = "ERR Script attempted to access a non local key in a cluster node"
 from sim.commands import Request, Transaction
 
 if TYPE_CHECKING:
     from sim.backends.model.cluster import ClusterServer
     from sim.backends.model.server import Connection, Server
+
+# What a script's own call gets on a key the node does not serve (script.c, redis 7.0;
+# redis-server adds the script's sha and line).
+SCRIPT_NON_LOCAL = "ERR Script attempted to access a non local key in a cluster node"
 
 
 class SlotMigration:
