@@ -73,21 +73,14 @@ def request_keys(request: Request) -> list:
         return list(request.keys)
     if kind is Transaction:
         return [key for command in request.commands for key in request_keys(command)]
-    return []
+    if kind is Stall:
+        return []
+    raise TypeError(f"not a single request: {request!r}")
 
 
 def request_slots(request: Request) -> list[int]:
     """Slots of a command's, a script's or a transaction's keys, in order."""
-    kind = type(request)
-    if kind is tuple:
-        return [key_slot(key) for key in command_keys(request)]
-    if kind is Script:
-        return [key_slot(key) for key in request.keys]
-    if kind is Transaction:
-        return [slot for command in request.commands for slot in request_slots(command)]
-    if kind is Stall:
-        return []
-    raise TypeError(f"not a single request: {request!r}")
+    return [key_slot(key) for key in request_keys(request)]
 
 
 def even_split(primaries: int) -> list[tuple[int, int]]:
@@ -116,6 +109,9 @@ class SlotMap:
         return cls([(first, last, shard) for shard, (first, last) in enumerate(even_split(primaries))])
 
     def __post_init__(self) -> None:
+        self._index()
+
+    def _index(self) -> None:
         self.ranges.sort()
         self._firsts = [first for first, _, _ in self.ranges]
 
@@ -138,7 +134,7 @@ class SlotMap:
             else:
                 ranges.append((first, last, owner))
         self.ranges = [(first, last, owner) for first, last, owner in ranges if first <= last]
-        self.__post_init__()
+        self._index()
 
 
 def route(request: Request, slots: SlotMap, default: int = 0) -> int:

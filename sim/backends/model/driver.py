@@ -265,7 +265,7 @@ class SimDriver:
             if asked(item):
                 followed, _, at = yield from self._request(
                     client, send._replace(request=Pipeline((("ASKING",), commands[index]))))
-                items[index] = followed[1] if isinstance(followed, list) else followed
+                items[index] = followed[1]   # the reply to ASKING, then the request's
                 applied_at = max(applied_at, at)
         reply = items if type(request) is Pipeline else items[0]
         return reply, first_error(items), applied_at
