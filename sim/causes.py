@@ -13,8 +13,9 @@ counters, one at a time, and replay the same trace and schedule:
 - ``lost_on_failover``: acknowledged writes the promoted replica never got;
   off: the replica has everything;
 - ``lost_in_split_brain``: writes the old primary took from the clients left
-  on its side of a split brain, gone when it rejoined as a replica; off: no
-  client is left on its side (all wait for the promoted replica);
+  on its side of a split brain (or of a cluster's minority partition), gone
+  when it rejoined as a replica; off: no client is left on its side (all
+  wait for the promoted replica);
 - ``two_lock_holders``: a lock that expired under a paused holder, or vanished
   in a failover; off: pauses fall between operations, lock keys survive;
 - ``repaired`` (lua_repair only): what the repair put right; off: no repair.
@@ -53,7 +54,7 @@ def relevant(strategy: str, schedule: list[Fault], gave_up: int, ambiguous: int,
         causes.append("lost_unfsynced")
     if failover:
         causes.append("lost_on_failover")
-    if "split_brain" in kinds:
+    if kinds & {"split_brain", "minority_partition"}:
         causes.append("lost_in_split_brain")
     if strategy == "lock" and ("client_pause" in kinds or failover):
         causes.append("two_lock_holders")

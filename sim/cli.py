@@ -6,16 +6,21 @@ moment, start-up included, ends in the one line and the exit status of
 """
 from __future__ import annotations
 
-import argparse
-import math
 import os
-import signal
 import sys
-from pathlib import Path
-from typing import Callable
 
-from sim import __version__, backends
-from sim.errors import UsageError
+try:   # an interrupt while these load (numpy, via the backends' registry) ends as one in a command
+    import argparse
+    import math
+    import signal
+    from pathlib import Path
+    from typing import Callable
+
+    from sim import __version__, backends
+    from sim.errors import UsageError
+except KeyboardInterrupt:   # this is the program's module: nothing has been written yet
+    sys.stderr.write("countdrift: interrupted; nothing written\n")
+    os._exit(130)
 
 
 class Done:

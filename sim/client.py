@@ -258,7 +258,7 @@ class ClientLoop:
                     history.applied(op, applied_at)
                 acked = None   # an error reply (NOREPLICAS, READONLY) acknowledged nothing
                 if writes and acks is not None and inside is None and not isinstance(reply, CommandError):
-                    acked = acks.acknowledged(applied_at, op, client.node, request)
+                    acked = acks.acknowledged(applied_at, op, client.node, request, client.index)
                 if writes and self.wait_replicas:
                     number += 1
                     replicas, _, _ = yield from self._send(

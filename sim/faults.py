@@ -162,6 +162,30 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                Param("slots", int, "slots", 16, 1, 16384, "how many slots move")),
               {"shard": "the shard the slots left", "to_shard": "the shard they went to",
                "slots": "the slots moved, comma-separated", "keys_moved": "keys MIGRATE moved"}),
+    FaultSpec("minority_partition",
+              "a cluster shard's primary is cut off from the rest of the cluster (the other nodes, its replica "
+              "and most clients: the cluster bus, the replication link and their client links cut both ways); a "
+              "share of the clients stays with it and can reach no other node. It takes their writes until it "
+              "has missed a majority of primaries for server.cluster_node_timeout_ms, then answers CLUSTERDOWN; "
+              "on the majority side its replica is promoted as in a cluster_failover; when the partition heals "
+              "the old primary becomes a replica of the promoted one, and what it took after the cut is lost "
+              "(needs topology cluster and a replica per primary)",
+              "how long the partition lasts, at least until the promotion", 5.0,
+              (_SHARD, Param("clients_share", float, "share of clients", 0.25, 0.0, 1.0,
+                             "the clients left on the old primary's side")),
+              {"clients_left": "how many virtual clients were left with the old primary",
+               "promoted": "whether the cluster promoted the replica on the majority side",
+               **_PROMOTION,
+               "failed_at": "when the majority flagged the primary FAIL (every node there answered CLUSTERDOWN "
+                            "from then until the promotion), in run seconds",
+               "refused_at": "when the old primary, in the minority, began answering CLUSTERDOWN, in run seconds",
+               "old_primary_acknowledged": "operations whose write the old primary acknowledged after the cut",
+               "acknowledged_writes_lost": "operations whose acknowledged write did not survive: those, when "
+                                           "the replica was promoted, and what the replica lacked at the cut",
+               "demoted_at": "when the old primary became a replica of the promoted one (null: not before "
+                             "the run ended)",
+               **_WHERE},
+              network=True),
     FaultSpec("partition", "clients are cut from the primary: connections refused and reset",
               "how long the partition lasts", 1.0, network=True),
     FaultSpec("latency", "added network delay and jitter on every request, each way",

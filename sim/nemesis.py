@@ -27,7 +27,8 @@ FSYNC_PERIOD_S = {"always": 0.0, "everysec": 1.0, "no": 30.0}
 def promotes(sentinel: SentinelConfig, schedule: list[Fault]) -> bool:
     """Whether a fault of this schedule may promote a replica."""
     kinds = {fault.kind for fault in schedule}
-    return bool(kinds & {"failover", "split_brain", "cluster_failover"}) or (sentinel.enabled and "server_crash" in kinds)
+    return (bool(kinds & {"failover", "split_brain", "cluster_failover", "minority_partition"})
+            or (sentinel.enabled and "server_crash" in kinds))
 
 
 def rollback_horizon(server: ServerConfig, sentinel: SentinelConfig, schedule: list[Fault]) -> float:
@@ -43,6 +44,9 @@ def rollback_horizon(server: ServerConfig, sentinel: SentinelConfig, schedule: l
         reach = max(reach, server.replication_lag_ms / 1000.0, *(lag / 1000.0 for lag in lags))
     if "split_brain" in kinds:   # the old primary writes on until the replica is promoted from what it had
         reach += promotion_delay(sentinel, silent=True)
+    if "minority_partition" in kinds:   # the same, on a cluster: the latest a promotion can come
+        from sim.backends.model.cluster import promotion_times
+        reach += promotion_times(server.cluster_node_timeout_ms / 1000.0, (1.0, 1.0, 1.0))[1]
     return reach
 
 
@@ -181,6 +185,8 @@ class AckLog:
         self.keep_s = keep_s
         self.writes: deque[AckedWrite] = deque()
         self.watched: dict[str, set[int]] = {}   # server -> operations it acknowledged a write of
+        # A minority partition's old primary: (shard, clients left with it, operations it acknowledged).
+        self.cut_off: list[tuple[int, frozenset[int], set[int]]] = []
         # On a cluster, the shards a request goes to (set by the backend), so that a fault on one
         # shard counts only the writes that shard acknowledged.
         self.locate: Callable[[Any], Any] | None = None
@@ -189,12 +195,27 @@ class AckLog:
         """From now on, the operations whose write ``node`` acknowledges."""
         return self.watched.setdefault(node, set())
 
-    def acknowledged(self, applied_at: float, op: int, node: str = "", request: Any = None) -> AckedWrite:
+    def watch_cut_off(self, shard: int, clients: frozenset[int]) -> set[int]:
+        """From now on (until :meth:`unwatch_cut_off`), the operations whose
+        write on ``shard`` one of ``clients`` had acknowledged: in a minority
+        partition, the old primary is the only node of the shard they reach."""
+        operations: set[int] = set()
+        self.cut_off.append((shard, clients, operations))
+        return operations
+
+    def unwatch_cut_off(self, operations: set[int]) -> None:
+        self.cut_off = [entry for entry in self.cut_off if entry[2] is not operations]
+
+    def acknowledged(self, applied_at: float, op: int, node: str = "", request: Any = None,
+                     client: int = -1) -> AckedWrite:
         if self.watched and node in self.watched:
             self.watched[node].add(op)
         write = AckedWrite(applied_at, op)
         if self.locate is not None and request is not None:
             write.shards = frozenset(self.locate(request))
+        for shard, clients, operations in self.cut_off:
+            if client in clients and (write.shards is None or shard in write.shards):
+                operations.add(op)
         writes = self.writes
         writes.append(write)
         horizon = applied_at - self.keep_s

@@ -155,9 +155,10 @@ TOPOLOGIES = ("single", "cluster")
 # their `shard` parameter names); mid_script_power_loss, failover and
 # split_brain strike "the primary", which is not modelled on a cluster.
 CLUSTER_FAULTS = ("client_crash", "client_pause", "partition", "latency", "reset_peer", "blackhole",
-                  "server_crash", "power_loss", "cluster_failover", "slot_migration")
-SHARD_FAULTS = ("server_crash", "power_loss", "cluster_failover", "slot_migration")
-CLUSTER_ONLY_FAULTS = ("cluster_failover", "slot_migration")
+                  "server_crash", "power_loss", "cluster_failover", "slot_migration", "minority_partition")
+SHARD_FAULTS = ("server_crash", "power_loss", "cluster_failover", "slot_migration", "minority_partition")
+CLUSTER_ONLY_FAULTS = ("cluster_failover", "slot_migration", "minority_partition")
+PROMOTING_FAULTS = ("cluster_failover", "minority_partition")   # the cluster promotes the shard's replica
 LOADS = ("open", "closed")
 # Bounds of a fault's timing: seconds, and faults per minute.
 FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}
@@ -304,7 +305,8 @@ def parse(path: Path, text: str) -> Scenario:
         _check_shards(path, server, faults, rates)
     else:
         for kind in sorted(kinds & set(CLUSTER_ONLY_FAULTS)):
-            instead = " (one server: use failover)" if kind == "cluster_failover" else ""
+            instead = {"cluster_failover": " (one server: use failover)",
+                       "minority_partition": " (one server: use split_brain)"}.get(kind, "")
             raise ScenarioError(f"{path}: fault kind {kind} needs a Redis Cluster: set 'server.topology' "
                                 f"to \"cluster\"{instead}")
         for where, fault in _numbered(faults, rates):
@@ -361,12 +363,16 @@ def _check_shards(path: Path, server: ServerConfig, faults: tuple, rates: tuple)
                                 f"{server.cluster_primaries - 1}")
         if fault.kind == "slot_migration":
             _check_migration(path, where, server, fault)
-        elif fault.kind == "cluster_failover":
+        elif fault.kind in PROMOTING_FAULTS:
+            if fault.kind == "minority_partition" and server.cluster_primaries < 3:
+                raise ScenarioError(f"{path}: {where}: a minority_partition needs 'server.cluster_primaries' of 3 "
+                                    f"or more: with {server.cluster_primaries}, the primaries left on the other "
+                                    f"side are no majority, and no replica can win an election")
             if server.cluster_replicas_per_primary < 1:
-                raise ScenarioError(f"{path}: {where}: a cluster_failover needs a replica to promote: set "
+                raise ScenarioError(f"{path}: {where}: a {fault.kind} needs a replica to promote: set "
                                     f"'server.cluster_replicas_per_primary' to 1 or more")
             if server.replication_lag_ms > 0:
-                raise ScenarioError(f"{path}: {where}: a cluster_failover's replica lag is not emulated on real "
+                raise ScenarioError(f"{path}: {where}: a {fault.kind}'s replica lag is not emulated on real "
                                     f"servers yet (a cluster's replication links are direct): set "
                                     f"'server.replication_lag_ms' to 0")
         elif fault.duration * 1000.0 >= server.cluster_node_timeout_ms:

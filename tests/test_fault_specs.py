@@ -64,6 +64,8 @@ def probe_scenario(kind: str):
     if any(param.name == "shard" for param in SPECS[kind].params):   # a fault on one shard of a cluster
         text = text.replace("replicas = 1\nreplication_lag_ms = 10.0", 'topology = "cluster"\ncluster_primaries = 2\n'
                             "replication_lag_ms = 0.0\ncluster_node_timeout_ms = 300.0")
+    if kind == "minority_partition":   # a majority of primaries on the other side
+        text = text.replace("cluster_primaries = 2", "cluster_primaries = 3")
     return parse(ROOT / "scenarios" / "spec_probe.toml", text)
 
 
@@ -106,7 +108,8 @@ EFFECT_TYPES = {"applied": bool, "reason": (str, type(None)), "struck_at": float
                 "target_operation": (str, type(None)), "clients": list, "replies_lost": (int, type(None)),
                 "promoted_at": (float, type(None)), "clients_on_old_primary_s": (float, type(None)),
                 "clients_left": int, "old_primary_acknowledged": int, "demoted_at": (float, type(None)),
-                "shard": int, "slots": str, "failed_at": float, "to_shard": int, "keys_moved": int}
+                "shard": int, "slots": str, "failed_at": float, "to_shard": int, "keys_moved": int,
+                "refused_at": (float, type(None))}
 
 
 def _check_types(effects: dict) -> None:

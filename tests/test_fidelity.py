@@ -58,7 +58,7 @@ def short(name: str) -> Scenario:
 
 
 # Kinds that strike only a Redis Cluster: each has its cluster scenario, on which
-# tests/test_cluster.py and tests/test_migration.py compare both backends.
+# tests/test_cluster.py, test_migration.py and test_minority_partition.py compare both backends.
 CLUSTER_KINDS = CLUSTER_ONLY_FAULTS
 
 
@@ -105,8 +105,9 @@ def class_differs(cell: dict) -> bool:
 def test_every_fault_kind_has_a_scenario():
     for name in kind_scenarios():
         assert short(name).name == name
-    scenario_of = {"cluster_failover": "cluster_failover", "slot_migration": "cluster_migration"}
-    for kind in CLUSTER_KINDS:   # compared in tests/test_cluster.py and tests/test_migration.py
+    scenario_of = {"cluster_failover": "cluster_failover", "slot_migration": "cluster_migration",
+                   "minority_partition": "cluster_partition"}
+    for kind in CLUSTER_KINDS:   # compared in tests/test_cluster.py, test_migration.py, test_minority_partition.py
         assert load(SCENARIOS / f"{scenario_of[kind]}.toml").server.topology == "cluster"
 
 

@@ -27,6 +27,11 @@ the requests that need it. A restarted primary answers CLUSTERDOWN for
 its first 2 s, and every node does while a failed primary waits for its
 replica's promotion (``down_windows``, set by the nemesis's
 ``cluster_failover``, timed by :func:`promotion_times`).
+
+A minority partition (:class:`ShardCut`) gives each client its own view:
+the clients left with the cut-off primary reach it and no other node, the
+others reach every node but it (and its promoted replica once the cluster
+names one); a link across the cut is dead (:meth:`ClusterServer.node`).
 """
 from __future__ import annotations
 
@@ -90,6 +95,20 @@ class ClusterEntry:
         return first_error(self.reply if not self.single else [self.reply])
 
 
+class ShardCut:
+    """A minority partition: shard ``shard``'s old primary ``old``, cut off
+    from the rest of the cluster with the clients ``minority``; it answers
+    CLUSTERDOWN from ``refuses_at`` (it missed a majority of primaries)."""
+
+    __slots__ = ("shard", "old", "minority", "refuses_at")
+
+    def __init__(self, shard: int, old: Server, minority: frozenset[int], refuses_at: float) -> None:
+        self.shard = shard
+        self.old = old
+        self.minority = minority
+        self.refuses_at = refuses_at
+
+
 class ClusterServer:
     """The shards' primaries behind one face (see the module's docstring)."""
 
@@ -109,6 +128,7 @@ class ClusterServer:
         self.down_windows: list[tuple[float, float]] = []
         self.writable_at = [-math.inf] * len(shards)
         self.migration: SlotMigration | None = None   # slots on the move (the slot_migration fault)
+        self.cut: ShardCut | None = None              # a minority partition, while it lasts
 
     # -- what the driver and the checker read -------------------------------------
     @property
@@ -143,14 +163,27 @@ class ClusterServer:
     def advance(self, now: float) -> None:
         for shard in self.shards:
             shard.advance(now)
+        if self.cut is not None:
+            self.cut.old.advance(now)
 
     # -- requests -----------------------------------------------------------------------
     def _link(self, connection: Connection, shard: int) -> Connection:
         links = self._links.setdefault(connection, {})
         link = links.get(shard)
         if link is None:
-            link = links[shard] = Connection(self.shards[shard])
+            link = links[shard] = Connection(self.node(connection.client, shard))
         return link
+
+    def node(self, client: int, shard: int) -> Server | None:
+        """The node serving ``shard`` that client ``client`` reaches (None:
+        none, across a minority partition)."""
+        server = self.shards[shard]
+        cut = self.cut
+        if cut is None:
+            return server
+        if client in cut.minority:
+            return cut.old if shard == cut.shard else None
+        return None if server is cut.old else server
 
     # -- each client's links, one per shard, independent of each other ------------------
     def shards_of(self, request: Request) -> list[int]:
@@ -166,11 +199,13 @@ class ClusterServer:
         self.slots.give(slot, shard)
 
     def dead_links(self, connection: Connection, shards: list[int]) -> list[int]:
-        """Of ``shards``, those whose link the shard closed (it died since):
-        they are forgotten, and the next request there opens a new one."""
+        """Of ``shards``, those whose link the shard closed (it died since)
+        or a partition cut: they are forgotten, and the next request there
+        opens a new one."""
         links = self._links.get(connection, {})
         dead = [shard for shard in shards if shard in links
-                and links[shard].incarnation != self.shards[shard].incarnation]
+                and (links[shard].incarnation != links[shard].server.incarnation
+                     or links[shard].server is not self.node(connection.client, shard))]
         for shard in dead:
             del links[shard]
         return dead
@@ -184,8 +219,8 @@ class ClusterServer:
         links = self._links.setdefault(connection, {})
         entries = {}
         for shard in shards:
-            link = links[shard] = Connection(self.shards[shard])
-            entries[shard] = self.shards[shard].submit(link, self.handshake, arrival)
+            link = links[shard] = Connection(self.node(connection.client, shard))
+            entries[shard] = link.server.submit(link, self.handshake, arrival)
         return entries
 
     def drop_links(self, connection: Connection, shards: list[int] | None = None) -> None:
@@ -204,14 +239,15 @@ class ClusterServer:
         if type(request) is Pipeline:
             return self._submit_pipeline(connection, request, arrival)
         if type(request) is tuple and not command_keys(request):   # to every shard
-            parts = [server.submit(self._link(connection, index), request, arrival)
-                     for index, server in enumerate(self.shards)]
+            links = [self._link(connection, index) for index in range(len(self.shards))]
+            parts = [link.server.submit(link, request, arrival) for link in links]
             return ClusterEntry(parts, [[(index, 0) for index in range(len(parts))]], [request[0]], {}, single=True)
         shard = route(request, self.slots)
-        error = self._error(request, shard, arrival)
+        link = self._link(connection, shard)
+        error = self._error(request, shard, arrival, link.server)
         if error is None:
-            return self.shards[shard].submit(self._link(connection, shard), request, arrival, writes)
-        entry = self.shards[shard].submit(self._link(connection, shard), _PLACEHOLDER, arrival)
+            return link.server.submit(link, request, arrival, writes)
+        entry = link.server.submit(link, _PLACEHOLDER, arrival)
         return ClusterEntry([entry], [[(0, 0)]], [None], {0: CommandError(error)}, single=True)
 
     def _submit_pipeline(self, connection: Connection, pipeline: Pipeline, arrival: float) -> ClusterEntry:
@@ -221,6 +257,7 @@ class ClusterServer:
         names = [None] * len(items)
         errors: dict[int, CommandError] = {}
         for shard, indices in split_pipeline(pipeline, self.slots, len(self.shards)).items():
+            link = self._link(connection, shard)
             sent = []
             for position, index in enumerate(indices):
                 item = items[index]
@@ -228,23 +265,26 @@ class ClusterServer:
                     names[index] = item[0]
                     error = None
                 else:
-                    error = self._error(item, shard, arrival)
+                    error = self._error(item, shard, arrival, link.server)
                 if error is not None:
                     errors[index] = CommandError(error)
                     item = _PLACEHOLDER
                 sent.append(item)
                 sources[index].append((len(parts), position))
-            parts.append(self.shards[shard].submit(self._link(connection, shard), Pipeline(tuple(sent)), arrival))
+            parts.append(link.server.submit(link, Pipeline(tuple(sent)), arrival))
         return ClusterEntry(parts, sources, names, errors, single=False)
 
-    def is_down(self, shard: int, at: float) -> bool:
-        """Whether ``shard``'s node answers CLUSTERDOWN at ``at``."""
+    def is_down(self, shard: int, at: float, node: Server | None = None) -> bool:
+        """Whether ``shard``'s node (``node``, when the client reaches another
+        than the cluster names: a minority's old primary) answers CLUSTERDOWN at ``at``."""
+        if self.cut is not None and node is self.cut.old:
+            return at >= self.cut.refuses_at
         return at < self.writable_at[shard] or any(start <= at < end for start, end in self.down_windows)
 
-    def _error(self, request: Request, shard: int, arrival: float) -> str | None:
+    def _error(self, request: Request, shard: int, arrival: float, node: Server) -> str | None:
         """The node's error, in cluster.c's order: CROSSSLOT, then CLUSTERDOWN, then MOVED."""
         error = node_error(request, self.slots, shard, self.addresses)
-        if error != CROSSSLOT and self.is_down(shard, arrival):
+        if error != CROSSSLOT and self.is_down(shard, arrival, node):
             return cluster_down_error(request) or error
         return error
 
@@ -252,8 +292,8 @@ class ClusterServer:
         """WAIT, as the cluster client sends it: to every primary on its own
         link; the reply is back when the last node's is, and says the fewest
         replicas any node confirmed."""
-        answers = [shard.wait(self._link(connection, index), arrival, replicas, timeout)
-                   for index, shard in enumerate(self.shards)]
+        links = [self._link(connection, index) for index in range(len(self.shards))]
+        answers = [link.server.wait(link, arrival, replicas, timeout) for link in links]
         return max(ready for ready, _ in answers), min(count for _, count in answers)
 
     def inspect(self, request: Request) -> Any:
@@ -299,11 +339,41 @@ ELECTION_RANK_S = 1.0
 VOTE_S = 0.01             # the vote's round trip
 
 
-def promotion_times(node_timeout_s: float, draws: tuple[float, float, float], rank: int = 0) -> tuple[float, float]:
-    """Seconds from a primary's death to its FAIL flag, and to its replica's
-    promotion, given three uniform draws in [0, 1) (see above)."""
+def promotion_times(node_timeout_s: float, draws: tuple[float, float, float], rank: int = 0,
+                    first_ping_s: float | None = None) -> tuple[float, float]:
+    """Seconds from a primary's death (or its cut) to its FAIL flag, and to
+    its replica's promotion, given three uniform draws in [0, 1) (see
+    above); ``first_ping_s``: the window in which the first unanswered ping
+    leaves (half the node timeout when the node dies; see CUT_PING_S)."""
     first_unanswered, cron, election = draws
-    failed = node_timeout_s + first_unanswered * node_timeout_s / 2 + FAIL_GOSSIP_S
+    window = node_timeout_s / 2 if first_ping_s is None else first_ping_s
+    failed = node_timeout_s + first_unanswered * window + FAIL_GOSSIP_S
     promoted = (failed + cron * CRON_S + ELECTION_FIXED_S + election * ELECTION_RANDOM_S
                 + rank * ELECTION_RANK_S + VOTE_S)
     return failed, promoted
+
+
+# A minority partition (the minority_partition fault): the bus links
+# between the cut-off primary and the others are closed, as a firewall that
+# rejects would have them (the real backend's relay: bus_relay.py). Every
+# node opens a new link at its next clusterCron tick and pings on it at
+# once: the first unanswered ping leaves within CUT_PING_S of the cut, on
+# both sides. The cut-off primary flags each other primary PFAIL a node
+# timeout after that, and its cluster_state turns fail (every request
+# answered CLUSTERDOWN) once fewer than a majority of the primaries with
+# slots are reachable, itself included (clusterUpdateState). With
+# cluster-node-timeout 1000 on redis-server 7.0.15 here, in 8 cuts: the cut
+# primary failed 1.016-1.094 s after the cut (mean 1.058), the majority
+# flagged it FAIL 1.159-1.334 s after (mean 1.231), the replica was primary
+# 1.978-2.260 s after (mean 2.111). Modelled: 1.0-1.1 s (mean 1.067),
+# 1.15-1.25 s, 1.66-2.36 s (mean 2.01).
+CUT_PING_S = CRON_S
+
+
+def minority_refusal_time(node_timeout_s: float, primaries: int, draws: list[float]) -> float:
+    """Seconds from the cut to the cut-off primary's CLUSTERDOWN, given a
+    uniform draw in [0, 1) per other primary (inf: it never has a majority
+    to lose, one primary alone)."""
+    pfail = sorted(node_timeout_s + draw * CUT_PING_S for draw in draws[:primaries - 1])
+    lost = primaries - (primaries // 2 + 1) + 1   # PFAIL flags that leave it without a majority
+    return pfail[lost - 1] if 0 < lost <= len(pfail) else math.inf

@@ -234,8 +234,10 @@ class SimDriver:
                 raise self._lose(client, "server went away", request)
             return answer, None, ready
         server.advance(env.now)
-        # A split brain closed the link while the request was out: it ran, its reply is lost.
-        closed = connection.incarnation < 0 and self._replies_lost
+        # A split brain closed the link while the request was out (on a cluster, a partition cut
+        # one of its links): it ran, its reply is lost.
+        closed = self._replies_lost and (connection.incarnation < 0 or (
+            self._cluster and server.cut is not None and bool(server.dead_links(connection, server.shards_of(request)))))
         if entry.lost or closed or (route.fate == network.RESET and self._replies_lost):
             if entry.committed and send.writes:   # it ran (a large pipeline's earlier reads, or all)
                 self.history.applied(send.operation, entry.applied_at)
@@ -316,7 +318,11 @@ class SimDriver:
         missing = cluster.missing_links(connection, shards)
         if not missing:
             return
-        if any(env.now < cluster.shards[shard].down_until for shard in missing):
+        nodes = [cluster.node(client.index, shard) for shard in missing]
+        if any(node is None for node in nodes):
+            yield env.timeout(2 * self._half_rtt)
+            raise ConnectionRefused("partitioned from the node")
+        if any(env.now < node.down_until for node in nodes):
             yield env.timeout(2 * self._half_rtt)
             raise ConnectionRefused("server down")
         if route.fate == network.VANISH:   # the handshake vanishes (a blackhole): refused at the timeout
@@ -330,14 +336,13 @@ class SimDriver:
             yield env.timeout(self._timeout)
             raise ConnectionRefused("the handshake timed out")
         yield env.timeout(reply_at - started)
-        for shard in missing:
-            cluster.shards[shard].advance(env.now)
+        cluster.advance(env.now)
         lost = [shard for shard, entry in entries.items() if entry.lost]
         if lost:
             cluster.drop_links(connection, lost)
             raise ConnectionRefused("server went away during the handshake")
-        for shard in missing:
-            client.connects.append((env.now, cluster.shards[shard].name))
+        for node in nodes:
+            client.connects.append((env.now, node.name))
 
     def _connect(self, client: Client, route: network.Route):
         """Open a connection: PING and SCRIPT LOAD in one round trip; refused
@@ -354,10 +359,11 @@ class SimDriver:
         if route.fate == network.VANISH:
             yield env.timeout(self._timeout)
             raise ConnectionRefused("no answer to the handshake")
-        connection = Connection(server)
+        connection = Connection(server, client.index)
         started = env.now
         if self._cluster:   # a link to every shard that is up (the others: when a request needs them)
-            up = [index for index, shard in enumerate(server.shards) if env.now >= shard.down_until]
+            nodes = [server.node(client.index, index) for index in range(len(server.shards))]
+            up = [index for index, node in enumerate(nodes) if node is not None and env.now >= node.down_until]
             if not up:
                 yield env.timeout(2 * self._half_rtt)
                 raise ConnectionRefused("server down")
@@ -379,7 +385,7 @@ class SimDriver:
                 raise ConnectionRefused("server went away during the handshake")
             for index in entries:
                 if index not in lost:
-                    client.connects.append((env.now, server.shards[index].name))
+                    client.connects.append((env.now, nodes[index].name))
         elif entry.lost:
             raise ConnectionRefused("server went away during the handshake")
         self.reconnects += 1

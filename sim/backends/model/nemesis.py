@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.backends.model.cluster import promotion_times
+from sim.backends.model.cluster import CUT_PING_S, ShardCut, minority_refusal_time, promotion_times
 from sim.backends.model.driver import SimDriver
 from sim.backends.model.migration import SlotMigration
 from sim.backends.model.server import REPLICA_CRON_S
@@ -170,6 +170,54 @@ class Nemesis:
         self.log.promoted(index, now, env.now, server.name)
         self.log.ended(index, env.now)
         env.process(self._rejoin(server, now + max(fault.duration, promoted_s)))
+
+    def minority_partition(self, index: int, fault: Fault):
+        """A shard's primary is cut off with the clients left on its side
+        (:class:`~sim.backends.model.cluster.ShardCut`): it takes their
+        writes until it misses a majority (:func:`minority_refusal_time`);
+        on the other side the cluster flags it FAIL and promotes its replica
+        as in a cluster_failover, holding the writes up to the cut. When the
+        partition heals (not before the promotion), the old primary becomes
+        a replica: what it took after the cut is lost."""
+        old, shard = self._struck(index, fault)
+        if self._server_down(index, old):
+            return
+        if not old.replicas:
+            self.log.not_applied(index, "no replica to promote (the last one was promoted)")
+            return
+        env, driver, cluster = self.env, self.driver, self.driver.server
+        if cluster.cut is not None:
+            self.log.not_applied(index, "another minority partition was under way")
+            return
+        now = env.now
+        share = fault.param("clients_share") if "lost_in_split_brain" in driver.causes else 0.0
+        minority = left_with_old_primary(self.seed, index, len(driver.clients), share)
+        timeout_s = self.config.cluster_node_timeout_ms / 1000.0
+        refuses_s = minority_refusal_time(timeout_s, len(cluster.shards), [
+            uniform(self.seed, index, other, 0x3170) for other in range(len(cluster.shards))])
+        draws = tuple(uniform(self.seed, index, salt) for salt in (0xFA11, 0xC205, 0xE1EC))
+        failed_s, promoted_s = promotion_times(timeout_s, draws, first_ping_s=CUT_PING_S)
+        heals_s = max(fault.duration, promoted_s)
+        self.log.struck(index, now, clients_left=len(minority), promoted=False, acknowledged_writes_lost=0,
+                        old_primary_acknowledged=0, failed_at=round(now + failed_s, 6),
+                        refused_at=round(now + refuses_s, 6) if refuses_s < heals_s else None)
+        cluster.cut = ShardCut(shard, old, minority, now + refuses_s)
+        acknowledged = self.acks.watch_cut_off(shard, minority)
+        self.log.old_primary(index, acknowledged)
+        cluster.down_windows.append((now + failed_s, now + promoted_s))
+        yield env.timeout(promoted_s)
+        keep = self._replica_keeps(now, self.config.replication_lag_ms / 1000.0, old)
+        promoted = cluster.shards[shard] = old.fork(env.now, keep, f"{old.name}-replica0", self._preserved())
+        promoted.replicas -= 1   # its replica is the old primary, once the partition heals
+        self.log.old_primary(index, acknowledged, self.acks.lost_operations(keep, now, shard))
+        self.log.update(index, promoted=True)
+        self.log.promoted(index, now, env.now, promoted.name)
+        yield env.timeout(max(0.0, now + heals_s - env.now))
+        cluster.cut = None
+        self.acks.unwatch_cut_off(acknowledged)
+        old.demote(env.now)   # it learns of the promotion from the first pong, and rejoins as a replica
+        promoted.replicas += 1
+        self.log.ended(index, env.now, demoted_at=round(env.now, 6))
 
     def slot_migration(self, index: int, fault: Fault):
         """Live resharding: slots of the ``shard`` move to ``to_shard`` while

@@ -69,17 +69,19 @@ class ServiceTimes:
 class Connection:
     """Server-side state of one client connection: its WATCHed keys, the
     server (and which of its processes) it reached, the end of its last
-    write (for WAIT)."""
+    write (for WAIT); on a cluster, the client's number (who reaches which
+    node across a partition)."""
 
-    __slots__ = ("watched", "dirty", "server", "incarnation", "last_write", "asking")
+    __slots__ = ("watched", "dirty", "server", "incarnation", "last_write", "asking", "client")
 
-    def __init__(self, server: "Server | None" = None) -> None:
+    def __init__(self, server: "Server | None" = None, client: int = -1) -> None:
         self.watched: set[str] = set()
         self.dirty = False
         self.server = server
         self.incarnation = server.incarnation if server is not None else 0
         self.last_write = -math.inf
         self.asking = False   # ASKING came before the next command (a cluster's slot migration)
+        self.client = client
 
     def close(self) -> None:
         """The network closed it (a partition): a reply on its way is lost,

@@ -135,7 +135,8 @@ class ClusterDeployment(Deployment):
                                       min_replicas_to_write=server.min_replicas_to_write,
                                       min_replicas_max_lag=server.min_replicas_max_lag,
                                       client_proxies=strikes_network(schedule), clients=scenario.clients.count,
-                                      node_timeout_ms=server.cluster_node_timeout_ms)
+                                      node_timeout_ms=server.cluster_node_timeout_ms,
+                                      bus_relay=any(fault.kind == "minority_partition" for fault in schedule))
 
     def __enter__(self) -> "ClusterDeployment":
         self.servers.__enter__()

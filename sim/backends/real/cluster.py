@@ -13,6 +13,12 @@ by PID when the run ends, fails or is interrupted; the folder is removed in
 a ``finally``. In a run with network faults a toxiproxy-server is started
 too, with a proxy from each client to each node (``client<i>-shard<j>``, and
 ``-replica<k>`` for a replica), through which that client reaches that node.
+In a run with a minority partition, the nodes' bus links go through a relay
+that can cut one node off (sim/backends/real/bus_relay.py: each node
+announces a relay port as its bus port), and the replicas authenticate as a
+user of their own (``REPLICATION_USER``), so that the cut-off primary can
+refuse its replica (ACL SETUSER off, CLIENT KILL USER) while its clients
+carry on.
 
 Hand-written rather than redis-py's ``RedisCluster``, and why: the driver
 needs what that client hides. Each virtual client owns one raw connection
@@ -51,13 +57,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncConnection
-from sim.backends.real.processes import ProcessError, RedisServer, ToxiproxyServer, free_port, stop_process
+from sim.backends.real.processes import (BusRelayProcess, ProcessError, RedisServer, ToxiproxyServer, free_port,
+                                        stop_process)
 from sim.client import ConnectionRefused
 from sim.cluster import SlotMap, command_keys, even_split, merge_keyless, route
 from sim.commands import CommandError, Pipeline, Request
 from sim.lua import LuaScript
 
 NODE_TIMEOUT_MS = 15000   # cluster-node-timeout: Redis's default ([server] cluster_node_timeout_ms)
+REPLICATION_USER = "countdrift-replication"   # who the replicas are on their primary (a relayed cluster)
+_REPLICATION_PASSWORD = "countdrift"
 
 
 class ClusterServers:
@@ -66,7 +75,8 @@ class ClusterServers:
     def __init__(self, primaries: int = 3, replicas_per_primary: int = 1, appendonly: bool = True,
                  appendfsync: str = "everysec", rdb_interval_s: float = 60.0, keep_folder: bool = False,
                  min_replicas_to_write: int = 0, min_replicas_max_lag: int = 10,
-                 client_proxies: bool = False, clients: int = 1, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
+                 client_proxies: bool = False, clients: int = 1, node_timeout_ms: int = NODE_TIMEOUT_MS,
+                 bus_relay: bool = False) -> None:
         self.primary_count = primaries
         self.node_timeout_ms = int(node_timeout_ms)
         self.replicas_per_primary = replicas_per_primary
@@ -79,6 +89,9 @@ class ClusterServers:
         self.proxied = client_proxies
         self.client_count = clients
         self.toxiproxy: ToxiproxyServer | None = None
+        self.relayed = bus_relay
+        self.bus_relay: BusRelayProcess | None = None
+        self.relay_ports: dict[str, int] = {}        # node name -> the relay port it announces as its bus port
         self.client_proxies: list = []                # every client's proxy to every primary
         self.proxies_of: list[dict[str, Any]] = []    # per client: node address -> its proxy to it
         self.folder: Path | None = None
@@ -102,8 +115,10 @@ class ClusterServers:
     def config(self) -> dict[str, str]:
         persistence = ({"appendonly": "yes", "appendfsync": self.appendfsync} if self.appendonly else
                        {"appendonly": "no", "save": f"{max(1, int(self.rdb_interval_s))} 1"})
-        return {**persistence, **self.min_replicas, "cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
-                "cluster-node-timeout": str(self.node_timeout_ms)}
+        replication = ({"user": f"{REPLICATION_USER} on >{_REPLICATION_PASSWORD} ~* &* +@all",
+                        "masteruser": REPLICATION_USER, "masterauth": _REPLICATION_PASSWORD} if self.relayed else {})
+        return {**persistence, **self.min_replicas, **replication, "cluster-enabled": "yes",
+                "cluster-config-file": "nodes.conf", "cluster-node-timeout": str(self.node_timeout_ms)}
 
     def _node(self, name: str) -> RedisServer:
         # The cluster bus port is the client port + 10000 by default, which a
@@ -116,6 +131,12 @@ class ClusterServers:
         while bus in taken or bus == node.port:
             bus = free_port()
         node.config["cluster-port"] = str(bus)
+        if self.relayed:
+            relay = free_port()
+            while relay in taken or relay in (bus, node.port) or relay in self.relay_ports.values():
+                relay = free_port()
+            node.config["cluster-announce-bus-port"] = str(relay)
+            self.relay_ports[name] = relay
         self.nodes.append(node)
         node.start()
         self.node_ids[name] = node.client().execute_command("CLUSTER", "MYID")
@@ -129,11 +150,15 @@ class ClusterServers:
                                   for index in range(self.replicas_per_primary)])
         for primary, (first, last) in zip(self.primaries, even_split(self.primary_count)):
             primary.client().execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        if self.relayed:
+            self.bus_relay = BusRelayProcess({self.relay_ports[node.name]: int(node.config["cluster-port"])
+                                              for node in self.nodes})
+            self.bus_relay.start()
         # Every node meets every other (rather than one node all, and gossip the rest: 2-3 s more here).
         for index, node in enumerate(self.nodes):
             client = node.client()
             for other in self.nodes[index + 1:]:
-                client.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port, other.config["cluster-port"])
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port, self.bus_port(other))
         self._wait(lambda: all(self._knows_all(node) for node in self.nodes), "every node to know every other")
         for primary, replicas in zip(self.primaries, self.replicas):
             for replica in replicas:
@@ -141,6 +166,10 @@ class ClusterServers:
         self._wait(self.ready, "cluster_state:ok on every node and every replica synced")
         if self.proxied:
             self._proxies()
+
+    def bus_port(self, node: RedisServer) -> int:
+        """Where the other nodes reach ``node``'s bus: the relay's port for it, or its own."""
+        return self.relay_ports.get(node.name) or int(node.config["cluster-port"])
 
     def _proxies(self) -> None:
         """A toxiproxy proxy from each client to each primary (``client<i>-shard<j>``),
@@ -196,6 +225,8 @@ class ClusterServers:
         try:
             if self.toxiproxy is not None:
                 self.toxiproxy.stop()
+            if self.bus_relay is not None:
+                self.bus_relay.stop()
             # Replicas first: a primary told to stop waits (up to shutdown-timeout, 10 s) for
             # replicas that have not acknowledged its last writes, and the stop would SIGKILL it.
             replicas = {replica.name for shard in self.replicas for replica in shard}

@@ -20,6 +20,16 @@ record says which shard and which slots:
   started again after ``duration`` (or the promotion, if later), and the
   cluster makes it a replica of the promoted one. Clients follow by
   themselves: a refused link makes them read the slot map again;
+- ``minority_partition``: the primary is cut off from the other nodes
+  (the bus relay closes every bus link between it and them:
+  sim/backends/real/bus_relay.py), from its replica (the replica's user
+  is switched off there and its link killed) and from the clients not left
+  with it (their proxies to it are disabled), while the clients left with it
+  lose their proxies to every other node. The nemesis watches the old
+  primary's ``cluster_state`` (``fail``: ``refused_at``) and the promotion
+  as for ``cluster_failover``; after ``duration`` (or the promotion, if
+  later) everything is mended, and the cluster makes the old primary a
+  replica of the promoted one (``demoted_at``);
 - ``slot_migration``: what ``redis-cli --cluster reshard`` sends, with
   every slot opened first: CLUSTER SETSLOT IMPORTING on the target and
   MIGRATING on the source for each slot, then, one slot at a time at an
@@ -34,12 +44,13 @@ import time
 
 import redis
 
+from sim.backends.real.cluster import REPLICATION_USER
 from sim.backends.real.nemesis import RealNemesis
 from sim.backends.real.processes import RedisServer
 from sim.client import in_flight
 from sim.cluster import SlotMap, migrating_slots, shard_slots
 from sim.faults import Fault
-from sim.nemesis import FSYNC_PERIOD_S
+from sim.nemesis import FSYNC_PERIOD_S, left_with_old_primary
 
 _WATCH_S = 0.01          # how often the failover's progress is read
 _PROMOTION_PATIENCE = 10  # node timeouts (plus 5 s) to wait for a promotion before giving up
@@ -134,6 +145,76 @@ class ClusterNemesis(RealNemesis):
             if not primary.running:
                 await asyncio.to_thread(primary.start)
             self.down_shards.discard(shard)
+
+    async def minority_partition(self, index: int, fault: Fault) -> None:
+        old, shard = self._struck(index, fault)
+        if self._shard_down(index, shard):
+            return
+        replicas = [replica for replica in self.servers.replicas[shard] if replica.running]
+        if not replicas:
+            self.log.not_applied(index, "no replica to promote (the last one was promoted)")
+            return
+        servers, driver = self.servers, self.driver
+        self.down_shards.add(shard)
+        now = driver.now()
+        minority = left_with_old_primary(self.seed, index, len(driver.clients), fault.param("clients_share"))
+        self.log.struck(index, now, clients_left=len(minority), promoted=False, acknowledged_writes_lost=0,
+                        old_primary_acknowledged=0)
+        acknowledged = self.acks.watch_cut_off(shard, minority)
+        self.log.old_primary(index, acknowledged)
+        proxies = [proxy.name for client, mine in enumerate(servers.proxies_of) for address, proxy in mine.items()
+                   if (address == old.address) != (client in minority)]
+        refusal = None
+        try:
+            await asyncio.to_thread(self._cut_off, old, True)
+            await asyncio.gather(*(self._cut_proxy(proxy) for proxy in proxies))
+            refusal = asyncio.ensure_future(self._refusal(index, old))
+            promoted = await self._promotion(index, shard, replicas, now)
+            if promoted is not None:
+                servers.primaries[shard] = promoted
+                servers.replicas[shard] = [old, *(r for r in servers.replicas[shard] if r is not promoted)]
+                lag_s = self.config.replication_lag_ms / 1000.0
+                self.log.old_primary(index, acknowledged, self.acks.lost_operations(now - lag_s, now, shard))
+                self.log.update(index, promoted=True)
+                self.log.promoted(index, now, driver.now(), promoted.name)
+            await asyncio.sleep(max(0.0, now + fault.duration - driver.now()))
+        finally:
+            if refusal is not None:
+                refusal.cancel()
+            await asyncio.to_thread(self._cut_off, old, False)
+            await asyncio.gather(*(self._mend_proxy(proxy) for proxy in proxies))
+            self.acks.unwatch_cut_off(acknowledged)
+            self.down_shards.discard(shard)
+        self.log.ended(index, driver.now())
+        await self._demotion(index, old)
+
+    def _cut_off(self, node: RedisServer, cut: bool) -> None:
+        """Cut ``node`` off from the other nodes and its replicas (or mend it)."""
+        relay = self.servers.bus_relay
+        with node.client() as client:
+            if cut:
+                relay.cut(self.servers.node_ids[node.name], self.servers.relay_ports[node.name])
+                client.execute_command("ACL", "SETUSER", REPLICATION_USER, "off")
+                client.execute_command("CLIENT", "KILL", "USER", REPLICATION_USER)
+            else:
+                relay.heal()
+                client.execute_command("ACL", "SETUSER", REPLICATION_USER, "on")
+
+    async def _refusal(self, index: int, node: RedisServer) -> None:
+        """Until the cut-off primary's cluster_state is fail (it answers CLUSTERDOWN)."""
+        probe = node.client(socket_timeout=1.0)
+        try:
+            while True:
+                try:
+                    state = await asyncio.to_thread(probe.cluster, "INFO")
+                    if state.get("cluster_state") == "fail":
+                        self.log.update(index, refused_at=round(self.driver.now(), 6))
+                        return
+                except redis.RedisError:
+                    pass
+                await asyncio.sleep(_WATCH_S)
+        finally:
+            probe.close()
 
     async def slot_migration(self, index: int, fault: Fault) -> None:
         source, target = fault.param("shard"), fault.param("to_shard")

@@ -352,7 +352,7 @@ class RealNemesis:
         await self.toxics.enable(proxy, True)
 
     async def _demotion(self, index: int, old: RedisServer) -> None:
-        """Until the sentinels have made the old primary a replica."""
+        """Until the old primary is a replica (the sentinels, or the cluster, made it one)."""
         probe = old.client(socket_timeout=1.0)
         try:
             while True:
@@ -371,6 +371,9 @@ class RealNemesis:
         self._needs_cluster(index, fault)
 
     async def slot_migration(self, index: int, fault: Fault) -> None:
+        self._needs_cluster(index, fault)
+
+    async def minority_partition(self, index: int, fault: Fault) -> None:
         self._needs_cluster(index, fault)
 
     def _needs_cluster(self, index: int, fault: Fault) -> None:
@@ -415,17 +418,19 @@ class RealNemesis:
     async def partition(self, index: int, fault: Fault) -> None:
         """Disable every client's proxy; overlapping partitions keep them
         disabled until the last one ends."""
-        async def apply(proxy: str) -> None:
-            if self._partitions[proxy] == 0:
-                await self.toxics.enable(proxy, False)
-            self._partitions[proxy] += 1
+        await self._window(index, fault, self._cut_proxy, self._mend_proxy)
 
-        async def undo(proxy: str) -> None:
-            self._partitions[proxy] -= 1
-            if self._partitions[proxy] == 0:
-                await self.toxics.enable(proxy, True)
+    async def _cut_proxy(self, proxy: str) -> None:
+        """Disable a client's proxy (connections refused, open ones closed),
+        until every partition that cut it has mended it."""
+        if self._partitions[proxy] == 0:
+            await self.toxics.enable(proxy, False)
+        self._partitions[proxy] += 1
 
-        await self._window(index, fault, apply, undo)
+    async def _mend_proxy(self, proxy: str) -> None:
+        self._partitions[proxy] -= 1
+        if self._partitions[proxy] == 0:
+            await self.toxics.enable(proxy, True)
 
     async def latency(self, index: int, fault: Fault) -> None:
         # The simulation adds delay + jitter * U[0, 1) each way; toxiproxy adds latency + U[-jitter, jitter].

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,44 @@ class ToxiproxyServer:
     def stop(self) -> None:
         if self.process is not None:
             stop_process(self.process)
+
+
+class BusRelayProcess:
+    """The cluster bus's relay (sim/backends/real/bus_relay.py), a Python
+    process of its own: ``routes`` maps each relay port to a node's bus port."""
+
+    def __init__(self, routes: dict[int, int]) -> None:
+        self.routes = routes
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        script = Path(__file__).with_name("bus_relay.py")
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), *(f"{listen}:{target}" for listen, target in self.routes.items())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            start_new_session=True)
+        REGISTRY.add(self.process)
+        self._expect("ready")
+
+    def cut(self, node_id: str, port: int) -> None:
+        """Cut the node with this id (reached at relay ``port``) off from every other node."""
+        self._send(f"cut {node_id} {port}")
+
+    def heal(self) -> None:
+        self._send("heal")
+
+    def _send(self, command: str) -> None:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        self._expect("ok")
+
+    def _expect(self, answer: str) -> None:
+        line = self.process.stdout.readline().strip()
+        if line != answer:
+            raise ProcessError(f"the cluster bus relay answered {line!r} instead of {answer!r}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stdin.close()   # it stops by itself at the end of its input
+            stop_process(self.process)
+            self.process.stdout.close()
