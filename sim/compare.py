@@ -2,8 +2,8 @@
 
 Results are matched by scenario, seed, backend and strategy. Correctness must not
 get worse at all: in a simulated run, which is deterministic, any drift
-figure that grew is a regression; in a real run, one that grew by more than
-the tolerance. Throughput may fall by up to the tolerance (default 5%),
+figure that grew is a regression (on a cluster, each shard's too); in a
+real run, one that grew by more than the tolerance. Throughput may fall by up to the tolerance (default 5%),
 since wall-clock figures are noisy; simulated throughput is compared the
 same way, so that a deliberate change to the model's costs is not a failure
 by a hair. Latency changes are reported, never fatal.
@@ -28,6 +28,7 @@ from sim.sweep_results import find_sweeps
 
 DRIFT_FIELDS = ("users_inconsistent", "users_wrong_total", "convs_wrong", "abs_drift_sum", "max_abs_drift",
                 "overcount", "undercount")
+SHARD_DRIFT_FIELDS = ("users_wrong_total", "abs_drift_sum")   # a cluster run's, per shard
 
 
 @dataclass
@@ -80,11 +81,16 @@ def compare(baseline_paths: list[str], current_paths: list[str], tolerance: floa
                 changes.append(Change(scenario, seed, backend, strategy, "missing from the current results", 1, 0,
                                       True))
                 continue
-            for figure in DRIFT_FIELDS:
-                before, after = run["drift"][figure], other["drift"][figure]
+            figures = [(f"drift.{figure}", run["drift"][figure], other["drift"][figure]) for figure in DRIFT_FIELDS]
+            # On a cluster, each shard's too: drift that moved to another shard's users is a change.
+            for shard, drift in run.get("shard_drift", {}).items():
+                now_drift = other.get("shard_drift", {}).get(shard, {})
+                figures += [(f"shard_drift.{shard}.{figure}", drift[figure], now_drift.get(figure, 0))
+                            for figure in SHARD_DRIFT_FIELDS]
+            for figure, before, after in figures:
                 if after != before:
                     allowed = 0 if backend == "sim" else max(1.0, tolerance * before)
-                    changes.append(Change(scenario, seed, backend, strategy, f"drift.{figure}", before, after,
+                    changes.append(Change(scenario, seed, backend, strategy, figure, before, after,
                                           after - before > allowed))
             before, after = run["throughput_ops_per_s"], other["throughput_ops_per_s"]
             if after != before:

@@ -665,21 +665,28 @@ timeline_points = 2
 kind = "{kind}"
 at = 0.4
 duration = {duration}
-params = {{ shard = 1 }}
+params = {{ shard = 1{params} }}
 """
 
 
 def shard_fault_run(tmp_path: Path, kind: str, backend: str) -> tuple:
     """One lua run of the small 1:1 scenario with ``kind`` on shard 1: the
     execution, and the users whose total ended outside its true range."""
-    from sim import backends
-    from sim.runner import schedule_for
-
     path = tmp_path / f"{kind}.toml"
     # A failover: retries for 50 + 100 + ... + 800 ms, through the cluster's CLUSTERDOWN window
     # (under 1.2 s), not through the shard's outage (over 1.6 s). A crash: the shard alone is down.
     retries = 5 if kind == "cluster_failover" else 1
-    path.write_text(SHARD_FAULT.format(kind=kind, duration=2.5 if kind == "cluster_failover" else 0.5, retries=retries))
+    path.write_text(SHARD_FAULT.format(kind=kind, duration=2.5 if kind == "cluster_failover" else 0.5, retries=retries,
+                                       params=""))
+    return lua_run(path, backend)
+
+
+def lua_run(path: Path, backend: str) -> tuple:
+    """One lua run of the scenario at ``path``: the execution, and the
+    users whose total ended outside its true range."""
+    from sim import backends
+    from sim.runner import schedule_for
+
     scenario = load(path)
     trace = generate(scenario.traffic, scenario.seed)
     with backends.get(backend).deploy(scenario, schedule_for(scenario, trace)) as deployment:

@@ -109,6 +109,22 @@ def test_compare_fails_when_one_strategys_drift_grew(small_results, tmp_path, ca
     assert "1 regression" in table.read_text()
 
 
+def test_compare_names_the_shard_whose_users_drift_more(small_results, tmp_path, capsys):
+    """A cluster run's drift that moved from one shard's users to another's:
+    the totals are the same, the shard that got worse is a regression."""
+    document = json.loads(small_results.read_text())
+    document["runs"][1]["shard_drift"] = {
+        "shard0": {"users": 50, "users_wrong_total": 2, "abs_drift_sum": 3, "users_inconsistent": 0},
+        "shard1": {"users": 50, "users_wrong_total": 0, "abs_drift_sum": 0, "users_inconsistent": 0}}
+    moved = copy.deepcopy(document)
+    moved["runs"][1]["shard_drift"]["shard0"].update(users_wrong_total=0, abs_drift_sum=0)
+    moved["runs"][1]["shard_drift"]["shard1"].update(users_wrong_total=2, abs_drift_sum=3)
+    assert main(["compare", str(write(document, tmp_path / "a")), str(write(document, tmp_path / "b"))]) == 0
+    assert main(["compare", str(write(document, tmp_path / "c")), str(write(moved, tmp_path / "d"))]) == 1
+    out = capsys.readouterr().out
+    assert "shard_drift.shard1.abs_drift_sum" in out and "shard_drift.shard0.abs_drift_sum" in out
+
+
 def test_compare_throughput_tolerance(small_results, tmp_path):
     document = json.loads(small_results.read_text())
     slower = copy.deepcopy(document)

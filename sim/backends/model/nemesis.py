@@ -144,6 +144,16 @@ class Nemesis:
         self._kill(index, keep, fault.duration, tear, server=server, shard=shard)
         yield from self._back_up(index, server)
 
+    def _promotable(self, index: int, server) -> bool:
+        """Whether a fault that ends in a promotion can strike ``server``: it
+        is up, and has a replica to promote."""
+        if self._server_down(index, server):
+            return False
+        if not server.replicas:
+            self.log.not_applied(index, "no replica to promote (the last one was promoted)")
+            return False
+        return True
+
     def cluster_failover(self, index: int, fault: Fault):
         """A cluster shard's primary dies; the cluster flags it FAIL and its
         replica wins the election when cluster.c's timing says
@@ -152,10 +162,7 @@ class Nemesis:
         last replication lag; the old primary rejoins as a replica after
         ``duration`` (or the promotion, if later)."""
         server, shard = self._struck(index, fault)
-        if self._server_down(index, server):
-            return
-        if not server.replicas:
-            self.log.not_applied(index, "no replica to promote (the last one was promoted)")
+        if not self._promotable(index, server):
             return
         env, cluster = self.env, self.driver.server
         now = env.now
@@ -180,10 +187,7 @@ class Nemesis:
         partition heals (not before the promotion), the old primary becomes
         a replica: what it took after the cut is lost."""
         old, shard = self._struck(index, fault)
-        if self._server_down(index, old):
-            return
-        if not old.replicas:
-            self.log.not_applied(index, "no replica to promote (the last one was promoted)")
+        if not self._promotable(index, old):
             return
         env, driver, cluster = self.env, self.driver, self.driver.server
         if cluster.cut is not None:

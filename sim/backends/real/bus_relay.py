@@ -13,11 +13,12 @@ soon as its first header is read; the node then sees its pings go
 unanswered, as the others see theirs.
 
 Run as a process of its own (only the standard library), so that the
-driver's load never delays the bus:
-``python bus_relay.py LISTEN:TARGET ...`` (ports on 127.0.0.1). It prints
-``ready`` once it listens, then takes lines on its standard input, each
-answered ``ok`` once done: ``cut NODE-ID LISTEN-PORT`` (the node and its
-relay port) and ``heal``.
+driver's load never delays the bus: ``python bus_relay.py TARGET ...`` (the
+nodes' bus ports on 127.0.0.1). It listens on a free port of 127.0.0.1 for
+each (picked by the kernel as it binds, so none can be taken in between),
+prints ``ready`` and those ports in the targets' order, then takes lines
+on its standard input, each answered ``ok`` once done: ``cut NODE-ID PORT``
+(the node and its relay port) and ``heal``.
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ class Link:
 
 
 class Relay:
-    def __init__(self, routes: dict[int, int]) -> None:
-        self.routes = routes                 # relay port -> the node's bus port
+    def __init__(self) -> None:
+        self.routes: dict[int, int] = {}     # relay port -> the node's bus port
         self.cut: tuple[str, int] | None = None   # the node cut off, and its relay port
         self.links: set[Link] = set()
 
@@ -58,11 +59,15 @@ class Relay:
         node, its_port = self.cut
         return (sender == node) != (port == its_port)
 
-    async def serve(self) -> list[asyncio.AbstractServer]:
+    async def serve(self, targets: list[int]) -> list[asyncio.AbstractServer]:
+        """Listen for each target on a port of the kernel's choosing."""
         servers = []
-        for port in self.routes:
-            servers.append(await asyncio.start_server(
-                lambda reader, writer, port=port: self._accept(reader, writer, port), "127.0.0.1", port))
+        for target in targets:   # a link's relay port is the port it came in on
+            server = await asyncio.start_server(
+                lambda reader, writer: self._accept(reader, writer, writer.get_extra_info("sockname")[1]),
+                "127.0.0.1", 0)
+            self.routes[server.sockets[0].getsockname()[1]] = target
+            servers.append(server)
         return servers
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
@@ -113,13 +118,13 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def _main(routes: dict[int, int]) -> None:
-    relay = Relay(routes)
-    servers = await relay.serve()
+async def _main(targets: list[int]) -> None:
+    relay = Relay()
+    servers = await relay.serve(targets)
     loop = asyncio.get_running_loop()
     commands = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
-    print("ready", flush=True)
+    print("ready", *relay.routes, flush=True)
     while line := await commands.readline():
         words = line.decode().split()
         if words[:1] == ["cut"] and len(words) == 3:
@@ -135,5 +140,4 @@ async def _main(routes: dict[int, int]) -> None:
 
 
 if __name__ == "__main__":
-    pairs = [argument.split(":") for argument in sys.argv[1:]]
-    asyncio.run(_main({int(listen): int(target) for listen, target in pairs}))
+    asyncio.run(_main([int(target) for target in sys.argv[1:]]))

@@ -131,12 +131,6 @@ class ClusterServers:
         while bus in taken or bus == node.port:
             bus = free_port()
         node.config["cluster-port"] = str(bus)
-        if self.relayed:
-            relay = free_port()
-            while relay in taken or relay in (bus, node.port) or relay in self.relay_ports.values():
-                relay = free_port()
-            node.config["cluster-announce-bus-port"] = str(relay)
-            self.relay_ports[name] = relay
         self.nodes.append(node)
         node.start()
         self.node_ids[name] = node.client().execute_command("CLUSTER", "MYID")
@@ -150,10 +144,12 @@ class ClusterServers:
                                   for index in range(self.replicas_per_primary)])
         for primary, (first, last) in zip(self.primaries, even_split(self.primary_count)):
             primary.client().execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-        if self.relayed:
-            self.bus_relay = BusRelayProcess({self.relay_ports[node.name]: int(node.config["cluster-port"])
-                                              for node in self.nodes})
+        if self.relayed:   # each node announces its relay port as its bus port (kept across restarts)
+            self.bus_relay = BusRelayProcess([int(node.config["cluster-port"]) for node in self.nodes], self.folder)
             self.bus_relay.start()
+            for node, port in zip(self.nodes, self.bus_relay.ports):
+                node.reconfigure("CONFIG", "SET", "cluster-announce-bus-port", str(port))
+                self.relay_ports[node.name] = port
         # Every node meets every other (rather than one node all, and gossip the rest: 2-3 s more here).
         for index, node in enumerate(self.nodes):
             client = node.client()

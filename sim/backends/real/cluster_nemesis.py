@@ -45,7 +45,7 @@ import time
 import redis
 
 from sim.backends.real.cluster import REPLICATION_USER
-from sim.backends.real.nemesis import RealNemesis
+from sim.backends.real.nemesis import RealNemesis, until
 from sim.backends.real.processes import RedisServer
 from sim.client import in_flight
 from sim.cluster import SlotMap, migrating_slots, shard_slots
@@ -118,14 +118,29 @@ class ClusterNemesis(RealNemesis):
     async def power_loss(self, index: int, fault: Fault) -> None:
         await self._crash(index, fault, power=True)
 
-    async def cluster_failover(self, index: int, fault: Fault) -> None:
+    def _promotable(self, index: int, fault: Fault) -> tuple[RedisServer, int, list[RedisServer]] | None:
+        """The primary a fault that ends in a promotion strikes, its shard,
+        and the replicas that may be promoted (None: the fault cannot strike)."""
         primary, shard = self._struck(index, fault)
         if self._shard_down(index, shard):
-            return
+            return None
         replicas = [replica for replica in self.servers.replicas[shard] if replica.running]
         if not replicas:
             self.log.not_applied(index, "no replica to promote (the last one was promoted)")
+            return None
+        return primary, shard, replicas
+
+    def _promoted(self, index: int, shard: int, old: RedisServer, promoted: RedisServer, struck: float) -> None:
+        """The cluster named ``promoted`` the primary of ``shard``: ``old`` is its replica now."""
+        self.servers.primaries[shard] = promoted
+        self.servers.replicas[shard] = [old, *(r for r in self.servers.replicas[shard] if r is not promoted)]
+        self.log.promoted(index, struck, self.driver.now(), promoted.name)
+
+    async def cluster_failover(self, index: int, fault: Fault) -> None:
+        struck = self._promotable(index, fault)
+        if struck is None:
             return
+        primary, shard, replicas = struck
         self.down_shards.add(shard)
         died_at = self.driver.now()
         self.log.struck(index, died_at, operations_in_flight=in_flight(self.driver.clients))
@@ -135,9 +150,7 @@ class ClusterNemesis(RealNemesis):
             await asyncio.to_thread(primary.kill)
             promoted = await self._promotion(index, shard, replicas, died_at)
             if promoted is not None:
-                self.servers.primaries[shard] = promoted
-                self.servers.replicas[shard] = [primary, *(r for r in self.servers.replicas[shard] if r is not promoted)]
-                self.log.promoted(index, died_at, self.driver.now(), promoted.name)
+                self._promoted(index, shard, primary, promoted, died_at)
                 self.log.ended(index, self.driver.now())
             await asyncio.sleep(max(0.0, died_at + fault.duration - self.driver.now()))
             await asyncio.to_thread(primary.start)   # the cluster makes it a replica of the promoted one
@@ -147,13 +160,10 @@ class ClusterNemesis(RealNemesis):
             self.down_shards.discard(shard)
 
     async def minority_partition(self, index: int, fault: Fault) -> None:
-        old, shard = self._struck(index, fault)
-        if self._shard_down(index, shard):
+        struck = self._promotable(index, fault)
+        if struck is None:
             return
-        replicas = [replica for replica in self.servers.replicas[shard] if replica.running]
-        if not replicas:
-            self.log.not_applied(index, "no replica to promote (the last one was promoted)")
-            return
+        old, shard, replicas = struck
         servers, driver = self.servers, self.driver
         self.down_shards.add(shard)
         now = driver.now()
@@ -171,12 +181,10 @@ class ClusterNemesis(RealNemesis):
             refusal = asyncio.ensure_future(self._refusal(index, old))
             promoted = await self._promotion(index, shard, replicas, now)
             if promoted is not None:
-                servers.primaries[shard] = promoted
-                servers.replicas[shard] = [old, *(r for r in servers.replicas[shard] if r is not promoted)]
+                self._promoted(index, shard, old, promoted, now)
                 lag_s = self.config.replication_lag_ms / 1000.0
                 self.log.old_primary(index, acknowledged, self.acks.lost_operations(now - lag_s, now, shard))
                 self.log.update(index, promoted=True)
-                self.log.promoted(index, now, driver.now(), promoted.name)
             await asyncio.sleep(max(0.0, now + fault.duration - driver.now()))
         finally:
             if refusal is not None:
@@ -202,19 +210,8 @@ class ClusterNemesis(RealNemesis):
 
     async def _refusal(self, index: int, node: RedisServer) -> None:
         """Until the cut-off primary's cluster_state is fail (it answers CLUSTERDOWN)."""
-        probe = node.client(socket_timeout=1.0)
-        try:
-            while True:
-                try:
-                    state = await asyncio.to_thread(probe.cluster, "INFO")
-                    if state.get("cluster_state") == "fail":
-                        self.log.update(index, refused_at=round(self.driver.now(), 6))
-                        return
-                except redis.RedisError:
-                    pass
-                await asyncio.sleep(_WATCH_S)
-        finally:
-            probe.close()
+        await until(node, lambda probe: probe.cluster("INFO").get("cluster_state") == "fail", _WATCH_S)
+        self.log.update(index, refused_at=round(self.driver.now(), 6))
 
     async def slot_migration(self, index: int, fault: Fault) -> None:
         source, target = fault.param("shard"), fault.param("to_shard")

@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import redis
@@ -43,6 +43,21 @@ def growing_aof(folder: Path) -> Path | None:
     """The multi-part AOF's incremental file that new writes go to."""
     files = sorted(folder.glob("*.incr.aof"), key=lambda path: path.stat().st_mtime)
     return files[-1] if files else None
+
+
+async def until(node: RedisServer, check: Callable[[redis.Redis], bool], period_s: float) -> None:
+    """Ask ``node`` every ``period_s`` until ``check`` says yes (an error: not yet)."""
+    probe = node.client(socket_timeout=1.0)
+    try:
+        while True:
+            try:
+                if await asyncio.to_thread(check, probe):
+                    return
+            except redis.RedisError:
+                pass
+            await asyncio.sleep(period_s)
+    finally:
+        probe.close()
 
 
 class RealNemesis:
@@ -353,19 +368,8 @@ class RealNemesis:
 
     async def _demotion(self, index: int, old: RedisServer) -> None:
         """Until the old primary is a replica (the sentinels, or the cluster, made it one)."""
-        probe = old.client(socket_timeout=1.0)
-        try:
-            while True:
-                try:
-                    role = await asyncio.to_thread(probe.execute_command, "ROLE")
-                    if role[0] == "slave":
-                        self.log.update(index, demoted_at=round(self.driver.now(), 6))
-                        return
-                except redis.RedisError:
-                    pass
-                await asyncio.sleep(_POLL_S)
-        finally:
-            probe.close()
+        await until(old, lambda probe: probe.execute_command("ROLE")[0] == "slave", _POLL_S)
+        self.log.update(index, demoted_at=round(self.driver.now(), 6))
 
     async def cluster_failover(self, index: int, fault: Fault) -> None:
         self._needs_cluster(index, fault)

@@ -267,20 +267,23 @@ class ToxiproxyServer:
 
 class BusRelayProcess:
     """The cluster bus's relay (sim/backends/real/bus_relay.py), a Python
-    process of its own: ``routes`` maps each relay port to a node's bus port."""
+    process of its own, in front of the bus ports ``targets``; once started,
+    ``ports`` are its ports for them, in the same order."""
 
-    def __init__(self, routes: dict[int, int]) -> None:
-        self.routes = routes
+    def __init__(self, targets: list[int], folder: Path) -> None:
+        self.targets = targets
+        self.ports: list[int] = []
+        self.log = folder / "bus_relay.log"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         script = Path(__file__).with_name("bus_relay.py")
-        self.process = subprocess.Popen(
-            [sys.executable, str(script), *(f"{listen}:{target}" for listen, target in self.routes.items())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            start_new_session=True)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen([sys.executable, str(script), *map(str, self.targets)],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                            start_new_session=True)
         REGISTRY.add(self.process)
-        self._expect("ready")
+        self.ports = [int(port) for port in self._expect("ready")]
 
     def cut(self, node_id: str, port: int) -> None:
         """Cut the node with this id (reached at relay ``port``) off from every other node."""
@@ -294,10 +297,14 @@ class BusRelayProcess:
         self.process.stdin.flush()
         self._expect("ok")
 
-    def _expect(self, answer: str) -> None:
-        line = self.process.stdout.readline().strip()
-        if line != answer:
-            raise ProcessError(f"the cluster bus relay answered {line!r} instead of {answer!r}")
+    def _expect(self, answer: str) -> list[str]:
+        """The rest of its next line, which must start with ``answer``."""
+        words = self.process.stdout.readline().split()
+        if words[:1] != [answer]:
+            said = self.log.read_text(errors="replace").strip().splitlines()[-1:] if self.log.exists() else []
+            raise ProcessError(f"the cluster bus relay answered {' '.join(words)!r} instead of {answer!r}"
+                               + (f": {said[0]}" if said else ""))
+        return words[1:]
 
     def stop(self) -> None:
         if self.process is not None:
