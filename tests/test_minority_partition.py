@@ -154,3 +154,41 @@ def test_a_real_minority_loses_the_writes_of_its_clients(tmp_path):
     replica refused, the clients' proxies cut): the same story."""
     effects, shards, drifting = partition_run(tmp_path, "redis")
     check_partition(effects, shards, drifting, "redis")
+
+
+@pytest.mark.redis
+def test_a_run_interrupted_during_the_partition_leaves_no_process(tmp_path):
+    """SIGINT while shard 1's primary is cut off (its cluster_state is
+    fail): the 6 servers and the bus relay are gone, and their folder."""
+    import signal
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import redis
+
+    from conftest import alive, children
+    from test_cluster import start_real_cluster_run
+
+    folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
+    run, servers = start_real_cluster_run(PARTITION, tmp_path)
+    deadline = time.monotonic() + 30
+    relays: set[int] = set()
+    while not relays and run.poll() is None and time.monotonic() < deadline:   # it starts once the nodes are up
+        relays = {pid for pid, _ in children(run.pid, ("python",))}
+        time.sleep(0.01)
+    assert len(relays) == 1, relays
+    # Each node runs in its own folder, and its process title says its address ("redis-server 127.0.0.1:port").
+    primary = next(pid for pid in servers if Path(f"/proc/{pid}/cwd").resolve().name == "shard1-primary")
+    port = int(Path(f"/proc/{primary}/cmdline").read_bytes().split()[1].split(b":")[1])
+    node = redis.Redis(port=port, decode_responses=True, socket_timeout=1.0)
+    for state in ("ok", "fail"):   # the cluster joins, then the cut 1 s into the run
+        while run.poll() is None and time.monotonic() < deadline and node.cluster("INFO")["cluster_state"] != state:
+            time.sleep(0.01)
+    node.close()
+    assert run.poll() is None, "the run ended before the partition"
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and err.strip().startswith("countdrift: interrupted;"), err
+    assert not any(alive(pid) for pid in servers | relays), "a process outlived the run"
+    assert set(Path(tempfile.gettempdir()).glob("countdrift-*")) <= folders, "a server folder was left"
