@@ -68,6 +68,18 @@ def schedule_for(scenario: Scenario, trace: Trace) -> list[Fault]:
     return sorted([*scenario.faults, *drawn], key=lambda fault: (fault.at, fault.kind))
 
 
+def final_slots(primaries: int, faults: list[dict]) -> SlotMap:
+    """The slot map as the run left it: the even split, with the slots of
+    every slot migration that ended given to its target."""
+    slots = SlotMap.even(primaries)
+    for fault in faults:
+        effects = fault["effects"]
+        if fault["kind"] == "slot_migration" and effects["ended_at"] is not None and effects["slots"]:
+            for slot in effects["slots"].split(","):
+                slots.give(int(slot), effects["to_shard"])
+    return slots
+
+
 def run_strategy(backend: Backend, scenario: Scenario, trace: Trace, name: str, schedule: list[Fault],
                  progress: ProgressFactory | None = None, explain: bool = True) -> dict:
     """Deploy, run, read back, stop; then the run's record (with what only
@@ -82,7 +94,7 @@ def run_strategy(backend: Backend, scenario: Scenario, trace: Trace, name: str, 
     drift = check(pairs, truth, execution.counters)
     record = run_record(scenario, trace, strategy, execution, drift)
     if scenario.server.topology == "cluster":   # which shards' users drifted (a fault strikes one)
-        shards = user_shards(trace.users, SlotMap.even(scenario.server.cluster_primaries))
+        shards = user_shards(trace.users, final_slots(scenario.server.cluster_primaries, execution.faults))
         record["shard_drift"] = drift_by_shard(truth, execution.counters, shards)
     if not np.isnan(history.applied_at).all():
         # The same run judged only from what the clients saw, as on a real

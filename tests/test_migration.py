@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from sim.backends.model.backend import make_server
@@ -171,6 +172,14 @@ def test_a_simulated_migration_moves_the_keys_and_a_split_user_fails_not_drifts(
     assert len(effects["slots"].split(",")) == 32 and effects["keys_moved"] > 32
     assert set(run["errors_by_kind"]) == {"TRYAGAIN"} and run["errors"] > 0
     assert run["drift"]["abs_drift_sum"] == 0
+    # Its users are counted on the shard that holds their keys when the run ends.
+    scenario = load(MIGRATION)
+    moved = set(migrating_slots(scenario.traffic.users, SlotMap.even(3), effects["shard"], 32))
+    users = sum(key_slot(keys.total(user)) in moved for user in range(scenario.traffic.users))
+    even = {f"shard{shard}": count for shard, count in enumerate(
+        np.bincount([SlotMap.even(3).shard_of_key(keys.total(user)) for user in range(scenario.traffic.users)]))}
+    assert users > 0 and run["shard_drift"][f"shard{effects['shard']}"]["users"] == even[f"shard{effects['shard']}"] - users
+    assert run["shard_drift"][f"shard{effects['to_shard']}"]["users"] == even[f"shard{effects['to_shard']}"] + users
 
 
 @pytest.mark.redis
