@@ -24,32 +24,37 @@ that the simulation can model it (`countdrift capacity --model-driver`):
   system) per request and per command it sends, fitted by least squares over
   closed-loop runs of four strategies (different mixes of requests and
   commands) on the direct path, at 32 clients, where the driver is busy;
-- ``wake_us`` and ``server_wake_us``: what one client's PING costs the
-  driver's and the server's CPU beyond what it costs them under load (the
-  fitted ``request_us + command_us``, and ``[server]``'s): a process that
-  waits for the network pays this to wake up for each message, a busy one
-  finds messages waiting;
-- ``rtt_us``: the rest of one client's PING wall time, neither side's CPU:
-  the kernel's loopback.
+- ``wake_us`` and ``server_wake_us``: what one client's round trips cost
+  the driver's and the server's CPU beyond what they cost under load (the
+  fitted ``request_us`` and ``command_us``; the simulated server's time
+  with ``[server]``'s costs): a process that waits for the network pays this
+  to wake up for each message, a busy one finds messages waiting. Measured
+  with the driver itself, one client in a closed loop through four
+  strategies (naive, lua, watch, lock), rather than with a bare loop of
+  PINGs: the driver does more for each reply (the strategy's generator, the
+  history) than such a loop, and one client paid about 15-40 us more per
+  operation than a PING's split predicted (quick and hot_user, every
+  strategy: the simulation was 1.22-1.36x faster at one client);
+- ``rtt_us``: the rest of those runs' wall time, neither side's CPU: the
+  kernel's loopback.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import uvloop
 
 from sim.backends.real.bench import redis_benchmark
-from sim.backends.real.connection import AsyncConnection
 from sim.backends.real.deployment import Servers
 from sim.capacity import closed_loop
 from sim.errors import UsageError
 from sim.runner import run_scenario
-from sim.scenario import load_calibration, parse
+from sim.scenario import SERVICE_KEYS, load_calibration, parse
 from strategies import STRATEGIES
 
 CLIENTS = 50
@@ -126,46 +131,46 @@ read_delay_mean_s = 0.5
 badge_probability = 0.3
 """
 DRIVER_CLIENTS = 32
-PINGS = 5000
+ONE_CLIENT_STRATEGIES = ("naive", "lua", "watch", "lock")
 
 
-async def _pings(port: int, count: int) -> float:
-    """Wall seconds for ``count`` PINGs one after the other on one connection."""
-    connection = AsyncConnection("127.0.0.1", port)
-    await connection.connect(())
-    try:
-        started = time.perf_counter()
-        for _ in range(count):
-            await connection.execute(("PING",))
-        return time.perf_counter() - started
-    finally:
-        await connection.close()
+def measure_one_client(server: dict, traffic: str = DRIVER_TRAFFIC,
+                       strategies: tuple[str, ...] = ONE_CLIENT_STRATEGIES) -> dict:
+    """One client in a closed loop through the real driver, each strategy:
+    its round trips and commands, wall time, the driver's CPU and the
+    server's; and the server's time in the simulation of the same runs
+    (``server``'s costs, no wake-up), which counts the same round trips."""
+    scenario = closed_loop(parse(Path("calibrate-driver.toml"), traffic), 1)
+    simulated = dataclasses.replace(scenario, server=dataclasses.replace(
+        scenario.server, **{key: server[key] for key in SERVICE_KEYS}))
+    runs = {}
+    for name in strategies:
+        real = run_scenario(scenario, [name], backend="redis", explain=False)["runs"][0]
+        model = run_scenario(simulated, [name], backend="sim", explain=False)["runs"][0]
+        runs[name] = {"requests": real["driver_requests"], "commands": real["driver_commands"],
+                      "wall_s": real["wall_seconds"],
+                      "driver_cpu_s": round(real["driver_cpu_share"] * real["wall_seconds"], 4),
+                      "server_cpu_s": round(real["server_cpu_share"] * real["wall_seconds"], 4),
+                      "simulated_server_s": round(model["server_cpu_share"] * model["duration_s"], 4)}
+    return runs
 
 
-def measure_ping() -> dict:
-    """One client's PING, one after the other: wall time, and the CPU of each side."""
-    with Servers(appendonly=False, client_proxies=False) as servers:
-        client = servers.primary.client()
-        uvloop.run(_pings(servers.primary.port, 500))   # warm up
-        server_before, driver_before = _cpu(client), time.process_time()
-        wall = uvloop.run(_pings(servers.primary.port, PINGS))
-        driver = (time.process_time() - driver_before) / PINGS
-        server = (_cpu(client) - server_before) / PINGS
-    return {"wall_us": round(wall / PINGS * 1e6, 3), "driver_cpu_us": round(driver * 1e6, 3),
-            "server_cpu_us": round(server * 1e6, 3)}
-
-
-def idle_costs(ping: dict, driver: dict, server: dict) -> dict[str, float]:
-    """One client's PING split as the model charges it: each side's CPU
-    under load, what each side spends waking up beyond it, and the loopback
-    that neither side's CPU accounts for. With them the model gives one
-    client the PING time measured, and a loaded driver and server the costs
-    fitted under load."""
-    driver_loaded = driver["request_us"] + driver["command_us"]
-    server_loaded = server["request_us"] + server["command_us"]
-    return {"rtt_us": round(max(ping["wall_us"] - ping["driver_cpu_us"] - ping["server_cpu_us"], 0.0), 3),
-            "wake_us": round(max(ping["driver_cpu_us"] - driver_loaded, 0.0), 3),
-            "server_wake_us": round(max(ping["server_cpu_us"] - server_loaded, 0.0), 3)}
+def idle_costs(one_client: dict, driver: dict) -> dict[str, float]:
+    """One client's round trips split as the model charges them: each
+    side's CPU under load, what each side spends waking up beyond it, and
+    the loopback that neither side's CPU accounts for. With them the model
+    gives one client the wall time measured, and a loaded driver and server
+    the costs fitted under load."""
+    runs = one_client.values()
+    requests = sum(run["requests"] for run in runs)
+    driver_loaded = sum(driver["request_us"] * run["requests"] + driver["command_us"] * run["commands"]
+                        for run in runs) / 1e6
+    wall, driver_cpu, server_cpu = (sum(run[key] for run in runs) for key in ("wall_s", "driver_cpu_s", "server_cpu_s"))
+    server_loaded = sum(run["simulated_server_s"] for run in runs)
+    per_request = 1e6 / requests
+    return {"rtt_us": round(max(wall - driver_cpu - server_cpu, 0.0) * per_request, 3),
+            "wake_us": round(max(driver_cpu - driver_loaded, 0.0) * per_request, 3),
+            "server_wake_us": round(max(server_cpu - server_loaded, 0.0) * per_request, 3)}
 
 
 def measure_driver(traffic: str = DRIVER_TRAFFIC, strategies: tuple[str, ...] = tuple(STRATEGIES)) -> dict:
@@ -213,19 +218,22 @@ def as_toml(calibration: dict) -> str:
 DRIVER_HEADER = "# the redis backend's driver"
 
 
-def driver_toml(ping: dict, driver: dict, server: dict) -> str:
-    idle = idle_costs(ping, driver, server)
+def driver_toml(one_client: dict, driver: dict) -> str:
+    idle = idle_costs(one_client, driver)
     lines = [f"{DRIVER_HEADER} (one Python process, every client), measured by `countdrift calibrate`,",
              f"# {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: "
              "`countdrift capacity --model-driver` models it in the simulation", "[driver]",
              *(f"{key} = {value}" for key, value in idle.items()), f"request_us = {driver['request_us']}",
              f"command_us = {driver['command_us']}", "",
-             f"# one client's PING took {ping['wall_us']} us: the driver's CPU {ping['driver_cpu_us']} us, the "
-             f"server's {ping['server_cpu_us']} us; wake_us and server_wake_us are what each spent beyond a PING's "
-             "cost under load, rtt_us the rest",
-             f"# request_us, command_us: the driver's CPU, least squares over closed-loop runs of every strategy "
+             "# wake_us, server_wake_us: what the driver's and the server's CPU spent per round trip beyond their "
+             "cost under load, rtt_us the rest of the wall time, with one client in a closed loop:",
+             f"# {'strategy':<16}{'requests':>10}{'wall s':>9}{'driver s':>10}{'server s':>10}{'simulated':>11}"]
+    for name, run in one_client.items():
+        lines.append(f"# {name:<16}{run['requests']:>10,}{run['wall_s']:>9.3f}{run['driver_cpu_s']:>10.3f}"
+                     f"{run['server_cpu_s']:>10.3f}{run['simulated_server_s']:>11.3f}")
+    lines += [f"# request_us, command_us: the driver's CPU, least squares over closed-loop runs of every strategy "
              f"({DRIVER_CLIENTS} clients, direct path):",
-             f"# {'strategy':<16}{'requests':>10}{'commands':>10}{'cpu s':>9}{'fitted s':>10}{'ops/s':>9}"]
+              f"# {'strategy':<16}{'requests':>10}{'commands':>10}{'cpu s':>9}{'fitted s':>10}{'ops/s':>9}"]
     for name, run in driver["runs"].items():
         lines.append(f"# {name:<16}{run['requests']:>10,}{run['commands']:>10,}{run['cpu_s']:>9.3f}"
                      f"{run['fitted_cpu_s']:>10.3f}{run['throughput_ops_per_s']:>9,.0f}")
@@ -245,7 +253,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         calibration = measure(args.requests)
         text, server = as_toml(calibration), calibration["server"]
-    text += "\n" + driver_toml(measure_ping(), measure_driver(), server)
+    driver = measure_driver()
+    text += "\n" + driver_toml(measure_one_client(server), driver)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(text)
