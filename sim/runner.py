@@ -141,11 +141,11 @@ def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: lis
     backend whose runs share nothing) that many processes at once, each
     forked for one task: a strategy's run, or, once it is done, one piece
     of its explanation (a replay of the attribution), so that the last
-    strategies' replays are shared out too. No progress bars then. A run's
-    record is the same either way: a run starts from nothing that another
-    one left."""
+    strategies' replays are shared out too (a single strategy's as well).
+    No progress bars then. A run's record is the same either way: a run
+    starts from nothing that another one left."""
     global _inherited
-    if jobs <= 1 or len(names) <= 1:
+    if jobs <= 1 or (len(names) <= 1 and not target.parallel_runs):
         return [run_strategy(target, scenario, trace, name, schedule, progress, explain) for name in names]
     if not target.parallel_runs:
         raise BackendRefused(f"the {target.name} backend runs one strategy at a time")
