@@ -85,10 +85,22 @@ class Backend(ABC):
     def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
         """A fresh target for one strategy's run: nothing carries over between runs."""
 
-    def explain(self, scenario: Scenario, trace: Trace, strategy_name: str, schedule: list[Fault],
-                execution: Execution, drift: Drift) -> dict[str, Any]:
+    def explanation(self, scenario: Scenario, strategy_name: str, schedule: list[Fault],
+                    execution: Execution) -> list[Any]:
+        """The work that explaining a run takes beyond the run (the
+        simulation's replays): independent pieces, each done by ``replay``,
+        in any process and order; none by default."""
+        return []
+
+    def replay(self, scenario: Scenario, trace: Trace, strategy_name: str, schedule: list[Fault],
+               piece: Any) -> Any:
+        """Do one piece of ``explanation``; its result goes to ``explain``."""
+        raise NotImplementedError(f"the {self.name} backend has nothing to replay")
+
+    def explain(self, drift: Drift, pieces: list[Any], results: list[Any]) -> dict[str, Any]:
         """Figures only this backend can add to a run's record (the
-        simulation's drift by cause); none by default."""
+        simulation's drift by cause), from the results of its pieces (in
+        their order); none by default."""
         return {}
 
     def cost_target(self, strategy: Strategy) -> CostTarget:

@@ -30,8 +30,6 @@ the order is fixed so that runs compare.)
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from sim.client import CAUSES
 from sim.checker import Drift
 from sim.faults import Fault
@@ -66,23 +64,23 @@ def relevant(strategy: str, schedule: list[Fault], gave_up: int, ambiguous: int,
     return causes
 
 
-def attribute(full: Drift, switchable: list[str],
-              replay: Callable[[frozenset[str], bool], Drift]) -> dict[str, dict[str, int]]:
-    """Split ``full`` (the real run's drift) by cause; ``replay(causes, repair)``
-    runs the same trace with only ``causes`` on."""
-    steps: list[tuple[str, Drift]] = []
-    enabled = set(CAUSES) - set(switchable)
-    for index, cause in enumerate(["cut_in_half"] + switchable):
-        if cause != "cut_in_half":
-            enabled.add(cause)
-        last = index == len(switchable)
-        drift = full if last else replay(frozenset(enabled), "repaired" in enabled)
-        steps.append((cause, drift))
+def steps(switchable: list[str]) -> list[frozenset[str]]:
+    """The causes on in each replay that ``attribute`` needs: none of the
+    switchable ones, then one more at a time, in order (all of them on is
+    the real run, not replayed). The replays are independent of each other."""
+    base = set(CAUSES) - set(switchable)
+    return [frozenset(base.union(switchable[:index])) for index in range(len(switchable))]
+
+
+def attribute(full: Drift, switchable: list[str], replayed: list[Drift]) -> dict[str, dict[str, int]]:
+    """Split ``full`` (the real run's drift) by cause; ``replayed``: the
+    drift of each replay of ``steps(switchable)``, in that order."""
+    steps_drift = list(zip(["cut_in_half"] + switchable, replayed + [full]))
     split: dict[str, dict[str, int]] = {}
     for metric in ATTRIBUTED:
         shares = {cause: 0 for cause in ORDER}
         previous = 0
-        for cause, drift in steps:
+        for cause, drift in steps_drift:
             value = getattr(drift, metric)
             shares[cause] = value - previous
             previous = value

@@ -3,18 +3,19 @@ on one backend."""
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import resource
 import signal
 import sys
 import time
-from typing import Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 import numpy as np
 from tqdm import tqdm
 
 from sim import __version__, backends
-from sim.backend import Backend, BackendRefused, Progress
-from sim.checker import check, drift_by_shard
+from sim.backend import Backend, BackendRefused, Execution, Progress
+from sim.checker import Drift, check, drift_by_shard
 from sim.cluster import SlotMap, user_shards
 from sim.faults import Fault, draw_schedule
 from sim.record import run_record
@@ -23,6 +24,7 @@ from sim.scenario import Scenario, ScenarioError
 from sim.traffic import Trace, generate
 from sim.truth import Memberships, truth_ranges
 from strategies import make_strategy
+from strategies.base import Strategy
 
 ProgressFactory = Callable[[str, Trace], Progress]
 
@@ -85,9 +87,27 @@ def run_strategy(backend: Backend, scenario: Scenario, trace: Trace, name: str, 
     """Deploy, run, read back, stop; then the run's record (with what only
     the backend can add, such as the simulation's drift by cause, unless
     ``explain`` is off)."""
+    record, drift, pieces = _run(backend, scenario, trace, name, schedule, progress, explain)
+    if explain:
+        results = [backend.replay(scenario, trace, name, schedule, piece) for piece in pieces]
+        record.update(backend.explain(drift, pieces, results))
+    return record
+
+
+def _run(backend: Backend, scenario: Scenario, trace: Trace, name: str, schedule: list[Fault],
+         progress: ProgressFactory | None, explain: bool) -> tuple[dict, Drift, list]:
+    """The run's record and drift, and the pieces of work that explaining it
+    takes (none unless ``explain``)."""
     strategy = make_strategy(name, **scenario.strategy_options.get(name, {}))
     with backend.deploy(scenario, schedule) as deployment:
         execution = deployment.run(strategy, trace, progress(name, trace) if progress else None)
+    record, drift = judge(scenario, trace, strategy, execution)
+    return record, drift, backend.explanation(scenario, name, schedule, execution) if explain else []
+
+
+def judge(scenario: Scenario, trace: Trace, strategy: Strategy, execution: Execution) -> tuple[dict, Drift]:
+    """The run's record and drift. (A function of its own so that the truth
+    and its indexes are freed before the simulation's replays explain it.)"""
     pairs = Memberships(trace)
     history = execution.history
     truth = truth_ranges(trace, history, pairs)
@@ -101,14 +121,12 @@ def run_strategy(backend: Backend, scenario: Scenario, trace: Trace, name: str, 
         # server (countdrift fidelity compares these).
         client_view = truth_ranges(trace, history, pairs, exact=False)
         record["drift_client_view"] = check(pairs, client_view, execution.counters).as_dict()
-    if explain:
-        record.update(backend.explain(scenario, trace, name, schedule, execution, drift))
-    return record
+    return record, drift
 
 
 # What the worker processes of a parallel run inherit (forked): the run's
-# backend, scenario, trace, schedule and whether to explain, so that only a
-# strategy's name goes to a worker and only its record comes back.
+# backend, scenario, trace and schedule, so that only a strategy's name (and
+# a piece of its explanation) goes to a worker and only its results come back.
 _inherited: tuple | None = None
 
 
@@ -119,31 +137,54 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _run_inherited(name: str) -> dict:
-    target, scenario, trace, schedule, explain = _inherited
-    return run_strategy(target, scenario, trace, name, schedule, None, explain)
+def _run_inherited(name: str, explain: bool) -> tuple[dict, Drift, list]:
+    target, scenario, trace, schedule = _inherited
+    return _run(target, scenario, trace, name, schedule, None, explain)
+
+
+def _replay_inherited(name: str, piece: Any) -> Any:
+    target, scenario, trace, schedule = _inherited
+    return target.replay(scenario, trace, name, schedule, piece)
 
 
 def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: list[str], schedule: list[Fault],
                    progress: ProgressFactory | None = None, explain: bool = True, jobs: int = 1) -> list[dict]:
     """Each strategy's record, in the order named; with ``jobs`` > 1 (a
-    backend whose runs share nothing) that many strategies run at once, each
-    in a forked process of its own, without progress bars. A run's record is
-    the same either way: a run starts from nothing that another one left."""
+    backend whose runs share nothing) that many processes at once, each
+    forked for one task: a strategy's run, or, once it is done, one piece
+    of its explanation (a replay of the attribution), so that the last
+    strategies' replays are shared out too (a single strategy's as well).
+    No progress bars then. A run's record is the same either way: a run
+    starts from nothing that another one left."""
     global _inherited
-    if jobs <= 1 or len(names) <= 1:
+    if jobs <= 1 or (len(names) <= 1 and not target.parallel_runs):
         return [run_strategy(target, scenario, trace, name, schedule, progress, explain) for name in names]
     if not target.parallel_runs:
         raise BackendRefused(f"the {target.name} backend runs one strategy at a time")
-    _inherited = (target, scenario, trace, schedule, explain)
+    _inherited = (target, scenario, trace, schedule)
     try:
-        # A fresh process per strategy: none inherits another's freed memory.
-        with multiprocessing.get_context("fork").Pool(min(jobs, len(names)), _quiet_worker,
-                                                       maxtasksperchild=1) as pool:
-            runs = pool.map(_run_inherited, names, chunksize=1)
+        # A fresh process per task: none inherits another's freed memory.
+        with multiprocessing.get_context("fork").Pool(jobs, _quiet_worker, maxtasksperchild=1) as pool:
+            done: queue.SimpleQueue = queue.SimpleQueue()
+            for index, name in enumerate(names):
+                pool.apply_async(_run_inherited, (name, explain), callback=lambda ran, i=index: done.put((i, ran)),
+                                 error_callback=lambda error: done.put((-1, error)))
+            runs: list = [None] * len(names)
+            replays: list = [None] * len(names)
+            for _ in names:
+                index, ran = done.get()
+                if index < 0:
+                    raise ran
+                runs[index] = ran
+                replays[index] = [pool.apply_async(_replay_inherited, (names[index], piece)) for piece in ran[2]]
+            records = []
+            for (record, drift, pieces), pending in zip(runs, replays):
+                if explain:
+                    record.update(target.explain(drift, pieces, [result.get() for result in pending]))
+                records.append(record)
             pool.close()
             pool.join()
-            return runs
+            return records
     finally:
         _inherited = None
 

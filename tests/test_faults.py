@@ -216,3 +216,21 @@ def test_lua_repair_is_replayed_without_its_repair_only_when_something_could_cor
     assert relevant("lua_repair", [], 3, 0, False) == ["gave_up", "repaired"]   # timeouts under overload
     assert relevant("lua_repair", crash, 0, 0, False) == ["repaired"]
     assert relevant("lua", crash, 0, 0, False) == []
+
+
+def test_attribution_replays_each_cause_added_in_turn():
+    from sim.causes import attribute, steps
+    from sim.checker import Drift
+    from sim.client import CAUSES
+
+    others = set(CAUSES) - {"gave_up", "lost_unfsynced"}
+    assert steps([]) == []
+    assert steps(["gave_up", "lost_unfsynced", "repaired"]) == [
+        frozenset(others), frozenset(others | {"gave_up"}), frozenset(others | {"gave_up", "lost_unfsynced"})]
+
+    def drift(value: int) -> Drift:
+        return Drift(0, 0, value, 0, value, 0, value, 0)
+
+    split = attribute(drift(9), ["gave_up", "lost_unfsynced"], [drift(2), drift(5)])["abs_drift_sum"]
+    assert (split["cut_in_half"], split["gave_up"], split["lost_unfsynced"]) == (2, 3, 4)
+    assert sum(split.values()) == 9

@@ -2,6 +2,8 @@
 faults, and the naive strategy's read-then-clear race."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,16 @@ def test_parallel_strategies_same_results(small_scenario):
     scenario = load(small_scenario)
     names = ["naive", "lua", "watch"]
     assert strip_wall(run_scenario(scenario, names, jobs=2)) == strip_wall(run_scenario(scenario, names))
+
+
+@pytest.mark.parametrize("names", [["naive", "lua_repair"], ["lua_repair"]])
+def test_parallel_replays_same_attribution(names):
+    """run --jobs with faults: the attribution's replays, shared out among
+    the processes, give the records of a run in one process."""
+    scenario = load(Path(__file__).parent.parent / "scenarios" / "faults_mixed.toml")
+    parallel = strip_wall(run_scenario(scenario, names, jobs=2))
+    assert all(run["drift_by_cause"] for run in parallel["runs"])
+    assert parallel == strip_wall(run_scenario(scenario, names))
 
 
 def test_different_seeds_different_traces():

@@ -8,14 +8,16 @@ drift by cause (sim/causes.py), by replaying it with causes switched off.
 from __future__ import annotations
 
 import argparse
+import gc
 import time
+from typing import NamedTuple
 
 from sim.backend import Backend, Deployment, Execution, Progress
 from sim.backends.model.driver import SimDriver
 from sim.backends.model.nemesis import Nemesis
 from sim.backends.model.persistence import Persistence
 from sim.backends.model.server import Server, ServiceTimes
-from sim.causes import attribute, relevant
+from sim.causes import attribute, relevant, steps
 from sim.checker import Drift, check
 from sim.cost import CostTarget
 from sim.client import CAUSES
@@ -46,8 +48,11 @@ def _server(config: ServerConfig, replicas: int, name: str = "primary") -> Serve
 
 def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: list[Fault],
              causes: frozenset[str] = frozenset(CAUSES), timeline_points: int = 0,
-             progress: Progress | None = None) -> tuple[SimDriver, Nemesis]:
-    """One replay of the trace through one strategy, with the nemesis."""
+             progress: Progress | None = None, drift_only: bool = False) -> tuple[SimDriver, Nemesis]:
+    """One replay of the trace through one strategy, with the nemesis;
+    ``drift_only``: only the counters and the history will be read (a replay
+    of the attribution), so the clients log no acknowledged writes, which
+    only the faults' records count."""
     server = make_server(scenario.server)
     reach = rollback_horizon(scenario.server, scenario.sentinel, schedule)
     if reach:
@@ -59,10 +64,17 @@ def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: lis
         acks.locate = server.shards_of
     run = scenario.run
     driver = SimDriver(trace, strategy, scenario.clients, server, trace.seed, timeline_points, causes, progress,
-                       acks, target, run.load == "open", run.think_time_ms / 1000.0)
+                       None if drift_only else acks, target, run.load == "open", run.think_time_ms / 1000.0)
     nemesis = Nemesis(driver, schedule, trace.seed, scenario.server, scenario.sentinel, acks, target)
     driver.run(tuple(nemesis.processes()))
     return driver, nemesis
+
+
+class Replay(NamedTuple):
+    """One replay of the attribution: the causes on in it, of the run's switchable ones."""
+
+    switchable: tuple[str, ...]
+    causes: frozenset[str]
 
 
 class SimDeployment(Deployment):
@@ -71,6 +83,11 @@ class SimDeployment(Deployment):
         self.schedule = schedule
 
     def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
+        execution = self._run(strategy, trace, progress)
+        gc.collect()   # the finished driver, its store and workload are in cycles: gone before the run is judged
+        return execution
+
+    def _run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
         started = time.perf_counter()
         driver, nemesis = simulate(self.scenario, trace, strategy, self.schedule,
                                    timeline_points=self.scenario.run.timeline_points, progress=progress)
@@ -102,26 +119,31 @@ class SimBackend(Backend):
     def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
         return SimDeployment(scenario, schedule)
 
-    def explain(self, scenario: Scenario, trace: Trace, strategy_name: str, schedule: list[Fault],
-                execution: Execution, drift: Drift) -> dict:
+    def explanation(self, scenario: Scenario, strategy_name: str, schedule: list[Fault],
+                    execution: Execution) -> list[Replay]:
         """Drift by cause: the same trace and schedule replayed with each
         mechanism switched off in turn (sim/causes.py)."""
+        outcomes = execution.history.outcomes()
+        switchable = tuple(relevant(strategy_name, schedule, outcomes["fail"] + outcomes["unknown"],
+                                    execution.history.ambiguous, promotes(scenario.sentinel, schedule)))
+        return [Replay(switchable, causes) for causes in steps(list(switchable))]
+
+    def replay(self, scenario: Scenario, trace: Trace, strategy_name: str, schedule: list[Fault],
+               piece: Replay) -> tuple[Drift, float]:
+        """The drift of one replay, and its wall seconds."""
         started = time.perf_counter()
         options = scenario.strategy_options.get(strategy_name, {})
+        if strategy_name == "lua_repair" and "repaired" not in piece.causes:
+            options = {**options, "repair_max_conversations": -1}
+        driver, _ = simulate(scenario, trace, make_strategy(strategy_name, **options), schedule, piece.causes,
+                             drift_only=True)
+        drift = check(driver.pairs, truth_ranges(trace, driver.history, driver.pairs), driver.counters())
+        return drift, time.perf_counter() - started
 
-        def replay(causes: frozenset[str], repair: bool) -> Drift:
-            if strategy_name == "lua_repair" and not repair:
-                variant = make_strategy(strategy_name, **{**options, "repair_max_conversations": -1})
-            else:
-                variant = make_strategy(strategy_name, **options)
-            driver, _ = simulate(scenario, trace, variant, schedule, causes)
-            return check(driver.pairs, truth_ranges(trace, driver.history, driver.pairs), driver.counters())
-
-        outcomes = execution.history.outcomes()
-        switchable = relevant(strategy_name, schedule, outcomes["fail"] + outcomes["unknown"],
-                              execution.history.ambiguous, promotes(scenario.sentinel, schedule))
-        return {"drift_by_cause": attribute(drift, switchable, replay),
-                "wall_seconds_attribution": round(time.perf_counter() - started, 3)}
+    def explain(self, drift: Drift, pieces: list[Replay], results: list[tuple[Drift, float]]) -> dict:
+        switchable = list(pieces[0].switchable) if pieces else []
+        return {"drift_by_cause": attribute(drift, switchable, [replayed for replayed, _ in results]),
+                "wall_seconds_attribution": round(sum(seconds for _, seconds in results), 3)}
 
     def cost_target(self, strategy: Strategy) -> CostTarget:
         from sim.backends.model.cost import SimCostTarget
