@@ -107,8 +107,9 @@ def partition_run(tmp_path, backend: str, share: float = 0.5):
     fault's effects, and the shards of the users whose total ended outside
     its true range."""
     path = tmp_path / f"minority-{share}.toml"
+    # Traffic for 4 s: the run goes on past the heal (2.9 s) until the old primary is a replica.
     path.write_text(SHARD_FAULT.format(kind="minority_partition", duration=2.5, retries=1,
-                                       params=f", clients_share = {share}"))
+                                       params=f", clients_share = {share}").replace("messages = 1500", "messages = 4000"))
     execution, drifting = lua_run(path, backend)
     slots = SlotMap.even(3)
     (fault,) = execution.faults
