@@ -8,12 +8,11 @@ drift by cause (sim/causes.py), by replaying it with causes switched off.
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 from typing import NamedTuple
 
 from sim.backend import Backend, Deployment, Execution, Progress
-from sim.backends.model.driver import SimDriver
+from sim.backends.model.driver import SimDriver, collect_finished_runs
 from sim.backends.model.nemesis import Nemesis
 from sim.backends.model.persistence import Persistence
 from sim.backends.model.server import Server, ServiceTimes
@@ -84,7 +83,7 @@ class SimDeployment(Deployment):
 
     def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
         execution = self._run(strategy, trace, progress)
-        gc.collect()   # the finished driver, its store and workload are in cycles: gone before the run is judged
+        collect_finished_runs()   # the finished driver, its store and workload: gone before the run is judged
         return execution
 
     def _run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
