@@ -157,7 +157,7 @@ def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: lis
     No progress bars then. A run's record is the same either way: a run
     starts from nothing that another one left."""
     global _inherited
-    if jobs <= 1 or (len(names) <= 1 and not target.parallel_runs):
+    if jobs <= 1 or (len(names) <= 1 and not (target.parallel_runs and explain)):   # nothing to share out
         return [run_strategy(target, scenario, trace, name, schedule, progress, explain) for name in names]
     if not target.parallel_runs:
         raise BackendRefused(f"the {target.name} backend runs one strategy at a time")

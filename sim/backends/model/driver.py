@@ -55,8 +55,8 @@ def cyclic_gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off for the length of a run: a run
     makes few reference cycles, while every full collection walks all the
     objects of a large run (14% of a review-scale run's wall time). What
-    earlier runs left in cycles was collected when this run's driver was
-    made (SimDriver); what cycles this run makes are collected after it."""
+    cycles a run leaves are collected once, by :func:`collect_finished_runs`:
+    after it (the deployment), or when the next driver is made."""
     global _finished_uncollected
     enabled = gc.isenabled()
     gc.disable()
@@ -353,7 +353,8 @@ class SimDriver:
             yield env.timeout(self._timeout)
             raise ConnectionRefused("the handshake timed out")
         yield env.timeout(reply_at - started)
-        cluster.advance(env.now)
+        for node in nodes:
+            node.advance(env.now)
         lost = [shard for shard, entry in entries.items() if entry.lost]
         if lost:
             cluster.drop_links(connection, lost)
