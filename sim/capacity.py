@@ -55,7 +55,8 @@ def with_driver(scenario: Scenario, driver: dict[str, float]) -> Scenario:
     return dataclasses.replace(
         scenario, clients=dataclasses.replace(
             scenario.clients, rtt_ms=driver["rtt_us"] / 1000.0, driver_request_us=driver["request_us"],
-            driver_command_us=driver["command_us"], driver_wake_us=driver["wake_us"]),
+            driver_command_us=driver["command_us"], driver_sleep_us=driver["sleep_us"],
+            driver_wake_us=driver["wake_us"]),
         server=dataclasses.replace(scenario.server, wake_us=driver["server_wake_us"]))
 
 

@@ -38,6 +38,9 @@ class ClientConfig:
     # What a reply costs that process on top when it finds it idle (waking up
     # from its wait for the network): busy, replies are picked up on the way.
     driver_wake_us: float = 0.0
+    # What each timed wait (a backoff, a start time) costs it: the timer, and
+    # the extra turn of the client's task when it fires.
+    driver_sleep_us: float = 0.0
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1, 2, ...)."""

@@ -29,9 +29,9 @@ class ScenarioError(ValueError):
 CALIBRATION = Path(__file__).with_name("calibration.toml")   # the committed one (see its header)
 SERVICE_KEYS = ("request_us", "command_us", "script_us", "script_call_us", "fsync_always_us")
 # The redis backend's driver on the calibrated machine: its loopback round
-# trip, its CPU per request and per command, and what waking up costs it and
-# the server (`countdrift capacity --model-driver`).
-DRIVER_KEYS = ("rtt_us", "request_us", "command_us", "wake_us", "server_wake_us")
+# trip, its CPU per request, per command and per timed wait, and what waking
+# up costs it and the server (`countdrift capacity --model-driver`).
+DRIVER_KEYS = ("rtt_us", "request_us", "command_us", "sleep_us", "wake_us", "server_wake_us")
 
 
 def load_calibration(path: Path, section: str = "server", keys: tuple[str, ...] = SERVICE_KEYS) -> dict[str, float]:
@@ -177,6 +177,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "clients.retries": (0, 1000), "clients.backoff_ms": (0, 3_600_000), "clients.max_backoff_ms": (0, 3_600_000),
     "clients.wait_timeout_ms": (0, 3_600_000), "clients.driver_request_us": (0, 1_000_000),
     "clients.driver_command_us": (0, 1_000_000), "clients.driver_wake_us": (0, 1_000_000),
+    "clients.driver_sleep_us": (0, 1_000_000),
     "server.wake_us": (0, 1_000_000),
     "server.request_us": (0, 1_000_000), "server.command_us": (0, 1_000_000), "server.script_us": (0, 1_000_000),
     "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),

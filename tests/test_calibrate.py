@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sim.backends.real.calibrate import DRIVER_TRAFFIC, driver_toml, idle_costs, measure_driver, measure_one_client
+from sim.backends.real.calibrate import (CONTENDED_TRAFFIC, DRIVER_TRAFFIC, driver_toml, idle_costs, measure_contended,
+                                         measure_driver, measure_one_client, sleep_cost)
 from sim.scenario import CALIBRATION, DRIVER_KEYS, load_calibration
 
 
@@ -24,6 +25,18 @@ def test_one_clients_round_trips_split_into_loaded_cpu_waking_up_and_the_loopbac
     assert idle_costs(cheap, driver)["wake_us"] == 0.0
 
 
+def test_a_sleep_costs_what_contended_runs_spent_beyond_their_requests_commands_and_wake_ups():
+    driver = {"request_us": 15.0, "command_us": 1.0}
+    contended = {"lock x8": {"requests": 1000, "commands": 2000, "wakes": 100, "sleeps": 200, "cpu_s": 0.0232},
+                 "watch x8": {"requests": 2000, "commands": 5000, "wakes": 0, "sleeps": 100, "cpu_s": 0.0365}}
+    # lock: 23,200 us = 15,000 + 2,000 + 100 x 20 + 4,200; watch: 36,500 = 30,000 + 5,000 + 1,500
+    assert sleep_cost(contended, driver, wake_us=20.0) == pytest.approx(5700 / 300)
+    # runs their requests explain cost nothing per sleep; runs without sleeps give no figure
+    cheap = {name: {**run, "cpu_s": 0.001} for name, run in contended.items()}
+    assert sleep_cost(cheap, driver, 20.0) == 0.0
+    assert sleep_cost({name: {**run, "sleeps": 0} for name, run in contended.items()}, driver, 20.0) == 0.0
+
+
 @pytest.mark.redis
 def test_the_driver_calibration_fits_its_runs(tmp_path):
     """Three strategies of different mixes (naive pipelines, lua one script,
@@ -39,7 +52,10 @@ def test_the_driver_calibration_fits_its_runs(tmp_path):
     one_client = measure_one_client(load_calibration(CALIBRATION), traffic, ("lua",))
     run = one_client["lua"]
     assert run["wall_s"] > run["driver_cpu_s"] > 0 and run["server_cpu_s"] > run["simulated_server_s"] > 0
+    contended = measure_contended(CONTENDED_TRAFFIC.replace("messages = 15000", "messages = 2000"), (("lock", 8),))
+    run = contended["lock x8"]
+    assert run["sleeps"] > 0 and run["wakes"] > 0 and run["cpu_s"] > 0, run
     path = tmp_path / "calibration.toml"
-    path.write_text(driver_toml(one_client, driver))
+    path.write_text(driver_toml(one_client, driver, contended))
     written = load_calibration(path, "driver", DRIVER_KEYS)
     assert written["request_us"] == driver["request_us"] and all(written[key] >= 0.0 for key in DRIVER_KEYS)

@@ -104,6 +104,28 @@ def test_a_modelled_driver_bounds_the_simulated_capacity(tmp_path):
     assert most * 0.8 < bound["throughput_ops_per_s"] <= most * 1.01
 
 
+def test_each_timed_wait_is_an_event_the_modelled_driver_spends_its_sleep_cost_on(tmp_path):
+    """One client with a think time between operations: every reply and
+    every timer finds the driver idle, so each think time (a sleep) delays
+    the client by exactly the sleep's cost, and the driver spends it."""
+    scenario = parse(tmp_path / "small.toml", SMALL_SCENARIO)
+
+    def run(sleep_us):
+        modelled = dataclasses.replace(
+            closed_loop(scenario, 1),
+            clients=dataclasses.replace(scenario.clients, count=1, rtt_ms=0.01, driver_request_us=20.0,
+                                        driver_sleep_us=sleep_us),
+            run=dataclasses.replace(closed_loop(scenario, 1).run, think_time_ms=1.0))
+        return run_scenario(modelled, ["naive"], explain=False)["runs"][0]
+
+    free, charged = run(0.0), run(30.0)
+    sleeps = free["operations"] - 1   # a think time before every operation but the first
+    assert charged["duration_s"] - free["duration_s"] == pytest.approx(sleeps * 30e-6, rel=1e-6)
+    rounding = 0.0005 * (charged["duration_s"] + free["duration_s"])   # the shares have three decimals
+    assert charged["driver_cpu_share"] * charged["duration_s"] == pytest.approx(
+        free["driver_cpu_share"] * free["duration_s"] + sleeps * 30e-6, abs=rounding)
+
+
 def test_waking_up_costs_an_idle_process_and_load_amortizes_it(tmp_path):
     """One client leaves the driver and the server idle between requests:
     each pays its wake-up, in CPU and in latency. Sixteen keep the driver

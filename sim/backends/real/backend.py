@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import resource
 import time
 
 import uvloop
@@ -31,6 +32,12 @@ from strategies.base import Strategy
 
 
 MAX_SPAN_S = 3600
+
+
+def _waits() -> int:
+    """The times this thread (the event loop's) has blocked so far: its
+    voluntary context switches, each a wait in epoll that ended in a wake-up."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
 
 def missing_programs(*also: tuple[str, str]) -> str | None:
@@ -66,10 +73,10 @@ class RedisDeployment(Deployment):
     def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
         self.servers.wait_for_replicas()
         server_before = self._server_cpu()
-        started, driver_cpu = time.perf_counter(), time.process_time()
+        started, driver_cpu, waits = time.perf_counter(), time.process_time(), _waits()
         driver, nemesis = uvloop.run(self._run(strategy, trace, progress))
         wall = time.perf_counter() - started
-        driver_cpu = time.process_time() - driver_cpu
+        driver_cpu, waits = time.process_time() - driver_cpu, _waits() - waits
         server_after = self._server_cpu()
         counters = driver.counters()
         info = self.servers.primary.client().info("commandstats")
@@ -90,6 +97,10 @@ class RedisDeployment(Deployment):
                 "driver_cpu_share": round(driver_cpu / wall, 3) if wall > 0 else None,
                 "driver_requests": driver.requests_sent,
                 "driver_commands": driver.commands_sent,
+                # How often the event loop found nothing to do and slept in epoll (each time it pays a
+                # wake-up), and how many timed waits the clients made: `countdrift calibrate` prices both.
+                "driver_wakes": waits,
+                "driver_sleeps": driver.sleeps,
                 "wall_seconds": round(wall, 3),
             })
 

@@ -36,7 +36,14 @@ that the simulation can model it (`countdrift capacity --model-driver`):
   operation than a PING's split predicted (quick and hot_user, every
   strategy: the simulation was 1.22-1.36x faster at one client);
 - ``rtt_us``: the rest of those runs' wall time, neither side's CPU: the
-  kernel's loopback.
+  kernel's loopback;
+- ``sleep_us``: what a client's timed wait (a backoff) costs the driver
+  (its timer, the extra turn of the client's task, the strategy's retry)
+  beyond the request that follows it: from contended closed-loop runs
+  (lock and watch, 8 and 16 clients on one conversation), their CPU less
+  what their requests, commands and wake-ups cost (a wake-up is a wait in
+  epoll: the loop thread's voluntary context switches), over their sleeps.
+  A lock retry cost the driver about 15-25 us more than its one request.
 """
 from __future__ import annotations
 
@@ -133,6 +140,27 @@ badge_probability = 0.3
 DRIVER_CLIENTS = 32
 ONE_CLIENT_STRATEGIES = ("naive", "lua", "watch", "lock")
 
+# The traffic of the contended runs: hot_user's, two users in one
+# conversation, shorter; watch WATCHes deliveries too.
+CONTENDED_TRAFFIC = """
+name = "calibrate-contended"
+seed = 5
+
+[traffic]
+users = 2
+messages = 15000
+message_rate = 10000.0
+dm_per_user = 1.0
+groups = 0
+read_probability = 0.6
+read_delay_mean_s = 0.01
+badge_probability = 0.3
+
+[strategy_options.watch]
+watch_deliveries = true
+"""
+CONTENDED_RUNS = (("lock", 8), ("lock", 16), ("watch", 8), ("watch", 16))
+
 
 def measure_one_client(server: dict, traffic: str = DRIVER_TRAFFIC,
                        strategies: tuple[str, ...] = ONE_CLIENT_STRATEGIES) -> dict:
@@ -192,6 +220,30 @@ def measure_driver(traffic: str = DRIVER_TRAFFIC, strategies: tuple[str, ...] = 
             "command_us": round(max(float(command), 0.0) * 1e6, 3), "runs": runs}
 
 
+def measure_contended(traffic: str = CONTENDED_TRAFFIC,
+                      runs: tuple[tuple[str, int], ...] = CONTENDED_RUNS) -> dict:
+    """Closed-loop runs where clients back off often: each one's driver CPU,
+    requests, commands, wake-ups and sleeps."""
+    scenario = parse(Path("calibrate-contended.toml"), traffic)
+    measured = {}
+    for name, clients in runs:
+        run = run_scenario(closed_loop(scenario, clients), [name], backend="redis", explain=False)["runs"][0]
+        measured[f"{name} x{clients}"] = {
+            "requests": run["driver_requests"], "commands": run["driver_commands"], "wakes": run["driver_wakes"],
+            "sleeps": run["driver_sleeps"], "cpu_s": round(run["driver_cpu_share"] * run["wall_seconds"], 4),
+            "throughput_ops_per_s": run["throughput_ops_per_s"]}
+    return measured
+
+
+def sleep_cost(contended: dict, driver: dict, wake_us: float) -> float:
+    """Microseconds of driver CPU per sleep: what the contended runs cost
+    beyond their requests, commands and wake-ups, over their sleeps."""
+    rest = sum(run["cpu_s"] * 1e6 - driver["request_us"] * run["requests"] - driver["command_us"] * run["commands"]
+               - wake_us * run["wakes"] for run in contended.values())
+    sleeps = sum(run["sleeps"] for run in contended.values())
+    return round(max(rest / sleeps, 0.0), 3) if sleeps else 0.0
+
+
 def _cpus() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -218,13 +270,14 @@ def as_toml(calibration: dict) -> str:
 DRIVER_HEADER = "# the redis backend's driver"
 
 
-def driver_toml(one_client: dict, driver: dict) -> str:
+def driver_toml(one_client: dict, driver: dict, contended: dict) -> str:
     idle = idle_costs(one_client, driver)
+    sleep_us = sleep_cost(contended, driver, idle["wake_us"])
     lines = [f"{DRIVER_HEADER} (one Python process, every client), measured by `countdrift calibrate`,",
              f"# {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: "
              "`countdrift capacity --model-driver` models it in the simulation", "[driver]",
              *(f"{key} = {value}" for key, value in idle.items()), f"request_us = {driver['request_us']}",
-             f"command_us = {driver['command_us']}", "",
+             f"command_us = {driver['command_us']}", f"sleep_us = {sleep_us}", "",
              "# wake_us, server_wake_us: what the driver's and the server's CPU spent per round trip beyond their "
              "cost under load, rtt_us the rest of the wall time, with one client in a closed loop:",
              f"# {'strategy':<16}{'requests':>10}{'wall s':>9}{'driver s':>10}{'server s':>10}{'simulated':>11}"]
@@ -237,6 +290,12 @@ def driver_toml(one_client: dict, driver: dict) -> str:
     for name, run in driver["runs"].items():
         lines.append(f"# {name:<16}{run['requests']:>10,}{run['commands']:>10,}{run['cpu_s']:>9.3f}"
                      f"{run['fitted_cpu_s']:>10.3f}{run['throughput_ops_per_s']:>9,.0f}")
+    lines += ["# sleep_us: the driver's CPU per sleep beyond its requests, commands and wake-ups (the loop "
+              "thread's voluntary context switches, at wake_us each), contended closed-loop runs:",
+              f"# {'run':<16}{'requests':>10}{'commands':>10}{'wakes':>9}{'sleeps':>9}{'cpu s':>9}{'ops/s':>9}"]
+    for name, run in contended.items():
+        lines.append(f"# {name:<16}{run['requests']:>10,}{run['commands']:>10,}{run['wakes']:>9,}{run['sleeps']:>9,}"
+                     f"{run['cpu_s']:>9.3f}{run['throughput_ops_per_s']:>9,.0f}")
     return "\n".join(lines) + "\n"
 
 
@@ -254,7 +313,7 @@ def main(args: argparse.Namespace) -> int:
         calibration = measure(args.requests)
         text, server = as_toml(calibration), calibration["server"]
     driver = measure_driver()
-    text += "\n" + driver_toml(measure_one_client(server), driver)
+    text += "\n" + driver_toml(measure_one_client(server), driver, measure_contended())
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(text)

@@ -82,6 +82,7 @@ class RealDriver:
         self.resets_missed = 0   # armed resets whose reply came back whole anyway
         self.requests_sent = 0   # by every connection of the run, and the commands in them
         self.commands_sent = 0
+        self.sleeps = 0   # the clients' timed waits (backoffs, start times): each a timer the loop handles
         self.run_end = 0.0
         self._timeout = config.timeout_ms / 1000.0
         self._start = 0.0
@@ -196,6 +197,7 @@ class RealDriver:
                 except ConnectionLost as lost:
                     error = lost
             elif kind is Sleep:
+                self.sleeps += 1
                 await self._timer.sleep(instruction.seconds)
             else:
                 await self._drop(client)
