@@ -72,10 +72,13 @@ def ramp(scenario: Scenario, strategy: str, backend: str, slo_p99_ms: float, cou
                            explain=False)["runs"][0]
         point = {"clients": count, "throughput_ops_per_s": run["throughput_ops_per_s"],
                  "p50_ms": run["latency_ms"]["p50"], "p99_ms": run["latency_ms"]["p99"],
-                 "errors": run["errors"], "duration_s": run["duration_s"]}
+                 "errors": run["errors"], "duration_s": run["duration_s"],
+                 "retries_per_op": round(run["retries"] / max(run["operations"], 1), 4)}
         for share in ("server_cpu_share", "driver_cpu_share"):   # how busy Redis and the clients' process were
             if run.get(share) is not None:
                 point[share] = run[share]
+        if run.get("driver_wakes") is not None:   # how often the clients' process was idle when an event came
+            point["driver_wakes_per_op"] = round(run["driver_wakes"] / max(run["operations"], 1), 4)
         points.append(point)
         over = over + 1 if point["p99_ms"] > slo_p99_ms else 0
         stale = stale + 1 if point["throughput_ops_per_s"] < best_so_far * (1 + FLAT) else 0

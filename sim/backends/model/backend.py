@@ -97,6 +97,7 @@ class SimDeployment(Deployment):
             figures["server_cpu_share"] = round(driver.server.busy_s / span, 3)
             if driver.driver_busy:
                 figures["driver_cpu_share"] = round(driver.driver_busy / span, 3)
+                figures["driver_wakes"] = driver.driver_wakes   # as the real driver's loop thread counts them
         if self.scenario.server.topology == "cluster":
             figures.update(topology="cluster", shard_commands=driver.server.shard_commands())
         return Execution(

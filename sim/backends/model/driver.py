@@ -104,6 +104,7 @@ class SimDriver:
         self._driver_sleep = clients.driver_sleep_us / 1e6
         self.driver_free = 0.0
         self.driver_busy = 0.0   # seconds of the shared process's CPU
+        self.driver_wakes = 0    # the times it was idle when an event came
         self._timeout = clients.timeout_ms / 1000.0
         # Counterfactual when "retry_applied_twice" is off: the reply of a
         # request that reached the server is never lost (no timeout, no reset).
@@ -311,6 +312,7 @@ class SimDriver:
         if now > start:   # idle
             start = now
             cost += self._driver_wake
+            self.driver_wakes += 1
         self.driver_free = start + cost
         self.driver_busy += cost
         if self.driver_free > now:
