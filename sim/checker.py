@@ -69,14 +69,25 @@ class Drift:
 
 
 _USER_TAG = re.compile(r"\{u(\d+)\}|^total:u(\d+)$")   # the second: option untagged_total
+# key -> the user of its tag (-1: none). The same keys are listed at every
+# timeline point (about two a user): a dict lookup instead of a regular
+# expression each time.
+_KEY_USER: dict[str, int] = {}
+_KEY_USER_MAX = 1 << 18
 
 
 def stray_keys(keys: list[str], users: int) -> int:
     """Keys that carry no user tag of the trace (user ids 0 .. users - 1)."""
     stray = 0
+    known = _KEY_USER
     for key in keys:
-        tag = _USER_TAG.search(key)
-        if tag is None or int(tag.group(1) or tag.group(2)) >= users:
+        user = known.get(key)
+        if user is None:
+            tag = _USER_TAG.search(key)
+            user = -1 if tag is None else int(tag.group(1) or tag.group(2))
+            if len(known) < _KEY_USER_MAX:
+                known[key] = user
+        if user < 0 or user >= users:
             stray += 1
     return stray
 

@@ -30,9 +30,9 @@ class Workload:
     def operation(self, strategy: Strategy, op: int) -> Operation:
         kind = self.kind[op]
         if kind == DELIVER:
-            sender = self.user[op]
-            recipients = [user for user in self.members[self.conv[op]] if user != sender]
-            return strategy.deliver(self.message[op], self.conv[op], recipients)
+            sender, conv = self.user[op], self.conv[op]
+            recipients = [user for user in self.members[conv] if user != sender]
+            return strategy.deliver(self.message[op], conv, recipients)
         if kind == READ:
             return strategy.open_conversation(self.user[op], self.conv[op])
         return strategy.fetch_badge(self.user[op])
