@@ -2,6 +2,8 @@
 on one backend."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import queue
 import resource
@@ -33,6 +35,18 @@ def peak_rss_mib() -> float:
     """The largest resident set of this process and of the worker processes
     of a parallel run (`--jobs`)."""
     return max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024.0
+
+
+def return_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim;
+    elsewhere nothing). A forked worker starts with its parent's resident
+    pages: generating review's trace left about 110 MiB free but resident
+    here, and every worker carried it (lua_idempotent's review_faults
+    pieces peaked at 1,054 MiB forked, 932 MiB in a fresh process)."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def stderr_progress(stream: TextIO = sys.stderr) -> ProgressFactory:
@@ -162,6 +176,7 @@ def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: lis
     if not target.parallel_runs:
         raise BackendRefused(f"the {target.name} backend runs one strategy at a time")
     _inherited = (target, scenario, trace, schedule)
+    return_free_memory()
     try:
         # A fresh process per task: none inherits another's freed memory.
         with multiprocessing.get_context("fork").Pool(jobs, _quiet_worker, maxtasksperchild=1) as pool:
