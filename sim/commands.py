@@ -87,7 +87,7 @@ def may_write(request: Request) -> bool:
         return request[0] not in READ_ONLY
     if kind is Pipeline or kind is Transaction:
         for item in request.commands:   # a loop, not any() over a generator: every request is asked
-            if item[0] not in READ_ONLY if type(item) is tuple else may_write(item):
+            if (item[0] not in READ_ONLY) if type(item) is tuple else may_write(item):
                 return True
         return False
     return kind is not Stall

@@ -102,6 +102,9 @@ class SimDriver:
         self._driver_command = clients.driver_command_us / 1e6
         self._driver_wake = clients.driver_wake_us / 1e6
         self._driver_sleep = clients.driver_sleep_us / 1e6
+        # Whether the shared process is modelled at all: one test per reply and per timer.
+        self._driver_modelled = bool(self._driver_request or self._driver_command or self._driver_wake
+                                     or self._driver_sleep)
         self.driver_free = 0.0
         self.driver_busy = 0.0   # seconds of the shared process's CPU
         self.driver_wakes = 0    # the times it was idle when an event came
@@ -194,7 +197,7 @@ class SimDriver:
                     error = lost
             elif kind is Sleep:
                 yield env.timeout(instruction.seconds)
-                if self._driver_wake or self._driver_sleep:   # the timer is an event of the shared process
+                if self._driver_modelled:   # the timer is an event of the shared process
                     yield from self._driver_job(self._driver_sleep)
             else:
                 client.connection = None
@@ -243,7 +246,7 @@ class SimDriver:
                 self._unanswered.append((entry, send.operation))
             raise self._lose(client, "timeout", request)
         yield env.timeout(reply_at - sent)
-        if self._driver_wake or self._driver_request:
+        if self._driver_modelled:
             yield from self._driver_job(self._driver_request + self._driver_command * sent_commands(request))
         if entry is None:
             if connection.incarnation != server.incarnation or (self._cluster and server.dead_links(
