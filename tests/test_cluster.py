@@ -534,7 +534,11 @@ def test_min_replicas_to_write_on_a_real_cluster(tmp_path):
     sim = run_scenario(scenario, ["lua"], explain=False)["runs"][0]
     real = run_scenario(scenario, ["lua"], backend="redis", explain=False)["runs"][0]
     assert real["errors_by_kind"] == sim["errors_by_kind"] and real["errors"] > 0
-    assert real["drift"]["abs_drift_sum"] == sim["drift"]["abs_drift_sum"]
+    # Every write is refused, so the drift is the truth's unread count at the
+    # end, which depends on how reads and messages interleave: real timing
+    # moves it by a unit or two (37 real against 36 simulated, once in CI).
+    assert real["drift"]["overcount"] == sim["drift"]["overcount"] == 0
+    assert abs(real["drift"]["abs_drift_sum"] - sim["drift"]["abs_drift_sum"]) <= 0.1 * sim["drift"]["abs_drift_sum"]
 
 
 NETWORK_FAULTS = """

@@ -165,7 +165,11 @@ def test_power_loss_emulation(fsync, tear):
     assert lua["drift"]["users_inconsistent"] == 0       # a tear inside the MULTI line is dropped at start-up
     if fsync == "always":
         assert effects["writes_lost_s"] == 0 and effects["acknowledged_writes_lost"] == 0
-        assert lua["drift"]["abs_drift_sum"] == 0
+        # Nothing fsynced is lost. A script the kill caught after its AOF write and
+        # before its reply is applied, and its retry applies it again (seen once in
+        # CI: one unit over): that overcount needs a reply lost.
+        assert lua["drift"]["undercount"] == 0
+        assert lua["drift"]["overcount"] == 0 or lua["ambiguous"] > 0
     else:
         assert effects["writes_lost_s"] > 0 and effects["acknowledged_writes_lost"] > 0
         assert lua["drift"]["abs_drift_sum"] > 0
