@@ -4,19 +4,16 @@ drift of their own (no NOSCRIPT, no READONLY, no missing timeline point,
 no fault missing from the results)."""
 from __future__ import annotations
 
-import dataclasses
 import re
 
-import numpy as np
 import pytest
 
 from sim.faults import FAULT_KINDS
 from sim.fidelity import SIZE_FLOOR, cells_of, compare_runs, drift_class, format_matrix
 from sim.runner import run_scenario
 from sim.scenario import CLUSTER_ONLY_FAULTS, Scenario, load, parse
-from sim.traffic import DELIVER, Trace, generate
 
-from conftest import ROOT
+from conftest import ROOT, short_trace
 
 pytestmark = pytest.mark.redis
 
@@ -59,17 +56,6 @@ def short(name: str) -> Scenario:
     return parse(path, text)
 
 
-def trace_of(scenario: Scenario) -> Trace:
-    """The scenario's trace without the reads that trail its last message by
-    more than half a second: a real run lasts as long as its trace, and the
-    last 1% of the operations (reads drawn far into the exponential tail of
-    their delays) stretched each half-length run from 3 to 5.2 s."""
-    trace = generate(scenario.traffic, scenario.seed)
-    end = int(np.searchsorted(trace.t, trace.t[trace.kind == DELIVER][-1] + 0.5))
-    return dataclasses.replace(trace, t=trace.t[:end], kind=trace.kind[:end], user=trace.user[:end],
-                               conv=trace.conv[:end], message=trace.message[:end])
-
-
 # Kinds that strike only a Redis Cluster: each has its cluster scenario, on which
 # tests/test_cluster.py, test_migration.py and test_minority_partition.py compare both backends.
 CLUSTER_KINDS = CLUSTER_ONLY_FAULTS
@@ -91,7 +77,7 @@ def matrix_runs() -> tuple[list[dict], dict[str, dict]]:
     cells, real = [], {}
     for name in kind_scenarios():
         scenario = short(name)
-        trace = trace_of(scenario)
+        trace = short_trace(scenario)
         documents = {backend: run_scenario(scenario, STRATEGIES, trace, backend=backend, explain=False)
                      for backend in ("sim", "redis")}
         real[name] = documents["redis"]
@@ -155,7 +141,7 @@ def real_runs(matrix_runs) -> dict[str, dict[str, dict]]:
     mixed = load(SCENARIOS / f"{MIXED}.toml")
     return {**{name: (short(name), matrix_runs[1][name])
                for name in ("faults_server_crash", "faults_power_loss", "faults_failover")},
-            MIXED: (mixed, run_scenario(mixed, ["lua"], trace_of(mixed), backend="redis", explain=False))}
+            MIXED: (mixed, run_scenario(mixed, ["lua"], short_trace(mixed), backend="redis", explain=False))}
 
 
 @pytest.mark.parametrize("name", ["faults_server_crash", "faults_power_loss", "faults_failover", MIXED])
@@ -170,7 +156,7 @@ def test_real_runs_make_no_drift_of_their_own(real_runs, name):
         # failover's clients follow the new primary directly).
         assert run["client_path"] == ("toxiproxy" if name == MIXED else "direct")
         assert all(fault["effects"]["applied"] is not None for fault in run["faults"])
-    sim = run_scenario(scenario, ["lua"], trace_of(scenario), explain=False)
+    sim = run_scenario(scenario, ["lua"], short_trace(scenario), explain=False)
     scheduled = [(fault["kind"], fault["at"]) for fault in sim["runs"][0]["faults"]]
     for run in results["runs"]:   # every scheduled fault, on both backends
         assert [(fault["kind"], fault["at"]) for fault in run["faults"]] == scheduled, run["strategy"]

@@ -13,7 +13,7 @@ from sim.backends.real.processes import REGISTRY
 from sim.runner import run_scenario
 from sim.scenario import parse
 
-from conftest import ROOT, SMALL_SCENARIO, alive, children
+from conftest import ROOT, SMALL_SCENARIO, alive, children, short_trace
 
 pytestmark = pytest.mark.redis
 
@@ -36,7 +36,8 @@ def fault_scenario(name: str, replace: dict[str, str]):
 def test_fault_free_run_has_no_drift_but_naive(tmp_path):
     text = SMALL_SCENARIO.replace("messages = 3000", "messages = 1500").replace("message_rate = 1500.0",
                                                                                "message_rate = 1000.0")
-    results = run_scenario(parse(tmp_path / "small.toml", text), backend="redis")
+    scenario = parse(tmp_path / "small.toml", text)
+    results = run_scenario(scenario, trace=short_trace(scenario), backend="redis")
     assert results["backend"] == "redis"
     for name, run in runs(results).items():
         assert run["outcomes"]["ok"] == run["operations"]
@@ -52,12 +53,15 @@ def test_fault_free_run_has_no_drift_but_naive(tmp_path):
 @pytest.mark.parametrize("seeds", [range(1, 4), pytest.param(range(1, 21), marks=pytest.mark.slow)],
                          ids=["3 seeds", "20 seeds"])
 def test_no_atomic_strategy_drifts_without_faults_on_real_servers(seeds, tmp_path):
-    """The truth's tighter windows make no false drift on real servers either."""
+    """The truth's tighter windows make no false drift on real servers
+    either, at twice the simulated test's rate (twice the overlap between
+    operations, and half its time)."""
     from test_run import ATOMIC, TINY
 
     for seed in seeds:
-        text = TINY.format(seed=seed) + "\n[server]\nreplicas = 0\n"
-        for run in run_scenario(parse(tmp_path / "tiny.toml", text), ATOMIC, backend="redis")["runs"]:
+        text = TINY.format(seed=seed).replace("message_rate = 1000.0", "message_rate = 2000.0")
+        for run in run_scenario(parse(tmp_path / "tiny.toml", text + "\n[server]\nreplicas = 0\n"), ATOMIC,
+                                backend="redis")["runs"]:
             drift = {key: value for key, value in run["drift"].items() if key not in ("users", "hidden_max")}
             assert not any(drift.values()), (seed, run["strategy"], drift)
             assert all(point["abs_drift_sum"] == 0 for point in run["timeline"]), (seed, run["strategy"])
