@@ -12,7 +12,7 @@ import time
 from typing import NamedTuple
 
 from sim.backend import Backend, Deployment, Execution, Progress
-from sim.backends.model.driver import SimDriver, collect_finished_runs
+from sim.backends.model.driver import SimDriver, begin_run, collect_finished_runs
 from sim.backends.model.nemesis import Nemesis
 from sim.backends.model.persistence import Persistence
 from sim.backends.model.server import Server, ServiceTimes
@@ -52,6 +52,10 @@ def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: lis
     ``drift_only``: only the counters and the history will be read (a replay
     of the attribution), so the clients log no acknowledged writes, which
     only the faults' records count."""
+    # What earlier runs left in cycles (a finished driver, its store and
+    # workload) goes before this run's structures are made, not beside
+    # them: a replay's peak memory is then one run's, not two.
+    begin_run()
     server = make_server(scenario.server)
     reach = rollback_horizon(scenario.server, scenario.sentinel, schedule)
     if reach:
@@ -138,6 +142,8 @@ class SimBackend(Backend):
         driver, _ = simulate(scenario, trace, make_strategy(strategy_name, **options), schedule, piece.causes,
                              drift_only=True)
         drift = check(driver.pairs, truth_ranges(trace, driver.history, driver.pairs), driver.counters())
+        del driver
+        collect_finished_runs()
         return drift, time.perf_counter() - started
 
     def explain(self, drift: Drift, pieces: list[Replay], results: list[tuple[Drift, float]]) -> dict:

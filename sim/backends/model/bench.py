@@ -12,7 +12,7 @@ import time
 
 import simpy
 
-from sim.backends.model.driver import SimDriver
+from sim.backends.model.driver import SimDriver, begin_run
 from sim.backends.model.backend import make_server
 from sim.scenario import load
 from sim.traffic import generate
@@ -47,6 +47,7 @@ def main(args: argparse.Namespace) -> int:
           "counts them (the redis.call commands inside a script count too)")
     print(f"{'strategy':<15}{'wall s':>7}{'requests/s':>12}{'ratio':>7}{'commands/s':>12}{'ratio':>7}")
     for name in names:
+        begin_run()
         driver = SimDriver(trace, make_strategy(name, **scenario.strategy_options.get(name, {})),
                            scenario.clients, make_server(scenario.server), timeline_points=0)
         started = time.perf_counter()

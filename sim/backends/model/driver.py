@@ -38,16 +38,33 @@ from strategies.base import Strategy
 
 
 _finished_uncollected = False   # a run has ended since the last collect_finished_runs
+_heap_frozen = False            # begin_run froze what was alive before the run
+
+
+def begin_run() -> None:
+    """Before a run makes anything: collect what the last one left, then
+    freeze what is alive (``gc.freeze``), so that until
+    :func:`collect_finished_runs` every collection, that one included, walks
+    this run's objects only. A full collection walks every object of the
+    process: with 3M objects of the caller's alive, 40 small runs took 10.8 s
+    instead of 2.6 (a test suite's process: 160 runs, 29 s instead of 11)."""
+    global _heap_frozen
+    collect_finished_runs()
+    gc.freeze()
+    _heap_frozen = True
 
 
 def collect_finished_runs() -> None:
     """Collect what finished runs left in cycles (a driver, its store and
-    workload), once per run: a full collection walks every object of the
-    process (a test's 160 small runs took 22 s more collecting twice each)."""
-    global _finished_uncollected
+    workload), once per run, then thaw what :func:`begin_run` froze (back
+    in the oldest generation, where Python's own collections find it)."""
+    global _finished_uncollected, _heap_frozen
     if _finished_uncollected:
         gc.collect()
         _finished_uncollected = False
+    if _heap_frozen:
+        gc.unfreeze()
+        _heap_frozen = False
 
 
 @contextmanager
@@ -56,7 +73,7 @@ def cyclic_gc_paused() -> Iterator[None]:
     makes few reference cycles, while every full collection walks all the
     objects of a large run (14% of a review-scale run's wall time). What
     cycles a run leaves are collected once, by :func:`collect_finished_runs`:
-    after it (the deployment), or when the next driver is made."""
+    after it (the deployment), or when the next run begins."""
     global _finished_uncollected
     enabled = gc.isenabled()
     gc.disable()
@@ -73,10 +90,6 @@ class SimDriver:
                  seed: int = 0, timeline_points: int = 20, causes: frozenset[str] = frozenset(CAUSES),
                  progress: Callable[[float, int], None] | None = None, acks: AckLog | None = None,
                  target: StallTarget | None = None, paced: bool = True, think_s: float = 0.0) -> None:
-        # What earlier runs left in cycles (a finished driver, its store and
-        # workload) goes before this run's structures are made, not beside
-        # them: a replay's peak memory is then one run's, not two.
-        collect_finished_runs()
         self.trace = trace
         self.strategy = strategy
         self.config = clients
