@@ -511,7 +511,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM ends a command as Ctrl-C does: cleanly, with one line."""
+    """SIGTERM ends a command as Ctrl-C does: cleanly, with one line;
+    through SIGINT's handler (asyncio.run puts its own in place, which
+    cancels the run's task first), or directly when SIGINT is ignored, as
+    in a shell's background job: there raising SIGINT did nothing, and
+    `kill PID` let the run go on to its end."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 

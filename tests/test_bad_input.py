@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sim.cli import main
 from sim.traffic import Trace
 
-from conftest import ROOT, alive, children
+from conftest import ROOT, SMALL_SCENARIO, alive, children
 
 BASE = {
     "name": "fuzz", "seed": 3,
@@ -246,6 +246,12 @@ def _whole_run(out: Path) -> int:
     return results["seed"]
 
 
+def _default_sigint() -> None:
+    """Ctrl-C's default in the child, even when the tests run as a shell's
+    background job (which ignores SIGINT, and so would the child)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) -> dict[int, int]:
     """Run once whole, then ``times`` more interrupted at random moments of a run's length."""
     out = tmp_path / "out"
@@ -259,7 +265,7 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
     folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))   # the real backend's server folders
     for attempt in range(times):
         run = subprocess.Popen(command + ["--seed", str(2 + attempt)], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
         deadline = time.monotonic() + float(rng.uniform(0.3, longest))   # after Python itself has started
         servers: set[int] = set()
         while time.monotonic() < deadline and run.poll() is None:
@@ -282,6 +288,27 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
 def test_interrupted_simulated_runs_leave_the_old_output_or_the_new_one_whole(small_scenario, tmp_path):
     outcomes = _interrupt_many(small_scenario, tmp_path, "sim", times=12)
     assert outcomes[130] >= 6, outcomes
+
+
+def test_sigterm_ends_a_run_whose_sigint_is_ignored(tmp_path):
+    """A run started as a shell's background job ignores Ctrl-C; `kill PID`
+    still ends it cleanly, in one line."""
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(SMALL_SCENARIO.replace("messages = 3000", "messages = 1000000"))   # 40 s of wall here
+    command = [sys.executable, "-m", "sim.cli", "run", str(scenario), "--strategies", "lua",
+               "-q", "--out", str(tmp_path / "out")]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(1.0)   # past Python's start-up and the imports
+    assert run.poll() is None, "the run ended before it could be stopped"
+    run.send_signal(signal.SIGINT)   # ignored, as a background job's Ctrl-C
+    time.sleep(0.2)
+    assert run.poll() is None
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("countdrift: interrupted;"), err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.redis
