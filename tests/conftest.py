@@ -47,6 +47,13 @@ def short_trace(scenario):
                                conv=trace.conv[:end], message=trace.message[:end])
 
 
+def sigint_default() -> None:
+    """For a child's preexec_fn: Ctrl-C's default in the child even when the
+    tests run as a shell's background job, which ignores SIGINT (and so
+    would the child, and the interrupt tests would see runs go to their end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def small_scenario(tmp_path: Path) -> Path:
     path = tmp_path / "small.toml"

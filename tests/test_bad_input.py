@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sim.cli import main
 from sim.traffic import Trace
 
-from conftest import ROOT, SMALL_SCENARIO, alive, children
+from conftest import ROOT, SMALL_SCENARIO, alive, children, sigint_default
 
 BASE = {
     "name": "fuzz", "seed": 3,
@@ -246,12 +246,6 @@ def _whole_run(out: Path) -> int:
     return results["seed"]
 
 
-def _default_sigint() -> None:
-    """Ctrl-C's default in the child, even when the tests run as a shell's
-    background job (which ignores SIGINT, and so would the child)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) -> dict[int, int]:
     """Run once whole, then ``times`` more interrupted at random moments of a run's length."""
     out = tmp_path / "out"
@@ -265,7 +259,7 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
     folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))   # the real backend's server folders
     for attempt in range(times):
         run = subprocess.Popen(command + ["--seed", str(2 + attempt)], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
         deadline = time.monotonic() + float(rng.uniform(0.3, longest))   # after Python itself has started
         servers: set[int] = set()
         while time.monotonic() < deadline and run.poll() is None:

@@ -27,7 +27,7 @@ from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
 from strategies import keys, make_strategy
 
-from conftest import ROOT, alive, children
+from conftest import ROOT, alive, children, sigint_default
 
 CLUSTER_QUICK = ROOT / "scenarios" / "cluster_quick.toml"
 
@@ -366,7 +366,7 @@ def start_real_cluster_run(scenario: Path, tmp_path: Path) -> tuple[subprocess.P
     once its 6 redis-servers are up: the process and their PIDs."""
     run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(scenario), "--backend", "redis",
                             "--strategies", "lua", "-q", "--out", str(tmp_path / "out")], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     servers: set[int] = set()
     deadline = time.monotonic() + 30
     while len(servers) < 6 and time.monotonic() < deadline and run.poll() is None:

@@ -13,7 +13,7 @@ from sim.backends.real.processes import REGISTRY
 from sim.runner import run_scenario
 from sim.scenario import parse
 
-from conftest import ROOT, SMALL_SCENARIO, alive, children, short_trace
+from conftest import ROOT, SMALL_SCENARIO, alive, children, short_trace, sigint_default
 
 pytestmark = pytest.mark.redis
 
@@ -201,7 +201,7 @@ def test_ctrl_c_stops_every_server_and_writes_nothing(tmp_path, name, processes)
     out = tmp_path / "out"
     run = subprocess.Popen([sys.executable, "-m", "sim.cli", "run", str(SCENARIOS / f"{name}.toml"),
                             "--backend", "redis", "--strategies", "lua", "-q", "--out", str(out)], cwd=ROOT,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                           preexec_fn=sigint_default,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     servers: list[int] = []
