@@ -120,7 +120,9 @@ class Servers:
         try:
             if self.sentinels is not None:   # first, so that they reconfigure nothing while the nodes stop
                 self.sentinels.stop()
-            for server in self.nodes:
+            # Replicas first: a primary told to stop waits for its replicas to acknowledge its last
+            # writes (they do every second): 0.77 s a run here, 0.06 s once they are gone.
+            for server in sorted(self.nodes, key=lambda node: node is self.primary):
                 server.stop()
             if self.toxiproxy is not None:
                 self.toxiproxy.stop()
