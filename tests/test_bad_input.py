@@ -288,12 +288,14 @@ def test_sigterm_ends_a_run_whose_sigint_is_ignored(tmp_path):
     """A run started as a shell's background job ignores Ctrl-C; `kill PID`
     still ends it cleanly, in one line."""
     scenario = tmp_path / "long.toml"
-    scenario.write_text(SMALL_SCENARIO.replace("messages = 3000", "messages = 1000000"))   # 40 s of wall here
+    scenario.write_text(SMALL_SCENARIO.replace("messages = 3000", "messages = 200000"))   # about 10 s of wall here
     command = [sys.executable, "-m", "sim.cli", "run", str(scenario), "--strategies", "lua",
                "-q", "--out", str(tmp_path / "out")]
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    time.sleep(1.0)   # past Python's start-up and the imports
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".out.partial-*")) and time.monotonic() < deadline:   # the run has begun
+        time.sleep(0.05)
     assert run.poll() is None, "the run ended before it could be stopped"
     run.send_signal(signal.SIGINT)   # ignored, as a background job's Ctrl-C
     time.sleep(0.2)
