@@ -58,7 +58,9 @@ def test_the_driver_calibration_fits_its_runs(tmp_path):
     assert run["wall_s"] > run["driver_cpu_s"] > 0 and run["server_cpu_s"] > run["simulated_server_s"] > 0
     contended = measure_contended(CONTENDED_TRAFFIC.replace("messages = 15000", "messages = 2000"), (("lock", 8),))
     run = contended["lock x8"]
-    assert run["sleeps"] > 0 and run["wakes"] >= 0 and run["cpu_s"] > 0, run
+    # Wake-ups are recorded as a count, possibly 0: on a busy machine the loop
+    # thread may never find itself idle (its switches all involuntary).
+    assert run["sleeps"] > 0 and isinstance(run["wakes"], int) and run["wakes"] >= 0 and run["cpu_s"] > 0, run
     path = tmp_path / "calibration.toml"
     path.write_text(driver_toml(one_client, driver, contended))
     written = load_calibration(path, "driver", DRIVER_KEYS)
