@@ -81,3 +81,19 @@ def test_a_scenario_keeps_its_name_whatever_its_strategy_options(tmp_path):
 
     text = 'name = "mine"\n[strategy_options.lock]\nttl_ms = 500\n[strategy_options.watch]\nmax_attempts = 3\n'
     assert parse(tmp_path / "s.toml", text).name == "mine"
+
+
+def test_bench_prints_each_strategy_against_bare_simpy_and_the_structure_alone(small_scenario, capsys):
+    assert main(["bench", "--scenario", str(small_scenario), "--strategies", "naive,lua", "--events", "20000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    bare = next(line for line in lines if line.startswith("bare SimPy:"))
+    assert "(16 processes)" in bare   # the scenario's clients
+    floor = next(line for line in lines if line.startswith("the driver's structure alone"))
+    assert float(floor.rsplit("ratio ", 1)[1]) > 0
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1] in (["naive"], ["lua"])}
+    assert set(rows) == {"naive", "lua"}
+    for name, (wall, requests, request_ratio, commands, command_ratio) in rows.items():
+        assert float(wall) > 0 and float(request_ratio) > 0
+        # A script's redis.call commands count as commands: more of them than requests for lua.
+        more = int(commands.replace(",", "")) > int(requests.replace(",", ""))
+        assert more == (name == "lua"), (name, requests, commands)

@@ -35,6 +35,44 @@ def bare_simpy_rate(events: int, processes: int) -> float:
     return per_process * processes / (time.perf_counter() - started)
 
 
+def structure_rate(operations: int, processes: int) -> float:
+    """Round trips per wall second of the driver's structure with nothing in
+    it: a SimPy process per client resuming a client loop, a strategy's
+    generator per operation, one timeout and one dict update per round trip;
+    no history, server queue, network, connection or retry. The floor of a
+    simulated round trip's cost, before any of the work the model does."""
+    env = simpy.Environment()
+    store: dict[str, int] = {}
+
+    def operation(op: int):
+        yield ("INCRBY", f"user:{op % 1000}", 1)
+
+    def client_loop(ops: range):
+        for op in ops:
+            steps, reply = operation(op), None
+            try:
+                while True:
+                    reply = yield steps.send(reply)
+            except StopIteration:
+                pass
+
+    def client(ops: range):
+        loop, reply = client_loop(ops), None
+        while True:
+            try:
+                request = loop.send(reply)
+            except StopIteration:
+                return
+            reply = store[request[1]] = store.get(request[1], 0) + request[2]
+            yield env.timeout(0.0001)
+
+    for index in range(processes):
+        env.process(client(range(index, operations, processes)))
+    started = time.perf_counter()
+    env.run()
+    return operations / (time.perf_counter() - started)
+
+
 def main(args: argparse.Namespace) -> int:
     scenario = load(args.scenario)
     names = args.strategies   # checked by the command line
@@ -43,6 +81,9 @@ def main(args: argparse.Namespace) -> int:
           f"{scenario.clients.count} clients")
     bare = bare_simpy_rate(args.events, scenario.clients.count)
     print(f"bare SimPy: {bare:,.0f} timeouts per wall second ({scenario.clients.count} processes)")
+    floor = structure_rate(len(trace.t), scenario.clients.count)
+    print(f"the driver's structure alone (no model in it, one command per round trip): {floor:,.0f} round trips "
+          f"per wall second, ratio {floor / bare:.3f}")
     print("requests: as clients sent them (an EVALSHA is one); commands: as INFO commandstats\n"
           "counts them (the redis.call commands inside a script count too)")
     print(f"{'strategy':<15}{'wall s':>7}{'requests/s':>12}{'ratio':>7}{'commands/s':>12}{'ratio':>7}")
