@@ -138,9 +138,10 @@ def command_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with OutputFolder(out, "--out") as folder:
         try:
-            documents = [load_results(path) for path in find_results(args.results)]
             fidelities = find_documents(args.results, "fidelity.json")
             capacities = find_documents(args.results, "capacity.json")
+            documents = [load_results(path) for path in find_results(args.results,
+                                                                     required=not (fidelities or capacities))]
             sweeps = [sweep for _, sweep in find_sweeps(args.results)]
         except ReportError as error:
             raise UsageError(str(error)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import statistics
 from pathlib import Path
 
 from sim import charts
@@ -14,9 +15,10 @@ from sim.sweep_results import SWEEP_FILE
 from sim.table import COLUMNS, field_of
 
 
-def find_results(paths: list[str]) -> list[Path]:
+def find_results(paths: list[str], required: bool = True) -> list[Path]:
     """results.json files named, or found under folders named, except the
-    runs of a sweep (its sweep.json stands for them); in a stable order."""
+    runs of a sweep (its sweep.json stands for them); in a stable order.
+    ``required``: none and no sweep either is an error."""
     found: list[Path] = []
     sweeps: list[Path] = []
     for name in paths:
@@ -31,7 +33,7 @@ def find_results(paths: list[str]) -> list[Path]:
             sweeps += [path.parent] * (path.name == SWEEP_FILE)
         else:
             raise ReportError(f"{path}: no such file or folder")
-    if not found and not sweeps:
+    if required and not found and not sweeps:
         raise ReportError(f"no results.json under {', '.join(paths)}")
     return found
 
@@ -168,6 +170,41 @@ def _section(document: dict, capacity: dict | None = None) -> list[str]:
     return lines + [""]
 
 
+def capacity_against_real(capacities: list[dict]) -> list[str]:
+    """Per scenario measured on both backends: each strategy's capacity
+    simulated with the redis backend's driver modelled (`countdrift capacity
+    --model-driver`), beside the real one (the median of the real
+    measurements given, each listed), and their ratio: how well the
+    simulation is calibrated to this machine. Measurements compare only
+    for the same scenario file and latency objective."""
+    def key(capacity: dict) -> tuple:
+        return capacity["scenario"].get("name"), capacity["scenario"].get("sha256"), capacity.get("slo_p99_ms")
+
+    lines: list[str] = []
+    modelled = {key(capacity): capacity for capacity in capacities
+                if capacity.get("backend") == "sim" and "driver_model" in capacity}
+    for measured, simulated in modelled.items():
+        real = [capacity for capacity in capacities if capacity.get("backend") == "redis" and key(capacity) == measured]
+        if not real:
+            continue
+        lines += [f"## Capacity of {measured[0]}, simulated against real servers", "",
+                  f"The best throughput with p99 <= {measured[2]:g} ms (closed loop, no faults); the simulation "
+                  f"models the redis backend's driver on the calibrated machine. Real: the median of {len(real)} "
+                  f"measurement{'s' * (len(real) > 1)}.", "",
+                  "| strategy | simulated ops/s | real ops/s | each real | simulated / real |", "|---|---|---|---|---|"]
+        for name, result in simulated["strategies"].items():
+            runs = [capacity["strategies"][name]["capacity_ops_per_s"] for capacity in real
+                    if name in capacity["strategies"]]
+            if not runs:
+                continue
+            median = statistics.median(runs)
+            ratio = f"{result['capacity_ops_per_s'] / median:.2f}" if median else "-"
+            lines.append(f"| {name} | {result['capacity_ops_per_s']:,.0f} | {median:,.0f} | "
+                         f"{', '.join(f'{run:,.0f}' for run in runs)} | {ratio} |")
+        lines.append("")
+    return lines
+
+
 def _fidelity_section(document: dict, index: int, folder: Path, drawn: list[tuple[str, Path]]) -> list[str]:
     left, right = document["backends"]
     caption = f"Fidelity {left} / {right}"
@@ -195,9 +232,10 @@ def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = (
         markdown += _fidelity_section(fidelity, index, folder, drawn)
     for index, sweep in enumerate(sweeps):
         markdown += sweep_sections(sweep, folder, index, drawn)
+    markdown += capacity_against_real(list(capacities))
     for document in documents:
         markdown += _section(document, capacity_of(document, capacities))
-    markdown += ["## Charts", ""]
+    markdown += ["## Charts", ""] if drawn else []
     for caption, png in drawn:
         markdown += [f"### {caption}", "", f"![{caption}]({png.name})", ""]
     markdown_path = folder / "summary.md"

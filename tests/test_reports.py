@@ -158,3 +158,35 @@ def test_the_notebook_runs(small_results):
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     assert any("image/png" in output.get("data", {}) for output in outputs)
+
+
+def test_report_sets_simulated_capacity_beside_the_real_median(tmp_path, capsys):
+    def capacity(backend, name, sha, capacities, modelled=False):
+        document = {"capacity_schema": 1, "backend": backend, "scenario": {"name": name, "sha256": sha},
+                    "slo_p99_ms": 10.0, "strategies": {strategy: {"capacity_ops_per_s": value, "clients": 8}
+                                                       for strategy, value in capacities.items()}}
+        if modelled:
+            document["driver_model"] = {"rtt_us": 8.0}
+        return document
+
+    documents = {
+        "sim-modelled": capacity("sim", "hot", "s1", {"lock": 13_000, "lua": 60_000}, modelled=True),
+        "sim-without-driver": capacity("sim", "hot", "s1", {"lock": 5_000, "lua": 99_000}),   # not comparable: no driver
+        "real-1": capacity("redis", "hot", "s1", {"lock": 10_000, "lua": 50_000}),
+        "real-2": capacity("redis", "hot", "s1", {"lock": 12_000, "lua": 61_000}),
+        "real-3": capacity("redis", "hot", "s1", {"lock": 13_000, "lua": 59_000}),
+        "real-other-file": capacity("redis", "hot", "s2", {"lock": 1, "lua": 1}),   # another version of it
+        "real-only": capacity("redis", "quick", "s3", {"lock": 20_000}),             # nothing simulated to compare
+    }
+    folder = tmp_path / "capacities"
+    for name, document in documents.items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / "capacity.json").write_text(json.dumps(document))
+    out = tmp_path / "report"
+    assert main(["report", str(folder), "--out", str(out)]) == 0   # capacity documents alone are enough
+    markdown = (out / "summary.md").read_text()
+    assert "## Capacity of hot, simulated against real servers" in markdown
+    assert "the median of 3 measurements" in markdown
+    assert "| lock | 13,000 | 12,000 | 10,000, 12,000, 13,000 | 1.08 |" in markdown
+    assert "| lua | 60,000 | 59,000 | 50,000, 61,000, 59,000 | 1.02 |" in markdown
+    assert "Capacity of quick" not in markdown and "## Charts" not in markdown
