@@ -132,19 +132,22 @@ def command_trace(args: argparse.Namespace) -> int:
 
 def command_report(args: argparse.Namespace) -> int:
     from sim.output import OutputFolder
-    from sim.report import ReportError, find_documents, find_results, load_results, write_report
+    from sim.report import ReportError, capacity_against_real, find_documents, find_results, load_results, write_report
     from sim.sweep_results import find_sweeps
 
     out = Path(args.out)
     with OutputFolder(out, "--out") as folder:
         try:
+            documents = [load_results(path) for path in find_results(args.results, required=False)]
             fidelities = find_documents(args.results, "fidelity.json")
             capacities = find_documents(args.results, "capacity.json")
-            documents = [load_results(path) for path in find_results(args.results,
-                                                                     required=not (fidelities or capacities))]
             sweeps = [sweep for _, sweep in find_sweeps(args.results)]
         except ReportError as error:
             raise UsageError(str(error)) from None
+        if not (documents or fidelities or sweeps or capacity_against_real(capacities)):
+            raise UsageError(f"nothing to report under {', '.join(args.results)}: no results.json, sweep or "
+                             "fidelity.json, nor a capacity.json measured on both backends (real, and simulated "
+                             "with --model-driver)")
         markdown, page = write_report(documents, folder.partial, fidelities, capacities, sweeps)
         folder.commit()
     Done.written = f"the report in {out}"

@@ -47,18 +47,41 @@ def find_documents(paths: list[str], file_name: str) -> list[dict]:
         candidates = sorted(path.rglob(file_name)) if path.is_dir() else [path] * (path.name == file_name)
         for candidate in candidates:
             try:
-                found.append(json.loads(candidate.read_text()))
+                document = json.loads(candidate.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
                 raise ReportError(f"{candidate}: not a readable {file_name} ({error})") from None
+            if file_name == "capacity.json" and not _is_capacity(document):
+                raise ReportError(f"{candidate}: not a countdrift capacity.json (backend, scenario with name and "
+                                  "sha256, slo_p99_ms, strategies with capacity_ops_per_s expected)")
+            found.append(document)
     return found
 
 
+def _is_capacity(document: object) -> bool:
+    """Whether a capacity.json has what reports read."""
+    if not isinstance(document, dict) or not isinstance(document.get("scenario"), dict):
+        return False
+    strategies = document.get("strategies")
+    return ("backend" in document and {"name", "sha256"} <= set(document["scenario"])
+            and isinstance(document.get("slo_p99_ms"), (int, float)) and isinstance(strategies, dict)
+            and all(isinstance(result, dict) and isinstance(result.get("capacity_ops_per_s"), (int, float))
+                    for result in strategies.values()))
+
+
+def same_scenario_file(one: dict, other: dict) -> bool:
+    """Two documents (results, capacity) of the same scenario file: its name and its contents."""
+    return (one["scenario"]["name"] == other["scenario"]["name"]
+            and one["scenario"].get("sha256") == other["scenario"].get("sha256"))
+
+
 def capacity_of(document: dict, capacities: list[dict]) -> dict | None:
-    """The capacity measured for a results document's scenario and backend
-    (the last one given), or None."""
+    """The capacity measured for a results document's scenario file and
+    backend (the last one given), or None. A simulated capacity with the redis
+    backend's driver modelled measures that driver, not the strategy's
+    capacity on Redis: it is for comparing with real servers only."""
     matching = [capacity for capacity in capacities
-                if capacity.get("scenario", {}).get("name") == document["scenario"]["name"]
-                and capacity.get("backend") == document["backend"]]
+                if same_scenario_file(capacity, document) and capacity["backend"] == document["backend"]
+                and "driver_model" not in capacity]
     return matching[-1] if matching else None
 
 
@@ -171,37 +194,42 @@ def _section(document: dict, capacity: dict | None = None) -> list[str]:
 
 
 def capacity_against_real(capacities: list[dict]) -> list[str]:
-    """Per scenario measured on both backends: each strategy's capacity
+    """Every scenario measured on both backends: each strategy's capacity
     simulated with the redis backend's driver modelled (`countdrift capacity
     --model-driver`), beside the real one (the median of the real
     measurements given, each listed), and their ratio: how well the
-    simulation is calibrated to this machine. Measurements compare only
-    for the same scenario file and latency objective."""
-    def key(capacity: dict) -> tuple:
-        return capacity["scenario"].get("name"), capacity["scenario"].get("sha256"), capacity.get("slo_p99_ms")
-
+    simulation is calibrated to this machine. Measurements compare only for
+    the same scenario file and latency objective; a simulation per driver
+    model (identical ones are one)."""
     lines: list[str] = []
-    modelled = {key(capacity): capacity for capacity in capacities
-                if capacity.get("backend") == "sim" and "driver_model" in capacity}
-    for measured, simulated in modelled.items():
-        real = [capacity for capacity in capacities if capacity.get("backend") == "redis" and key(capacity) == measured]
-        if not real:
-            continue
-        lines += [f"## Capacity of {measured[0]}, simulated against real servers", "",
-                  f"The best throughput with p99 <= {measured[2]:g} ms (closed loop, no faults); the simulation "
-                  f"models the redis backend's driver on the calibrated machine. Real: the median of {len(real)} "
-                  f"measurement{'s' * (len(real) > 1)}.", "",
-                  "| strategy | simulated ops/s | real ops/s | each real | simulated / real |", "|---|---|---|---|---|"]
+    modelled: dict[str, dict] = {}
+    for capacity in capacities:
+        if capacity["backend"] == "sim" and "driver_model" in capacity:
+            modelled[json.dumps([capacity["scenario"]["sha256"], capacity["slo_p99_ms"], capacity["driver_model"]],
+                                sort_keys=True)] = capacity
+    for simulated in modelled.values():
+        real = [capacity for capacity in capacities if capacity["backend"] == "redis"
+                and same_scenario_file(capacity, simulated) and capacity["slo_p99_ms"] == simulated["slo_p99_ms"]]
+        rows = []
         for name, result in simulated["strategies"].items():
             runs = [capacity["strategies"][name]["capacity_ops_per_s"] for capacity in real
                     if name in capacity["strategies"]]
-            if not runs:
-                continue
-            median = statistics.median(runs)
-            ratio = f"{result['capacity_ops_per_s'] / median:.2f}" if median else "-"
-            lines.append(f"| {name} | {result['capacity_ops_per_s']:,.0f} | {median:,.0f} | "
-                         f"{', '.join(f'{run:,.0f}' for run in runs)} | {ratio} |")
-        lines.append("")
+            if runs:
+                median = statistics.median(runs)
+                ratio = f"{result['capacity_ops_per_s'] / median:.2f}" if median else "-"
+                rows.append(f"| {name} | {result['capacity_ops_per_s']:,.0f} | {median:,.0f} | "
+                            f"{', '.join(f'{run:,.0f}' for run in runs)} | {ratio} |")
+        if not rows:
+            continue
+        scenario, driver = simulated["scenario"], simulated["driver_model"]
+        lines += [f"## Capacity of {scenario['name']}, simulated against real servers (p99 <= "
+                  f"{simulated['slo_p99_ms']:g} ms)", "",
+                  f"The best throughput with p99 under the objective (closed loop, no faults) of scenario file "
+                  f"sha256 {scenario['sha256'][:12]}. The simulation models the redis backend's driver on the "
+                  "calibrated machine (" + ", ".join(f"{key} {value:g}" for key, value in driver.items()) + "); "
+                  "real: the median of the real measurements, each one listed.", "",
+                  "| strategy | simulated ops/s | real ops/s (median) | each real | simulated / real |",
+                  "|---|---|---|---|---|", *rows, ""]
     return lines
 
 

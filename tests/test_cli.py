@@ -97,3 +97,10 @@ def test_bench_prints_each_strategy_against_bare_simpy_and_the_structure_alone(s
         # A script's redis.call commands count as commands: more of them than requests for lua.
         more = int(commands.replace(",", "")) > int(requests.replace(",", ""))
         assert more == (name == "lua"), (name, requests, commands)
+
+
+def test_the_bench_floor_does_every_operation_it_times():
+    from sim.backends.model.bench import time_structure
+
+    done, seconds = time_structure(1003, 7)   # operations dealt unevenly to the processes
+    assert done == 1003 and seconds > 0

@@ -160,33 +160,58 @@ def test_the_notebook_runs(small_results):
     assert any("image/png" in output.get("data", {}) for output in outputs)
 
 
-def test_report_sets_simulated_capacity_beside_the_real_median(tmp_path, capsys):
-    def capacity(backend, name, sha, capacities, modelled=False):
-        document = {"capacity_schema": 1, "backend": backend, "scenario": {"name": name, "sha256": sha},
-                    "slo_p99_ms": 10.0, "strategies": {strategy: {"capacity_ops_per_s": value, "clients": 8}
-                                                       for strategy, value in capacities.items()}}
-        if modelled:
-            document["driver_model"] = {"rtt_us": 8.0}
-        return document
+def capacity_document(backend: str, name: str, sha: str, capacities: dict, modelled: bool = False) -> dict:
+    document = {"capacity_schema": 1, "backend": backend, "scenario": {"name": name, "sha256": sha * 8},
+                "slo_p99_ms": 10.0, "strategies": {strategy: {"capacity_ops_per_s": value, "clients": 8}
+                                                   for strategy, value in capacities.items()}}
+    if modelled:
+        document["driver_model"] = {"rtt_us": 8.0, "request_us": 13.9}
+    return document
 
-    documents = {
-        "sim-modelled": capacity("sim", "hot", "s1", {"lock": 13_000, "lua": 60_000}, modelled=True),
-        "sim-without-driver": capacity("sim", "hot", "s1", {"lock": 5_000, "lua": 99_000}),   # not comparable: no driver
-        "real-1": capacity("redis", "hot", "s1", {"lock": 10_000, "lua": 50_000}),
-        "real-2": capacity("redis", "hot", "s1", {"lock": 12_000, "lua": 61_000}),
-        "real-3": capacity("redis", "hot", "s1", {"lock": 13_000, "lua": 59_000}),
-        "real-other-file": capacity("redis", "hot", "s2", {"lock": 1, "lua": 1}),   # another version of it
-        "real-only": capacity("redis", "quick", "s3", {"lock": 20_000}),             # nothing simulated to compare
-    }
-    folder = tmp_path / "capacities"
+
+def write_capacities(documents: dict[str, dict], folder: Path) -> Path:
     for name, document in documents.items():
         (folder / name).mkdir(parents=True)
         (folder / name / "capacity.json").write_text(json.dumps(document))
+    return folder
+
+
+def test_report_sets_simulated_capacity_beside_the_real_median(tmp_path, capsys):
+    from sim.report import capacity_of
+
+    modelled = capacity_document("sim", "hot", "s1", {"lock": 13_000, "lua": 60_000, "watch": 9_000}, modelled=True)
+    alone = capacity_document("sim", "hot", "s1", {"lock": 5_000, "lua": 99_000})
+    documents = {
+        "sim-modelled": modelled,
+        "sim-without-driver": alone,   # Redis alone: not comparable, and sorted last
+        "real-1": capacity_document("redis", "hot", "s1", {"lock": 10_000, "lua": 50_000}),
+        "real-2": capacity_document("redis", "hot", "s1", {"lock": 12_000, "lua": 61_000, "watch": 8_000}),
+        "real-3": capacity_document("redis", "hot", "s1", {"lock": 13_000, "lua": 59_000}),
+        "real-other-file": capacity_document("redis", "hot", "s2", {"lock": 1, "lua": 1}),   # another version of it
+        "real-only": capacity_document("redis", "quick", "s3", {"lock": 20_000}),             # nothing simulated
+    }
+    folder = write_capacities(documents, tmp_path / "capacities")
     out = tmp_path / "report"
     assert main(["report", str(folder), "--out", str(out)]) == 0   # capacity documents alone are enough
     markdown = (out / "summary.md").read_text()
-    assert "## Capacity of hot, simulated against real servers" in markdown
-    assert "the median of 3 measurements" in markdown
+    assert markdown.count("## Capacity of hot, simulated against real servers (p99 <= 10 ms)") == 1
+    assert "sha256 s1s1s1s1s1s1" in markdown and "rtt_us 8, request_us 13.9" in markdown
     assert "| lock | 13,000 | 12,000 | 10,000, 12,000, 13,000 | 1.08 |" in markdown
     assert "| lua | 60,000 | 59,000 | 50,000, 61,000, 59,000 | 1.02 |" in markdown
+    assert "| watch | 9,000 | 8,000 | 8,000 | 1.12 |" in markdown   # measured once on real
     assert "Capacity of quick" not in markdown and "## Charts" not in markdown
+    # A results document's trade-off chart takes the capacity of Redis alone, never the driver's.
+    results = {"scenario": {"name": "hot", "sha256": "s1" * 8}, "backend": "sim"}
+    assert capacity_of(results, [alone, modelled]) is alone and capacity_of(results, [modelled]) is None
+    assert capacity_of({**results, "scenario": {"name": "hot", "sha256": "s2" * 8}}, [alone]) is None
+
+
+def test_report_refuses_capacities_it_cannot_compare_or_read(tmp_path, capsys):
+    lone = write_capacities({"sim": capacity_document("sim", "hot", "s1", {"lock": 1}, modelled=True),
+                             "real": capacity_document("redis", "cold", "s1", {"lock": 1})}, tmp_path / "lone")
+    assert main(["report", str(lone), "--out", str(tmp_path / "r1")]) == 2
+    assert "nothing to report" in capsys.readouterr().err and not (tmp_path / "r1").exists()
+    broken = write_capacities({"bad": {"backend": "sim", "driver_model": {}}}, tmp_path / "broken")
+    assert main(["report", str(broken), "--out", str(tmp_path / "r2")]) == 2
+    error = capsys.readouterr().err
+    assert "bad/capacity.json" in error and "not a countdrift capacity.json" in error

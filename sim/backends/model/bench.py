@@ -35,20 +35,23 @@ def bare_simpy_rate(events: int, processes: int) -> float:
     return per_process * processes / (time.perf_counter() - started)
 
 
-def structure_rate(operations: int, processes: int) -> float:
-    """Round trips per wall second of the driver's structure with nothing in
-    it: a SimPy process per client resuming a client loop, a strategy's
-    generator per operation, one timeout and one dict update per round trip;
-    no history, server queue, network, connection or retry. The floor of a
-    simulated round trip's cost, before any of the work the model does."""
+def time_structure(operations: int, processes: int) -> tuple[int, float]:
+    """The driver's structure with nothing in it, timed: a SimPy process per
+    client resuming a client loop; per operation, a pacing timeout (an open
+    loop's client waits for the operation's start) and a strategy's
+    generator sending one command, which updates a dict, in one round trip
+    (a timeout). No history, server queue, network, connection or retry.
+    Returns (operations done, wall seconds)."""
     env = simpy.Environment()
     store: dict[str, int] = {}
+    done = 0
 
     def operation(op: int):
         yield ("INCRBY", f"user:{op % 1000}", 1)
 
     def client_loop(ops: range):
         for op in ops:
+            yield None   # the pacing sleep
             steps, reply = operation(op), None
             try:
                 while True:
@@ -57,20 +60,25 @@ def structure_rate(operations: int, processes: int) -> float:
                 pass
 
     def client(ops: range):
+        nonlocal done
         loop, reply = client_loop(ops), None
         while True:
             try:
                 request = loop.send(reply)
             except StopIteration:
                 return
+            if request is None:
+                yield env.timeout(0.0005)
+                continue
             reply = store[request[1]] = store.get(request[1], 0) + request[2]
             yield env.timeout(0.0001)
+            done += request[0] == "INCRBY"
 
     for index in range(processes):
         env.process(client(range(index, operations, processes)))
     started = time.perf_counter()
     env.run()
-    return operations / (time.perf_counter() - started)
+    return done, time.perf_counter() - started
 
 
 def main(args: argparse.Namespace) -> int:
@@ -81,9 +89,10 @@ def main(args: argparse.Namespace) -> int:
           f"{scenario.clients.count} clients")
     bare = bare_simpy_rate(args.events, scenario.clients.count)
     print(f"bare SimPy: {bare:,.0f} timeouts per wall second ({scenario.clients.count} processes)")
-    floor = structure_rate(len(trace.t), scenario.clients.count)
-    print(f"the driver's structure alone (no model in it, one command per round trip): {floor:,.0f} round trips "
-          f"per wall second, ratio {floor / bare:.3f}")
+    operations, seconds = time_structure(args.events // 2, scenario.clients.count)
+    floor = operations / seconds
+    print(f"the driver's structure alone (per operation a pacing timeout and one round trip of one command, "
+          f"no model): {floor:,.0f} commands per wall second, ratio {floor / bare:.3f}")
     print("requests: as clients sent them (an EVALSHA is one); commands: as INFO commandstats\n"
           "counts them (the redis.call commands inside a script count too)")
     print(f"{'strategy':<15}{'wall s':>7}{'requests/s':>12}{'ratio':>7}{'commands/s':>12}{'ratio':>7}")
