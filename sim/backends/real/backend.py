@@ -14,9 +14,8 @@ import contextlib
 import resource
 import time
 
-import uvloop
-
 from sim.backend import Backend, BackendRefused, Deployment, Execution, Progress
+from sim.backends.real import event_loop
 from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
 from sim.backends.real.nemesis import RealNemesis
@@ -74,7 +73,7 @@ class RedisDeployment(Deployment):
         self.servers.wait_for_replicas()
         server_before = self._server_cpu()
         started, driver_cpu, waits = time.perf_counter(), time.process_time(), _waits()
-        driver, nemesis = uvloop.run(self._run(strategy, trace, progress))
+        driver, nemesis = event_loop.run(self._run(strategy, trace, progress))
         wall = time.perf_counter() - started
         driver_cpu, waits = time.process_time() - driver_cpu, _waits() - waits
         server_after = self._server_cpu()
@@ -158,7 +157,7 @@ class ClusterDeployment(Deployment):
 
     def run(self, strategy: Strategy, trace: Trace, progress: Progress | None) -> Execution:
         started = time.perf_counter()
-        driver, nemesis, routes = uvloop.run(self._run(strategy, trace, progress))
+        driver, nemesis, routes = event_loop.run(self._run(strategy, trace, progress))
         wall = time.perf_counter() - started
         counters = driver.counters()
         shard_commands = {}

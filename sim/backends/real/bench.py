@@ -16,8 +16,7 @@ import subprocess
 import time
 from typing import Callable
 
-import uvloop
-
+from sim.backends.real import event_loop
 from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
 from sim.backends.real.routes import FixedRoutes
@@ -46,7 +45,7 @@ def driver_rate(trace, name: str, address: Callable[[int], tuple[str, int]], dir
     driver = RealDriver(trace, make_strategy(name), ClientConfig(count=clients, timeout_ms=5000),
                         FixedRoutes(address, direct), paced=False)
     started = time.perf_counter()
-    uvloop.run(driver.run())
+    event_loop.run(driver.run())
     return len(trace.t) / (time.perf_counter() - started)
 
 
