@@ -5,9 +5,8 @@ same colour in every chart (its place in DESIGN.md's list picks it).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from functools import wraps
+from pathlib import Path
 
 import matplotlib
 import matplotlib.patches
@@ -33,6 +32,11 @@ def styled(chart):
     return draw
 
 
+def strategy_rows(present: set[str]) -> list[str]:
+    """The strategies in DESIGN.md's order, then any this version does not know, by name."""
+    return [name for name in STRATEGIES if name in present] + sorted(present - set(STRATEGIES))
+
+
 def colour(strategy: str):
     return COLOURS.get(strategy, "grey")
 
@@ -43,10 +47,11 @@ def title_of(document: dict) -> str:
 
 def save(figure, folder: Path, name: str) -> list[Path]:
     """Write PNG and SVG; returns both paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    from sim.output import write_file
+
     paths = [folder / f"{name}.png", folder / f"{name}.svg"]
     for path in paths:
-        figure.savefig(path, bbox_inches="tight")
+        write_file(path, lambda out: figure.savefig(out, format=path.suffix[1:], bbox_inches="tight"), binary=True)
     return paths
 
 
@@ -97,8 +102,28 @@ def matrix(documents: list[dict], field: str) -> Figure:
     """Strategy x scenario heatmap of |drift| (field="drift") or throughput."""
     cells = {(run["strategy"], j): run["drift"]["abs_drift_sum"] if field == "drift" else run["throughput_ops_per_s"]
              for j, document in enumerate(documents) for run in document["runs"]}
-    return _heatmap({key: (value, f"{value:.0f}") for key, value in cells.items()},
-                    [document["scenario"]["name"] for document in documents], field, "")
+    return _heatmap({key: (value, f"{value:.0f}") for key, value in cells.items()}, column_names(documents),
+                    field, "")
+
+
+def column_names(documents: list[dict]) -> list[str]:
+    """A name for each document that tells it from the others: its
+    scenario's, and its backend and seed where those differ between two of
+    the same scenario, and its place in the list where even they do not."""
+    names = [document["scenario"]["name"] for document in documents]
+    if len(set(names)) < len(names):
+        names = [f"{name} ({document['backend']}, s{document['seed']})" for name, document in zip(names, documents)]
+    return distinct(names)
+
+
+def distinct(names: list[str], separator: str = " #") -> list[str]:
+    """The names, each that occurs more than once numbered (name #1, name #2...)."""
+    seen: dict[str, int] = {}
+    numbered = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        numbered.append(name if names.count(name) == 1 else f"{name}{separator}{seen[name]}")
+    return numbered
 
 
 @styled
@@ -119,7 +144,7 @@ def sweep_matrix(sweeps: list[dict], field: str) -> Figure:
 def _heatmap(cells: dict[tuple[str, int], tuple[float, str]], columns: list[str], field: str,
              subtitle: str) -> Figure:
     """(strategy, column) -> (value, text), drawn as a heatmap; ``columns`` names the columns."""
-    rows = [name for name in STRATEGIES if any(strategy == name for strategy, _ in cells)]
+    rows = strategy_rows({strategy for strategy, _ in cells})
     values = np.full((len(rows), len(columns)), np.nan)
     texts = {}
     for (strategy, j), (value, text) in cells.items():
@@ -199,14 +224,14 @@ def fidelity(document: dict) -> Figure:
     |drift|; green where they agree, red where they do not."""
     left, right = document["backends"]
     columns = sorted({(cell["scenario"], cell["seed"]) for cell in document["cells"]})
-    rows = [name for name in STRATEGIES if any(cell["strategy"] == name for cell in document["cells"])]
+    rows = strategy_rows({cell["strategy"] for cell in document["cells"]})
     figure = Figure(figsize=(1.5 * len(columns) + 2.5, 0.7 * len(rows) + 2))
     axis = figure.subplots()
     for cell in document["cells"]:
         x, y = columns.index((cell["scenario"], cell["seed"])), rows.index(cell["strategy"])
         agree = cell["disagreement"] is None
         axis.add_patch(matplotlib.patches.Rectangle((x - 0.5, y - 0.5), 1, 1, color="#b7e4b7" if agree else "#f4a6a6"))
-        text = (f"{_CLASS_SHORT[cell[left]['class']]} / {_CLASS_SHORT[cell[right]['class']]}\n"
+        text = (f"{_CLASS_SHORT.get(cell[left]['class'], '?')} / {_CLASS_SHORT.get(cell[right]['class'], '?')}\n"
                 f"{cell[left]['figures']['|drift|']} / {cell[right]['figures']['|drift|']}")
         axis.text(x, y, text, ha="center", va="center", fontsize=7)
     axis.set_xlim(-0.5, len(columns) - 0.5)

@@ -45,20 +45,18 @@ def _strategies(option: str | None, default: tuple[str, ...]) -> tuple[str, ...]
     return names
 
 
-def _trace_for(args: argparse.Namespace, scenario, seed: int):
-    """The trace to replay: the scenario's, or --trace if it was made from
-    the same traffic and seed."""
+def _saved_trace(args: argparse.Namespace, scenario):
+    """--trace, if it was made from the scenario's traffic (and --seed, if given); else None."""
     from dataclasses import asdict
 
-    from sim.traffic import Trace, generate
+    from sim.traffic import Trace, TraceError
 
     if not args.trace:
-        return generate(scenario.traffic, seed)
+        return None
     try:
         trace = Trace.load(Path(args.trace))
-    except Exception as error:   # whatever the file holds instead of a trace
-        raise UsageError(f"--trace {args.trace}: not a trace countdrift wrote ({type(error).__name__}: "
-                         f"{str(error)[:200]}); make one with `countdrift trace`") from None
+    except TraceError as error:
+        raise UsageError(f"--trace {error}") from None
     if trace.config != scenario.traffic:
         ours, theirs = asdict(scenario.traffic), asdict(trace.config)
         key = next(key for key in ours if ours[key] != theirs.get(key))
@@ -70,28 +68,40 @@ def _trace_for(args: argparse.Namespace, scenario, seed: int):
 
 
 def command_run(args: argparse.Namespace) -> int:
+    from sim import budget
     from sim.output import OutputFolder
     from sim.results import write_json
     from sim.runner import peak_rss_mib, run_scenario, stderr_progress
     from sim.scenario import load
     from sim.table import format_causes, format_faults, format_table, format_topology
+    from sim.traffic import generate
 
     scenario = load(args.scenario)
     strategies = _strategies(args.strategies, scenario.strategies)
-    trace = _trace_for(args, scenario, scenario.seed if args.seed is None else args.seed)
-    seed = trace.seed
+    saved = _saved_trace(args, scenario)
+    seed = saved.seed if saved else scenario.seed if args.seed is None else args.seed
     out = Path(args.out) if args.out else Path("results") / f"{scenario.name}-s{seed}"
-    with OutputFolder(out, "--out") as folder:
-        refusal = backends.get(args.backend).refuse(scenario)
-        if refusal:
-            raise UsageError(f"--backend {args.backend}: {refusal}")
-        if args.jobs > 1 and not backends.get(args.backend).parallel_runs:
-            raise UsageError(f"--jobs: the {args.backend} backend runs one strategy at a time")
+    folder = OutputFolder(out, "--out", "run", args.force)
+    refusal = backends.get(args.backend).refuse(scenario)
+    if refusal:
+        raise UsageError(f"--backend {args.backend}: {refusal}")
+    if args.jobs > 1 and not backends.get(args.backend).parallel_runs:
+        raise UsageError(f"--jobs: the {args.backend} backend runs one strategy at a time")
+    if args.jobs > cores():
+        raise UsageError(f"--jobs: at most {cores()} here (one process per core: a run is CPU-bound, and more "
+                         f"processes than cores only add memory), got {args.jobs}")
+    processes = min(args.jobs, len(strategies))
+    if saved:
+        budget.check_work(saved.work(), f"--trace {args.trace}", processes)
+    else:
+        budget.check(scenario.traffic, seed, str(scenario.path), processes)
+    with folder:
         if not args.quiet:
             print(f"countdrift {__version__}: scenario {scenario.name} ({scenario.path}), seed {seed}, "
                   f"backend {args.backend}, strategies {', '.join(strategies)}", file=sys.stderr)
+        trace = saved or generate(scenario.traffic, seed)
         results = run_scenario(scenario, strategies, trace, None if args.quiet else stderr_progress(), args.backend,
-                               jobs=args.jobs)
+                               jobs=processes)
         trace.save(folder.partial / "trace.npz")
         results["trace"]["file"] = "trace.npz"
         write_json(folder.partial / "results.json", results)
@@ -113,14 +123,15 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_trace(args: argparse.Namespace) -> int:
+    from sim import budget
     from sim.output import check_file
     from sim.scenario import load
-    from sim.traffic import generate
+    from sim.traffic import generate, is_trace
 
     scenario = load(args.scenario)
-    out = Path(args.out)
-    check_file(out, "--out")
+    out = check_file(Path(args.out), "--out", is_trace, args.force)
     seed = scenario.seed if args.seed is None else args.seed
+    budget.check(scenario.traffic, seed, str(scenario.path))
     trace = generate(scenario.traffic, seed)
     trace.save(out)
     Done.written = f"the trace in {out}"
@@ -136,9 +147,10 @@ def command_report(args: argparse.Namespace) -> int:
     from sim.sweep_results import find_sweeps
 
     out = Path(args.out)
-    with OutputFolder(out, "--out") as folder:
+    with OutputFolder(out, "--out", "report", args.force) as folder:
         try:
-            documents = [load_results(path) for path in find_results(args.results, required=False)]
+            sources = find_results(args.results, required=False)
+            documents = [load_results(path) for path in sources]
             fidelities = find_documents(args.results, "fidelity.json")
             capacities = find_documents(args.results, "capacity.json")
             sweeps = [sweep for _, sweep in find_sweeps(args.results)]
@@ -148,7 +160,7 @@ def command_report(args: argparse.Namespace) -> int:
             raise UsageError(f"nothing to report under {', '.join(args.results)}: no results.json, sweep or "
                              "fidelity.json, nor a capacity.json measured on both backends (real, and simulated "
                              "with --model-driver)")
-        markdown, page = write_report(documents, folder.partial, fidelities, capacities, sweeps)
+        markdown, page = write_report(documents, folder.partial, fidelities, capacities, sweeps, sources)
         folder.commit()
     Done.written = f"the report in {out}"
     print(f"report: {out / page.name} (and {markdown.name}, charts as PNG and SVG in {out})")
@@ -156,8 +168,8 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from sim.compare import as_json, as_markdown, as_text, compare, compare_sweeps
-    from sim.output import check_file
+    from sim.compare import as_json, as_markdown, as_text, compare, compare_sweeps, written_by_compare
+    from sim.output import check_file, write_text
     from sim.report import ReportError
     from sim.sweep_results import find_sweeps
 
@@ -165,9 +177,8 @@ def command_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--tolerance: a fraction between 0 and 10 (0.05 is 5%), got {args.tolerance}")
     if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
         raise UsageError(f"--alpha: a significance level between 0 and 1 (0.01 is 1%), got {args.alpha}")
-    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
-        if path:
-            check_file(Path(path), option)
+    outputs = {option: check_file(Path(path), option, written_by_compare, args.force)
+               for option, path in (("--json", args.json), ("--markdown", args.markdown)) if path}
     try:
         sweeps = [bool(find_sweeps([path])) for path in (args.baseline, args.current)]
         if sweeps[0] != sweeps[1]:
@@ -179,10 +190,8 @@ def command_compare(args: argparse.Namespace) -> int:
     except ReportError as error:
         raise UsageError(str(error)) from None
     print(as_text(changes))
-    if args.json:
-        Path(args.json).write_text(as_json(changes))
-    if args.markdown:
-        Path(args.markdown).write_text(as_markdown(changes))
+    for option, path in outputs.items():
+        write_text(path, as_json(changes) if option == "--json" else as_markdown(changes))
     return 1 if any(change.regression for change in changes) else 0
 
 
@@ -206,6 +215,7 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_fidelity(args: argparse.Namespace) -> int:
+    from sim import budget
     from sim.fidelity import format_matrix, run_fidelity
     from sim.output import OutputFolder
     from sim.runner import stderr_progress
@@ -215,12 +225,14 @@ def command_fidelity(args: argparse.Namespace) -> int:
     strategies = _strategies(args.strategies, ("naive", "lua", "lock", "lua_idempotent"))
     seeds = [seed_number(seed, "--seeds") for seed in args.seeds.split(",")] if args.seeds else None
     out = Path(args.out)
-    with OutputFolder(out, "--out") as folder:
+    with OutputFolder(out, "--out", "fidelity", args.force) as folder:
         for backend in ("sim", "redis"):
             for scenario in scenarios:
                 refusal = backends.get(backend).refuse(scenario)
                 if refusal:
                     raise UsageError(f"fidelity needs the {backend} backend: {refusal}")
+        for scenario in scenarios:
+            budget.check(scenario.traffic, seeds[0] if seeds else scenario.seed, str(scenario.path))
         document = run_fidelity(scenarios, strategies, seeds, folder.partial,
                                 progress=None if args.quiet else stderr_progress())
         folder.commit()
@@ -244,13 +256,14 @@ def _seeds(args: argparse.Namespace) -> Callable[[object], list[int]]:
         low, high = seed_number(first, "--seed-range"), seed_number(last, "--seed-range")
     except UsageError:
         low, high = 1, 0
-    if not colon or not low <= high or high - low >= 100_000:
-        raise UsageError(f"--seed-range: A:B, two seeds with A <= B and at most 100,000 of them (e.g. 1:20 for "
+    if not colon or not low <= high or high - low >= 10_000:
+        raise UsageError(f"--seed-range: A:B, two seeds with A <= B and at most 10,000 of them (e.g. 1:20 for "
                          f"seeds 1 to 20, both included), got {args.seed_range!r}")
     return lambda scenario: list(range(low, high + 1))
 
 
 def command_sweep(args: argparse.Namespace) -> int:
+    from sim import budget
     from sim.scenario import load
     from sim.sweep import check_folder, default_workers, plan_tasks, run_sweep
     from sim.table import format_sweep_table
@@ -267,12 +280,19 @@ def command_sweep(args: argparse.Namespace) -> int:
             raise UsageError(f"--backend {args.backend}: {refusal}")
     names = "+".join(dict.fromkeys(scenario.name for scenario in scenarios))
     out = Path(args.out) if args.out else Path("results") / f"sweep-{names}-{args.backend}"
-    check_folder(out)
+    out = check_folder(out, args.force)
 
     def note(done: int, total: int) -> None:
         Done.written = f"{done} of {total} runs in {out} (the same command resumes the sweep)"
 
-    document = run_sweep(out, tasks, args.scheduler, args.workers or default_workers(args.backend), args.quiet,
+    if args.workers and args.workers > cores():
+        raise UsageError(f"--workers: at most {cores()} here (the cores: each worker runs one CPU-bound run at a "
+                         f"time), got {args.workers}")
+    workers = min(args.workers or default_workers(args.backend), len(tasks))
+    for scenario in scenarios:
+        first = next(task.seed for task in tasks if task.scenario is scenario)
+        budget.check(scenario.traffic, first, str(scenario.path), 1 if args.scheduler else workers)
+    document = run_sweep(out, tasks, args.scheduler, workers, args.quiet,
                          note)
     Done.written = f"the sweep in {out}"
     for name in document["aggregates"]:
@@ -285,12 +305,13 @@ def command_sweep(args: argparse.Namespace) -> int:
     return 0 if document["complete"] else 1
 
 
-def _write_document(out: Path, file_name: str, make: Callable[[], dict], show: Callable[[dict], str]) -> int:
+def _write_document(out: Path, file_name: str, make: Callable[[], dict], show: Callable[[dict], str],
+                    force: bool) -> int:
     """Check ``--out``, write the document ``make`` returns there whole, print it."""
     from sim.output import OutputFolder
     from sim.results import write_json
 
-    with OutputFolder(out, "--out") as folder:
+    with OutputFolder(out, "--out", file_name.removesuffix(".json"), force) as folder:
         document = make()
         write_json(folder.partial / file_name, document)
         folder.commit()
@@ -311,7 +332,22 @@ def _calibration_file(given: str, scenario) -> Path:
     return CALIBRATION
 
 
+def _client_counts(text: str) -> tuple[int, ...]:
+    """--clients: up to 20 counts, each within the scenario's bound on clients.count."""
+    from sim.scenario import BOUNDS
+
+    high = int(BOUNDS["clients.count"][1])
+    try:
+        counts = tuple(whole(high)(count) for count in text.split(","))
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"--clients: {error} (comma-separated client counts)") from None
+    if len(counts) > 20:
+        raise UsageError(f"--clients: at most 20 client counts, got {len(counts)}")
+    return counts
+
+
 def command_capacity(args: argparse.Namespace) -> int:
+    from sim import budget
     from sim.capacity import RAMP, format_capacity, measure
     from sim.runner import stderr_progress
     from sim.scenario import DRIVER_KEYS, load, load_calibration
@@ -320,7 +356,7 @@ def command_capacity(args: argparse.Namespace) -> int:
     strategies = _strategies(args.strategies, scenario.strategies)
     if not (math.isfinite(args.slo_p99_ms) and 0 < args.slo_p99_ms <= 3_600_000):
         raise UsageError(f"--slo-p99-ms: a number of milliseconds above 0, got {args.slo_p99_ms}")
-    counts = RAMP if args.clients is None else tuple(positive(count) for count in args.clients.split(","))
+    counts = RAMP if args.clients is None else _client_counts(args.clients)
     driver = None
     if args.model_driver is not None:
         if args.backend != "sim":
@@ -331,11 +367,12 @@ def command_capacity(args: argparse.Namespace) -> int:
         refusal = backends.get(args.backend).refuse(scenario)
         if refusal:
             raise UsageError(f"--backend {args.backend}: {refusal}")
+        budget.check(scenario.traffic, scenario.seed, str(scenario.path))
         return measure(scenario, strategies, args.backend, args.slo_p99_ms, counts,
                        None if args.quiet else stderr_progress(), driver)
 
     out = Path(args.out) if args.out else Path("results") / f"capacity-{scenario.name}-{args.backend}"
-    return _write_document(out, "capacity.json", make, format_capacity)
+    return _write_document(out, "capacity.json", make, format_capacity, args.force)
 
 
 def command_cost(args: argparse.Namespace) -> int:
@@ -348,14 +385,38 @@ def command_cost(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / f"cost-{args.backend}"
     return _write_document(out, "cost.json",
                            lambda: measure(strategies, target.cost_target, args.backend, args.repeats, progress),
-                           format_cost)
+                           format_cost, args.force)
 
 
 def command_calibrate(args: argparse.Namespace) -> int:
     from sim.output import check_file
 
-    check_file(Path(args.out), "--out")
+    args.out = str(check_file(Path(args.out), "--out", is_calibration, args.force))
     return backends.get("redis").calibrate(args)
+
+
+def is_calibration(path: Path) -> bool:
+    """Whether a file is a calibration countdrift wrote (its first line says so)."""
+    try:
+        with open(path, "rb") as file:
+            return file.readline().startswith(b"# countdrift calibration")
+    except OSError:
+        return False
+
+
+def command_clean(args: argparse.Namespace) -> int:
+    from sim.leftovers import find
+
+    found, in_use = find()
+    for leftover in found:
+        print(f"{'would remove' if args.dry_run else 'removing'} {leftover.describe()}")
+        if not args.dry_run:
+            leftover.remove()
+    if not found:
+        print("nothing left over by earlier runs")
+    if in_use:
+        print(f"left alone: {len(in_use)} folder(s) of countdrift runs still going")
+    return 0
 
 
 def command_bench(args: argparse.Namespace) -> int:
@@ -379,15 +440,21 @@ def seed_number(text: str, option: str = "") -> int:
     return seed
 
 
-def positive(text: str) -> int:
-    """A whole number from 1 to 100,000,000."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 100_000_000:
-        raise argparse.ArgumentTypeError(f"a whole number from 1 to 100,000,000, got {text!r}")
-    return value
+def whole(high: int) -> Callable[[str], int]:
+    """A whole number from 1 to ``high``, as argparse takes a type."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= high:
+            raise argparse.ArgumentTypeError(f"a whole number from 1 to {high:,}, got {text!r}")
+        return value
+    return parse
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -395,6 +462,10 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+FORCE_FOLDER = "write into a --out folder that is not this command's own output (nothing in it is removed or replaced)"
+FORCE_FILE = "replace a --out file that countdrift did not write"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -407,11 +478,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--strategies", help="comma-separated strategies (default: the scenario's)")
     run.add_argument("--seed", type=seed_number, help="override the scenario's seed")
     run.add_argument("--out", help="output folder (default: results/<scenario>-s<seed>)")
+    run.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     run.add_argument("--trace", help="replay a saved trace instead of generating one")
     run.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",
                      help="sim: the SimPy model (default); redis: real redis-server and toxiproxy-server processes")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    run.add_argument("--jobs", type=positive, default=1,
+    run.add_argument("--jobs", type=whole(64), default=1,
                      help="(sim) strategies run at once, each in a process of its own (no progress bars)")
     run.set_defaults(handler=command_run)
 
@@ -419,11 +491,13 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("scenario")
     trace.add_argument("--seed", type=seed_number)
     trace.add_argument("--out", required=True, help="the .npz file to write")
+    trace.add_argument("--force", action="store_true", help=FORCE_FILE)
     trace.set_defaults(handler=command_trace)
 
     report = commands.add_parser("report", help="charts and a summary page from results.json files and sweeps")
     report.add_argument("results", nargs="+", help="results.json or sweep.json files, or folders to search for them")
     report.add_argument("--out", default="results/report", help="output folder (default: results/report)")
+    report.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     report.set_defaults(handler=command_report)
 
     comparison = commands.add_parser("compare", help="what got worse between two results, or two sweeps; "
@@ -436,6 +510,8 @@ def parser() -> argparse.ArgumentParser:
                             help="sweeps: a noisy figure's change counts only below this p (default 0.01)")
     comparison.add_argument("--json", help="also write the verdict as JSON here")
     comparison.add_argument("--markdown", help="also write a short Markdown table here (for a CI comment)")
+    comparison.add_argument("--force", action="store_true", 
+                            help="replace a --json or --markdown file that countdrift did not write")
     comparison.set_defaults(handler=command_compare)
 
     fidelity = commands.add_parser("fidelity", help="run scenarios on the simulation and on real servers; "
@@ -444,6 +520,7 @@ def parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--strategies", help="comma-separated (default: naive,lua,lock,lua_idempotent)")
     fidelity.add_argument("--seeds", help="comma-separated seeds (default: each scenario's own)")
     fidelity.add_argument("--out", default="results/fidelity", help="output folder (default: results/fidelity)")
+    fidelity.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     fidelity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     fidelity.set_defaults(handler=command_fidelity)
 
@@ -451,16 +528,17 @@ def parser() -> argparse.ArgumentParser:
                                               "each run's results.json and sweep.json with confidence intervals")
     sweep.add_argument("scenarios", nargs="+", help="scenario TOML files")
     seeds = sweep.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=positive, default=10,
+    seeds.add_argument("--seeds", type=whole(10_000), default=10,
                        help="how many seeds, from each scenario's own seed up (default 10)")
     seeds.add_argument("--seed-range", help="A:B: seeds A to B, both included, for every scenario")
     sweep.add_argument("--strategies", help="comma-separated (default: each scenario's)")
     sweep.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim")
     sweep.add_argument("--scheduler", help="the address of an existing Dask scheduler (default: a local cluster)")
-    sweep.add_argument("--workers", type=positive,
+    sweep.add_argument("--workers", type=whole(64),
                        help="worker processes of the local cluster (default: one per core on the sim, 1 on redis)")
     sweep.add_argument("--out", help="the sweep's folder, resumed if it holds an earlier run of the same sweep "
                                      "(default: results/sweep-<scenarios>-<backend>)")
+    sweep.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sweep.set_defaults(handler=command_sweep)
 
@@ -472,6 +550,7 @@ def parser() -> argparse.ArgumentParser:
     capacity.add_argument("--strategies", help="comma-separated (default: the scenario's)")
     capacity.add_argument("--clients", help="the client counts to try, comma-separated (default 1,2,4,...,256)")
     capacity.add_argument("--out", help="output folder (default: results/capacity-<scenario>-<backend>)")
+    capacity.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     capacity.add_argument("--model-driver", nargs="?", const="", metavar="CALIBRATION",
                           help="sim only: model the redis backend's driver on the calibrated machine (its loopback "
                                "round trip, one process's CPU for every client), from a calibration file's [driver] "
@@ -484,15 +563,17 @@ def parser() -> argparse.ArgumentParser:
                                             "(round trips, commands, server time, bytes), and memory per user")
     cost.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim")
     cost.add_argument("--strategies", help="comma-separated (default: all)")
-    cost.add_argument("--repeats", type=positive, default=1000, help="operations of each kind (default 1000)")
+    cost.add_argument("--repeats", type=whole(100_000), default=1000, help="operations of each kind (default 1000)")
     cost.add_argument("--out", help="output folder (default: results/cost-<backend>)")
+    cost.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     cost.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     cost.set_defaults(handler=command_cost)
 
     calibrate = commands.add_parser("calibrate", help="measure what a request costs a real redis-server here, "
                                                       "and write the simulation's service times")
     calibrate.add_argument("--out", default="results/calibration.toml", help="the calibration file to write")
-    calibrate.add_argument("--requests", type=positive, default=200_000, help="redis-benchmark -n for each probe")
+    calibrate.add_argument("--force", action="store_true", help=FORCE_FILE)
+    calibrate.add_argument("--requests", type=whole(10_000_000), default=200_000, help="redis-benchmark -n for each probe")
     calibrate.add_argument("--driver-only", action="store_true",
                            help="measure the [driver] section only, keeping the --out file's [server]")
     calibrate.set_defaults(handler=command_calibrate)
@@ -500,18 +581,34 @@ def parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list strategies and fault kinds")
     listing.set_defaults(handler=command_list)
 
+    clean = commands.add_parser("clean", help="stop the servers and remove the folders of earlier runs that were "
+                                              "killed outright (found by the marker each run writes)")
+    clean.add_argument("--dry-run", action="store_true", help="only list them")
+    clean.set_defaults(handler=command_clean)
+
     bench = commands.add_parser("bench", help="measure the simulator's speed")
     bench.add_argument("--scenario", default="quick",
                        help="a scenario TOML file, or the name of one in scenarios/ (quick, review)")
     bench.add_argument("--strategies", default="naive,lua")
-    bench.add_argument("--events", type=positive, default=500_000, help="bare SimPy timeouts to time")
+    bench.add_argument("--events", type=whole(10_000_000), default=500_000, help="bare SimPy timeouts to time")
     bench.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",
                        help="redis: the asyncio driver against redis-server, next to redis-benchmark")
-    bench.add_argument("--clients", type=positive, default=50, help="(redis) concurrent clients")
-    bench.add_argument("--requests", type=positive, default=200_000, help="(redis) redis-benchmark -n")
-    bench.add_argument("--operations", type=positive, default=50_000, help="(redis) deliveries the driver makes")
+    bench.add_argument("--clients", type=whole(10_000), default=50, help="(redis) concurrent clients")
+    bench.add_argument("--requests", type=whole(10_000_000), default=200_000, help="(redis) redis-benchmark -n")
+    bench.add_argument("--operations", type=whole(10_000_000), default=50_000, help="(redis) deliveries the driver makes")
     bench.set_defaults(handler=command_bench)
     return top
+
+
+def _keep_traceback() -> str:
+    """Write the exception being handled to a file of its own; its path."""
+    import tempfile
+    import traceback
+
+    handle, path = tempfile.mkstemp(prefix="countdrift-traceback-", suffix=".txt")
+    with os.fdopen(handle, "w") as out:
+        out.write(f"countdrift {__version__}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+    return path
 
 
 def _terminate_as_interrupt(signum: int, frame: object) -> None:
@@ -551,12 +648,24 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
     except KeyboardInterrupt:
         print(f"countdrift: interrupted; {Done.written or 'nothing written'}", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"countdrift: error: out of memory; {Done.written or 'nothing written'} (make the scenario smaller: "
+              f"traffic.users, traffic.messages, traffic.max_group_size)", file=sys.stderr)
+        return 2
+    except Exception as error:   # a bug of countdrift's: one line, the traceback kept in a file
+        if os.environ.get("COUNTDRIFT_TRACEBACK"):
+            raise
+        print(f"countdrift: internal error: {type(error).__name__}: {str(error)[:300]} (a bug in countdrift; "
+              f"{Done.written or 'nothing written'}; the traceback is in {_keep_traceback()})", file=sys.stderr)
+        return 2
     finally:
         if program:
             signal.signal(signal.SIGINT, _late_interrupt)
             signal.signal(signal.SIGTERM, _late_interrupt)
         if "sim.backends.real.processes" in sys.modules:
             sys.modules["sim.backends.real.processes"].REGISTRY.stop_all()
+        if "sim.watchdog" in sys.modules:   # its work is done: it goes, and is reaped here
+            sys.modules["sim.watchdog"].WATCHDOG.close()
 
 
 def entry() -> None:

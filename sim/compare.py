@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from sim.report import ReportError, find_results, load_results
 from sim.stats import differs
@@ -218,5 +219,15 @@ def as_markdown(changes: list[Change]) -> str:
 
 
 def as_json(changes: list[Change]) -> str:
-    return json.dumps({"regression": any(c.regression for c in changes),
+    return json.dumps({"tool": "countdrift compare", "regression": any(c.regression for c in changes),
                        "changes": [{**asdict(c), "change": c.change} for c in changes]}, indent=2) + "\n"
+
+
+def written_by_compare(path: Path) -> bool:
+    """Whether a file is a verdict `countdrift compare` wrote (--json or --markdown)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(64)
+    except OSError:
+        return False
+    return head.startswith((b"**countdrift compare:", b'{\n  "tool": "countdrift compare"', b'{\n  "regression": '))

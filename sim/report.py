@@ -10,6 +10,8 @@ from pathlib import Path
 
 from sim import charts
 from sim.errors import ReportError
+from sim.output import write_text
+from sim.results import InvalidResults, read_document, validate
 from sim.sweep_report import sweep_sections
 from sim.sweep_results import SWEEP_FILE
 from sim.table import COLUMNS, field_of
@@ -31,6 +33,8 @@ def find_results(paths: list[str], required: bool = True) -> list[Path]:
             found.append(path)
         elif path.is_file():
             sweeps += [path.parent] * (path.name == SWEEP_FILE)
+        elif path.exists():
+            raise ReportError(f"{path}: not a regular file or a folder")
         else:
             raise ReportError(f"{path}: no such file or folder")
     if required and not found and not sweeps:
@@ -47,9 +51,18 @@ def find_documents(paths: list[str], file_name: str) -> list[dict]:
         candidates = sorted(path.rglob(file_name)) if path.is_dir() else [path] * (path.name == file_name)
         for candidate in candidates:
             try:
-                document = json.loads(candidate.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise ReportError(f"{candidate}: not a readable {file_name} ({error})") from None
+                document = read_document(candidate, file_name)
+            except InvalidResults as error:
+                raise ReportError(str(error)) from None
+            if file_name == "fidelity.json":
+                try:
+                    validate(document, "fidelity")
+                except InvalidResults as error:
+                    raise ReportError(f"{candidate}: not a valid fidelity.json: {error}") from None
+                missing = [f"cells[{index}].{backend}" for index, cell in enumerate(document["cells"])
+                           for backend in document["backends"] if backend not in cell]
+                if missing:
+                    raise ReportError(f"{candidate}: not a valid fidelity.json: {missing[0]} is missing")
             if file_name == "capacity.json" and not _is_capacity(document):
                 raise ReportError(f"{candidate}: not a countdrift capacity.json (backend, scenario with name and "
                                   "sha256, slo_p99_ms, strategies with capacity_ops_per_s expected)")
@@ -85,40 +98,47 @@ def capacity_of(document: dict, capacities: list[dict]) -> dict | None:
     return matching[-1] if matching else None
 
 
-RUN_KEYS = ("strategy", "drift", "throughput_ops_per_s", "latency_ms", "faults", "timeline")
-
-
 def load_results(path: Path) -> dict:
-    """A results.json, checked for the fields reports and compare read."""
+    """A results.json, checked against its schema before any use
+    (sim/results.schema.json: types, ranges, no NaN), the field named."""
     try:
-        document = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ReportError(f"{path}: not a readable results.json ({error})") from None
+        document = read_document(path, "results.json")
+    except InvalidResults as error:
+        raise ReportError(str(error)) from None
     if not isinstance(document, dict) or document.get("schema_version") != 1:
         raise ReportError(f"{path}: not a countdrift results.json (schema_version 1 expected)")
-    runs = document.get("runs")
-    scenario = document.get("scenario")
-    if (not isinstance(runs, list) or not isinstance(scenario, dict) or "name" not in scenario
-            or not isinstance(document.get("seed"), int) or "backend" not in document
-            or not all(isinstance(run, dict) and all(key in run for key in RUN_KEYS) for run in runs)):
-        raise ReportError(f"{path}: a results.json without the fields of schema_version 1 "
-                          f"(scenario.name, seed, backend, runs with {', '.join(RUN_KEYS)})")
+    try:
+        validate(document)
+    except InvalidResults as error:
+        raise ReportError(f"{path}: not a valid results.json: {error}") from None
     return document
 
 
-def _slug(document: dict) -> str:
-    return f"{document['scenario']['name']}-{document['backend']}-s{document['seed']}"
+def slugs(documents: list[dict]) -> list[str]:
+    """A file name stem for each document's charts, unique in the report
+    (two runs of one scenario, backend and seed get -1, -2...)."""
+    return charts.distinct([f"{document['scenario']['name']}-{document['backend']}-s{document['seed']}"
+                            for document in documents], "-")
 
 
-def draw_all(documents: list[dict], folder: Path, capacities: list[dict] = ()) -> list[tuple[str, Path]]:
+def titles(documents: list[dict], sources: list[Path] | None = None) -> list[str]:
+    """Each document's heading, unique in the report: where two would read
+    alike, each says the file it comes from."""
+    plain = [charts.title_of(document) for document in documents]
+    if sources and len(set(plain)) < len(plain):
+        plain = [title if plain.count(title) == 1 else f"{title}, {source}" for title, source in zip(plain, sources)]
+    return charts.distinct(plain)
+
+
+def draw_all(documents: list[dict], folder: Path, capacities: list[dict] = (),
+             sources: list[Path] | None = None) -> list[tuple[str, Path]]:
     """Every chart, as (caption, PNG path)."""
     drawn: list[tuple[str, Path]] = []
     if len(documents) > 1:
         for field, caption in (("drift", "Drift by strategy and scenario"),
                                ("throughput", "Throughput by strategy and scenario")):
             drawn.append((caption, charts.save(charts.matrix(documents, field), folder, f"matrix-{field}")[0]))
-    for document in documents:
-        slug = _slug(document)
+    for document, slug, title in zip(documents, slugs(documents), titles(documents, sources)):
         capacity = capacity_of(document, capacities)
         tradeoff = ("tradeoff", lambda document: charts.tradeoff(document, capacity),
                     "Capacity and p99 latency vs drift" if capacity else "Throughput and p99 latency vs drift")
@@ -126,7 +146,7 @@ def draw_all(documents: list[dict], folder: Path, capacities: list[dict] = ()) -
                                      ("timeline", charts.timeline, "Drift and throughput over time"),
                                      ("latency", charts.latency, "Latency percentiles")):
             figure = chart(document)
-            drawn.append((f"{caption}: {charts.title_of(document)}",
+            drawn.append((f"{caption}: {title}",
                           charts.save(figure, folder, f"{name}-{slug}")[0]))
     return drawn
 
@@ -140,9 +160,9 @@ def _markdown_table(document: dict) -> list[str]:
     return lines
 
 
-def _section(document: dict, capacity: dict | None = None) -> list[str]:
+def _section(document: dict, capacity: dict | None = None, title: str | None = None) -> list[str]:
     scenario = document["scenario"]
-    lines = [f"## {charts.title_of(document)}", "",
+    lines = [f"## {title or charts.title_of(document)}", "",
              f"- scenario: `{scenario['name']}` from `{scenario.get('path', '?')}` "
              f"(sha256 `{scenario['sha256'][:12]}`): {scenario.get('description', '')}",
              f"- backend: {document['backend']}, seed: {document['seed']}, "
@@ -249,9 +269,11 @@ def _fidelity_section(document: dict, index: int, folder: Path, drawn: list[tupl
 
 
 def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = (),
-                 capacities: list[dict] = (), sweeps: list[dict] = ()) -> tuple[Path, Path]:
+                 capacities: list[dict] = (), sweeps: list[dict] = (),
+                 sources: list[Path] | None = None) -> tuple[Path, Path]:
+    """``sources``: the file each document was read from, named where two documents would read alike."""
     folder.mkdir(parents=True, exist_ok=True)
-    drawn = draw_all(documents, folder, capacities)
+    drawn = draw_all(documents, folder, capacities, sources)
     markdown = ["# countdrift report", "",
                 "Drift is how far the counters ended from the truth (the message log): `inconsistent` users "
                 "have a total that is not the sum of their conversation counts, `wrong total` users a total "
@@ -261,15 +283,15 @@ def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = (
     for index, sweep in enumerate(sweeps):
         markdown += sweep_sections(sweep, folder, index, drawn)
     markdown += capacity_against_real(list(capacities))
-    for document in documents:
-        markdown += _section(document, capacity_of(document, capacities))
+    for document, title in zip(documents, titles(documents, sources)):
+        markdown += _section(document, capacity_of(document, capacities), title)
     markdown += ["## Charts", ""] if drawn else []
     for caption, png in drawn:
         markdown += [f"### {caption}", "", f"![{caption}]({png.name})", ""]
     markdown_path = folder / "summary.md"
-    markdown_path.write_text("\n".join(markdown))
+    write_text(markdown_path, "\n".join(markdown))
     html_path = folder / "summary.html"
-    html_path.write_text(_html(markdown, drawn))
+    write_text(html_path, _html(markdown, drawn))
     return markdown_path, html_path
 
 

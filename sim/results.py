@@ -4,12 +4,74 @@ a deterministic sim scenario compare equal on everything else."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
+import stat
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+SCHEMAS = Path(__file__).with_name("schemas")   # what readers of each document may rely on
+
+
+class InvalidResults(ValueError):
+    """A document that is not what its schema promises."""
+
+
+def _non_finite(value: Any, where: str = "$") -> str | None:
+    """The JSON path of the first NaN or infinity in a document, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}{key}" if str(key).startswith("[") else f"{where}.{key}")
+        if found:
+            return found
+    return None
+
+
+MAX_DOCUMENT_BYTES = 256 * 2 ** 20
+
+
+def read_document(path: Path, what: str) -> Any:
+    """A JSON document countdrift wrote, read back: a regular file (never a
+    pipe or a device, which could block), of a sane size, UTF-8 JSON;
+    InvalidResults says what it is instead."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidResults(f"{path}: not a regular file (a {what} is one)")
+        if info.st_size > MAX_DOCUMENT_BYTES:
+            raise InvalidResults(f"{path}: {info.st_size:,} bytes; a {what} countdrift writes is under "
+                                 f"{MAX_DOCUMENT_BYTES:,}")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise InvalidResults(f"{path}: not a readable {what} ({error})") from None
+
+
+@cache
+def _validator(kind: str):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(json.loads((SCHEMAS / f"{kind}.schema.json").read_text()))
+
+
+def validate(document: Any, kind: str = "results") -> None:
+    """Check a document against ``schemas/<kind>.schema.json`` (types,
+    ranges, required fields) and for NaN or infinite numbers; InvalidResults
+    names the field."""
+    where = _non_finite(document)
+    if where:
+        raise InvalidResults(f"{where} is not a finite number")
+    errors = sorted(_validator(kind).iter_errors(document), key=lambda error: list(map(str, error.absolute_path)))
+    if errors:
+        error = errors[0]
+        raise InvalidResults(f"{error.json_path}: {error.message[:200]}")
 
 
 def strip_wall(value: Any) -> Any:
@@ -23,13 +85,6 @@ def strip_wall(value: Any) -> Any:
 
 def write_json(path: Path, document: dict) -> None:
     """Write atomically: a reader never sees half a file, a failure leaves none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(document, out, indent=2, sort_keys=False)
-            out.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    from sim.output import write_text
+
+    write_text(path, json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n")

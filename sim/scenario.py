@@ -7,9 +7,10 @@ key and what is allowed, before any output is written.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import re
-import hashlib
+import stat
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -190,6 +191,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "run.timeline_points": (0, 10_000), "run.think_time_ms": (0, 3_600_000),
     "seed": (0, 2 ** 63 - 1),
 }
+MAX_SCENARIO_BYTES = 1_000_000
 MAX_MEMBERSHIPS = 20_000_000    # 1:1 and group memberships a trace may hold (a few GiB to check)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -267,6 +269,11 @@ def parse(path: Path, text: str) -> Scenario:
     if round(traffic.users * traffic.dm_per_user / 2) < 1 and traffic.groups == 0:
         raise ScenarioError(f"{path}: key 'traffic.dm_per_user' ({traffic.dm_per_user:g}) with 'traffic.groups' = 0 "
                             f"gives no conversation to send to; raise one of them")
+    clients = sections["clients"]
+    if clients.timeout_ms <= clients.rtt_ms:
+        raise ScenarioError(f"{path}: key 'clients.timeout_ms' ({clients.timeout_ms:g}) must be above "
+                            f"'clients.rtt_ms' ({clients.rtt_ms:g}): every request would time out before its reply "
+                            f"could come back, and be sent again {clients.retries} time(s)")
     memberships = expected_memberships(traffic)
     if memberships > MAX_MEMBERSHIPS:
         raise ScenarioError(f"{path}: keys 'traffic.users' x 'traffic.dm_per_user' + 'traffic.groups' x the mean "
@@ -443,6 +450,12 @@ def _strategy_name(path: Path, key: str, name: Any) -> str:
 def load(path: str | Path) -> Scenario:
     path = Path(path)
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ScenarioError(f"{path}: not a regular file; a scenario is a TOML file")
+        if info.st_size > MAX_SCENARIO_BYTES:
+            raise ScenarioError(f"{path}: {info.st_size:,} bytes; a scenario is a TOML file of at most "
+                                f"{MAX_SCENARIO_BYTES:,}")
         raw = path.read_bytes()
     except OSError as error:
         raise ScenarioError(f"{path}: cannot read the scenario: {error.strerror}") from None

@@ -16,7 +16,6 @@ starts its own servers on free ports.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from sim.errors import UsageError
+from sim.errors import ReportError, UsageError
 from sim.results import write_json
 from sim.scenario import Scenario
 from sim.sweep_results import SWEEP_FILE, run_file, sweep_document
@@ -71,31 +70,44 @@ def plan_tasks(scenarios: list[Scenario], seeds: Callable[[Scenario], list[int]]
 
 
 def _finished(task: Task, folder: Path) -> bool:
-    """Whether the sweep's folder already holds this run; one of another
-    scenario file or backend is refused rather than mixed in."""
+    """Whether the sweep's folder already holds this run; a file that is
+    not this run (another scenario file or backend, or a run of another seed
+    or strategy copied there) is refused rather than mixed in."""
+    from sim.report import load_results
+
     path = task.where(folder)
     if not path.exists():
         return False
     try:
-        document = json.loads(path.read_text())
-        sha256, backend = document["scenario"]["sha256"], document["backend"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"--out {folder}: {path} is not a results.json countdrift wrote ({error}); "
-                         f"remove it to run it again") from None
-    if sha256 != task.scenario.sha256 or backend != task.backend:
-        raise UsageError(f"--out {folder}: {path} is a run of another version of {task.scenario.path} or of "
-                         f"another backend ({backend}); sweep into another --out")
+        document = load_results(path)
+    except ReportError as error:
+        raise UsageError(f"--out {folder}: {error}; remove it to run it again") from None
+    found = {"scenario": document["scenario"]["name"], "seed": document["seed"], "backend": document["backend"],
+             "strategy": [run["strategy"] for run in document["runs"]]}
+    expected = {"scenario": task.scenario.name, "seed": task.seed, "backend": task.backend,
+                "strategy": [task.strategy]}
+    wrong = [key for key in expected if found[key] != expected[key]]
+    if wrong:
+        key = wrong[0]
+        raise UsageError(f"--out {folder}: {path} holds a run of {key} {found[key]!r}, not {expected[key]!r} as its "
+                         f"place says; remove it to run it again")
+    if document["scenario"].get("sha256") != task.scenario.sha256:
+        raise UsageError(f"--out {folder}: {path} is a run of another version of {task.scenario.path}; sweep into "
+                         f"another --out")
     return True
 
 
-def check_folder(folder: Path) -> None:
-    """A sweep writes into a new folder or one of its own earlier sweeps."""
+def check_folder(folder: Path, force: bool = False) -> Path:
+    """A sweep writes into a new folder or one of its own earlier sweeps
+    (or, with ``force``, into another folder, where it removes nothing)."""
     from sim.output import check_folder as check_writable
 
-    check_writable(folder, "--out")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / SWEEP_FILE).exists():
+    folder = check_writable(folder, "--out")
+    if folder.is_dir() and not force and any(folder.iterdir()) and not (folder / SWEEP_FILE).exists():
         raise UsageError(f"--out {folder}: a folder that holds something else than a sweep; name a new folder, "
-                         f"or the folder of the sweep to resume")
+                         f"the folder of the sweep to resume, or add --force to write the sweep into it "
+                         f"(nothing in it is removed)")
+    return folder
 
 
 @contextmanager
@@ -106,16 +118,27 @@ def _local_cluster(workers: int, real: bool) -> Iterator:
     process should act on it, by closing the cluster. Dask's own logs are
     silenced (a worker's heartbeat racing the scheduler's close logs an
     error): a run that fails is reported with its error by the sweep."""
+    import dask
     from distributed import LocalCluster
 
+    from sim.watchdog import remove_scratch, scratch_folder
+
+    scratch = scratch_folder("countdrift-dask-")   # Dask's files, removed even if this process is killed
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.CRITICAL, resources={REAL_RESOURCE: 1} if real else None)
+        with dask.config.set({"temporary-directory": str(scratch)}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.CRITICAL, resources={REAL_RESOURCE: 1} if real else None)
+    except BaseException:
+        remove_scratch(scratch)
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
-    with cluster:
-        yield cluster
+    try:
+        with cluster:
+            yield cluster
+    finally:
+        remove_scratch(scratch)
 
 
 @contextmanager

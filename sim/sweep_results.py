@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sim import __version__
 from sim.errors import ReportError
+from sim.results import InvalidResults, read_document, validate
 from sim.stats import BOOTSTRAP_SEED, CONFIDENCE, RESAMPLES, describe
 from sim.table import field_of
 
@@ -85,14 +86,15 @@ def sweep_document(folder: Path, scenarios: dict[str, dict], plan: dict[str, dic
 def load_sweep(path: Path) -> dict:
     """A sweep.json, checked for the fields report and compare read."""
     try:
-        document = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ReportError(f"{path}: not a readable {SWEEP_FILE} ({error})") from None
-    if (not isinstance(document, dict) or document.get("sweep_schema") != SWEEP_SCHEMA
-            or not all(isinstance(document.get(key), dict) for key in ("scenarios", "aggregates", "runs"))
-            or "backend" not in document):
-        raise ReportError(f"{path}: not a countdrift {SWEEP_FILE} (sweep_schema {SWEEP_SCHEMA} with backend, "
-                          f"scenarios, runs and aggregates expected)")
+        document = read_document(path, SWEEP_FILE)
+    except InvalidResults as error:
+        raise ReportError(str(error)) from None
+    if not isinstance(document, dict) or document.get("sweep_schema") != SWEEP_SCHEMA:
+        raise ReportError(f"{path}: not a countdrift {SWEEP_FILE} (sweep_schema {SWEEP_SCHEMA} expected)")
+    try:
+        validate(document, "sweep")
+    except InvalidResults as error:
+        raise ReportError(f"{path}: not a valid {SWEEP_FILE}: {error}") from None
     return document
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-from dataclasses import asdict, dataclass
+import stat
+import zipfile
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,9 @@ class Trace:
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
+    def work(self) -> "Work":
+        return Work(len(self.conv_members), self.deliveries(), len(self.t))
+
     def summary(self) -> dict:
         sizes = np.diff(self.conv_offsets)
         return {
@@ -96,29 +100,128 @@ class Trace:
         }
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in
-                ("conv_offsets", "conv_members", "t", "kind", "user", "conv", "message")}
+        return {name: getattr(self, name) for name in ARRAYS}
 
     def save(self, path: Path) -> None:
-        """Write the trace atomically (a failure leaves no partial file)."""
-        meta = json.dumps({"format": TRACE_FORMAT, "seed": self.seed, "config": asdict(self.config)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            with open(partial, "wb") as out:
-                np.savez_compressed(out, meta=np.array(meta), **self._arrays())
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        """Write the trace atomically (a failure leaves no partial file), with
+        the checksum of its arrays in its metadata."""
+        from sim.output import write_file
+
+        meta = json.dumps({"format": TRACE_FORMAT, "seed": self.seed, "config": asdict(self.config),
+                           "sha256": self.sha256()})
+        write_file(path, lambda out: np.savez_compressed(out, meta=np.array(meta), **self._arrays()), binary=True)
 
     @classmethod
     def load(cls, path: Path) -> "Trace":
+        """A trace countdrift saved, checked: its metadata, its arrays' types
+        and lengths, the checksum of its arrays, and every id in range
+        (TraceError names the file and what is wrong)."""
+        try:
+            if not stat.S_ISREG(Path(path).stat().st_mode):
+                raise TraceError(f"{path}: not a regular file; a trace is a .npz file `countdrift trace` writes")
+            with np.load(path, allow_pickle=False) as data:
+                if "meta" not in data.files:
+                    raise TraceError(f"{path}: not a trace countdrift wrote (no metadata)")
+                unpacked = sum(info.file_size for info in data.zip.infolist())
+                if unpacked > MAX_TRACE_BYTES:
+                    raise TraceError(f"{path}: its arrays unpack to {unpacked:,} bytes; a trace holds at most "
+                                     f"{MAX_TRACE_BYTES:,}")
+                meta = json.loads(str(data["meta"]))
+                arrays = {name: data[name] for name in data.files if name != "meta"}
+        except TraceError:
+            raise
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RecursionError) as error:
+            raise TraceError(f"{path}: not a trace countdrift wrote ({type(error).__name__}: "
+                             f"{str(error)[:200]})") from None
+        if not isinstance(meta, dict) or meta.get("format") != TRACE_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise TraceError(f"{path}: trace format {found!r} is not {TRACE_FORMAT}")
+        try:
+            config = TrafficConfig(**meta["config"])
+            seed = meta["seed"]
+        except (KeyError, TypeError) as error:
+            raise TraceError(f"{path}: the trace's metadata lacks its traffic or seed ({error})") from None
+        for field in fields(TrafficConfig):
+            value = getattr(config, field.name)
+            if type(value) is not type(field.default) or (isinstance(value, float) and not math.isfinite(value)):
+                raise TraceError(f"{path}: the trace's traffic.{field.name} is {value!r}, not "
+                                 f"{type(field.default).__name__}")
+        if config.users < 2:
+            raise TraceError(f"{path}: the trace's traffic has {config.users} users")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+            raise TraceError(f"{path}: the trace's seed {seed!r} is not a seed")
+        names = set(ARRAYS)
+        if set(arrays) != names:
+            raise TraceError(f"{path}: the trace holds arrays {sorted(arrays)}, not {sorted(names)}")
+        for name, kind in ARRAYS.items():
+            if arrays[name].ndim != 1 or arrays[name].dtype != kind:
+                raise TraceError(f"{path}: array {name} is {arrays[name].dtype} of {arrays[name].ndim} "
+                                 f"dimension(s), not a row of {np.dtype(kind)}")
+        trace = cls(config=config, seed=seed, **arrays)
+        if meta.get("sha256") != trace.sha256():
+            raise TraceError(f"{path}: its arrays do not match the checksum in its metadata (edited or damaged); "
+                             f"make it again with `countdrift trace`")
+        trace.check(str(path))
+        return trace
+
+    def check(self, where: str) -> None:
+        """Refuse a trace whose arrays cannot describe traffic (TraceError naming the array)."""
+        def bad(what: str) -> TraceError:
+            return TraceError(f"{where}: {what}")
+
+        offsets, members = self.conv_offsets, self.conv_members
+        if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(members) or np.any(np.diff(offsets) < 2):
+            raise bad("conv_offsets must start at 0, end at len(conv_members), and give each conversation "
+                      "2 members or more")
+        if len(members) and (members.min() < 0 or members.max() >= self.users):
+            raise bad(f"conv_members must be users from 0 to {self.users - 1}")
+        n = len(self.t)
+        if any(len(array) != n for array in (self.kind, self.user, self.conv, self.message)):
+            raise bad("t, kind, user, conv and message must have one entry per operation")
+        if n == 0:
+            raise bad("no operation")
+        if not np.all(np.isfinite(self.t)) or self.t[0] < 0 or np.any(np.diff(self.t) < 0):
+            raise bad("t must be finite, from 0 on, in time order")
+        if np.any((self.kind < DELIVER) | (self.kind > BADGE)):
+            raise bad(f"kind must be {DELIVER} (deliver), {READ} (open) or {BADGE} (badge)")
+        if self.user.min() < 0 or self.user.max() >= self.users:
+            raise bad(f"user must be from 0 to {self.users - 1}")
+        badge = self.kind == BADGE
+        if np.any(self.conv[badge] != -1) or np.any((self.conv[~badge] < 0) | (self.conv[~badge] >= self.conversations)):
+            raise bad(f"conv must be -1 for a badge fetch, else from 0 to {self.conversations - 1}")
+        deliver = self.kind == DELIVER
+        if np.any(self.message[~deliver] != -1) or not np.array_equal(self.message[deliver],
+                                                                       np.arange(int(deliver.sum()))):
+            raise bad("message must number the deliveries 0, 1, 2... in order, and be -1 for the rest")
+        conv_of_slot = np.repeat(np.arange(self.conversations, dtype=np.int64), np.diff(offsets))
+        memberships = np.sort(conv_of_slot * self.users + members)
+        asked = self.conv[~badge].astype(np.int64) * self.users + self.user[~badge]
+        found = np.searchsorted(memberships, asked)
+        member = (found < len(memberships)) & (memberships[np.minimum(found, len(memberships) - 1)] == asked)
+        if not member.all():
+            first = int(np.flatnonzero(~badge)[np.flatnonzero(~member)[0]])
+            raise bad(f"operation {first}: user {int(self.user[first])} is not a member of conversation "
+                      f"{int(self.conv[first])}")
+
+
+MAX_TRACE_BYTES = 8 * 2 ** 30   # 200 M operations' arrays; what a run of MAX_DELIVERIES holds
+
+
+class TraceError(ValueError):
+    """A trace file that is not one countdrift can replay."""
+
+
+ARRAYS = {"conv_offsets": np.int64, "conv_members": np.int32, "t": np.float64, "kind": np.int8,
+          "user": np.int32, "conv": np.int32, "message": np.int32}
+
+
+def is_trace(path: Path) -> bool:
+    """Whether a file is a trace countdrift wrote (its metadata, not its arrays, checked)."""
+    try:
         with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("format") != TRACE_FORMAT:
-                raise ValueError(f"{path}: trace format {meta.get('format')} is not {TRACE_FORMAT}")
-            arrays = {name: data[name] for name in data.files if name != "meta"}
-        return cls(config=TrafficConfig(**meta["config"]), seed=meta["seed"], **arrays)
+            return "meta" in data.files and json.loads(str(data["meta"])).get("format") is not None
+    except Exception:   # noqa: BLE001 - whatever else the file is, it is not ours
+        return False
 
 
 def expected_memberships(config: TrafficConfig) -> float:
@@ -139,10 +242,45 @@ def expected_memberships(config: TrafficConfig) -> float:
     return config.users * config.dm_per_user + config.groups * mean + largest
 
 
+@dataclass(frozen=True)
+class Work:
+    """How much a trace holds, known before its reads and badges are drawn."""
+
+    memberships: int
+    deliveries: int          # (message, recipient) pairs
+    operations: int          # at most: a delivery may add a read and a badge fetch, each with its probability
+
+
+def work(config: TrafficConfig, seed: int) -> Work:
+    """The work a trace of this traffic and seed holds (drawing its
+    conversations and messages: fast, and bounded by the memberships)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7261]))
+    offsets, members = _conversations(config, rng)
+    _, conv = _messages(config, rng, offsets, members)
+    return _work(config, offsets, conv)
+
+
+def _work(config: TrafficConfig, offsets: np.ndarray, conv: np.ndarray) -> Work:
+    deliveries = int((np.diff(offsets)[conv] - 1).sum())
+    extra = config.read_probability + config.badge_probability
+    return Work(int(offsets[-1]), deliveries, config.messages + math.ceil(deliveries * extra))
+
+
+class TooMuchWork(ValueError):
+    """Traffic that no machine runs: more deliveries than MAX_DELIVERIES."""
+
+
+MAX_DELIVERIES = 200_000_000
+
+
 def generate(config: TrafficConfig, seed: int) -> Trace:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7261]))
     offsets, members = _conversations(config, rng)
     sender, conv = _messages(config, rng, offsets, members)
+    drawn = _work(config, offsets, conv)
+    if drawn.deliveries > MAX_DELIVERIES:
+        raise TooMuchWork(f"traffic.messages x the recipients of each message give {drawn.deliveries:,} deliveries; "
+                          f"at most {MAX_DELIVERIES:,}")
     msg_t = np.cumsum(rng.exponential(1.0 / config.message_rate, len(sender)))
     read_t, read_user, read_conv, badge_t, badge_user = _reads_and_badges(
         config, rng, offsets, members, msg_t, sender, conv)

@@ -145,16 +145,20 @@ def test_no_strategy_drifts_more_than_its_committed_baseline(baseline, tmp_path)
     assert main(["compare", str(baseline), str(current)]) == 0
 
 
-def test_the_notebook_runs(small_results):
+@pytest.mark.parametrize("where, given", [("notebooks", None), ("", "folder")])
+def test_the_notebook_runs(small_results, where, given):
+    """From its own folder with the default results (the committed
+    baseline), and from the repository's root with a run's folder."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(ROOT / "notebooks" / "compare_strategies.ipynb", as_version=4)
-    os.environ["COUNTDRIFT_RESULTS"] = str(small_results)
+    if given:
+        os.environ["COUNTDRIFT_RESULTS"] = str(small_results.parent)
     try:
         nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(ROOT)}}).execute()
+                                resources={"metadata": {"path": str(ROOT / where)}}).execute()
     finally:
-        del os.environ["COUNTDRIFT_RESULTS"]
+        os.environ.pop("COUNTDRIFT_RESULTS", None)
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     assert any("image/png" in output.get("data", {}) for output in outputs)
@@ -215,3 +219,30 @@ def test_report_refuses_capacities_it_cannot_compare_or_read(tmp_path, capsys):
     assert main(["report", str(broken), "--out", str(tmp_path / "r2")]) == 2
     error = capsys.readouterr().err
     assert "bad/capacity.json" in error and "not a countdrift capacity.json" in error
+
+
+def test_two_runs_of_one_scenario_and_seed_keep_their_charts_and_headings_apart(small_results, tmp_path):
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "results.json").write_text(small_results.read_text())
+    assert main(["report", str(small_results), str(second), "--out", str(tmp_path / "report")]) == 0
+    charts_drawn = sorted(path.name for path in (tmp_path / "report").glob("tradeoff-*.png"))
+    assert len(charts_drawn) == 2, charts_drawn
+    headings = [line for line in (tmp_path / "report" / "summary.md").read_text().splitlines()
+                if line.startswith("## small")]
+    assert len(headings) == 2 and str(second) in headings[1] and str(small_results) in headings[0], headings
+
+
+def test_the_matrix_tells_backends_apart_and_takes_a_strategy_it_does_not_know(small_results, tmp_path):
+    from sim import charts
+
+    document = json.loads(small_results.read_text())
+    real = {**document, "backend": "redis"}
+    real["runs"] = [{**run, "strategy": "my_counter" if run["strategy"] == "naive" else run["strategy"]}
+                    for run in document["runs"]]
+    assert charts.column_names([document, real]) == ["small (sim, s7)", "small (redis, s7)"]
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "results.json").write_text(json.dumps(real))
+    assert main(["report", str(small_results), str(tmp_path / "real"), "--out", str(tmp_path / "report")]) == 0
+    figure = charts.matrix([document, real], "drift")
+    assert "my_counter" in [label.get_text() for label in figure.axes[0].get_yticklabels()]

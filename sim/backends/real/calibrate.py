@@ -60,6 +60,7 @@ from sim.backends.real.bench import redis_benchmark
 from sim.backends.real.deployment import Servers
 from sim.capacity import closed_loop
 from sim.errors import UsageError
+from sim.output import write_text
 from sim.runner import run_scenario
 from sim.scenario import SERVICE_KEYS, load_calibration, parse
 from strategies import STRATEGIES
@@ -314,10 +315,7 @@ def main(args: argparse.Namespace) -> int:
         text, server = as_toml(calibration), calibration["server"]
     driver = measure_driver()
     text += "\n" + driver_toml(measure_one_client(server), driver, measure_contended())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(text)
-    partial.replace(out)
+    write_text(out, text)
     print(text, end="")
     print(f"calibration: {out} ({time.perf_counter() - started:.0f} s)")
     return 0

@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,12 +55,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncConnection
+from sim.backends.real.event_loop import signals_held
 from sim.backends.real.processes import (BusRelayProcess, ProcessError, RedisServer, ToxiproxyServer, free_port,
                                         stop_process)
 from sim.client import ConnectionRefused
 from sim.cluster import SlotMap, command_keys, even_split, merge_keyless, route
 from sim.commands import CommandError, Pipeline, Request
 from sim.lua import LuaScript
+from sim.watchdog import remove_scratch, scratch_folder
 
 NODE_TIMEOUT_MS = 15000   # cluster-node-timeout: Redis's default ([server] cluster_node_timeout_ms)
 REPLICATION_USER = "countdrift-replication"   # who the replicas are on their primary (a relayed cluster)
@@ -137,7 +137,7 @@ class ClusterServers:
         return node
 
     def start(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="countdrift-cluster-"))
+        self.folder = scratch_folder("countdrift-cluster-")
         for shard in range(self.primary_count):
             self.primaries.append(self._node(f"shard{shard}-primary"))
             self.replicas.append([self._node(f"shard{shard}-replica{index}")
@@ -216,8 +216,14 @@ class ClusterServers:
             time.sleep(0.05)
 
     def close(self) -> None:
-        """Stop every process by its PID, then remove the folder, also when
-        an interrupt comes while they stop."""
+        """Stop every process by its PID, then remove the folder. An
+        interrupt that comes meanwhile (Ctrl-C, SIGTERM) is held until
+        everything is stopped and removed, then delivered: one that cut the
+        removal short left the folder behind."""
+        with signals_held():
+            self._close()
+
+    def _close(self) -> None:
         try:
             if self.toxiproxy is not None:
                 self.toxiproxy.stop()
@@ -269,7 +275,7 @@ def _remove(folder: Path, patience_s: float = 3.0) -> None:
     (an AOF rewrite's child finishing after its parent was stopped)."""
     deadline = time.monotonic() + patience_s
     while True:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_scratch(folder)
         if not folder.exists() or time.monotonic() > deadline:
             return
         time.sleep(0.05)

@@ -11,15 +11,14 @@ holding the user's hash tag (SAMPLES 0: every element counted).
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from sim.commands import Request, wire_size
 from sim.cost import CostTarget, Meter
 from sim.backends.real.connection import SyncConnection
+from sim.backends.real.event_loop import signals_held
 from sim.backends.real.processes import RedisServer
+from sim.watchdog import remove_scratch, scratch_folder
 from strategies.base import Strategy
 
 _INFO = ("INFO", "stats", "commandstats", "cpu")
@@ -31,7 +30,7 @@ class RedisCostTarget(CostTarget):
 
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
-        self.folder = Path(tempfile.mkdtemp(prefix="countdrift-cost-"))
+        self.folder = scratch_folder("countdrift-cost-")
         self.server = RedisServer("cost", self.folder / "cost", {"appendonly": "no", "save": ""})
         self.connection: SyncConnection | None = None
         try:
@@ -85,8 +84,9 @@ class RedisCostTarget(CostTarget):
                 return total
 
     def close(self) -> None:
-        for connection in (self.connection, getattr(self, "admin", None)):
-            if connection is not None:
-                connection.close()
-        self.server.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        with signals_held():   # stopped and removed whole, an interrupt delivered after
+            for connection in (self.connection, getattr(self, "admin", None)):
+                if connection is not None:
+                    connection.close()
+            self.server.stop()
+            remove_scratch(self.folder)

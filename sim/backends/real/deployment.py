@@ -19,16 +19,16 @@ off from its replicas and from the sentinels, and nothing else.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import redis
 
+from sim.backends.real.event_loop import signals_held
 from sim.backends.real.processes import RedisServer, ToxiproxyServer
 from sim.backends.real.sentinels import Sentinels
 from sim.scenario import SentinelConfig
+from sim.watchdog import remove_scratch, scratch_folder
 
 
 class Servers:
@@ -76,7 +76,7 @@ class Servers:
         return {"appendonly": "no", "save": f"{max(1, int(self.rdb_interval_s))} 1", **self.min_replicas}
 
     def start(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="countdrift-"))
+        self.folder = scratch_folder("countdrift-")
         self.toxiproxy = ToxiproxyServer(self.folder)
         self.toxiproxy.start()
         self.primary = self._server("primary")
@@ -115,8 +115,14 @@ class Servers:
         return self.node_proxies[primary.name].listen.replace(":", " ")
 
     def close(self) -> None:
-        """Stop every process, then remove the folder, also when an
-        interrupt comes while they stop."""
+        """Stop every process, then remove the folder. An interrupt that
+        comes meanwhile (Ctrl-C, SIGTERM) is held until everything is stopped
+        and removed (a server takes at most a few seconds), then delivered:
+        one that cut the removal short left the folder behind."""
+        with signals_held():
+            self._close()
+
+    def _close(self) -> None:
         try:
             if self.sentinels is not None:   # first, so that they reconfigure nothing while the nodes stop
                 self.sentinels.stop()
@@ -128,7 +134,7 @@ class Servers:
                 self.toxiproxy.stop()
         finally:
             if self.folder is not None and not self.keep_folder:
-                shutil.rmtree(self.folder, ignore_errors=True)
+                remove_scratch(self.folder)
 
     def wait_for_replicas(self, timeout: float = 10.0) -> None:
         """Until every replica's link to the primary is up and synced, and

@@ -23,21 +23,27 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sim.backend import BackendRefused
+from sim.watchdog import forget_process, watch_process
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
-class ProcessError(RuntimeError):
-    pass
+class ProcessError(BackendRefused):
+    """A server that is not there or did not start: why, in one line."""
 
 
 class _Registry:
-    """Every child process started, so that none outlives the harness."""
+    """Every child process started, so that none outlives the harness: the
+    harness stops them when it ends, fails or is interrupted; the watchdog
+    when the harness is killed outright; `countdrift clean` should the
+    watchdog be killed too (each scratch folder's marker lists its processes)."""
 
     def __init__(self) -> None:
         self.processes: dict[int, subprocess.Popen] = {}
         atexit.register(self.stop_all)
 
-    def add(self, process: subprocess.Popen) -> None:
+    def add(self, process: subprocess.Popen, folder: Path | None = None) -> None:
         if not self.processes and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             # Nobody handles SIGTERM (the CLI does, as an interrupt): stop the servers on it.
             try:
@@ -45,9 +51,11 @@ class _Registry:
             except ValueError:  # not the main thread: atexit still covers us
                 pass
         self.processes[process.pid] = process
+        watch_process(process.pid, folder)
 
     def remove(self, process: subprocess.Popen) -> None:
-        self.processes.pop(process.pid, None)
+        if self.processes.pop(process.pid, None) is not None:
+            forget_process(process.pid)
 
     def stop_all(self) -> None:
         for process in list(self.processes.values()):
@@ -79,35 +87,72 @@ def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+    except OSError as error:
+        raise ProcessError(f"no free port on 127.0.0.1 for a server: {error.strerror}") from None
 
 
 def find_binary(name: str, env_var: str) -> str:
     """An explicit path in ``env_var``, else PATH, else the project's tools/."""
     explicit = os.environ.get(env_var)
     if explicit:
-        if not os.access(explicit, os.X_OK):
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
             raise ProcessError(f"{env_var}={explicit} is not an executable file")
         return explicit
-    found = shutil.which(name) or (str(ROOT / "tools" / name) if os.access(ROOT / "tools" / name, os.X_OK) else None)
+    tool = ROOT / "tools" / name
+    found = shutil.which(name) or (str(tool) if tool.is_file() and os.access(tool, os.X_OK) else None)
     if not found:
         raise ProcessError(f"{name} not found: run scripts/setup, put it on PATH, or set {env_var}")
     return found
 
 
-def _wait_until(check, what: str, timeout: float = 10.0) -> None:
+def _wait_until(check, what: str, timeout: float = 10.0, process: subprocess.Popen | None = None,
+                logs: tuple[Path, ...] = ()) -> None:
+    """Until ``check()`` is true; a process that exits meanwhile, or one that
+    is not up by the deadline, is a ProcessError that says why: its exit
+    status and the last lines of its logs."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ProcessError(f"{what} exited at start with status {process.returncode}{_tail(logs)}")
         try:
             if check():
                 return
         except Exception as error:  # the process is still coming up
             last = error
         time.sleep(0.02)
-    raise ProcessError(f"{what} did not come up within {timeout:.0f} s ({last})")
+    raise ProcessError(f"{what} did not come up within {timeout:.0f} s ({last}){_tail(logs)}")
+
+
+def _tail(logs: tuple[Path, ...], lines: int = 3) -> str:
+    """The last lines of a process's logs, for the line that says why it failed."""
+    said = []
+    for log in logs:
+        try:
+            said += [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            continue
+    return f"; its log ends: {' | '.join(said[-lines:])}" if said else ""
+
+
+def _start(command: list[str], folder: Path, what: str, log: Path) -> subprocess.Popen:
+    """Start a server in a session of its own, its output in ``log``."""
+    try:
+        with open(log, "ab") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
+    except OSError as error:
+        raise ProcessError(f"{what}: cannot start {command[0]}: {error.strerror}") from None
+    REGISTRY.add(process, folder)
+    return process
+
+
+def _quoted(path: Path) -> str:
+    """A path as a Redis configuration file takes it: quoted, so that a space does not split it."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class RedisServer:
@@ -131,8 +176,8 @@ class RedisServer:
 
     def _write_config(self) -> Path:
         lines = {
-            "bind": "127.0.0.1", "port": str(self.port), "dir": str(self.folder),
-            "daemonize": "no", "protected-mode": "yes", "logfile": str(self.folder / "redis.log"),
+            "bind": "127.0.0.1", "port": str(self.port), "dir": _quoted(self.folder),
+            "daemonize": "no", "protected-mode": "yes", "logfile": _quoted(self.folder / "redis.log"),
             "dbfilename": "dump.rdb", "appenddirname": "appendonlydir",
             "aof-load-truncated": "yes", "auto-aof-rewrite-percentage": "0",
             "aof-use-rdb-preamble": "yes", "save": '""',
@@ -150,10 +195,11 @@ class RedisServer:
         config = self.folder / "redis.conf"
         if not config.exists():
             config = self._write_config()
-        self.process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
-        REGISTRY.add(self.process)
-        _wait_until(lambda: self.client().ping(), f"redis-server {self.name} on port {self.port}")
+        what = f"redis-server {self.name} on port {self.port} ({binary}, files in {self.folder})"
+        output = self.folder / "redis.out"
+        self.process = _start([binary, str(config)], self.folder, what, output)
+        _wait_until(lambda: self.client().ping(), what, process=self.process,
+                    logs=(output, self.folder / "redis.log"))
 
     def reconfigure(self, *command: str) -> None:
         """Run a configuration command (REPLICAOF) and write it to the
@@ -206,8 +252,8 @@ class SentinelProcess:
     def start(self) -> None:
         binary = find_binary("redis-sentinel", "COUNTDRIFT_REDIS_SENTINEL")
         host, port = self.address.split(":")
-        lines = ["bind 127.0.0.1", f"port {self.port}", f"dir {self.folder}", "daemonize no",
-                 f"logfile {self.folder / 'sentinel.log'}", f"sentinel myid {self.myid}",
+        lines = ["bind 127.0.0.1", f"port {self.port}", f"dir {_quoted(self.folder)}", "daemonize no",
+                 f"logfile {_quoted(self.folder / 'sentinel.log')}", f"sentinel myid {self.myid}",
                  f"sentinel monitor {self.master} {host} {port} {self.quorum}",
                  *(f"sentinel {setting} {self.master} {value}" for setting, value in self.settings.items()),
                  # As Sentinel writes them itself once it has met them through hello messages
@@ -216,10 +262,11 @@ class SentinelProcess:
                    for peer in self.peers)]
         config = self.folder / "sentinel.conf"
         config.write_text("".join(line + "\n" for line in lines))
-        self.process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
-        REGISTRY.add(self.process)
-        _wait_until(lambda: self.client().ping(), f"redis-sentinel {self.name} on port {self.port}")
+        what = f"redis-sentinel {self.name} on port {self.port} ({binary}, files in {self.folder})"
+        output = self.folder / "sentinel.out"
+        self.process = _start([binary, str(config)], self.folder, what, output)
+        _wait_until(lambda: self.client().ping(), what, process=self.process,
+                    logs=(output, self.folder / "sentinel.log"))
 
     def client(self, **options: Any) -> redis.Redis:
         return redis.Redis(**{"host": "127.0.0.1", "port": self.port, "decode_responses": True,
@@ -242,14 +289,12 @@ class ToxiproxyServer:
         from toxiproxy import Toxiproxy
 
         binary = find_binary("toxiproxy-server", "COUNTDRIFT_TOXIPROXY")
-        log = open(self.folder / "toxiproxy.log", "wb")
-        self.process = subprocess.Popen([binary, "-host", "127.0.0.1", "-port", str(self.port)],
-                                        stdout=log, stderr=log, start_new_session=True)
-        log.close()
-        REGISTRY.add(self.process)
+        what = f"toxiproxy-server on port {self.port} ({binary})"
+        log = self.folder / "toxiproxy.log"
+        self.process = _start([binary, "-host", "127.0.0.1", "-port", str(self.port)], self.folder, what, log)
         self.api = Toxiproxy()
         self.api.update_api_consumer("127.0.0.1", self.port)
-        _wait_until(self.api.running, f"toxiproxy-server on port {self.port}")
+        _wait_until(self.api.running, what, process=self.process, logs=(log,))
 
     def proxy(self, name: str, upstream: str):
         """A proxy listening on a free port of 127.0.0.1 to ``upstream``."""
@@ -282,7 +327,7 @@ class BusRelayProcess:
             self.process = subprocess.Popen([sys.executable, str(script), *map(str, self.targets)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                             start_new_session=True)
-        REGISTRY.add(self.process)
+        REGISTRY.add(self.process, self.log.parent)
         self.ports = [int(port) for port in self._expect("ready")]
 
     def cut(self, node_id: str, port: int) -> None:
