@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from sim.checker import Counters, Drift
+from sim.commands import Request
 from sim.errors import UsageError
 from sim.faults import Fault
 from sim.history import History
@@ -23,8 +24,6 @@ from sim.scenario import Scenario
 from sim.traffic import Trace
 from strategies.base import Strategy
 
-if TYPE_CHECKING:
-    from sim.cost import CostTarget
 
 Progress = Callable[[float, int], None]
 
@@ -72,9 +71,15 @@ class BackendRefused(UsageError):
 class Backend(ABC):
     name: str
     summary: str
-    # Whether strategies' runs may go in parallel processes (`run --jobs`):
-    # they share nothing, no ports, no server processes, no files.
+    # Whether strategies' runs may go in parallel processes (`run --jobs`,
+    # several to a sweep's worker): they share nothing, no ports, no server
+    # processes, no files, and do not measure each other (no wall clock).
     parallel_runs: bool = False
+    # Whether a scenario and seed always give the same figures (but wall_
+    # ones): then any change of a figure is a change of the code.
+    deterministic: bool = False
+    # Whether it can model the real driver's process (`--model-driver`).
+    models_driver: bool = False
 
     def refuse(self, scenario: Scenario) -> str | None:
         """Why this backend cannot run the scenario (a topology it lacks, a
@@ -103,10 +108,65 @@ class Backend(ABC):
         their order); none by default."""
         return {}
 
+    def stop_all(self) -> None:
+        """Stop every process this backend started in this process (a
+        command cut short); nothing by default."""
+
+    def measure_service(self, requests: int) -> dict[str, Any]:
+        """`countdrift calibrate`: what requests cost this backend's server
+        on this machine, in the simulation's service times; only a backend
+        of real servers can say."""
+        raise BackendRefused(f"the {self.name} backend has no server to measure")
+
     def cost_target(self, strategy: Strategy) -> CostTarget:
-        """A fresh server for `countdrift cost` (sim/cost.py)."""
+        """A fresh server for `countdrift cost` (sim/experiments/cost.py)."""
         raise BackendRefused(f"the {self.name} backend cannot measure costs")
 
     def bench(self, args: argparse.Namespace) -> int:
         """`countdrift bench --backend NAME`: how fast this backend runs."""
         raise NotImplementedError(f"the {self.name} backend has no bench")
+
+
+@dataclass(frozen=True)
+class Meter:
+    """What the server counted between ``begin`` and ``end``."""
+
+    commands: int = 0
+    server_us: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class CostTarget(ABC):
+    """One fresh server of a backend, driven one request at a time."""
+
+    measures_memory: bool = False
+
+    @abstractmethod
+    def execute(self, request: Request) -> Any:
+        """Send one request (one round trip) and return its reply."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Empty the keyspace and load the strategy's scripts (not metered)."""
+
+    @abstractmethod
+    def begin(self) -> None:
+        """Start counting."""
+
+    @abstractmethod
+    def end(self) -> Meter:
+        """What the server counted since ``begin`` (less what reading it cost)."""
+
+    def memory(self, tag: str) -> int | None:
+        """Bytes held by the keys whose names contain ``tag`` (None: not measured)."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "CostTarget":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

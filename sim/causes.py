@@ -18,7 +18,8 @@ counters, one at a time, and replay the same trace and schedule:
   wait for the promoted replica);
 - ``two_lock_holders``: a lock that expired under a paused holder, or vanished
   in a failover; off: pauses fall between operations, lock keys survive;
-- ``repaired`` (lua_repair only): what the repair put right; off: no repair.
+- ``repaired`` (a strategy that repairs, lua_repair): what the repair put
+  right; off: no repair.
 
 With all of them off, what drift remains comes from operations cut in half:
 a client crash, a fault or a racing client between the two halves of a
@@ -32,31 +33,32 @@ from __future__ import annotations
 
 from sim.client import CAUSES
 from sim.checker import Drift
-from sim.faults import Fault
+from sim.faults import SPECS, Fault
+from strategies.base import Strategy
 
 ORDER = ("cut_in_half",) + CAUSES + ("repaired",)
 ATTRIBUTED = ("abs_drift_sum", "users_wrong_total", "overcount", "undercount")
 
 
-def relevant(strategy: str, schedule: list[Fault], gave_up: int, ambiguous: int,
+def relevant(strategy: type[Strategy], schedule: list[Fault], gave_up: int, ambiguous: int,
              failover: bool) -> list[str]:
     """The switchable causes that can change this run's drift (the others add
     0); ``failover``: whether a fault of the schedule may promote a replica."""
-    kinds = {fault.kind for fault in schedule}
+    specs = [SPECS[fault.kind] for fault in schedule]
     causes = []
     if gave_up:
         causes.append("gave_up")
     if ambiguous:
         causes.append("retry_applied_twice")
-    if kinds & {"power_loss", "mid_script_power_loss"}:
+    if any(spec.rolls_back == "unfsynced" for spec in specs):
         causes.append("lost_unfsynced")
     if failover:
         causes.append("lost_on_failover")
-    if kinds & {"split_brain", "minority_partition"}:
+    if any(spec.strands_clients for spec in specs):
         causes.append("lost_in_split_brain")
-    if strategy == "lock" and ("client_pause" in kinds or failover):
+    if strategy.holds_lock and (any(spec.pauses_clients for spec in specs) or failover):
         causes.append("two_lock_holders")
-    if strategy == "lua_repair" and (schedule or causes):
+    if strategy.repairs and (schedule or causes):
         # Without a fault or a failed request, lua_repair is lua, atomic and
         # exact: its repair finds nothing to put right, and the replay
         # without it (a whole run again: 55 s at review scale) would say so.

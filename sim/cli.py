@@ -69,11 +69,11 @@ def _saved_trace(args: argparse.Namespace, scenario):
 
 def command_run(args: argparse.Namespace) -> int:
     from sim import budget
-    from sim.output import OutputFolder
-    from sim.results import write_json
+    from sim.report.output import OutputFolder
+    from sim.report.results import write_json
     from sim.runner import peak_rss_mib, run_scenario, stderr_progress
     from sim.scenario import load
-    from sim.table import format_causes, format_faults, format_table, format_topology
+    from sim.report.table import format_causes, format_faults, format_table, format_topology
     from sim.traffic import generate
 
     scenario = load(args.scenario)
@@ -124,7 +124,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_trace(args: argparse.Namespace) -> int:
     from sim import budget
-    from sim.output import check_file
+    from sim.report.output import check_file
     from sim.scenario import load
     from sim.traffic import generate, is_trace
 
@@ -142,9 +142,9 @@ def command_trace(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from sim.output import OutputFolder
-    from sim.report import ReportError, capacity_against_real, find_documents, find_results, load_results, write_report
-    from sim.sweep_results import find_sweeps
+    from sim.report.output import OutputFolder
+    from sim.report.summary import ReportError, capacity_against_real, find_documents, find_results, load_results, write_report
+    from sim.report.sweep_results import find_sweeps
 
     out = Path(args.out)
     with OutputFolder(out, "--out", "report", args.force) as folder:
@@ -168,10 +168,10 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from sim.compare import as_json, as_markdown, as_text, compare, compare_sweeps, written_by_compare
-    from sim.output import check_file, write_text
-    from sim.report import ReportError
-    from sim.sweep_results import find_sweeps
+    from sim.report.compare import as_json, as_markdown, as_text, compare, compare_sweeps, written_by_compare
+    from sim.report.output import check_file, write_text
+    from sim.report.summary import ReportError
+    from sim.report.sweep_results import find_sweeps
 
     if not (math.isfinite(args.tolerance) and 0 <= args.tolerance <= 10):
         raise UsageError(f"--tolerance: a fraction between 0 and 10 (0.05 is 5%), got {args.tolerance}")
@@ -216,17 +216,18 @@ def command_list(args: argparse.Namespace) -> int:
 
 def command_fidelity(args: argparse.Namespace) -> int:
     from sim import budget
-    from sim.fidelity import format_matrix, run_fidelity
-    from sim.output import OutputFolder
+    from sim.experiments.fidelity import format_matrix, run_fidelity
+    from strategies import FIDELITY
+    from sim.report.output import OutputFolder
     from sim.runner import stderr_progress
     from sim.scenario import load
 
     scenarios = [load(path) for path in args.scenarios]
-    strategies = _strategies(args.strategies, ("naive", "lua", "lock", "lua_idempotent"))
+    strategies = _strategies(args.strategies, FIDELITY)
     seeds = [seed_number(seed, "--seeds") for seed in args.seeds.split(",")] if args.seeds else None
     out = Path(args.out)
     with OutputFolder(out, "--out", "fidelity", args.force) as folder:
-        for backend in ("sim", "redis"):
+        for backend in (backends.SIMULATION, backends.REAL):
             for scenario in scenarios:
                 refusal = backends.get(backend).refuse(scenario)
                 if refusal:
@@ -265,8 +266,8 @@ def _seeds(args: argparse.Namespace) -> Callable[[object], list[int]]:
 def command_sweep(args: argparse.Namespace) -> int:
     from sim import budget
     from sim.scenario import load
-    from sim.sweep import check_folder, default_workers, plan_tasks, run_sweep
-    from sim.table import format_sweep_table
+    from sim.experiments.sweep import check_folder, default_workers, plan_tasks, run_sweep
+    from sim.report.table import format_sweep_table
 
     scenarios = [load(path) for path in args.scenarios]
     tasks = plan_tasks(scenarios, _seeds(args), lambda scenario: _strategies(args.strategies, scenario.strategies),
@@ -308,8 +309,8 @@ def command_sweep(args: argparse.Namespace) -> int:
 def _write_document(out: Path, file_name: str, make: Callable[[], dict], show: Callable[[dict], str],
                     force: bool) -> int:
     """Check ``--out``, write the document ``make`` returns there whole, print it."""
-    from sim.output import OutputFolder
-    from sim.results import write_json
+    from sim.report.output import OutputFolder
+    from sim.report.results import write_json
 
     with OutputFolder(out, "--out", file_name.removesuffix(".json"), force) as folder:
         document = make()
@@ -348,7 +349,7 @@ def _client_counts(text: str) -> tuple[int, ...]:
 
 def command_capacity(args: argparse.Namespace) -> int:
     from sim import budget
-    from sim.capacity import RAMP, format_capacity, measure
+    from sim.experiments.capacity import RAMP, format_capacity, measure
     from sim.runner import stderr_progress
     from sim.scenario import DRIVER_KEYS, load, load_calibration
 
@@ -359,8 +360,8 @@ def command_capacity(args: argparse.Namespace) -> int:
     counts = RAMP if args.clients is None else _client_counts(args.clients)
     driver = None
     if args.model_driver is not None:
-        if args.backend != "sim":
-            raise UsageError("--model-driver: the simulation's option (the redis backend has the driver itself)")
+        if not backends.get(args.backend).models_driver:
+            raise UsageError(f"--model-driver: the {args.backend} backend cannot model the driver (it has one)")
         driver = load_calibration(_calibration_file(args.model_driver, scenario), "driver", DRIVER_KEYS)
 
     def make() -> dict:
@@ -376,7 +377,7 @@ def command_capacity(args: argparse.Namespace) -> int:
 
 
 def command_cost(args: argparse.Namespace) -> int:
-    from sim.cost import format_cost, measure
+    from sim.experiments.cost import format_cost, measure
     from strategies import STRATEGIES
 
     strategies = list(_strategies(args.strategies, tuple(STRATEGIES)))
@@ -389,10 +390,12 @@ def command_cost(args: argparse.Namespace) -> int:
 
 
 def command_calibrate(args: argparse.Namespace) -> int:
-    from sim.output import check_file
+    from sim.report.output import check_file
+
+    from sim.experiments.calibrate import main as calibrate
 
     args.out = str(check_file(Path(args.out), "--out", is_calibration, args.force))
-    return backends.get("redis").calibrate(args)
+    return calibrate(args)
 
 
 def is_calibration(path: Path) -> bool:
@@ -480,7 +483,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default: results/<scenario>-s<seed>)")
     run.add_argument("--force", action="store_true", help=FORCE_FOLDER)
     run.add_argument("--trace", help="replay a saved trace instead of generating one")
-    run.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",
+    run.add_argument("--backend", choices=tuple(backends.BACKENDS), default=backends.DEFAULT,
                      help="sim: the SimPy model (default); redis: real redis-server and toxiproxy-server processes")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.add_argument("--jobs", type=whole(64), default=1,
@@ -532,7 +535,7 @@ def parser() -> argparse.ArgumentParser:
                        help="how many seeds, from each scenario's own seed up (default 10)")
     seeds.add_argument("--seed-range", help="A:B: seeds A to B, both included, for every scenario")
     sweep.add_argument("--strategies", help="comma-separated (default: each scenario's)")
-    sweep.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim")
+    sweep.add_argument("--backend", choices=tuple(backends.BACKENDS), default=backends.DEFAULT)
     sweep.add_argument("--scheduler", help="the address of an existing Dask scheduler (default: a local cluster)")
     sweep.add_argument("--workers", type=whole(64),
                        help="worker processes of the local cluster (default: one per core on the sim, 1 on redis)")
@@ -545,7 +548,7 @@ def parser() -> argparse.ArgumentParser:
     capacity = commands.add_parser("capacity", help="each strategy's highest throughput with p99 under an objective "
                                                     "(closed loop, more and more clients)")
     capacity.add_argument("scenario", help="a scenario TOML file (its faults are left out)")
-    capacity.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim")
+    capacity.add_argument("--backend", choices=tuple(backends.BACKENDS), default=backends.DEFAULT)
     capacity.add_argument("--slo-p99-ms", type=float, default=10.0, help="the p99 latency objective (default 10 ms)")
     capacity.add_argument("--strategies", help="comma-separated (default: the scenario's)")
     capacity.add_argument("--clients", help="the client counts to try, comma-separated (default 1,2,4,...,256)")
@@ -561,7 +564,7 @@ def parser() -> argparse.ArgumentParser:
 
     cost = commands.add_parser("cost", help="what one operation of each kind costs the server, per strategy "
                                             "(round trips, commands, server time, bytes), and memory per user")
-    cost.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim")
+    cost.add_argument("--backend", choices=tuple(backends.BACKENDS), default=backends.DEFAULT)
     cost.add_argument("--strategies", help="comma-separated (default: all)")
     cost.add_argument("--repeats", type=whole(100_000), default=1000, help="operations of each kind (default 1000)")
     cost.add_argument("--out", help="output folder (default: results/cost-<backend>)")
@@ -591,7 +594,7 @@ def parser() -> argparse.ArgumentParser:
                        help="a scenario TOML file, or the name of one in scenarios/ (quick, review)")
     bench.add_argument("--strategies", default="naive,lua")
     bench.add_argument("--events", type=whole(10_000_000), default=500_000, help="bare SimPy timeouts to time")
-    bench.add_argument("--backend", choices=tuple(backends.BACKENDS), default="sim",
+    bench.add_argument("--backend", choices=tuple(backends.BACKENDS), default=backends.DEFAULT,
                        help="redis: the asyncio driver against redis-server, next to redis-benchmark")
     bench.add_argument("--clients", type=whole(10_000), default=50, help="(redis) concurrent clients")
     bench.add_argument("--requests", type=whole(10_000_000), default=200_000, help="(redis) redis-benchmark -n")
@@ -662,8 +665,8 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         if program:
             signal.signal(signal.SIGINT, _late_interrupt)
             signal.signal(signal.SIGTERM, _late_interrupt)
-        if "sim.backends.real.processes" in sys.modules:
-            sys.modules["sim.backends.real.processes"].REGISTRY.stop_all()
+        for backend in backends.loaded():
+            backend.stop_all()
         if "sim.watchdog" in sys.modules:   # its work is done: it goes, and is reaped here
             sys.modules["sim.watchdog"].WATCHDOG.close()
 

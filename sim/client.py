@@ -9,6 +9,7 @@ from sim import stall
 from sim.commands import Backoff, CommandError, ConnectionLost, may_write
 from sim.history import FAIL, OK, UNKNOWN, History
 from sim.nemesis import AckLog, StallTarget
+from sim.scenario import ClientConfig
 from sim.traffic import KIND_NAMES
 from sim.workload import Workload
 from strategies.base import Strategy
@@ -17,34 +18,6 @@ from strategies.base import Strategy
 # measure what it contributes (see sim/causes.py).
 CAUSES = ("gave_up", "retry_applied_twice", "lost_unfsynced", "lost_on_failover", "lost_in_split_brain",
           "two_lock_holders")
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    count: int = 32
-    rtt_ms: float = 0.2           # the simulated network's round trip
-    timeout_ms: float = 1000.0    # from sending a request to giving up on its reply
-    retries: int = 2              # re-runs of an operation that failed to reach Redis or lost a reply
-    backoff_ms: float = 5.0       # doubled at each retry...
-    max_backoff_ms: float = 1000.0  # ...up to this
-    wait_timeout_ms: float = 10.0
-    # The CPU of one client process that every client shares, per request
-    # and per command it sends (0: not modelled, every client as if on a
-    # machine of its own). The simulation only: `countdrift capacity
-    # --model-driver` sets them from the calibration, to model the redis
-    # backend's driver (one Python process) on this machine.
-    driver_request_us: float = 0.0
-    driver_command_us: float = 0.0
-    # What a reply costs that process on top when it finds it idle (waking up
-    # from its wait for the network): busy, replies are picked up on the way.
-    driver_wake_us: float = 0.0
-    # What each timed wait (a backoff, a start time) costs it: the timer, and
-    # the extra turn of the client's task when it fires.
-    driver_sleep_us: float = 0.0
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1, 2, ...)."""
-        return min(self.max_backoff_ms, self.backoff_ms * 2 ** min(attempt - 1, 30)) / 1000.0
 
 
 class ConnectionRefused(ConnectionLost):

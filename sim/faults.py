@@ -68,6 +68,31 @@ class FaultSpec:
     params: tuple[Param, ...] = ()
     effects: dict[str, str] = field(default_factory=dict)   # effect -> what it counts
     network: bool = False      # strikes the clients' links (real: needs each client behind a proxy)
+    # What it does, for every place that asks (the nemeses' bookkeeping,
+    # drift attribution, scenario checks, charts), so that none names kinds:
+    promotes: str = ""         # "always": a replica is made the primary; "with_sentinel": when Sentinel is on
+    rolls_back: str = ""       # "unfsynced": writes not yet on disk are lost (AOF off: since the last RDB
+                               # save); "unsaved": only with the AOF off, since the last RDB save
+    strands_clients: bool = False   # clients left with an old primary whose writes are then lost
+    pauses_clients: bool = False    # clients stop in the middle of an operation (a lock can expire under them)
+    needs: tuple[str, ...] = ()     # what the deployment must have: "replica", "sentinel"
+    topologies: tuple[str, ...] = ("single", "cluster")   # where it can strike
+    instead: str = ""          # what to schedule on the other topology
+    colour: str = "#cccccc"    # its band in charts
+
+    @property
+    def param_names(self) -> set[str]:
+        return {param.name for param in self.params}
+
+    @property
+    def tears(self) -> bool:
+        """Whether it may leave a torn AOF tail (it takes tear_bytes)."""
+        return any(param.name == "tear_bytes" for param in self.params)
+
+    @property
+    def on_a_shard(self) -> bool:
+        """Whether on a cluster it strikes one shard (it takes shard)."""
+        return any(param.name == "shard" for param in self.params)
 
     def param(self, name: str) -> Param:
         for param in self.params:
@@ -107,20 +132,24 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
     FaultSpec("client_crash", "the app process dies between two requests of one operation; nobody retries it",
               "how long the crashed client stays down", 0.5,
               (Param("clients", int, "clients", 1, 1, 100_000, "virtual clients that crash"),),
-              {"clients": "the virtual clients struck"}),
+              {"clients": "the virtual clients struck"},
+              colour="#aec7e8"),
     FaultSpec("client_pause", "a stop-the-world pause (GC, SIGSTOP) of clients in the middle of an operation",
               "how long the pause lasts", 2.0,
               (Param("clients", int, "clients", 1, 1, 100_000, "virtual clients that pause"),),
-              {"clients": "the virtual clients struck"}),
+              {"clients": "the virtual clients struck"},
+              pauses_clients=True, colour="#ffbb78"),
     FaultSpec("server_crash", "redis-server is killed (SIGKILL); the OS page cache survives",
               "how long the server stays down (with Sentinel on, it promotes a replica if that is long "
               "enough, and the old primary rejoins as a replica; on a cluster, shorter than "
               "server.cluster_node_timeout_ms: longer is a cluster_failover)", 0.5,
               (_SHARD,), {**_SERVER_LOSS, "promoted": "whether a replica was promoted instead of a restart",
-                          **_PROMOTION, **_WHERE}),
+                          **_PROMOTION, **_WHERE},
+              promotes="with_sentinel", rolls_back="unsaved", colour="#98df8a"),
     FaultSpec("power_loss", "the machine loses power: what was not fsynced is lost",
               "how long the machine stays down (on a cluster, shorter than server.cluster_node_timeout_ms)", 1.0,
-              (_TEAR, _SHARD), {**_SERVER_LOSS, **_WHERE}),
+              (_TEAR, _SHARD), {**_SERVER_LOSS, **_WHERE},
+              rolls_back="unfsynced", colour="#ff9896"),
     FaultSpec("mid_script_power_loss",
               "power fails while an operation is between two of its writes: inside a script or a "
               "MULTI/EXEC, or between two requests (naive); strikes anyway when the window ends",
@@ -131,13 +160,15 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                _TEAR),
               {**_SERVER_LOSS, "target": "what it struck: Script, Transaction, Pipeline, between requests, "
                                          "or none (the window ended)",
-               "target_operation": "the kind of operation struck (deliver, open_conversation), or null"}),
+               "target_operation": "the kind of operation struck (deliver, open_conversation), or null"},
+              rolls_back="unfsynced", topologies=("single",), colour="#c5b0d5"),
     FaultSpec("failover", "the primary dies; a replica that lacks the last `lag_ms` of writes is promoted",
               "how long until the replica is promoted (with Sentinel on: Sentinel promotes it when it "
               "decides, and the old primary stays down at least this long)", 1.0,
               (Param("lag_ms", float, "ms", -1.0, -1.0, 600_000.0,
                      "how far the replica is behind (-1: the scenario's replication_lag_ms)"),),
-              {**_SERVER_LOSS, **_PROMOTION}),
+              {**_SERVER_LOSS, **_PROMOTION},
+              promotes="always", needs=("replica",), topologies=("single",), colour="#c49c94"),
     FaultSpec("cluster_failover",
               "a cluster shard's primary dies (SIGKILL) and the cluster itself promotes its replica: the other "
               "nodes flag it FAIL after server.cluster_node_timeout_ms and gossip, every node answers "
@@ -148,7 +179,8 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
               {**_SERVER_LOSS, **_PROMOTION,
                "failed_at": "when the cluster flagged the primary FAIL (every node answered CLUSTERDOWN from "
                             "then until the promotion), in run seconds",
-               **_WHERE}),
+               **_WHERE},
+              promotes="always", topologies=("cluster",), instead="one server: use failover", colour="#f7b6d2"),
     FaultSpec("slot_migration",
               "live resharding while traffic flows: `slots` slots of a shard (those of its lowest-numbered "
               "users) are marked MIGRATING there and IMPORTING on `to_shard`, then each slot's keys move "
@@ -161,7 +193,8 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                Param("to_shard", int, "shard", 1, 0, 15, "the shard they go to (another one)"),
                Param("slots", int, "slots", 16, 1, 16384, "how many slots move")),
               {"shard": "the shard the slots left", "to_shard": "the shard they went to",
-               "slots": "the slots moved, comma-separated", "keys_moved": "keys MIGRATE moved"}),
+               "slots": "the slots moved, comma-separated", "keys_moved": "keys MIGRATE moved"},
+              topologies=("cluster",), colour="#c7c7c7"),
     FaultSpec("minority_partition",
               "a cluster shard's primary is cut off from the rest of the cluster (the other nodes, its replica "
               "and most clients: the cluster bus, the replication link and their client links cut both ways); a "
@@ -185,20 +218,25 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                "demoted_at": "when the old primary became a replica of the promoted one (null: not before "
                              "the run ended)",
                **_WHERE},
-              network=True),
+              network=True,
+              promotes="always", strands_clients=True, topologies=("cluster",), instead="one server: use split_brain", colour="#dbdb8d"),
     FaultSpec("partition", "clients are cut from the primary: connections refused and reset",
-              "how long the partition lasts", 1.0, network=True),
+              "how long the partition lasts", 1.0, network=True,
+              colour="#9edae5"),
     FaultSpec("latency", "added network delay and jitter on every request, each way",
               "how long the delay lasts", 2.0,
               (Param("delay_ms", float, "ms", 20.0, 0.0, 60_000.0, "added one-way delay"),
                Param("jitter_ms", float, "ms", 5.0, 0.0, 60_000.0, "added one-way delay, uniform in [0, jitter)")),
-              network=True),
+              network=True,
+              colour="#1f77b4"),
     FaultSpec("reset_peer", "a request reaches the server and runs; the connection is reset before the reply",
               "how long requests are exposed", 1.0,
               (Param("probability", float, "probability", 0.5, 0.0, 1.0, "chance that a request's reply is lost"),),
-              {"replies_lost": "requests that ran and whose reply the reset took"}, network=True),
+              {"replies_lost": "requests that ran and whose reply the reset took"}, network=True,
+              colour="#ff7f0e"),
     FaultSpec("blackhole", "requests vanish without an answer; clients time out",
-              "how long requests vanish", 1.0, network=True),
+              "how long requests vanish", 1.0, network=True,
+              colour="#7f7f7f"),
     FaultSpec("split_brain",
               "the primary is cut off from the sentinels, its replicas and most clients; a share of the "
               "clients stays with it, and it takes their writes while Sentinel promotes a replica on the "
@@ -213,7 +251,8 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                "acknowledged_writes_lost": "operations whose acknowledged write did not survive: those, when "
                                            "a replica was promoted, and what the replica lacked at the cut",
                "demoted_at": "when Sentinel made the old primary a replica (null: not before the run ended)"},
-              network=True),
+              network=True,
+              promotes="always", strands_clients=True, needs=("replica", "sentinel"), topologies=("single",), colour="#d62728"),
 )}
 
 FAULT_KINDS = tuple(SPECS)

@@ -12,7 +12,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from sim.faults import Fault, effects_record
+from sim.cluster import promotion_times
+from sim.faults import SPECS, Fault, effects_record
+from sim.sentinel import promotion_delay
 
 if TYPE_CHECKING:
     from sim.scenario import SentinelConfig, ServerConfig
@@ -26,27 +28,25 @@ FSYNC_PERIOD_S = {"always": 0.0, "everysec": 1.0, "no": 30.0}
 
 def promotes(sentinel: SentinelConfig, schedule: list[Fault]) -> bool:
     """Whether a fault of this schedule may promote a replica."""
-    kinds = {fault.kind for fault in schedule}
-    return (bool(kinds & {"failover", "split_brain", "cluster_failover", "minority_partition"})
-            or (sentinel.enabled and "server_crash" in kinds))
+    return any(SPECS[fault.kind].promotes == "always"
+               or (SPECS[fault.kind].promotes == "with_sentinel" and sentinel.enabled) for fault in schedule)
 
 
 def rollback_horizon(server: ServerConfig, sentinel: SentinelConfig, schedule: list[Fault]) -> float:
     """How far back a fault of this schedule may take writes (0: never)."""
-    from sim.sentinel import promotion_delay
-
-    kinds = {fault.kind for fault in schedule}
+    specs = [SPECS[fault.kind] for fault in schedule]
     reach = 0.0
-    if kinds & {"power_loss", "mid_script_power_loss"} or ("server_crash" in kinds and not server.appendonly):
+    if any(spec.rolls_back == "unfsynced" or (spec.rolls_back == "unsaved" and not server.appendonly)
+           for spec in specs):
         reach = FSYNC_PERIOD_S[server.appendfsync] if server.appendonly else server.rdb_interval_s
     if promotes(sentinel, schedule):
-        lags = [fault.param("lag_ms") for fault in schedule if fault.kind == "failover"]
+        lags = [fault.param("lag_ms") for fault in schedule if SPECS[fault.kind].param_names & {"lag_ms"}]
         reach = max(reach, server.replication_lag_ms / 1000.0, *(lag / 1000.0 for lag in lags))
-    if "split_brain" in kinds:   # the old primary writes on until the replica is promoted from what it had
-        reach += promotion_delay(sentinel, silent=True)
-    if "minority_partition" in kinds:   # the same, on a cluster: the latest a promotion can come
-        from sim.backends.model.cluster import promotion_times
-        reach += promotion_times(server.cluster_node_timeout_ms / 1000.0, (1.0, 1.0, 1.0))[1]
+    if any(spec.strands_clients for spec in specs):
+        # The old primary writes on until the replica is promoted from what it had: under Sentinel,
+        # its promotion's delay; on a cluster, the latest the cluster's promotion can come.
+        reach += (promotion_times(server.cluster_node_timeout_ms / 1000.0, (1.0, 1.0, 1.0))[1]
+                  if server.topology == "cluster" else promotion_delay(sentinel, silent=True))
     return reach
 
 
@@ -106,8 +106,7 @@ def uniform(*words: int) -> float:
 def tears_aof(server: ServerConfig, schedule: list[Fault]) -> bool:
     """Whether a power loss of this schedule may leave a torn AOF tail."""
     return (server.appendonly and bool(FSYNC_PERIOD_S[server.appendfsync])
-            and any(fault.kind in ("power_loss", "mid_script_power_loss") and fault.param("tear_bytes")
-                    for fault in schedule))
+            and any(SPECS[fault.kind].tears and fault.param("tear_bytes") for fault in schedule))
 
 
 class FaultLog:

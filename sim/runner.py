@@ -21,7 +21,7 @@ from sim.checker import Drift, check, drift_by_shard
 from sim.cluster import SlotMap, user_shards
 from sim.faults import Fault, draw_schedule
 from sim.record import run_record
-from sim.results import SCHEMA_VERSION
+from sim.report.results import SCHEMA_VERSION
 from sim.scenario import Scenario, ScenarioError
 from sim.traffic import Trace, generate
 from sim.truth import Memberships, truth_ranges
@@ -205,7 +205,7 @@ def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: lis
 
 
 def run_scenario(scenario: Scenario, strategies: Iterable[str] | None = None, trace: Trace | None = None,
-                 progress: ProgressFactory | None = None, backend: str = "sim", explain: bool = True,
+                 progress: ProgressFactory | None = None, backend: str = backends.DEFAULT, explain: bool = True,
                  jobs: int = 1) -> dict:
     """Run the strategies (default: the scenario's) on a trace (default: the
     scenario's, generated with its seed), on the named backend, ``jobs`` at
@@ -224,6 +224,7 @@ def run_scenario(scenario: Scenario, strategies: Iterable[str] | None = None, tr
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,
         "backend": backend,
+        "deterministic": target.deterministic,
         "seed": trace.seed,
         "scenario": scenario.to_dict(),
         "trace": trace.summary(),

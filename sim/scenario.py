@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sim.client import ClientConfig
 from sim.faults import FAULT_KINDS, SPECS, Fault, FaultRate, FaultSpecError, check_params
 from sim.traffic import TrafficConfig, expected_memberships
 from strategies import STRATEGIES
@@ -52,6 +51,34 @@ def load_calibration(path: Path, section: str = "server", keys: tuple[str, ...] 
 
 
 _DEFAULT_SERVICE = load_calibration(CALIBRATION)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    count: int = 32
+    rtt_ms: float = 0.2           # the simulated network's round trip
+    timeout_ms: float = 1000.0    # from sending a request to giving up on its reply
+    retries: int = 2              # re-runs of an operation that failed to reach Redis or lost a reply
+    backoff_ms: float = 5.0       # doubled at each retry...
+    max_backoff_ms: float = 1000.0  # ...up to this
+    wait_timeout_ms: float = 10.0
+    # The CPU of one client process that every client shares, per request
+    # and per command it sends (0: not modelled, every client as if on a
+    # machine of its own). The simulation only: `countdrift capacity
+    # --model-driver` sets them from the calibration, to model the redis
+    # backend's driver (one Python process) on this machine.
+    driver_request_us: float = 0.0
+    driver_command_us: float = 0.0
+    # What a reply costs that process on top when it finds it idle (waking up
+    # from its wait for the network): busy, replies are picked up on the way.
+    driver_wake_us: float = 0.0
+    # What each timed wait (a backoff, a start time) costs it: the timer, and
+    # the extra turn of the client's task when it fires.
+    driver_sleep_us: float = 0.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1, 2, ...)."""
+        return min(self.max_backoff_ms, self.backoff_ms * 2 ** min(attempt - 1, 30)) / 1000.0
 
 
 @dataclass(frozen=True)
@@ -151,15 +178,6 @@ TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
              **{name: dict for name in SECTIONS}}
 APPENDFSYNC = ("always", "everysec", "no")
 TOPOLOGIES = ("single", "cluster")
-# Fault kinds a cluster run takes so far (the network ones strike every
-# client's links to every node; the server ones the primary of the shard
-# their `shard` parameter names); mid_script_power_loss, failover and
-# split_brain strike "the primary", which is not modelled on a cluster.
-CLUSTER_FAULTS = ("client_crash", "client_pause", "partition", "latency", "reset_peer", "blackhole",
-                  "server_crash", "power_loss", "cluster_failover", "slot_migration", "minority_partition")
-SHARD_FAULTS = ("server_crash", "power_loss", "cluster_failover", "slot_migration", "minority_partition")
-CLUSTER_ONLY_FAULTS = ("cluster_failover", "slot_migration", "minority_partition")
-PROMOTING_FAULTS = ("cluster_failover", "minority_partition")   # the cluster promotes the shard's replica
 LOADS = ("open", "closed")
 # Bounds of a fault's timing: seconds, and faults per minute.
 FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}
@@ -312,20 +330,20 @@ def parse(path: Path, text: str) -> Scenario:
         _check_cluster(path, tables["server"], sentinel, kinds)
         _check_shards(path, server, faults, rates)
     else:
-        for kind in sorted(kinds & set(CLUSTER_ONLY_FAULTS)):
-            instead = {"cluster_failover": " (one server: use failover)",
-                       "minority_partition": " (one server: use split_brain)"}.get(kind, "")
+        for kind in sorted(kind for kind in kinds if "single" not in SPECS[kind].topologies):
+            instead = f" ({SPECS[kind].instead})" if SPECS[kind].instead else ""
             raise ScenarioError(f"{path}: fault kind {kind} needs a Redis Cluster: set 'server.topology' "
                                 f"to \"cluster\"{instead}")
         for where, fault in _numbered(faults, rates):
             if fault.params.get("shard", 0):
                 raise ScenarioError(f"{path}: key '{where}.params.shard' is for topology = \"cluster\"; one "
                                     f"server has only shard 0")
-    if kinds & {"failover", "split_brain"} and sections["server"].replicas < 1:
-        raise ScenarioError(f"{path}: a failover needs a replica: set 'server.replicas' to 1 or more")
-    if "split_brain" in kinds and not sentinel.enabled:
-        raise ScenarioError(f"{path}: a split_brain needs Sentinel to promote a replica on the other side: "
-                            f"set 'sentinel.enabled' to true")
+    for kind in sorted(kinds):
+        if "replica" in SPECS[kind].needs and server.topology == "single" and server.replicas < 1:
+            raise ScenarioError(f"{path}: a {kind} needs a replica to promote: set 'server.replicas' to 1 or more")
+        if "sentinel" in SPECS[kind].needs and not sentinel.enabled:
+            raise ScenarioError(f"{path}: a {kind} needs Sentinel to promote a replica on the other side: "
+                                f"set 'sentinel.enabled' to true")
     if sentinel.quorum > sentinel.count:
         raise ScenarioError(f"{path}: key 'sentinel.quorum' ({sentinel.quorum}) must be at most 'sentinel.count' "
                             f"({sentinel.count}): with fewer sentinels than the quorum none can ever fail over")
@@ -344,11 +362,12 @@ def _check_cluster(path: Path, server: dict, sentinel: SentinelConfig, kinds: se
     if sentinel.enabled:
         raise ScenarioError(f"{path}: key 'sentinel.enabled': a cluster fails over by itself, without Sentinel; "
                             f"set it to false or remove it, or set 'server.topology' to \"single\"")
-    refused = sorted(kinds - set(CLUSTER_FAULTS))
+    refused = sorted(kind for kind in kinds if "cluster" not in SPECS[kind].topologies)
     if refused:
+        allowed = [kind for kind, spec in SPECS.items() if "cluster" in spec.topologies]
         raise ScenarioError(f"{path}: fault kind(s) {', '.join(refused)} cannot strike a cluster yet (which "
                             f"shard they strike is not modelled); on a cluster use only "
-                            f"{', '.join(CLUSTER_FAULTS)}, or set 'server.topology' to \"single\"")
+                            f"{', '.join(allowed)}, or set 'server.topology' to \"single\"")
 
 
 def _numbered(faults: tuple, rates: tuple):
@@ -362,7 +381,7 @@ def _check_shards(path: Path, server: ServerConfig, faults: tuple, rates: tuple)
     cluster_failover, whose replica must exist and be as current as the
     real cluster's: its replication links carry no added lag)."""
     for where, fault in _numbered(faults, rates):
-        if fault.kind not in SHARD_FAULTS:
+        if not SPECS[fault.kind].on_a_shard:
             continue
         shard = fault.params.get("shard", 0)
         if shard >= server.cluster_primaries:
@@ -371,9 +390,9 @@ def _check_shards(path: Path, server: ServerConfig, faults: tuple, rates: tuple)
                                 f"{server.cluster_primaries - 1}")
         if fault.kind == "slot_migration":
             _check_migration(path, where, server, fault)
-        elif fault.kind in PROMOTING_FAULTS:
-            if fault.kind == "minority_partition" and server.cluster_primaries < 3:
-                raise ScenarioError(f"{path}: {where}: a minority_partition needs 'server.cluster_primaries' of 3 "
+        elif SPECS[fault.kind].promotes == "always":   # the cluster promotes the shard's replica
+            if SPECS[fault.kind].strands_clients and server.cluster_primaries < 3:
+                raise ScenarioError(f"{path}: {where}: a {fault.kind} needs 'server.cluster_primaries' of 3 "
                                     f"or more: with {server.cluster_primaries}, the primaries left on the other "
                                     f"side are no majority, and no replica can win an election")
             if server.cluster_replicas_per_primary < 1:

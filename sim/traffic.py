@@ -105,7 +105,7 @@ class Trace:
     def save(self, path: Path) -> None:
         """Write the trace atomically (a failure leaves no partial file), with
         the checksum of its arrays in its metadata."""
-        from sim.output import write_file
+        from sim.report.output import write_file
 
         meta = json.dumps({"format": TRACE_FORMAT, "seed": self.seed, "config": asdict(self.config),
                            "sha256": self.sha256()})

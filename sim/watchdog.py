@@ -7,7 +7,7 @@ starts a server it also starts this watchdog: a small Python process in a
 session of its own (a signal to the harness's process group does not reach
 it), reading from a pipe whose other end only the harness holds:
 
-    watch PID START     stop this process should the harness die
+    track PID START     stop this process should the harness die
     forget PID          it was stopped
     folder PATH         remove this folder once those processes are gone
     unfolder PATH       it was removed
@@ -82,7 +82,7 @@ def watch(lines) -> None:
     folders: list[Path] = []
     for line in lines:
         verb, _, rest = line.decode(errors="replace").strip().partition(" ")
-        if verb == "watch":
+        if verb == "track":
             pid, started = rest.split()
             processes[int(pid)] = int(started)
         elif verb == "forget":
@@ -116,7 +116,7 @@ class _Watchdog:
             pass
 
     def watch(self, pid: int, started: int) -> None:
-        self._send(f"watch {pid} {started}")
+        self._send(f"track {pid} {started}")
 
     def forget(self, pid: int) -> None:
         if self.process is not None:

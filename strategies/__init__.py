@@ -18,5 +18,14 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
+# One of each way of sending an operation (separate commands, one script,
+# an optimistic transaction, a lock): what calibration's one-client runs and
+# the capacity ranking compare.
+REPRESENTATIVE = ("naive", "lua", "watch", "lock")
+# What `countdrift fidelity` runs by default: the race, the atomic script,
+# the lock and the dedup (each drifts for a reason of its own under faults).
+FIDELITY = ("naive", "lua", "lock", "lua_idempotent")
+
+
 def make_strategy(name: str, **options) -> Strategy:
     return STRATEGIES[name](**options)

@@ -21,6 +21,16 @@ class Strategy:
     name: ClassVar[str]
     summary: ClassVar[str]
     scripts: ClassVar[tuple[LuaScript, ...]] = ()
+    # What drift attribution needs to know of it (sim/causes.py):
+    # holds_lock: its operations hold a lock with a TTL, which a paused holder
+    # can outlive and a failover can lose (two holders at once);
+    # repairs: it puts the total right after the fact (the cause `repaired`);
+    # backs_off: a client waits and tries again while another holds what it
+    # needs (calibration's contended runs price those waits).
+    holds_lock: ClassVar[bool] = False
+    repairs: ClassVar[bool] = False
+    repair_off: ClassVar[dict[str, Any]] = {}   # options that switch its repair off (a replay without it)
+    backs_off: ClassVar[bool] = False
     # Options this strategy accepts, with their defaults.
     defaults: ClassVar[dict[str, Any]] = {}
     # Options every strategy accepts: after each write, WAIT for this many

@@ -23,6 +23,8 @@ class LockNotAcquired(Exception):
 
 class Lock(Strategy):
     name = "lock"
+    holds_lock = True
+    backs_off = True
     summary = "per-user lock SET NX PX + token; writes under the lock; Lua compare-and-delete release"
     scripts = (RELEASE,)
     defaults = {"ttl_ms": 1000, "max_attempts": 200, "backoff_ms": 0.5}

@@ -10,6 +10,8 @@ CHANGE_REPAIR = load_script(__file__, "change_repair")
 
 class LuaRepair(Lua):
     name = "lua_repair"
+    repairs = True
+    repair_off = {"repair_max_conversations": -1}
     summary = "lua + recompute the total from the hash when the user has <= N conversations"
     scripts = (CHANGE_REPAIR,)
     deliver_script = read_script = CHANGE_REPAIR

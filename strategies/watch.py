@@ -15,6 +15,7 @@ class RetriesExhausted(Exception):
 
 class Watch(Strategy):
     name = "watch"
+    backs_off = True
     summary = "WATCH the user's hash, read, MULTI/EXEC the clear; retry on abort"
     # watch_deliveries: the textbook optimistic dual write, deliveries WATCH
     # their recipients' counters too (and retry when a write intervenes).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.backends.real.calibrate import (CONTENDED_TRAFFIC, DRIVER_TRAFFIC, driver_toml, idle_costs, measure_contended,
+from sim.experiments.calibrate import (CONTENDED_TRAFFIC, DRIVER_TRAFFIC, driver_toml, idle_costs, measure_contended,
                                          measure_driver, measure_one_client, sleep_cost)
 from sim.scenario import CALIBRATION, DRIVER_KEYS, load_calibration
 

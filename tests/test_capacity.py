@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sim.capacity import closed_loop, measure
+from sim.experiments.capacity import closed_loop, measure
 from sim.cli import main
 from sim.runner import run_scenario
 from sim.scenario import load, parse

@@ -200,8 +200,8 @@ def test_simulated_cluster_serves_every_shard_with_zero_drift_and_the_same_count
         shares = on_cluster["shard_commands"]
         assert len(shares) == 3 and min(shares.values()) > 0.2 * sum(shares.values())
     assert cluster["scenario"]["server"]["topology"] == "cluster"
-    from sim.report import _section
-    from sim.table import format_topology
+    from sim.report.summary import _section
+    from sim.report.table import format_topology
 
     printed = format_topology(cluster)
     assert printed.startswith("Redis Cluster: 3 primaries x 1 replica(s)") and "shard2" in printed
@@ -587,7 +587,7 @@ def test_fidelity_covers_a_cluster_scenario_with_network_faults(tmp_path):
     """`countdrift fidelity` on a cluster scenario with every network fault
     (toxiproxy, a proxy from each client to each node): both backends' cells
     agree, the untagged option's CROSSSLOT drift included."""
-    from sim.fidelity import run_fidelity
+    from sim.experiments.fidelity import run_fidelity
 
     scenario = load(network(tmp_path, UNTAGGED))
     document = run_fidelity([scenario], ["lua", "lua_idempotent"], None, tmp_path / "fidelity")

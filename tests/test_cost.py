@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from sim import backends
-from sim.cost import KINDS, format_cost, measure
+from sim.experiments.cost import KINDS, format_cost, measure
 from strategies import STRATEGIES
 
 REPEATS = 20

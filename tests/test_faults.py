@@ -8,7 +8,7 @@ import pytest
 from sim.backends.model.server import Connection, Server, ServiceTimes
 from sim.commands import Pipeline, Script
 from sim.lua import LuaScript
-from sim.results import strip_wall
+from sim.report.results import strip_wall
 from sim.runner import run_scenario
 from sim.scenario import load, parse
 from strategies.lua import DELIVER
@@ -210,12 +210,13 @@ def test_lua_repair_is_replayed_without_its_repair_only_when_something_could_cor
     there is nothing for its repair to fix, so no replay (a whole run) asks."""
     from sim.causes import relevant
     from sim.faults import Fault
+    from strategies import STRATEGIES
 
     crash = [Fault(kind="client_crash", at=1.0, duration=0.1)]
-    assert relevant("lua_repair", [], 0, 0, False) == []
-    assert relevant("lua_repair", [], 3, 0, False) == ["gave_up", "repaired"]   # timeouts under overload
-    assert relevant("lua_repair", crash, 0, 0, False) == ["repaired"]
-    assert relevant("lua", crash, 0, 0, False) == []
+    assert relevant(STRATEGIES["lua_repair"], [], 0, 0, False) == []
+    assert relevant(STRATEGIES["lua_repair"], [], 3, 0, False) == ["gave_up", "repaired"]   # timeouts under overload
+    assert relevant(STRATEGIES["lua_repair"], crash, 0, 0, False) == ["repaired"]
+    assert relevant(STRATEGIES["lua"], crash, 0, 0, False) == []
 
 
 def test_attribution_replays_each_cause_added_in_turn():

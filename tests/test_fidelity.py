@@ -9,7 +9,7 @@ import re
 import pytest
 
 from sim.faults import FAULT_KINDS
-from sim.fidelity import SIZE_FLOOR, cells_of, compare_runs, drift_class, format_matrix
+from sim.experiments.fidelity import SIZE_FLOOR, cells_of, compare_runs, drift_class, format_matrix
 from sim.runner import run_scenario
 from sim.scenario import CLUSTER_ONLY_FAULTS, Scenario, load, parse
 

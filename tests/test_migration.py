@@ -187,7 +187,7 @@ def test_fidelity_covers_the_migration_scenario(tmp_path):
     """`countdrift fidelity` on the migration scenario: both backends move
     the same keys, fail about as many operations the same way (within 2x:
     each slot's move falls a few ms apart from the traffic), and agree."""
-    from sim.fidelity import run_fidelity
+    from sim.experiments.fidelity import run_fidelity
 
     scenario = load(MIGRATION)
     document = run_fidelity([scenario], ["lua", "multi"], None, tmp_path)

@@ -50,9 +50,9 @@ def test_report_writes_every_chart_and_the_page(small_results, tmp_path, capsys)
 
 
 def test_the_tradeoff_plots_capacity_when_it_was_measured(small_results, tmp_path):
-    from sim import charts
-    from sim.capacity import measure
-    from sim.report import capacity_of
+    from sim.report import charts
+    from sim.experiments.capacity import measure
+    from sim.report.summary import capacity_of
 
     document = json.loads(small_results.read_text())
     scenario = load(Path(document["scenario"]["path"]))
@@ -181,7 +181,7 @@ def write_capacities(documents: dict[str, dict], folder: Path) -> Path:
 
 
 def test_report_sets_simulated_capacity_beside_the_real_median(tmp_path, capsys):
-    from sim.report import capacity_of
+    from sim.report.summary import capacity_of
 
     modelled = capacity_document("sim", "hot", "s1", {"lock": 13_000, "lua": 60_000, "watch": 9_000}, modelled=True)
     alone = capacity_document("sim", "hot", "s1", {"lock": 5_000, "lua": 99_000})
@@ -234,7 +234,7 @@ def test_two_runs_of_one_scenario_and_seed_keep_their_charts_and_headings_apart(
 
 
 def test_the_matrix_tells_backends_apart_and_takes_a_strategy_it_does_not_know(small_results, tmp_path):
-    from sim import charts
+    from sim.report import charts
 
     document = json.loads(small_results.read_text())
     real = {**document, "backend": "redis"}

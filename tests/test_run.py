@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from sim.backends.model.driver import SimDriver
-from sim.client import ClientConfig
+from sim.scenario import ClientConfig
 from sim.backends.model.server import Server, ServiceTimes
-from sim.results import strip_wall
+from sim.report.results import strip_wall
 from sim.runner import run_scenario
 from sim.scenario import load, parse
 from sim.traffic import DELIVER, READ, Trace, TrafficConfig, generate

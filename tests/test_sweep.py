@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from sim.cli import main
-from sim.results import strip_wall
-from sim.stats import describe
+from sim.report.results import strip_wall
+from sim.report.stats import describe
 
 from conftest import ROOT, SMALL_SCENARIO
 
@@ -196,7 +196,7 @@ def test_an_existing_cluster_runs_the_sweep_by_its_address(sweeps, tmp_path):
     from distributed import LocalCluster
 
     from sim.errors import UsageError
-    from sim.sweep import connect
+    from sim.experiments.sweep import connect
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         out = tmp_path / "remote"

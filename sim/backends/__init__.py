@@ -8,6 +8,7 @@ another server) is a new package plus one line in ``BACKENDS``.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,10 +19,20 @@ BACKENDS: dict[str, str] = {
     "sim": "sim.backends.model",
     "redis": "sim.backends.real",
 }
+# Their roles: the simulation (the default), and real servers, which the
+# simulation is calibrated against (`calibrate`) and checked against (`fidelity`).
+SIMULATION = "sim"
+REAL = "redis"
+DEFAULT = SIMULATION
 
 
 class UnknownBackend(ValueError):
     pass
+
+
+def loaded() -> list["Backend"]:
+    """The backends this process has loaded so far (none is loaded by asking)."""
+    return [importlib.import_module(module).BACKEND for module in BACKENDS.values() if module in sys.modules]
 
 
 def get(name: str) -> "Backend":

@@ -18,14 +18,14 @@ from sim.backends.model.persistence import Persistence
 from sim.backends.model.server import Server, ServiceTimes
 from sim.causes import attribute, relevant, steps
 from sim.checker import Drift, check
-from sim.cost import CostTarget
+from sim.backend import CostTarget
 from sim.client import CAUSES
 from sim.faults import Fault
 from sim.nemesis import AckLog, StallTarget, promotes, rollback_horizon, tears_aof
 from sim.scenario import Scenario, ServerConfig
 from sim.traffic import Trace
 from sim.truth import truth_ranges
-from strategies import make_strategy
+from strategies import STRATEGIES, make_strategy
 from strategies.base import Strategy
 
 
@@ -119,6 +119,8 @@ class SimBackend(Backend):
     name = "sim"
     summary = "a SimPy model of Redis (a primary, or a Redis Cluster): no server needed, deterministic for a given seed"
     parallel_runs = True
+    deterministic = True
+    models_driver = True
 
     def deploy(self, scenario: Scenario, schedule: list[Fault]) -> Deployment:
         return SimDeployment(scenario, schedule)
@@ -128,7 +130,7 @@ class SimBackend(Backend):
         """Drift by cause: the same trace and schedule replayed with each
         mechanism switched off in turn (sim/causes.py)."""
         outcomes = execution.history.outcomes()
-        switchable = tuple(relevant(strategy_name, schedule, outcomes["fail"] + outcomes["unknown"],
+        switchable = tuple(relevant(STRATEGIES[strategy_name], schedule, outcomes["fail"] + outcomes["unknown"],
                                     execution.history.ambiguous, promotes(scenario.sentinel, schedule)))
         return [Replay(switchable, causes) for causes in steps(list(switchable))]
 
@@ -137,8 +139,8 @@ class SimBackend(Backend):
         """The drift of one replay, and its wall seconds."""
         started = time.perf_counter()
         options = scenario.strategy_options.get(strategy_name, {})
-        if strategy_name == "lua_repair" and "repaired" not in piece.causes:
-            options = {**options, "repair_max_conversations": -1}
+        if STRATEGIES[strategy_name].repairs and "repaired" not in piece.causes:
+            options = {**options, **STRATEGIES[strategy_name].repair_off}
         driver, _ = simulate(scenario, trace, make_strategy(strategy_name, **options), schedule, piece.causes,
                              drift_only=True)
         drift = check(driver.pairs, truth_ranges(trace, driver.history, driver.pairs), driver.counters())

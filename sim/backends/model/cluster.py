@@ -26,7 +26,7 @@ drops them one by one: :meth:`ClusterServer.dead_links`,
 the requests that need it. A restarted primary answers CLUSTERDOWN for
 its first 2 s, and every node does while a failed primary waits for its
 replica's promotion (``down_windows``, set by the nemesis's
-``cluster_failover``, timed by :func:`promotion_times`).
+``cluster_failover``, timed by :func:`sim.cluster.promotion_times`).
 
 A minority partition (:class:`ShardCut`) gives each client its own view:
 the clients left with the cut-off primary reach it and no other node, the
@@ -40,7 +40,7 @@ from typing import Any
 
 from sim.backends.model.migration import SlotMigration
 from sim.backends.model.server import Connection, Entry, Server
-from sim.cluster import (CROSSSLOT, SlotMap, asking, cluster_down_error, command_keys, merge_keyless, node_error,
+from sim.cluster import (CRON_S, CROSSSLOT, SlotMap, asking, cluster_down_error, command_keys, merge_keyless, node_error,
                          request_shards, route, split_pipeline)
 from sim.commands import CommandError, Pipeline, Request, first_error
 
@@ -311,46 +311,6 @@ class ClusterServer:
             shard = self.migration.holder(shard, request)
         return self.shards[shard].inspect(request)
 
-
-
-# How the cluster replaces a failed primary, from redis 7.0's src/cluster.c
-# (redis/redis, clusterCron, markNodeAsFailingIfNeeded, clusterHandleSlaveFailover):
-# - clusterCron runs every 100 ms and pings a node whose last pong is older
-#   than cluster-node-timeout / 2; a node whose ping has gone unanswered for
-#   cluster-node-timeout is flagged PFAIL by the pinger;
-# - PFAIL becomes FAIL on a node that holds reports (from gossip, sent with
-#   every ping) from a majority of the primaries, and it broadcasts FAIL;
-# - the failed primary's replica, at its next cron, schedules its election
-#   at "500 ms (fixed, to let FAIL propagate) + random() % 500 + rank * 1000"
-#   (rank 0: the replica with the most recent replication offset, the one
-#   this model promotes), then asks the primaries for votes and wins in one
-#   round trip.
-# With cluster-node-timeout 1000 on redis-server 7.0.15 here, in 14 kills,
-# FAIL came 1.11-1.65 s after the SIGKILL (mean 1.42), the election was
-# scheduled 58 ms after it in one replica's log ("Start of election delayed
-# for 970 milliseconds") and won 9 ms after it started; the replica was
-# primary 1.90-2.67 s after the kill (mean 2.33). Modelled: FAIL 1.15-1.65 s
-# (mean 1.40), promotion 1.66-2.76 s (mean 2.21).
-FAIL_GOSSIP_S = 0.15      # from the ping's timeout to a majority's reports at one node (fit to the above)
-CRON_S = 0.1              # clusterCron's period: when the replica notices the FAIL
-ELECTION_FIXED_S = 0.5
-ELECTION_RANDOM_S = 0.5
-ELECTION_RANK_S = 1.0
-VOTE_S = 0.01             # the vote's round trip
-
-
-def promotion_times(node_timeout_s: float, draws: tuple[float, float, float], rank: int = 0,
-                    first_ping_s: float | None = None) -> tuple[float, float]:
-    """Seconds from a primary's death (or its cut) to its FAIL flag, and to
-    its replica's promotion, given three uniform draws in [0, 1) (see
-    above); ``first_ping_s``: the window in which the first unanswered ping
-    leaves (half the node timeout when the node dies; see CUT_PING_S)."""
-    first_unanswered, cron, election = draws
-    window = node_timeout_s / 2 if first_ping_s is None else first_ping_s
-    failed = node_timeout_s + first_unanswered * window + FAIL_GOSSIP_S
-    promoted = (failed + cron * CRON_S + ELECTION_FIXED_S + election * ELECTION_RANDOM_S
-                + rank * ELECTION_RANK_S + VOTE_S)
-    return failed, promoted
 
 
 # A minority partition (the minority_partition fault): the bus links

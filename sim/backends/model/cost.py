@@ -1,11 +1,11 @@
-"""The simulated server as a cost target (sim/cost.py): server time is the
+"""The simulated server as a cost target (sim/experiments/cost.py): server time is the
 calibrated service time, bytes are the RESP sizes of requests and replies."""
 from __future__ import annotations
 
 from typing import Any
 
 from sim.commands import Request, reply_size, wire_size
-from sim.cost import CostTarget, Meter
+from sim.backend import CostTarget, Meter
 from sim.backends.model.server import Connection, Server, ServiceTimes
 from strategies.base import Strategy
 

@@ -24,13 +24,14 @@ import simpy
 from sim import network
 from sim.backends.model.server import Connection, Entry, Server
 from sim.checker import Counters, Drift, check, read_counters
-from sim.client import CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep
+from sim.client import CAUSES, Client, ClientLoop, ConnectionRefused, Send, Sleep
 from sim.cluster import asked, refused_whole
 from sim.commands import CommandError, ConnectionLost, Pipeline, first_error, sent_commands
 from sim.history import History
 from sim.metrics import timeline_point
 from sim.nemesis import AckLog, Split, StallTarget
 from sim.network import Network
+from sim.scenario import ClientConfig
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.backends.model.cluster import CUT_PING_S, ShardCut, minority_refusal_time, promotion_times
+from sim.backends.model.cluster import CUT_PING_S, ShardCut, minority_refusal_time
 from sim.backends.model.driver import SimDriver
 from sim.backends.model.migration import SlotMigration
 from sim.backends.model.server import REPLICA_CRON_S
 from sim.client import in_flight, strike_clients
-from sim.cluster import WRITABLE_DELAY_S, migrating_slots, shard_slots
+from sim.cluster import WRITABLE_DELAY_S, migrating_slots, promotion_times, shard_slots
 from sim.faults import Fault
 from sim.nemesis import AckLog, FaultLog, Split, StallTarget, left_with_old_primary, uniform
 from sim.scenario import SentinelConfig, ServerConfig
@@ -157,7 +157,7 @@ class Nemesis:
     def cluster_failover(self, index: int, fault: Fault):
         """A cluster shard's primary dies; the cluster flags it FAIL and its
         replica wins the election when cluster.c's timing says
-        (:func:`~sim.backends.model.cluster.promotion_times`); every node
+        (:func:`~sim.cluster.promotion_times`); every node
         answers CLUSTERDOWN in between. The replica lacks the writes of the
         last replication lag; the old primary rejoins as a replica after
         ``duration`` (or the promotion, if later)."""

@@ -22,7 +22,7 @@ from sim.backends.real.nemesis import RealNemesis
 from sim.backends.real.processes import ProcessError, find_binary
 from sim.backends.real.routes import ClientRoutes
 from sim.backends.real.toxics import Toxics
-from sim.cost import CostTarget
+from sim.backend import CostTarget
 from sim.faults import SPECS, Fault, strikes_network
 from sim.nemesis import AckLog, StallTarget, rollback_horizon
 from sim.scenario import Scenario
@@ -238,10 +238,15 @@ class RedisBackend(Backend):
         from sim.backends.real.bench import main
         return main(args)
 
-    def calibrate(self, args: argparse.Namespace) -> int:
-        from sim.backends.real.calibrate import main
+    def stop_all(self) -> None:
+        from sim.backends.real.processes import REGISTRY
+
+        REGISTRY.stop_all()
+
+    def measure_service(self, requests: int) -> dict:
+        from sim.backends.real.service import measure
 
         missing = missing_programs(("redis-benchmark", "COUNTDRIFT_REDIS_BENCHMARK"))
         if missing:
             raise BackendRefused(f"calibrate needs real servers: {missing}")
-        return main(args)
+        return measure(requests)

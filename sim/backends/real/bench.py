@@ -21,7 +21,7 @@ from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
 from sim.backends.real.routes import FixedRoutes
 from sim.backends.real.processes import find_binary
-from sim.client import ClientConfig
+from sim.scenario import ClientConfig
 from sim.traffic import TrafficConfig, generate
 from strategies import make_strategy
 from strategies.lua import DELIVER

@@ -1,4 +1,4 @@
-"""A real redis-server as a cost target (sim/cost.py), persistence off.
+"""A real redis-server as a cost target (sim/experiments/cost.py), persistence off.
 
 Counting: CONFIG RESETSTAT before the operations, then INFO after them.
 Commands are commandstats' calls (the RESETSTAT itself, counted after it
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from sim.commands import Request, wire_size
-from sim.cost import CostTarget, Meter
+from sim.backend import CostTarget, Meter
 from sim.backends.real.connection import SyncConnection
 from sim.backends.real.event_loop import signals_held
 from sim.backends.real.processes import RedisServer

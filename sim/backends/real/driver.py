@@ -23,7 +23,7 @@ from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncC
 from sim.backends.real.timer import FineTimer
 from sim.backends.real.toxics import Toxics
 from sim.checker import Counters, check, read_counters
-from sim.client import (CAUSES, Client, ClientConfig, ClientLoop, ConnectionRefused, Send, Sleep,
+from sim.client import (CAUSES, Client, ClientLoop, ConnectionRefused, Send, Sleep,
                         next_instruction)
 from sim.cluster import refused_whole
 from sim.commands import CommandError, ConnectionLost, first_error
@@ -31,6 +31,7 @@ from sim.history import History
 from sim.metrics import timeline_point
 from sim.nemesis import AckLog, StallTarget
 from sim.network import RESET, Network
+from sim.scenario import ClientConfig
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload

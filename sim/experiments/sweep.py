@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from sim import backends
 from sim.errors import ReportError, UsageError
-from sim.results import write_json
+from sim.report.results import write_json
 from sim.scenario import Scenario
-from sim.sweep_results import SWEEP_FILE, run_file, sweep_document
+from sim.report.sweep_results import SWEEP_FILE, run_file, sweep_document
 
 REAL_RESOURCE = "real"
 
@@ -73,7 +74,7 @@ def _finished(task: Task, folder: Path) -> bool:
     """Whether the sweep's folder already holds this run; a file that is
     not this run (another scenario file or backend, or a run of another seed
     or strategy copied there) is refused rather than mixed in."""
-    from sim.report import load_results
+    from sim.report.summary import load_results
 
     path = task.where(folder)
     if not path.exists():
@@ -100,7 +101,7 @@ def _finished(task: Task, folder: Path) -> bool:
 def check_folder(folder: Path, force: bool = False) -> Path:
     """A sweep writes into a new folder or one of its own earlier sweeps
     (or, with ``force``, into another folder, where it removes nothing)."""
-    from sim.output import check_folder as check_writable
+    from sim.report.output import check_folder as check_writable
 
     folder = check_writable(folder, "--out")
     if folder.is_dir() and not force and any(folder.iterdir()) and not (folder / SWEEP_FILE).exists():
@@ -166,11 +167,10 @@ def connect(scheduler: str | None, workers: int, real: bool) -> Iterator:
 
 
 def _stop_servers() -> None:
-    """On a worker: stop the real servers its run started (before the
-    cluster kills the worker, which would leave them running)."""
-    processes = sys.modules.get("sim.backends.real.processes")
-    if processes is not None:
-        processes.REGISTRY.stop_all()
+    """On a worker: stop the servers its run started, before the cluster
+    kills the worker (its watchdog would, a moment later)."""
+    for backend in backends.loaded():
+        backend.stop_all()
 
 
 class Progress:
@@ -254,16 +254,18 @@ def run_sweep(folder: Path, tasks: list[Task], scheduler: str | None, workers: i
         on_run(done, len(tasks))
 
     failed: list[dict] = []
+    alone = not backends.get(backend).parallel_runs   # each run needs a worker to itself
     if todo:
-        with connect(scheduler, workers, backend == "redis") as client:
+        with connect(scheduler, workers, alone) as client:
             write_json(folder / SWEEP_FILE, document([]))    # the folder is a sweep's before its first run lands
-            failed = _run_on(client, todo, folder, backend == "redis", Progress(len(tasks), done, quiet), finished)
+            failed = _run_on(client, todo, folder, alone, Progress(len(tasks), done, quiet), finished)
     result = document(failed)
     write_json(folder / SWEEP_FILE, result)
     return result
 
 
 def default_workers(backend: str) -> int:
-    """All cores for the simulation; one for real servers, whose figures are
-    wall-clock: two real runs side by side on one machine measure each other."""
-    return len(os.sched_getaffinity(0)) if backend == "sim" else 1
+    """All cores for a backend whose runs may share a machine (the
+    simulation); one otherwise (real servers, whose figures are wall-clock:
+    two real runs side by side on one machine measure each other)."""
+    return len(os.sched_getaffinity(0)) if backends.get(backend).parallel_runs else 1

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from sim import __version__
 from sim.errors import ReportError
-from sim.results import InvalidResults, read_document, validate
-from sim.stats import BOOTSTRAP_SEED, CONFIDENCE, RESAMPLES, describe
-from sim.table import field_of
+from sim.report.results import InvalidResults, read_document, validate
+from sim.report.stats import BOOTSTRAP_SEED, CONFIDENCE, RESAMPLES, describe
+from sim.report.table import field_of
 
 SWEEP_SCHEMA = 1
 SWEEP_FILE = "sweep.json"

@@ -14,11 +14,10 @@ import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from sim.faults import FAULT_KINDS
+from sim.faults import SPECS
 from strategies import STRATEGIES
 
 COLOURS = dict(zip(STRATEGIES, matplotlib.colormaps["tab10"].colors))
-FAULT_COLOURS = dict(zip(FAULT_KINDS, matplotlib.colormaps["Set3"].colors))
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "font.size": 9, "axes.titlesize": 11}
 
@@ -47,7 +46,7 @@ def title_of(document: dict) -> str:
 
 def save(figure, folder: Path, name: str) -> list[Path]:
     """Write PNG and SVG; returns both paths."""
-    from sim.output import write_file
+    from sim.report.output import write_file
 
     paths = [folder / f"{name}.png", folder / f"{name}.svg"]
     for path in paths:
@@ -267,7 +266,7 @@ def timeline(document: dict) -> Figure:
         if start is None:
             continue   # it never struck (the record says why)
         for axis in (top, bottom):
-            axis.axvspan(start, start + max(fault["duration"], 0.02), color=FAULT_COLOURS.get(fault["kind"]),
+            axis.axvspan(start, start + max(fault["duration"], 0.02), color=SPECS[fault["kind"]].colour if fault["kind"] in SPECS else "#cccccc",
                          alpha=0.5, label=fault["kind"] if axis is top and fault["kind"] not in seen else None)
         seen.add(fault["kind"])
     top.set(ylabel="|drift|", title=f"Drift and throughput over time: {title_of(document)}")

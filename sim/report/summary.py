@@ -8,13 +8,14 @@ import json
 import statistics
 from pathlib import Path
 
-from sim import charts
+from sim.report import charts
 from sim.errors import ReportError
-from sim.output import write_text
-from sim.results import InvalidResults, read_document, validate
-from sim.sweep_report import sweep_sections
-from sim.sweep_results import SWEEP_FILE
-from sim.table import COLUMNS, field_of
+from sim.report.output import write_text
+from sim.backends import DEFAULT
+from sim.report.results import InvalidResults, deterministic, read_document, validate
+from sim.report.sweep_report import sweep_sections
+from sim.report.sweep_results import SWEEP_FILE
+from sim.report.table import COLUMNS, field_of
 
 
 def find_results(paths: list[str], required: bool = True) -> list[Path]:
@@ -170,7 +171,7 @@ def _section(document: dict, capacity: dict | None = None, title: str | None = N
              f"- trace: {document['trace']['messages']} messages, {document['trace']['operations']} operations, "
              f"sha256 `{document['trace']['sha256'][:12]}`",
              f"- reproduce: `countdrift run {scenario.get('path', 'SCENARIO')} --seed {document['seed']}"
-             + (" --backend redis" if document["backend"] == "redis" else "") + "`", ""]
+             + (f" --backend {document['backend']}" if document["backend"] != DEFAULT else "") + "`", ""]
     lines += _markdown_table(document)
     server = scenario.get("server", {})
     if server.get("topology") == "cluster":
@@ -224,11 +225,11 @@ def capacity_against_real(capacities: list[dict]) -> list[str]:
     lines: list[str] = []
     modelled: dict[str, dict] = {}
     for capacity in capacities:
-        if capacity["backend"] == "sim" and "driver_model" in capacity:
+        if deterministic(capacity) and "driver_model" in capacity:
             modelled[json.dumps([capacity["scenario"]["sha256"], capacity["slo_p99_ms"], capacity["driver_model"]],
                                 sort_keys=True)] = capacity
     for simulated in modelled.values():
-        real = [capacity for capacity in capacities if capacity["backend"] == "redis"
+        real = [capacity for capacity in capacities if not deterministic(capacity)
                 and same_scenario_file(capacity, simulated) and capacity["slo_p99_ms"] == simulated["slo_p99_ms"]]
         rows = []
         for name, result in simulated["strategies"].items():

@@ -11,7 +11,7 @@ the same), commands executed as INFO commandstats counts them (a script's
 redis.call included), server time, and bytes on the wire each way. Server
 time is the server's CPU (INFO cpu) on real servers and the calibrated
 service time in the simulation: the same quantity, which is how the
-simulation was calibrated (sim/backends/real/calibrate.py).
+simulation was calibrated (sim/experiments/calibrate.py).
 
 Memory: a user with 10 conversations receives U unread messages (spread
 evenly over them); the user's keys (every key carrying the user's hash tag)
@@ -20,10 +20,10 @@ simulation does not model Redis's encodings, and says so.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from sim.backend import CostTarget
 from sim.commands import Operation, Request, run_now
 from strategies import make_strategy
 from strategies.base import Strategy
@@ -33,51 +33,6 @@ GROUP_SIZES = (10, 100)
 UNREAD_LEVELS = (10, 100, 10_000)
 MEMORY_CONVERSATIONS = 10
 UNREAD_BEFORE_OPEN = 5   # messages waiting in a conversation that is opened
-
-
-@dataclass(frozen=True)
-class Meter:
-    """What the server counted between ``begin`` and ``end``."""
-
-    commands: int = 0
-    server_us: float = 0.0
-    bytes_in: int = 0
-    bytes_out: int = 0
-
-
-class CostTarget(ABC):
-    """One fresh server of a backend, driven one request at a time."""
-
-    measures_memory: bool = False
-
-    @abstractmethod
-    def execute(self, request: Request) -> Any:
-        """Send one request (one round trip) and return its reply."""
-
-    @abstractmethod
-    def reset(self) -> None:
-        """Empty the keyspace and load the strategy's scripts (not metered)."""
-
-    @abstractmethod
-    def begin(self) -> None:
-        """Start counting."""
-
-    @abstractmethod
-    def end(self) -> Meter:
-        """What the server counted since ``begin`` (less what reading it cost)."""
-
-    def memory(self, tag: str) -> int | None:
-        """Bytes held by the keys whose names contain ``tag`` (None: not measured)."""
-        return None
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "CostTarget":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from __future__ import annotations
 from itertools import combinations
 from pathlib import Path
 
-from sim import charts
-from sim.stats import ALPHA, paired
-from sim.table import SWEEP_COLUMNS, short, sweep_heading, sweep_rows
+from sim.report import charts
+from sim.report.stats import ALPHA, paired
+from sim.report.table import SWEEP_COLUMNS, short, sweep_heading, sweep_rows
 
 # The figures whose differences the report spells out: (figure, name in a sentence, unit).
 COMPARED = (

@@ -50,75 +50,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from sim.backends.real.bench import redis_benchmark
-from sim.backends.real.deployment import Servers
-from sim.capacity import closed_loop
+from sim import backends
 from sim.errors import UsageError
-from sim.output import write_text
+from sim.experiments.capacity import closed_loop
+from sim.report.output import write_text
 from sim.runner import run_scenario
 from sim.scenario import SERVICE_KEYS, load_calibration, parse
-from strategies import STRATEGIES
-
-CLIENTS = 50
-LOOP = ("for i = 1, tonumber(ARGV[1]) do redis.call('HINCRBY', KEYS[1], 'f', 1) end return 1")
-
-
-def _cpu(client) -> float:
-    info = client.info("cpu")
-    return info["used_cpu_user"] + info["used_cpu_sys"]
-
-
-def probe(servers: Servers, command: list[str], requests: int, pipeline: int = 1) -> dict:
-    """Server CPU per round trip (microseconds) and requests per second for one probe."""
-    client = servers.primary.client()
-    before = _cpu(client)
-    rate = redis_benchmark(servers.primary.port, CLIENTS, requests, command, pipeline)
-    spent = _cpu(client) - before
-    return {"command": " ".join(command[:1]), "pipeline": pipeline, "requests": requests,
-            "cpu_us_per_round_trip": round(spent * 1e6 / (requests / pipeline), 4),
-            "requests_per_s": rate}
-
-
-def measure(requests: int) -> dict:
-    with Servers(appendonly=False) as servers:
-        client = servers.primary.client()
-        sha = client.script_load(LOOP)
-        probes = {
-            "ping": probe(servers, ["PING"], requests),
-            "hincrby": probe(servers, ["HINCRBY", "h", "f", "1"], requests),
-            "hincrby_x32": probe(servers, ["HINCRBY", "h", "f", "1"], requests * 8, pipeline=32),
-            "script_1_call": probe(servers, ["EVALSHA", sha, "1", "h", "1"], requests),
-            "script_8_calls": probe(servers, ["EVALSHA", sha, "1", "h", "8"], requests),
-            "hset_10_bytes": probe(servers, ["HSET", "s", "f", "x" * 10], requests),
-            "hset_1000_bytes": probe(servers, ["HSET", "s", "f", "x" * 1000], requests),
-        }
-        version = client.info("server")["redis_version"]
-    with Servers(appendonly=True, appendfsync="always") as servers:
-        probes["hincrby_always"] = probe(servers, ["HINCRBY", "h", "f", "1"], requests // 4)
-    cpu = {name: result["cpu_us_per_round_trip"] for name, result in probes.items()}
-    command = (cpu["hincrby_x32"] - cpu["hincrby"]) / 31
-    request = max(cpu["ping"], cpu["hincrby"] - command)
-    call = (cpu["script_8_calls"] - cpu["script_1_call"]) / 7
-    script = cpu["script_1_call"] - request - call
-    byte = (cpu["hset_1000_bytes"] - cpu["hset_10_bytes"]) / 990
-    fsync = 1e6 / probes["hincrby_always"]["requests_per_s"] - 1e6 / probes["hincrby"]["requests_per_s"]
-    return {
-        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": _cpus(), "redis_version": version,
-        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "method": f"redis-benchmark -c {CLIENTS}, server CPU per round trip (INFO cpu)",
-        "server": {"request_us": round(request, 3), "command_us": round(max(command, 0.001), 3),
-                   "script_us": round(max(script, 0.001), 3), "script_call_us": round(max(call, 0.0), 3),
-                   "byte_ns": round(max(byte * 1000, 0.0), 3), "fsync_always_us": round(max(fsync, 0.0), 3)},
-        "probes": probes,
-    }
-
+from strategies import REPRESENTATIVE, STRATEGIES
 
 # The traffic the driver probes replay: quick's mix (1:1 and groups up to
 # 300, reads, badges), shorter.
@@ -139,7 +82,7 @@ read_delay_mean_s = 0.5
 badge_probability = 0.3
 """
 DRIVER_CLIENTS = 32
-ONE_CLIENT_STRATEGIES = ("naive", "lua", "watch", "lock")
+ONE_CLIENT_STRATEGIES = REPRESENTATIVE
 
 # The traffic of the contended runs: hot_user's, two users in one
 # conversation, shorter; watch WATCHes deliveries too.
@@ -160,7 +103,7 @@ badge_probability = 0.3
 [strategy_options.watch]
 watch_deliveries = true
 """
-CONTENDED_RUNS = (("lock", 8), ("lock", 16), ("watch", 8), ("watch", 16))
+CONTENDED_RUNS = tuple((name, clients) for name, cls in STRATEGIES.items() if cls.backs_off for clients in (8, 16))
 
 
 def measure_one_client(server: dict, traffic: str = DRIVER_TRAFFIC,
@@ -174,8 +117,8 @@ def measure_one_client(server: dict, traffic: str = DRIVER_TRAFFIC,
         scenario.server, **{key: server[key] for key in SERVICE_KEYS}))
     runs = {}
     for name in strategies:
-        real = run_scenario(scenario, [name], backend="redis", explain=False)["runs"][0]
-        model = run_scenario(simulated, [name], backend="sim", explain=False)["runs"][0]
+        real = run_scenario(scenario, [name], backend=backends.REAL, explain=False)["runs"][0]
+        model = run_scenario(simulated, [name], backend=backends.SIMULATION, explain=False)["runs"][0]
         runs[name] = {"requests": real["driver_requests"], "commands": real["driver_commands"],
                       "wall_s": real["wall_seconds"],
                       "driver_cpu_s": round(real["driver_cpu_share"] * real["wall_seconds"], 4),
@@ -207,7 +150,7 @@ def measure_driver(traffic: str = DRIVER_TRAFFIC, strategies: tuple[str, ...] = 
     scenario = closed_loop(parse(Path("calibrate-driver.toml"), traffic), DRIVER_CLIENTS)
     runs = {}
     for name in strategies:
-        run = run_scenario(scenario, [name], backend="redis", explain=False)["runs"][0]
+        run = run_scenario(scenario, [name], backend=backends.REAL, explain=False)["runs"][0]
         runs[name] = {"operations": run["operations"], "requests": run["driver_requests"],
                       "commands": run["driver_commands"],
                       "cpu_s": round(run["driver_cpu_share"] * run["wall_seconds"], 4),
@@ -228,7 +171,8 @@ def measure_contended(traffic: str = CONTENDED_TRAFFIC,
     scenario = parse(Path("calibrate-contended.toml"), traffic)
     measured = {}
     for name, clients in runs:
-        run = run_scenario(closed_loop(scenario, clients), [name], backend="redis", explain=False)["runs"][0]
+        run = run_scenario(closed_loop(scenario, clients), [name], backend=backends.REAL,
+                           explain=False)["runs"][0]
         measured[f"{name} x{clients}"] = {
             "requests": run["driver_requests"], "commands": run["driver_commands"], "wakes": run["driver_wakes"],
             "sleeps": run["driver_sleeps"], "cpu_s": round(run["driver_cpu_share"] * run["wall_seconds"], 4),
@@ -243,16 +187,6 @@ def sleep_cost(contended: dict, driver: dict, wake_us: float) -> float:
                - wake_us * run["wakes"] for run in contended.values())
     sleeps = sum(run["sleeps"] for run in contended.values())
     return round(max(rest / sleeps, 0.0), 3) if sleeps else 0.0
-
-
-def _cpus() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def as_toml(calibration: dict) -> str:
@@ -311,7 +245,7 @@ def main(args: argparse.Namespace) -> int:
         text = text.split(f"\n{DRIVER_HEADER}")[0].rstrip("\n") + "\n"
         server = load_calibration(out)
     else:
-        calibration = measure(args.requests)
+        calibration = backends.get(backends.REAL).measure_service(args.requests)
         text, server = as_toml(calibration), calibration["server"]
     driver = measure_driver()
     text += "\n" + driver_toml(measure_one_client(server), driver, measure_contended())

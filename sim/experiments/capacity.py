@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable
 
-from sim import __version__
+from sim import __version__, backends
 from sim.runner import ProgressFactory, run_scenario
 from sim.scenario import Scenario
 from sim.traffic import generate
@@ -98,6 +98,7 @@ def measure(scenario: Scenario, strategies: Iterable[str], backend: str, slo_p99
     redis backend's driver, from a calibration's ``[driver]``."""
     counts = tuple(counts)
     document = {"capacity_schema": CAPACITY_SCHEMA, "tool_version": __version__, "backend": backend,
+                "deterministic": backends.get(backend).deterministic,
                 "scenario": {"name": scenario.name, "path": str(scenario.path), "sha256": scenario.sha256},
                 "seed": scenario.seed, "slo_p99_ms": slo_p99_ms, "load": "closed"}
     if driver is not None:
@@ -123,7 +124,7 @@ def format_capacity(document: dict) -> str:
                      f"{busy[1]:>13}   {points}")
     lines.append("redis busy, driver busy: Redis's CPU time and the clients' process's over the run's time, at the "
                  "capacity point; the one near 100% bounds the throughput (driver: - when not modelled)")
-    if document["backend"] != "sim":
+    if not document["deterministic"]:
         short = min((p["duration_s"] for result in document["strategies"].values() for p in result["points"]),
                     default=SHORT_S)
         if short < SHORT_S:

@@ -10,6 +10,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sim.backends import SIMULATION
+
 SCHEMA_VERSION = 1
 SCHEMAS = Path(__file__).with_name("schemas")   # what readers of each document may rely on
 
@@ -74,6 +76,13 @@ def validate(document: Any, kind: str = "results") -> None:
         raise InvalidResults(f"{error.json_path}: {error.message[:200]}")
 
 
+def deterministic(document: dict) -> bool:
+    """Whether a document's figures (but wall_ ones) repeat exactly for its
+    scenario and seed: it says so, or, written before documents said so, it
+    comes from the simulation."""
+    return bool(document.get("deterministic", document.get("backend") == SIMULATION))
+
+
 def strip_wall(value: Any) -> Any:
     """The results without wall-clock fields: what must repeat exactly."""
     if isinstance(value, dict):
@@ -85,6 +94,6 @@ def strip_wall(value: Any) -> Any:
 
 def write_json(path: Path, document: dict) -> None:
     """Write atomically: a reader never sees half a file, a failure leaves none."""
-    from sim.output import write_text
+    from sim.report.output import write_text
 
     write_text(path, json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n")

@@ -23,9 +23,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sim.report import ReportError, find_results, load_results
-from sim.stats import differs
-from sim.sweep_results import find_sweeps
+from sim.report.results import deterministic
+from sim.report.summary import ReportError, find_results, load_results
+from sim.report.stats import differs
+from sim.report.sweep_results import find_sweeps
 
 DRIFT_FIELDS = ("users_inconsistent", "users_wrong_total", "convs_wrong", "abs_drift_sum", "max_abs_drift",
                 "overcount", "undercount")
@@ -90,7 +91,7 @@ def compare(baseline_paths: list[str], current_paths: list[str], tolerance: floa
                             for figure in SHARD_DRIFT_FIELDS]
             for figure, before, after in figures:
                 if after != before:
-                    allowed = 0 if backend == "sim" else max(1.0, tolerance * before)
+                    allowed = 0 if deterministic(base) else max(1.0, tolerance * before)
                     changes.append(Change(scenario, seed, backend, strategy, figure, before, after,
                                           after - before > allowed))
             before, after = run["throughput_ops_per_s"], other["throughput_ops_per_s"]
@@ -110,15 +111,16 @@ SWEEP_FIGURES = (*((f"drift.{name}", 1, True) for name in DRIFT_FIELDS), ("throu
                  ("latency_ms.p99", 1, False), ("wall_seconds", 1, False))
 
 
-def _allowed(figure: str, before: float, backend: str, tolerance: float) -> float:
-    """How much worse a figure may get before it counts as worse."""
+def _allowed(figure: str, before: float, exact: bool, tolerance: float) -> float:
+    """How much worse a figure may get before it counts as worse (``exact``: a deterministic one)."""
     if figure.startswith("drift."):
-        return 0.0 if backend == "sim" else max(1.0, tolerance * abs(before))
+        return 0.0 if exact else max(1.0, tolerance * abs(before))
     return tolerance * abs(before)
 
 
-def _sweep_index(paths: list[str]) -> dict[tuple[str, str], dict]:
-    """(scenario, backend) -> strategy -> figure -> statistics; two of one key is an error."""
+def _sweep_index(paths: list[str]) -> dict[tuple[str, str], tuple[dict, bool]]:
+    """(scenario, backend) -> (strategy -> figure -> statistics, whether
+    deterministic); two of one key is an error."""
     index: dict[tuple[str, str], dict] = {}
     where: dict[tuple[str, str], object] = {}
     for folder, sweep in find_sweeps(paths):
@@ -127,14 +129,14 @@ def _sweep_index(paths: list[str]) -> dict[tuple[str, str], dict]:
             if key in index:
                 raise ReportError(f"{folder} and {where[key]} both hold a sweep of {scenario} on {key[1]}: "
                                   f"compare one sweep against one sweep")
-            index[key], where[key] = strategies, folder
+            index[key], where[key] = (strategies, deterministic(sweep)), folder
     if not index:
         raise ReportError(f"no sweep.json with runs under {', '.join(paths)}")
     return index
 
 
 def _seed_by_seed(change: Change, before: dict, after: dict, direction: int, tolerance: float,
-                  fatal: bool) -> Change | None:
+                  fatal: bool, exact: bool) -> Change | None:
     """An exact figure, over the seeds both sweeps ran: worse in any seed is worse."""
     base, now = dict(zip(before["seeds"], before["values"])), dict(zip(after["seeds"], after["values"]))
     common = [seed for seed in base if seed in now]
@@ -142,7 +144,7 @@ def _seed_by_seed(change: Change, before: dict, after: dict, direction: int, tol
     if not changed:
         return None
     worse = [seed for seed in changed
-             if (now[seed] - base[seed]) * direction > _allowed(change.figure, base[seed], change.backend, tolerance)]
+             if (now[seed] - base[seed]) * direction > _allowed(change.figure, base[seed], exact, tolerance)]
     change.baseline = sum(base[seed] for seed in common) / len(common)
     change.current = sum(now[seed] for seed in common) / len(common)
     change.regression = fatal and bool(worse)
@@ -154,13 +156,12 @@ def _seed_by_seed(change: Change, before: dict, after: dict, direction: int, tol
 
 
 def _over_noise(change: Change, before: dict, after: dict, direction: int, tolerance: float, alpha: float,
-                fatal: bool) -> Change | None:
+                fatal: bool, exact: bool) -> Change | None:
     """A noisy figure: worse only when significantly so and beyond the tolerance."""
     if after["values"] == before["values"]:
         return None
     significant, how = differs(before["values"], after["values"], alpha)
-    beyond = (after["mean"] - before["mean"]) * direction > _allowed(change.figure, before["mean"], change.backend,
-                                                                    tolerance)
+    beyond = (after["mean"] - before["mean"]) * direction > _allowed(change.figure, before["mean"], exact, tolerance)
     change.baseline, change.current = before["mean"], after["mean"]
     change.regression = fatal and significant and beyond
     change.detail = f"{'significant' if significant else 'within noise'}: {how}"
@@ -170,6 +171,9 @@ def _over_noise(change: Change, before: dict, after: dict, direction: int, toler
 def compare_sweeps(baseline_paths: list[str], current_paths: list[str], tolerance: float = 0.05,
                    alpha: float = 0.01) -> list[Change]:
     baseline, current = _sweep_index(baseline_paths), _sweep_index(current_paths)
+    exacts = {key: exact for key, (_, exact) in baseline.items()}
+    baseline = {key: strategies for key, (strategies, _) in baseline.items()}
+    current = {key: strategies for key, (strategies, _) in current.items()}
     changes: list[Change] = []
     for (scenario, backend), strategies in sorted(baseline.items()):
         now = current.get((scenario, backend), {})
@@ -181,9 +185,10 @@ def compare_sweeps(baseline_paths: list[str], current_paths: list[str], toleranc
                 before, after = figures[figure], now[strategy][figure]
                 change = Change(scenario, None, backend, strategy, figure, 0, 0, False)
                 common = set(before["seeds"]) & set(after["seeds"])
-                exact = backend == "sim" and not figure.startswith("wall_") and common
-                found = (_seed_by_seed(change, before, after, direction, tolerance, fatal) if exact
-                         else _over_noise(change, before, after, direction, tolerance, alpha, fatal))
+                same_every_run = exacts[(scenario, backend)]
+                exact = same_every_run and not figure.startswith("wall_") and common
+                found = (_seed_by_seed(change, before, after, direction, tolerance, fatal, same_every_run) if exact
+                         else _over_noise(change, before, after, direction, tolerance, alpha, fatal, same_every_run))
                 if found:
                     changes.append(found)
     for scenario, backend in sorted(set(current) - set(baseline)):

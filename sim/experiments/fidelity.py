@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Iterable
 
 from sim import __version__
-from sim.results import write_json
+from sim.backends import REAL, SIMULATION
+from sim.report.results import write_json
 from sim.runner import ProgressFactory, run_scenario
 from sim.scenario import Scenario
 from sim.traffic import generate
@@ -114,7 +115,7 @@ def cells_of(documents: dict[str, dict]) -> list[dict]:
 
 
 def run_fidelity(scenarios: list[Scenario], strategies: Iterable[str] | None, seeds: list[int] | None,
-                 out: Path, backends: tuple[str, str] = ("sim", "redis"),
+                 out: Path, backends: tuple[str, str] = (SIMULATION, REAL),
                  progress: ProgressFactory | None = None) -> dict:
     cells: list[dict] = []
     for scenario in scenarios:

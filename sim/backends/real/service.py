@@ -1,0 +1,80 @@
+"""What one request costs a real redis-server on this machine: the probes
+`countdrift calibrate` fits the simulation's service times from
+(sim/experiments/calibrate.py says how). redis-benchmark loads a fresh
+redis-server the harness starts; the server's own CPU time (INFO's
+used_cpu_user + used_cpu_sys) over a probe's requests is its service time.
+"""
+from __future__ import annotations
+
+import datetime
+import platform
+from pathlib import Path
+
+from sim.backends.real.bench import redis_benchmark
+from sim.backends.real.deployment import Servers
+
+CLIENTS = 50
+LOOP = ("for i = 1, tonumber(ARGV[1]) do redis.call('HINCRBY', KEYS[1], 'f', 1) end return 1")
+
+
+def _cpu(client) -> float:
+    info = client.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
+def probe(servers: Servers, command: list[str], requests: int, pipeline: int = 1) -> dict:
+    """Server CPU per round trip (microseconds) and requests per second for one probe."""
+    client = servers.primary.client()
+    before = _cpu(client)
+    rate = redis_benchmark(servers.primary.port, CLIENTS, requests, command, pipeline)
+    spent = _cpu(client) - before
+    return {"command": " ".join(command[:1]), "pipeline": pipeline, "requests": requests,
+            "cpu_us_per_round_trip": round(spent * 1e6 / (requests / pipeline), 4),
+            "requests_per_s": rate}
+
+
+def measure(requests: int) -> dict:
+    with Servers(appendonly=False) as servers:
+        client = servers.primary.client()
+        sha = client.script_load(LOOP)
+        probes = {
+            "ping": probe(servers, ["PING"], requests),
+            "hincrby": probe(servers, ["HINCRBY", "h", "f", "1"], requests),
+            "hincrby_x32": probe(servers, ["HINCRBY", "h", "f", "1"], requests * 8, pipeline=32),
+            "script_1_call": probe(servers, ["EVALSHA", sha, "1", "h", "1"], requests),
+            "script_8_calls": probe(servers, ["EVALSHA", sha, "1", "h", "8"], requests),
+            "hset_10_bytes": probe(servers, ["HSET", "s", "f", "x" * 10], requests),
+            "hset_1000_bytes": probe(servers, ["HSET", "s", "f", "x" * 1000], requests),
+        }
+        version = client.info("server")["redis_version"]
+    with Servers(appendonly=True, appendfsync="always") as servers:
+        probes["hincrby_always"] = probe(servers, ["HINCRBY", "h", "f", "1"], requests // 4)
+    cpu = {name: result["cpu_us_per_round_trip"] for name, result in probes.items()}
+    command = (cpu["hincrby_x32"] - cpu["hincrby"]) / 31
+    request = max(cpu["ping"], cpu["hincrby"] - command)
+    call = (cpu["script_8_calls"] - cpu["script_1_call"]) / 7
+    script = cpu["script_1_call"] - request - call
+    byte = (cpu["hset_1000_bytes"] - cpu["hset_10_bytes"]) / 990
+    fsync = 1e6 / probes["hincrby_always"]["requests_per_s"] - 1e6 / probes["hincrby"]["requests_per_s"]
+    return {
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": _cpus(), "redis_version": version,
+        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "method": f"redis-benchmark -c {CLIENTS}, server CPU per round trip (INFO cpu)",
+        "server": {"request_us": round(request, 3), "command_us": round(max(command, 0.001), 3),
+                   "script_us": round(max(script, 0.001), 3), "script_call_us": round(max(call, 0.0), 3),
+                   "byte_ns": round(max(byte * 1000, 0.0), 3), "fsync_always_us": round(max(fsync, 0.0), 3)},
+        "probes": probes,
+    }
+
+
+
+
+def _cpus() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
