@@ -24,7 +24,6 @@ from sim.scenario import Scenario
 from sim.traffic import Trace
 from strategies.base import Strategy
 
-
 Progress = Callable[[float, int], None]
 
 

@@ -31,8 +31,8 @@ the order is fixed so that runs compare.)
 """
 from __future__ import annotations
 
-from sim.client import CAUSES
 from sim.checker import Drift
+from sim.client import CAUSES
 from sim.faults import SPECS, Fault
 from strategies.base import Strategy
 

@@ -71,13 +71,16 @@ def command_run(args: argparse.Namespace) -> int:
     from sim import budget
     from sim.report.output import OutputFolder
     from sim.report.results import write_json
-    from sim.runner import peak_rss_mib, run_scenario, stderr_progress
-    from sim.scenario import load
     from sim.report.table import format_causes, format_faults, format_table, format_topology
+    from sim.runner import peak_rss_mib, run_scenario, stderr_progress
+    from sim.scenario import load, with_driver
     from sim.traffic import generate
 
     scenario = load(args.scenario)
     strategies = _strategies(args.strategies, scenario.strategies)
+    driver = _driver_model(args, scenario, args.backend)
+    if driver is not None:
+        scenario = with_driver(scenario, driver)
     saved = _saved_trace(args, scenario)
     seed = saved.seed if saved else scenario.seed if args.seed is None else args.seed
     out = Path(args.out) if args.out else Path("results") / f"{scenario.name}-s{seed}"
@@ -143,7 +146,14 @@ def command_trace(args: argparse.Namespace) -> int:
 
 def command_report(args: argparse.Namespace) -> int:
     from sim.report.output import OutputFolder
-    from sim.report.summary import ReportError, capacity_against_real, find_documents, find_results, load_results, write_report
+    from sim.report.summary import (
+        ReportError,
+        capacity_against_real,
+        find_documents,
+        find_results,
+        load_results,
+        write_report,
+    )
     from sim.report.sweep_results import find_sweeps
 
     out = Path(args.out)
@@ -217,10 +227,10 @@ def command_list(args: argparse.Namespace) -> int:
 def command_fidelity(args: argparse.Namespace) -> int:
     from sim import budget
     from sim.experiments.fidelity import format_matrix, run_fidelity
-    from strategies import FIDELITY
     from sim.report.output import OutputFolder
     from sim.runner import stderr_progress
     from sim.scenario import load
+    from strategies import FIDELITY
 
     scenarios = [load(path) for path in args.scenarios]
     strategies = _strategies(args.strategies, FIDELITY)
@@ -234,8 +244,9 @@ def command_fidelity(args: argparse.Namespace) -> int:
                     raise UsageError(f"fidelity needs the {backend} backend: {refusal}")
         for scenario in scenarios:
             budget.check(scenario.traffic, seeds[0] if seeds else scenario.seed, str(scenario.path))
+        driver = _driver_model(args, scenarios[0], backends.SIMULATION) if scenarios else None
         document = run_fidelity(scenarios, strategies, seeds, folder.partial,
-                                progress=None if args.quiet else stderr_progress())
+                                progress=None if args.quiet else stderr_progress(), driver=driver)
         folder.commit()
     Done.written = f"fidelity.json in {out}"
     print(format_matrix(document))
@@ -265,11 +276,13 @@ def _seeds(args: argparse.Namespace) -> Callable[[object], list[int]]:
 
 def command_sweep(args: argparse.Namespace) -> int:
     from sim import budget
-    from sim.scenario import load
     from sim.experiments.sweep import check_folder, default_workers, plan_tasks, run_sweep
     from sim.report.table import format_sweep_table
+    from sim.scenario import load, with_driver
 
     scenarios = [load(path) for path in args.scenarios]
+    scenarios = [with_driver(scenario, driver) if (driver := _driver_model(args, scenario, args.backend)) else scenario
+                 for scenario in scenarios]
     tasks = plan_tasks(scenarios, _seeds(args), lambda scenario: _strategies(args.strategies, scenario.strategies),
                        args.backend)
     if args.scheduler is not None and args.workers is not None:
@@ -333,6 +346,17 @@ def _calibration_file(given: str, scenario) -> Path:
     return CALIBRATION
 
 
+def _driver_model(args: argparse.Namespace, scenario, backend: str) -> dict[str, float] | None:
+    """--model-driver's [driver] section, or None when it is not given."""
+    from sim.scenario import DRIVER_KEYS, load_calibration
+
+    if args.model_driver is None:
+        return None
+    if not backends.get(backend).models_driver:
+        raise UsageError(f"--model-driver: the {backend} backend cannot model the driver (it has one)")
+    return load_calibration(_calibration_file(args.model_driver, scenario), "driver", DRIVER_KEYS)
+
+
 def _client_counts(text: str) -> tuple[int, ...]:
     """--clients: up to 20 counts, each within the scenario's bound on clients.count."""
     from sim.scenario import BOUNDS
@@ -351,18 +375,14 @@ def command_capacity(args: argparse.Namespace) -> int:
     from sim import budget
     from sim.experiments.capacity import RAMP, format_capacity, measure
     from sim.runner import stderr_progress
-    from sim.scenario import DRIVER_KEYS, load, load_calibration
+    from sim.scenario import load
 
     scenario = load(args.scenario)
     strategies = _strategies(args.strategies, scenario.strategies)
     if not (math.isfinite(args.slo_p99_ms) and 0 < args.slo_p99_ms <= 3_600_000):
         raise UsageError(f"--slo-p99-ms: a number of milliseconds above 0, got {args.slo_p99_ms}")
     counts = RAMP if args.clients is None else _client_counts(args.clients)
-    driver = None
-    if args.model_driver is not None:
-        if not backends.get(args.backend).models_driver:
-            raise UsageError(f"--model-driver: the {args.backend} backend cannot model the driver (it has one)")
-        driver = load_calibration(_calibration_file(args.model_driver, scenario), "driver", DRIVER_KEYS)
+    driver = _driver_model(args, scenario, args.backend)
 
     def make() -> dict:
         refusal = backends.get(args.backend).refuse(scenario)
@@ -390,9 +410,8 @@ def command_cost(args: argparse.Namespace) -> int:
 
 
 def command_calibrate(args: argparse.Namespace) -> int:
-    from sim.report.output import check_file
-
     from sim.experiments.calibrate import main as calibrate
+    from sim.report.output import check_file
 
     args.out = str(check_file(Path(args.out), "--out", is_calibration, args.force))
     return calibrate(args)
@@ -469,6 +488,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 FORCE_FOLDER = "write into a --out folder that is not this command's own output (nothing in it is removed or replaced)"
 FORCE_FILE = "replace a --out file that countdrift did not write"
+MODEL_DRIVER = ("the simulation only: model the real backend's driver on the calibrated machine (its loopback round "
+                "trip, one process's CPU for every client), from a calibration file's [driver] (default: the "
+                "scenario's calibration, else the committed one), so that the figures compare with real servers")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -485,6 +507,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", help="replay a saved trace instead of generating one")
     run.add_argument("--backend", choices=tuple(backends.BACKENDS), default=backends.DEFAULT,
                      help="sim: the SimPy model (default); redis: real redis-server and toxiproxy-server processes")
+    run.add_argument("--model-driver", nargs="?", const="", metavar="CALIBRATION", help=MODEL_DRIVER)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.add_argument("--jobs", type=whole(64), default=1,
                      help="(sim) strategies run at once, each in a process of its own (no progress bars)")
@@ -513,7 +536,7 @@ def parser() -> argparse.ArgumentParser:
                             help="sweeps: a noisy figure's change counts only below this p (default 0.01)")
     comparison.add_argument("--json", help="also write the verdict as JSON here")
     comparison.add_argument("--markdown", help="also write a short Markdown table here (for a CI comment)")
-    comparison.add_argument("--force", action="store_true", 
+    comparison.add_argument("--force", action="store_true",
                             help="replace a --json or --markdown file that countdrift did not write")
     comparison.set_defaults(handler=command_compare)
 
@@ -524,6 +547,7 @@ def parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--seeds", help="comma-separated seeds (default: each scenario's own)")
     fidelity.add_argument("--out", default="results/fidelity", help="output folder (default: results/fidelity)")
     fidelity.add_argument("--force", action="store_true", help=FORCE_FOLDER)
+    fidelity.add_argument("--model-driver", nargs="?", const="", metavar="CALIBRATION", help=MODEL_DRIVER)
     fidelity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     fidelity.set_defaults(handler=command_fidelity)
 
@@ -542,6 +566,7 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="the sweep's folder, resumed if it holds an earlier run of the same sweep "
                                      "(default: results/sweep-<scenarios>-<backend>)")
     sweep.add_argument("--force", action="store_true", help=FORCE_FOLDER)
+    sweep.add_argument("--model-driver", nargs="?", const="", metavar="CALIBRATION", help=MODEL_DRIVER)
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sweep.set_defaults(handler=command_sweep)
 
@@ -554,11 +579,7 @@ def parser() -> argparse.ArgumentParser:
     capacity.add_argument("--clients", help="the client counts to try, comma-separated (default 1,2,4,...,256)")
     capacity.add_argument("--out", help="output folder (default: results/capacity-<scenario>-<backend>)")
     capacity.add_argument("--force", action="store_true", help=FORCE_FOLDER)
-    capacity.add_argument("--model-driver", nargs="?", const="", metavar="CALIBRATION",
-                          help="sim only: model the redis backend's driver on the calibrated machine (its loopback "
-                               "round trip, one process's CPU for every client), from a calibration file's [driver] "
-                               "(default: the scenario's calibration, else the committed one), so that the "
-                               "figures compare with --backend redis")
+    capacity.add_argument("--model-driver", nargs="?", const="", metavar="CALIBRATION", help=MODEL_DRIVER)
     capacity.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     capacity.set_defaults(handler=command_capacity)
 
@@ -576,7 +597,8 @@ def parser() -> argparse.ArgumentParser:
                                                       "and write the simulation's service times")
     calibrate.add_argument("--out", default="results/calibration.toml", help="the calibration file to write")
     calibrate.add_argument("--force", action="store_true", help=FORCE_FILE)
-    calibrate.add_argument("--requests", type=whole(10_000_000), default=200_000, help="redis-benchmark -n for each probe")
+    calibrate.add_argument("--requests", type=whole(10_000_000), default=200_000,
+                           help="redis-benchmark -n for each probe")
     calibrate.add_argument("--driver-only", action="store_true",
                            help="measure the [driver] section only, keeping the --out file's [server]")
     calibrate.set_defaults(handler=command_calibrate)
@@ -598,7 +620,8 @@ def parser() -> argparse.ArgumentParser:
                        help="redis: the asyncio driver against redis-server, next to redis-benchmark")
     bench.add_argument("--clients", type=whole(10_000), default=50, help="(redis) concurrent clients")
     bench.add_argument("--requests", type=whole(10_000_000), default=200_000, help="(redis) redis-benchmark -n")
-    bench.add_argument("--operations", type=whole(10_000_000), default=50_000, help="(redis) deliveries the driver makes")
+    bench.add_argument("--operations", type=whole(10_000_000), default=50_000,
+                       help="(redis) deliveries the driver makes")
     bench.set_defaults(handler=command_bench)
     return top
 

@@ -2,17 +2,21 @@
 nemesis can do to a client, and how an attempt ended."""
 from __future__ import annotations
 
+import inspect
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from sim import stall
 from sim.commands import Backoff, CommandError, ConnectionLost, may_write
+from sim.errors import StrategyError
 from sim.history import FAIL, OK, UNKNOWN, History
 from sim.nemesis import AckLog, StallTarget
 from sim.scenario import ClientConfig
 from sim.traffic import KIND_NAMES
 from sim.workload import Workload
-from strategies.base import Strategy
+from strategies.base import GaveUp, Strategy
 
 # Mechanisms by which counters go wrong, each one a run can switch off to
 # measure what it contributes (see sim/causes.py).
@@ -265,9 +269,28 @@ class ClientLoop:
         except CommandError as found:
             history.errors[error_code(found)] += 1
             return _FAILED
-        except Exception as gave_up:  # a strategy gave up: lock busy, WATCH kept aborting
+        except GaveUp as gave_up:  # declared: a lock stayed busy, WATCH kept aborting
             history.errors[type(gave_up).__name__] += 1
             return _FAILED
+        except Exception as bug:   # raised by the strategy's code: a bug of its own, never a failed operation
+            where = _in_strategy(bug, self.strategy)
+            if where is None:
+                raise
+            raise StrategyError(f"strategy {self.strategy.name}: {KIND_NAMES[self.workload.kind[op]]} (operation "
+                                f"{op}) raised {type(bug).__name__}: {str(bug)[:200]} at {where}") from bug
+
+
+def _in_strategy(error: BaseException, strategy: Strategy) -> str | None:
+    """``file:line`` of the innermost place in the strategy's own code that
+    the error went through (its class's module or any strategy module), or
+    None if it did not come from there."""
+    own = {inspect.getfile(cls) for cls in type(strategy).__mro__ if cls not in (Strategy, object)}
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if frame.filename in own or Path(frame.filename).parent == _STRATEGIES]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+
+
+_STRATEGIES = Path(inspect.getfile(Strategy)).parent
 
 
 def next_instruction(loop, answer: Any, error: Exception | None):

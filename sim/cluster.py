@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS, key_slot as _key_slot
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
+from redis.crc import key_slot as _key_slot
 
 from sim.commands import CommandError, Pipeline, Request, Script, Stall, Transaction
 

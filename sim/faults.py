@@ -219,7 +219,8 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                              "the run ended)",
                **_WHERE},
               network=True,
-              promotes="always", strands_clients=True, topologies=("cluster",), instead="one server: use split_brain", colour="#dbdb8d"),
+              promotes="always", strands_clients=True, topologies=("cluster",), instead="one server: use split_brain",
+              colour="#dbdb8d"),
     FaultSpec("partition", "clients are cut from the primary: connections refused and reset",
               "how long the partition lasts", 1.0, network=True,
               colour="#9edae5"),
@@ -252,7 +253,8 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
                                            "a replica was promoted, and what the replica lacked at the cut",
                "demoted_at": "when Sentinel made the old primary a replica (null: not before the run ended)"},
               network=True,
-              promotes="always", strands_clients=True, needs=("replica", "sentinel"), topologies=("single",), colour="#d62728"),
+              promotes="always", strands_clients=True, needs=("replica", "sentinel"), topologies=("single",),
+              colour="#d62728"),
 )}
 
 FAULT_KINDS = tuple(SPECS)

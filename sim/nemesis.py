@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
 from sim.cluster import promotion_times
 from sim.faults import SPECS, Fault, effects_record
 from sim.sentinel import promotion_delay
@@ -263,3 +265,43 @@ class StallTarget:
 
     def disarm(self) -> None:
         self.armed = False
+
+
+# Acknowledged writes are kept this long beyond the furthest a fault can take
+# back (rollback_horizon): a write acknowledged just before a fault is in it.
+ACK_MARGIN_S = 1.0
+ALREADY_DOWN = "the server was already down"
+
+
+def ack_log(server: ServerConfig, sentinel: SentinelConfig, schedule: list[Fault]) -> AckLog:
+    """The log of acknowledged writes a run's faults may take back."""
+    return AckLog(rollback_horizon(server, sentinel, schedule) + ACK_MARGIN_S)
+
+
+class Nemesis:
+    """What every backend's nemesis keeps alike: the schedule, its fault
+    log, the seeded dice, the acknowledged writes a fault can take back and
+    the stall target; the losses of a server that died, and the records at
+    the end. Each backend's nemesis adds *how* a fault strikes."""
+
+    def __init__(self, driver: Any, schedule: list[Fault], seed: int, acks: AckLog, target: StallTarget) -> None:
+        self.driver = driver
+        self.schedule = schedule
+        self.seed = seed
+        self.acks = acks
+        self.target = target
+        self.log = FaultLog(schedule)
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E3E]))
+
+    def records(self) -> list[dict]:
+        """The schedule as applied, once the run has ended."""
+        for index, count in self.driver.network.replies_lost.items():
+            self.log.update(index, replies_lost=count)
+        return self.log.records(self.driver.run_end, self.driver.clients)
+
+    def losses(self, index: int, died_at: float, keep_until: float, shard: int | None = None) -> None:
+        """A server (of ``shard``, on a cluster) died at ``died_at`` and what
+        survives reaches back to ``keep_until``: the acknowledged writes lost."""
+        acknowledged, confirmed = self.acks.lost(keep_until, died_at, shard)
+        self.log.update(index, writes_lost_s=round(died_at - keep_until, 6), acknowledged_writes_lost=acknowledged,
+                        wait_confirmed_writes_lost=confirmed)

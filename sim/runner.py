@@ -116,6 +116,7 @@ def _run(backend: Backend, scenario: Scenario, trace: Trace, name: str, schedule
     with backend.deploy(scenario, schedule) as deployment:
         execution = deployment.run(strategy, trace, progress(name, trace) if progress else None)
     record, drift = judge(scenario, trace, strategy, execution)
+    record["throughput_basis"] = scenario.throughput_basis(backend.deterministic)
     return record, drift, backend.explanation(scenario, name, schedule, execution) if explain else []
 
 
@@ -225,6 +226,7 @@ def run_scenario(scenario: Scenario, strategies: Iterable[str] | None = None, tr
         "tool_version": __version__,
         "backend": backend,
         "deterministic": target.deterministic,
+        "throughput_basis": scenario.throughput_basis(target.deterministic),
         "seed": trace.seed,
         "scenario": scenario.to_dict(),
         "trace": trace.summary(),

@@ -12,7 +12,7 @@ import math
 import re
 import stat
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,25 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     fault_rates: tuple[FaultRate, ...] = ()
 
+    @property
+    def driver_modelled(self) -> bool:
+        """Whether its clients model the real driver's process (``with_driver``)."""
+        clients = self.clients
+        return bool(clients.driver_request_us or clients.driver_command_us or clients.driver_wake_us
+                    or clients.driver_sleep_us or self.server.wake_us)
+
+    def throughput_basis(self, deterministic: bool) -> str:
+        """What a run's throughput is, run on a backend that is ``deterministic``
+        or not: the offered rate an open loop asks for and gets below
+        saturation; in a closed loop, what Redis alone sustains (the model, each
+        client as if on a machine of its own), what the real driver's one
+        process sustains (the model with it modelled), or what was measured."""
+        if self.run.load == "open":
+            return "offered"
+        if self.driver_modelled:
+            return "driver_modelled"
+        return "redis_alone" if deterministic else "measured"
+
     def to_dict(self) -> dict:
         return {
             "name": self.name, "description": self.description, "path": str(self.path),
@@ -199,7 +218,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "clients.driver_sleep_us": (0, 1_000_000),
     "server.wake_us": (0, 1_000_000),
     "server.request_us": (0, 1_000_000), "server.command_us": (0, 1_000_000), "server.script_us": (0, 1_000_000),
-    "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000), "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
+    "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000),
+    "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
     "server.min_replicas_to_write": (0, 5), "server.min_replicas_max_lag": (1, 3600),
     "server.replication_lag_ms": (0, 600_000),
     "server.cluster_primaries": (1, 16), "server.cluster_replicas_per_primary": (0, 3),
@@ -212,6 +232,21 @@ BOUNDS: dict[str, tuple[float, float]] = {
 MAX_SCENARIO_BYTES = 1_000_000
 MAX_MEMBERSHIPS = 20_000_000    # 1:1 and group memberships a trace may hold (a few GiB to check)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def with_driver(scenario: Scenario, driver: dict[str, float]) -> Scenario:
+    """The scenario as the redis backend runs it here, for the simulation:
+    the loopback round trip instead of the scenario's, every client in one
+    process whose CPU the calibration measured (``[driver]``), and the CPU
+    that process and the server spend waking up when a message finds them
+    idle, which load amortizes. Real capacity on a machine this size is the
+    driver's; so is this one."""
+    return replace(
+        scenario, clients=replace(
+            scenario.clients, rtt_ms=driver["rtt_us"] / 1000.0, driver_request_us=driver["request_us"],
+            driver_command_us=driver["command_us"], driver_sleep_us=driver["sleep_us"],
+            driver_wake_us=driver["wake_us"]),
+        server=replace(scenario.server, wake_us=driver["server_wake_us"]))
 
 
 def _suggest(word: str, allowed: list[str]) -> str:
@@ -301,8 +336,8 @@ def parse(path: Path, text: str) -> Scenario:
     scenario_name = data.get("name", path.stem)
     if not SAFE_NAME.fullmatch(scenario_name):
         raise ScenarioError(f"{path}: key 'name' must be a plain file name (letters, digits, '.', '_', '-', "
-                            f"not starting with '.' or '-', at most 100), got {scenario_name!r}: results are written to "
-                            f"results/<name>-s<seed>")
+                            f"not starting with '.' or '-', at most 100), got {scenario_name!r}: results are written "
+                            f"to results/<name>-s<seed>")
 
     names = data.get("strategies", list(STRATEGIES))
     strategies = tuple(_strategy_name(path, "strategies", name) for name in names)

@@ -187,7 +187,8 @@ class Trace:
         if self.user.min() < 0 or self.user.max() >= self.users:
             raise bad(f"user must be from 0 to {self.users - 1}")
         badge = self.kind == BADGE
-        if np.any(self.conv[badge] != -1) or np.any((self.conv[~badge] < 0) | (self.conv[~badge] >= self.conversations)):
+        others = self.conv[~badge]
+        if np.any(self.conv[badge] != -1) or np.any((others < 0) | (others >= self.conversations)):
             raise bad(f"conv must be -1 for a badge fetch, else from 0 to {self.conversations - 1}")
         deliver = self.kind == DELIVER
         if np.any(self.message[~deliver] != -1) or not np.array_equal(self.message[deliver],

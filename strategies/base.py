@@ -17,6 +17,13 @@ class StrategyOptionError(ValueError):
     pass
 
 
+class GaveUp(Exception):
+    """The way a strategy fails an operation on purpose (a lock that stayed
+    busy, WATCH that kept aborting): the client loop records a failed
+    operation. Any other exception out of a strategy is a bug of the
+    strategy's, and ends the run."""
+
+
 class Strategy:
     name: ClassVar[str]
     summary: ClassVar[str]

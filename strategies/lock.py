@@ -12,12 +12,12 @@ from typing import Sequence
 from sim.commands import Backoff, Operation, Pipeline, Script
 from sim.lua import load_script
 from strategies import keys
-from strategies.base import Strategy
+from strategies.base import GaveUp, Strategy
 
 RELEASE = load_script(__file__, "release_lock")
 
 
-class LockNotAcquired(Exception):
+class LockNotAcquired(GaveUp):
     pass
 
 

@@ -5,11 +5,11 @@ from typing import Sequence
 
 from sim.commands import Backoff, Operation, Transaction
 from strategies import keys
-from strategies.base import Strategy
+from strategies.base import GaveUp, Strategy
 from strategies.multi import increment_transactions
 
 
-class RetriesExhausted(Exception):
+class RetriesExhausted(GaveUp):
     pass
 
 

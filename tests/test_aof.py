@@ -97,7 +97,7 @@ def test_a_tear_inside_a_plain_command_drops_only_that_command():
     assert counters(store) == (0, 102)
 
 
-@pytest.mark.redis
+@pytest.mark.real
 @pytest.mark.parametrize("then, expected", [("script", (4, 3)), ("plain", (2, 2))])
 def test_redis_server_does_what_the_simulation_predicts(tmp_path, then, expected):
     """The same sequence on redis-server 7, torn by the harness's emulation."""

@@ -56,7 +56,8 @@ def toml_value(value) -> str:
 
 def to_toml(document: dict) -> str:
     lines = [f"{key} = {toml_value(value)}" for key, value in document.items()
-             if not isinstance(value, (dict, list)) or (isinstance(value, list) and key not in ("faults", "fault_rates"))]
+             if not isinstance(value, (dict, list))
+             or (isinstance(value, list) and key not in ("faults", "fault_rates"))]
     for key, value in document.items():
         if isinstance(value, dict):
             lines += [f"\n[{key}]"] + [f"{name} = {toml_value(item)}" for name, item in value.items()]
@@ -215,9 +216,9 @@ def test_compare_refuses_a_tolerance_that_is_not_a_fraction(tmp_path, capsys):
 def test_the_checker_reads_stray_keys_and_odd_values_as_drift():
     from sim.backends.model.server import Server
     from sim.checker import check, read_counters
+    from sim.history import History
     from sim.traffic import TrafficConfig, generate
     from sim.truth import Memberships, truth_ranges
-    from sim.history import History
     from strategies import make_strategy
 
     trace = generate(TrafficConfig(users=20, messages=1), 1)
@@ -307,7 +308,7 @@ def test_sigterm_ends_a_run_whose_sigint_is_ignored(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_interrupted_real_runs_leave_no_server_and_a_whole_output(tmp_path):
     scenario = tmp_path / "real.toml"
     scenario.write_text(to_toml({**BASE, "name": "real"}))

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from sim.experiments.calibrate import (CONTENDED_TRAFFIC, DRIVER_TRAFFIC, driver_toml, idle_costs, measure_contended,
-                                         measure_driver, measure_one_client, sleep_cost)
+from sim.experiments.calibrate import (
+    CONTENDED_TRAFFIC,
+    DRIVER_TRAFFIC,
+    driver_toml,
+    idle_costs,
+    measure_contended,
+    measure_driver,
+    measure_one_client,
+    sleep_cost,
+)
 from sim.scenario import CALIBRATION, DRIVER_KEYS, load_calibration
 
 
@@ -37,7 +45,7 @@ def test_a_sleep_costs_what_contended_runs_spent_beyond_their_requests_commands_
     assert sleep_cost({name: {**run, "sleeps": 0} for name, run in contended.items()}, driver, 20.0) == 0.0
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_the_driver_calibration_fits_its_runs(tmp_path):
     """Three strategies of different mixes (naive pipelines, lua one script,
     lock two round trips) on a short trace: the fitted costs are positive

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from sim.experiments.capacity import closed_loop, measure
 from sim.cli import main
+from sim.experiments.capacity import closed_loop, measure
 from sim.runner import run_scenario
 from sim.scenario import load, parse
 
@@ -40,7 +40,7 @@ def test_think_time_slows_a_closed_loop(tmp_path):
 def test_capacity_is_the_best_throughput_under_the_objective(tmp_path):
     scenario = parse(tmp_path / "small.toml", SMALL_SCENARIO)
     document = measure(scenario, ["lua", "lock"], "sim", slo_p99_ms=2.0, counts=(1, 2, 4, 8, 16, 32, 64))
-    for name, result in document["strategies"].items():
+    for result in document["strategies"].values():
         within = [point for point in result["points"] if point["p99_ms"] <= 2.0]
         assert result["capacity_ops_per_s"] == max(point["throughput_ops_per_s"] for point in within)
         assert len(result["points"]) >= 3
@@ -206,7 +206,8 @@ def agreeing_order(left: dict[str, float], right: dict[str, float]) -> list[str]
                 high, low = max(capacity[a], capacity[b]), min(capacity[a], capacity[b])
                 orders.append(None if high <= low * TIE else capacity[a] > capacity[b])
             if None not in orders and orders[0] != orders[1]:
-                disagreements.append(f"{a} vs {b}: {left[a]:,.0f}/{left[b]:,.0f} against {right[a]:,.0f}/{right[b]:,.0f}")
+                disagreements.append(f"{a} vs {b}: {left[a]:,.0f}/{left[b]:,.0f} against "
+                                     f"{right[a]:,.0f}/{right[b]:,.0f}")
     return disagreements
 
 
@@ -216,7 +217,7 @@ def test_ties_and_orders_of_capacities():
     assert agreeing_order({"a": 100, "b": 50}, {"a": 40, "b": 90}) == ["a vs b: 100/50 against 40/90"]
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_the_capacity_ranking_agrees_between_backends():
     """naive, lua, watch and lock on quick: the simulation with the redis
     backend's driver modelled (committed calibration) and real servers order

@@ -92,7 +92,7 @@ def test_bench_prints_each_strategy_against_bare_simpy_and_the_structure_alone(s
     assert float(floor.rsplit("ratio ", 1)[1]) > 0
     rows = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1] in (["naive"], ["lua"])}
     assert set(rows) == {"naive", "lua"}
-    for name, (wall, requests, request_ratio, commands, command_ratio) in rows.items():
+    for name, (wall, requests, request_ratio, commands, _command_ratio) in rows.items():
         assert float(wall) > 0 and float(request_ratio) > 0
         # A script's redis.call commands count as commands: more of them than requests for lua.
         more = int(commands.replace(",", "")) > int(requests.replace(",", ""))

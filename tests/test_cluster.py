@@ -14,10 +14,20 @@ import numpy as np
 import pytest
 
 from sim.backends.model.backend import make_server
-from sim.backends.model.cluster import ClusterServer, promotion_times
+from sim.backends.model.cluster import ClusterServer
 from sim.checker import read_counters
-from sim.cluster import (CROSSSLOT, EXECABORT, SLOTS, SlotMap, even_split, key_slot, node_error, route,
-                         split_pipeline)
+from sim.cluster import (
+    CROSSSLOT,
+    EXECABORT,
+    SLOTS,
+    SlotMap,
+    even_split,
+    key_slot,
+    node_error,
+    promotion_times,
+    route,
+    split_pipeline,
+)
 from sim.commands import CommandError, Pipeline, Script, Transaction, run_now
 from sim.history import OK
 from sim.runner import run_scenario
@@ -28,6 +38,8 @@ from sim.workload import Workload
 from strategies import keys, make_strategy
 
 from conftest import ROOT, alive, children, sigint_default
+
+pytestmark = pytest.mark.cluster
 
 CLUSTER_QUICK = ROOT / "scenarios" / "cluster_quick.toml"
 
@@ -247,7 +259,7 @@ def sim_cluster(strategy) -> ClusterServer:
     return server
 
 
-@pytest.mark.redis
+@pytest.mark.real
 @pytest.mark.parametrize("name, untagged", [*((name, False) for name in ("naive", "multi", "watch", "lua", "lock",
                                                                          "lua_idempotent")),
                                              *((name, True) for name in ("naive", "multi", "lua"))])
@@ -297,7 +309,7 @@ def test_one_operation_at_a_time_both_clusters_end_identical(real_cluster, name,
         reader.close()
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_a_run_on_both_clusters_gives_identical_counters_and_the_same_crossslot_errors(tmp_path):
     """Whole timed runs (4 clients, pipelines split over the shards): an
     atomic strategy's counters are identical on both backends (for every
@@ -324,7 +336,7 @@ def test_a_run_on_both_clusters_gives_identical_counters_and_the_same_crossslot_
         pinned = truth.user_lo == truth.user_hi
         assert pinned.mean() > 0.95, f"{(~pinned).sum()} users' truth is a range"
         assert np.array_equal(sim.total[pinned], real.total[pinned]), (name, untagged)
-        def entries(counters):
+        def entries(counters, pinned=pinned):
             keep = pinned[counters.entry_user]
             return sorted(zip(counters.entry_user[keep], counters.entry_conv[keep], counters.entry_value[keep]))
         assert entries(sim) == entries(real), (name, untagged)
@@ -335,7 +347,7 @@ def test_a_run_on_both_clusters_gives_identical_counters_and_the_same_crossslot_
         assert all(shards.values())
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_a_cluster_that_fails_to_start_or_a_run_that_fails_leaves_no_process(monkeypatch):
     from sim.backends.real.cluster import ClusterServers
     from sim.backends.real.processes import ProcessError
@@ -376,7 +388,7 @@ def start_real_cluster_run(scenario: Path, tmp_path: Path) -> tuple[subprocess.P
     return run, servers
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_an_interrupted_cluster_run_leaves_no_server(tmp_path):
     folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -390,7 +402,7 @@ def test_an_interrupted_cluster_run_leaves_no_server(tmp_path):
     assert set(Path(tempfile.gettempdir()).glob("countdrift-*")) <= folders, "a server folder was left"
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_the_client_follows_moved_and_ask(real_cluster):
     """A client whose slot map is stale is answered MOVED, refreshes it and
     sends again; a key of a slot being migrated is answered ASK, and ASKING
@@ -446,7 +458,7 @@ def test_a_simulated_node_answers_moved_for_a_slot_it_does_not_own():
     assert wrong.inspect(("GET", keys.total(user))) == "2"    # the data has not moved: only the map
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_a_pipeline_over_a_closed_link_is_refused_whole(real_cluster):
     """When one node's link is closed, a pipeline that needs it sends nothing
     anywhere (refused: surely not applied), rather than applying its other parts."""
@@ -501,7 +513,7 @@ def test_wait_replicas_runs_on_a_simulated_cluster(tmp_path):
     assert set(sim["wait_replies"]) == {"1"} and sim["errors"] == 0 and sim["drift"]["abs_drift_sum"] == 0
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_wait_replicas_on_a_real_cluster(tmp_path):
     """The same on real servers: one WAIT per write, as many as simulated, nearly all confirmed."""
     scenario = load(small(tmp_path, options=WAIT_ONE))
@@ -528,7 +540,7 @@ def test_min_replicas_to_write_holds_on_every_shard(tmp_path):
     assert served["errors"] == 0 and served["drift"]["abs_drift_sum"] == 0
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_min_replicas_to_write_on_a_real_cluster(tmp_path):
     scenario = load(min_replicas(tmp_path, 2))
     sim = run_scenario(scenario, ["lua"], explain=False)["runs"][0]
@@ -582,7 +594,7 @@ def test_network_faults_strike_a_simulated_cluster(tmp_path):
     assert runs[1]["drift"]["abs_drift_sum"] == 0   # lua_idempotent: a retried delivery counts once
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_fidelity_covers_a_cluster_scenario_with_network_faults(tmp_path):
     """`countdrift fidelity` on a cluster scenario with every network fault
     (toxiproxy, a proxy from each client to each node): both backends' cells
@@ -622,7 +634,8 @@ def test_the_cluster_scenarios_load_and_run():
     assert low <= effects["promoted_at"] - effects["struck_at"] <= high
     assert effects["struck_at"] + 1.0 < effects["failed_at"] < effects["promoted_at"]
     mixed = run_scenario(load(ROOT / "scenarios" / "cluster_mixed.toml"), ["lua_idempotent"], explain=False)["runs"][0]
-    struck = {(fault["kind"], fault["effects"].get("shard")) for fault in mixed["faults"] if fault["effects"]["applied"]}
+    struck = {(fault["kind"], fault["effects"].get("shard")) for fault in mixed["faults"]
+              if fault["effects"]["applied"]}
     assert {("server_crash", 0), ("power_loss", 2), ("cluster_failover", 1), ("server_crash", 2)} <= struck
     assert {kind for kind, _ in struck} >= {"client_crash", "partition", "latency", "reset_peer", "blackhole"}
     by_shard = failover["shard_drift"]   # lua: what drift there is, is on the failed shard's users
@@ -701,7 +714,7 @@ def lua_run(path: Path, backend: str) -> tuple:
     return execution, drifting
 
 
-@pytest.mark.redis
+@pytest.mark.real
 @pytest.mark.parametrize("kind", ["server_crash", "power_loss", "cluster_failover"])
 def test_a_shard_down_loses_only_its_users_writes_on_both_backends(tmp_path, kind):
     """Shard 1's primary dies (a crash and a restart; a power loss; or the
@@ -740,7 +753,7 @@ def test_a_shard_down_loses_only_its_users_writes_on_both_backends(tmp_path, kin
     assert lost["sim"] / 2 <= lost["redis"] <= lost["sim"] * 2, lost
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_a_run_interrupted_during_a_failover_leaves_no_server(tmp_path):
     """SIGINT while shard 1's primary is dead and its replica not yet
     promoted (the nemesis starts the old one again as it stops): every one

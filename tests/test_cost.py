@@ -47,7 +47,7 @@ def test_cost_command_writes_its_table(tmp_path):
     assert "deliver group 100" in done.stdout
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_real_server_counts_what_the_simulation_counts(simulated):
     """Round trips, commands (INFO commandstats) and bytes each way agree
     with the simulation for every strategy and operation kind; memory grows

@@ -10,7 +10,7 @@ from sim.commands import CommandError, Pipeline, Script, Transaction, run_now
 from sim.lua import LuaScript
 from strategies import STRATEGIES, make_strategy
 
-pytestmark = pytest.mark.redis
+pytestmark = pytest.mark.real
 
 
 def dump(execute) -> dict:

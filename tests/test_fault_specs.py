@@ -8,7 +8,7 @@ import math
 import pytest
 
 from sim import backends
-from sim.backends.model.nemesis import Nemesis
+from sim.backends.model.nemesis import SimNemesis
 from sim.backends.real.nemesis import RealNemesis
 from sim.faults import COMMON_EFFECTS, SPECS, Fault, faults_markdown
 from sim.runner import run_scenario
@@ -75,7 +75,7 @@ def test_every_parameter_has_a_probe_value_within_its_bounds():
             assert param.check(PROBE_VALUES[param.name]) != param.default, (spec.kind, param.name)
 
 
-@pytest.mark.parametrize("nemesis", [Nemesis, RealNemesis], ids=["sim", "redis"])
+@pytest.mark.parametrize("nemesis", [SimNemesis, RealNemesis], ids=["sim", "redis"])
 def test_every_backend_implements_every_kind(nemesis):
     missing = [kind for kind in SPECS if not callable(getattr(nemesis, kind, None))]
     assert not missing, f"{nemesis.__name__} lacks {missing}"
@@ -123,7 +123,7 @@ def test_the_simulation_reads_every_parameter_of(kind, monkeypatch):
     _check_types(_reads_every_parameter("sim", kind, monkeypatch))
 
 
-@pytest.mark.redis
+@pytest.mark.real
 @pytest.mark.parametrize("kind", list(SPECS))
 def test_the_real_backend_reads_every_parameter_of(kind, monkeypatch):
     _check_types(_reads_every_parameter("redis", kind, monkeypatch))

@@ -23,7 +23,7 @@ from sim.watchdog import OWNER_FILE, start_time
 
 from conftest import ROOT, SMALL_SCENARIO
 
-pytestmark = pytest.mark.redis
+pytestmark = pytest.mark.real
 
 LONG = SMALL_SCENARIO.replace("messages = 3000", "messages = 30000")   # 20 s at 1,500/s: killed long before
 KINDS = {

@@ -21,6 +21,8 @@ from strategies import keys, make_strategy
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.cluster
+
 MIGRATION = ROOT / "scenarios" / "cluster_migration.toml"
 DELIVER = make_strategy("lua").scripts[0]
 # deletes its key, then reads it: the second call is checked on its own (script.c)
@@ -77,7 +79,8 @@ def simulated_replies() -> list[object]:
             replies.append(shard.run(Connection(shard), request))
     # the total alone: the script deleted the spare key, ASKING made the unread hash on the target
     assert cluster.migration.move(SLOT, 1.0) == 1
-    assert cluster.inspect(("GET", keys.total(MOVING))) == "3" and cluster.inspect(("HGET", keys.unread(MOVING), "7")) == "1"
+    assert (cluster.inspect(("GET", keys.total(MOVING))) == "3"
+            and cluster.inspect(("HGET", keys.unread(MOVING), "7")) == "1")
     assert cluster.slots.shard_of(SLOT) == 1 and cluster.migration is None
     return [comparable(reply) for reply in replies]
 
@@ -89,7 +92,7 @@ def test_the_simulated_nodes_answer_by_the_keys_each_holds():
         f"MOVED {SLOT}", 1, "TRYAGAIN Multiple keys request during rehashing of slot"]
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_redis_server_answers_what_the_simulated_nodes_answer():
     from sim.backends.real.cluster import ClusterServers
     from sim.backends.real.connection import SyncConnection
@@ -178,11 +181,12 @@ def test_a_simulated_migration_moves_the_keys_and_a_split_user_fails_not_drifts(
     users = sum(key_slot(keys.total(user)) in moved for user in range(scenario.traffic.users))
     even = {f"shard{shard}": count for shard, count in enumerate(
         np.bincount([SlotMap.even(3).shard_of_key(keys.total(user)) for user in range(scenario.traffic.users)]))}
-    assert users > 0 and run["shard_drift"][f"shard{effects['shard']}"]["users"] == even[f"shard{effects['shard']}"] - users
+    shard = f"shard{effects['shard']}"
+    assert users > 0 and run["shard_drift"][shard]["users"] == even[shard] - users
     assert run["shard_drift"][f"shard{effects['to_shard']}"]["users"] == even[f"shard{effects['to_shard']}"] + users
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_fidelity_covers_the_migration_scenario(tmp_path):
     """`countdrift fidelity` on the migration scenario: both backends move
     the same keys, fail about as many operations the same way (within 2x:

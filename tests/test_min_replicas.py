@@ -12,6 +12,8 @@ from strategies import make_strategy
 
 from conftest import SMALL_SCENARIO
 
+pytestmark = pytest.mark.sentinel
+
 
 def test_writes_are_refused_without_enough_replicas_and_reads_are_not():
     server = Server(replicas=1, min_replicas_to_write=2)
@@ -44,7 +46,7 @@ def scenario(tmp_path):
     return parse(tmp_path / "norep.toml", text)
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_every_write_is_refused_on_both_backends(tmp_path):
     """One replica where two are required: every delivery fails (NOREPLICAS,
     or EXECABORT for a transaction; lock's reads too: taking the lock is a

@@ -22,6 +22,8 @@ from strategies import keys
 from conftest import ROOT
 from test_cluster import SHARD_FAULT, lua_run
 
+pytestmark = pytest.mark.cluster
+
 PARTITION = ROOT / "scenarios" / "cluster_partition.toml"
 X, Y = "a" * 40, "b" * 40   # two node ids
 
@@ -109,7 +111,8 @@ def partition_run(tmp_path, backend: str, share: float = 0.5):
     path = tmp_path / f"minority-{share}.toml"
     # Traffic for 4 s: the run goes on past the heal (2.9 s) until the old primary is a replica.
     path.write_text(SHARD_FAULT.format(kind="minority_partition", duration=2.5, retries=1,
-                                       params=f", clients_share = {share}").replace("messages = 1500", "messages = 4000"))
+                                       params=f", clients_share = {share}")
+                    .replace("messages = 1500", "messages = 4000"))
     execution, drifting = lua_run(path, backend)
     slots = SlotMap.even(3)
     (fault,) = execution.faults
@@ -149,7 +152,7 @@ def test_the_scenario_attributes_the_loss_to_the_split_brain():
     assert fault["kind"] == "minority_partition" and fault["effects"]["slots"] == "5461-10922"
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_a_real_minority_loses_the_writes_of_its_clients(tmp_path):
     """The same run on a real cluster (the bus through the relay, the
     replica refused, the clients' proxies cut): the same story."""
@@ -157,7 +160,7 @@ def test_a_real_minority_loses_the_writes_of_its_clients(tmp_path):
     check_partition(effects, shards, drifting, "redis")
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_a_run_interrupted_during_the_partition_leaves_no_process(tmp_path):
     """SIGINT while shard 1's primary is cut off (its cluster_state is
     fail): the 6 servers and the bus relay are gone, and their folder."""

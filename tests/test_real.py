@@ -15,7 +15,7 @@ from sim.scenario import parse
 
 from conftest import ROOT, SMALL_SCENARIO, alive, children, short_trace, sigint_default
 
-pytestmark = pytest.mark.redis
+pytestmark = pytest.mark.real
 
 SCENARIOS = ROOT / "scenarios"
 
@@ -162,8 +162,9 @@ def test_reset_peer_with_retries_overcounts_lua_but_not_lua_idempotent():
 
 @pytest.mark.parametrize("fsync, tear", [("everysec", 0), ("everysec", 7), ("always", 0)])
 def test_power_loss_emulation(fsync, tear):
+    tear_params = f"duration = 0.5\nparams = {{ tear_bytes = {tear} }}"
     scenario = fault_scenario("faults_power_loss", {'appendfsync = "everysec"': f'appendfsync = "{fsync}"',
-                                                     "duration = 0.5": f"duration = 0.5\nparams = {{ tear_bytes = {tear} }}"})
+                                                     "duration = 0.5": tear_params})
     lua = runs(run_scenario(scenario, ["lua"], backend="redis"))["lua"]
     effects = lua["faults"][0]["effects"]
     assert lua["drift"]["users_inconsistent"] == 0       # a tear inside the MULTI line is dropped at start-up

@@ -50,8 +50,8 @@ def test_report_writes_every_chart_and_the_page(small_results, tmp_path, capsys)
 
 
 def test_the_tradeoff_plots_capacity_when_it_was_measured(small_results, tmp_path):
-    from sim.report import charts
     from sim.experiments.capacity import measure
+    from sim.report import charts
     from sim.report.summary import capacity_of
 
     document = json.loads(small_results.read_text())

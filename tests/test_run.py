@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from sim.backends.model.driver import SimDriver
-from sim.scenario import ClientConfig
 from sim.backends.model.server import Server, ServiceTimes
 from sim.report.results import strip_wall
 from sim.runner import run_scenario
-from sim.scenario import load, parse
+from sim.scenario import ClientConfig, load, parse
 from sim.traffic import DELIVER, READ, Trace, TrafficConfig, generate
 from strategies import STRATEGIES, make_strategy
 

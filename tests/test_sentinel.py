@@ -15,6 +15,8 @@ from strategies import make_strategy
 
 from conftest import ROOT, alive
 
+pytestmark = pytest.mark.sentinel
+
 SCENARIOS = ROOT / "scenarios"
 # faults_split_brain, shorter: the partition (1 s to 5 s) outlasts Sentinel's
 # promotion (about 2.7-2.8 s after the cut), the run ends before the demotion.
@@ -65,7 +67,7 @@ def test_split_brain_loses_acknowledged_writes_fewer_with_min_replicas_sim():
     assert sum(by_cause.values()) == without["drift"]["abs_drift_sum"]
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_split_brain_loses_acknowledged_writes_fewer_with_min_replicas_real():
     _loses_fewer_with_min_replicas("redis")
 
@@ -104,7 +106,7 @@ def test_bad_sentinel_settings_name_the_key_and_the_fix(text, fragment, tmp_path
     assert fragment in str(error.value) and str(tmp_path / "bad.toml") in str(error.value)
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_a_failover_uses_sentinels_election(monkeypatch):
     """The primary is killed for 4 s: the sentinels promote a replica of
     their choosing; the harness never promotes one itself and follows them."""
@@ -136,7 +138,7 @@ def test_a_failover_uses_sentinels_election(monkeypatch):
     assert not any(alive(pid) for pid in sentinel_pids)
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_a_failed_run_with_sentinel_leaves_no_process():
     from sim.scenario import SentinelConfig
 

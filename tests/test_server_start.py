@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, SMALL_SCENARIO
 
-pytestmark = pytest.mark.redis
+pytestmark = pytest.mark.real
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ def _with_figure(sweep_json: Path, out: Path, strategy: str, figure: str, values
     """A copy of a sweep.json on real servers (whose figures are noisy) with
     one figure's values over seeds 1..n replaced."""
     document = json.loads(sweep_json.read_text())
-    document["backend"] = "redis"
+    document["backend"], document["deterministic"] = "redis", False
     seeds = list(range(1, len(values) + 1))
     for figures in document["aggregates"]["small"].values():
         for name in figures:
@@ -160,7 +160,8 @@ def test_compare_flags_a_planted_drift_regression_not_wall_clock_noise(sweeps, t
 
 def test_compare_of_noisy_figures_needs_significance(sweeps, tmp_path, capsys):
     rng = np.random.default_rng(5)
-    draw = lambda centre: list(centre * rng.uniform(0.97, 1.03, 10))   # noqa: E731: ten seeds, 3% noise
+    def draw(centre: float) -> list[float]:   # ten seeds, 3% noise
+        return list(centre * rng.uniform(0.97, 1.03, 10))
     source = sweeps["one"] / "sweep.json"
     baseline = _with_figure(source, tmp_path / "base", "lua", "throughput_ops_per_s", draw(1000))
     same = _with_figure(source, tmp_path / "same", "lua", "throughput_ops_per_s", draw(1000))
@@ -272,7 +273,7 @@ def test_ctrl_c_stops_every_worker_and_the_sweep_resumes(sweeps, tmp_path):
     assert json.loads((out / "sweep.json").read_text())["runs"]["done"] == 12
 
 
-@pytest.mark.redis
+@pytest.mark.real
 def test_a_real_sweep_runs_each_task_on_servers_of_its_own(tmp_path):
     """Two seeds on real servers, one task per worker at a time: each run
     starts and stops its own servers, and none is left afterwards."""

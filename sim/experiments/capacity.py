@@ -10,8 +10,8 @@ a stable measurement (an open loop above capacity only grows a backlog, and
 the run's length decides how bad p99 gets), and because more clients is how
 a real deployment adds load. The ramp stops once p99 is over the objective
 at two counts in a row, or two doublings in a row bring no throughput 2%
-above the best so far (one is not enough: a real point can dip by chance). Runs are without faults and without replicas (see
-:func:`closed_loop`): capacity is what the strategy costs the primary,
+above the best so far (one is not enough: a real point can dip by chance).
+Runs are without faults and without replicas (see :func:`closed_loop`): capacity is what the strategy costs the primary,
 drift is measured by `countdrift run`.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Iterable
 
 from sim import __version__, backends
 from sim.runner import ProgressFactory, run_scenario
-from sim.scenario import Scenario
+from sim.scenario import Scenario, with_driver
 from sim.traffic import generate
 
 CAPACITY_SCHEMA = 1
@@ -43,21 +43,6 @@ def closed_loop(scenario: Scenario, clients: int) -> Scenario:
         server=dataclasses.replace(scenario.server, replicas=0, min_replicas_to_write=0),
         sentinel=dataclasses.replace(scenario.sentinel, enabled=False),
         run=dataclasses.replace(scenario.run, load="closed", timeline_points=0))
-
-
-def with_driver(scenario: Scenario, driver: dict[str, float]) -> Scenario:
-    """The scenario as the redis backend runs it here, for the simulation:
-    the loopback round trip instead of the scenario's, every client in one
-    process whose CPU the calibration measured (``[driver]``), and the CPU
-    that process and the server spend waking up when a message finds them
-    idle, which load amortizes. Real capacity on a machine this size is the
-    driver's; so is this one."""
-    return dataclasses.replace(
-        scenario, clients=dataclasses.replace(
-            scenario.clients, rtt_ms=driver["rtt_us"] / 1000.0, driver_request_us=driver["request_us"],
-            driver_command_us=driver["command_us"], driver_sleep_us=driver["sleep_us"],
-            driver_wake_us=driver["wake_us"]),
-        server=dataclasses.replace(scenario.server, wake_us=driver["server_wake_us"]))
 
 
 def ramp(scenario: Scenario, strategy: str, backend: str, slo_p99_ms: float, counts: Iterable[int],
@@ -119,7 +104,8 @@ def format_capacity(document: dict) -> str:
         points = "  ".join(f"{p['clients']}: {p['throughput_ops_per_s']:,.0f}, {p['p99_ms']:.2f}"
                            for p in result["points"])
         chosen = next((p for p in result["points"] if p["clients"] == result["clients"]), {})
-        busy = [f"{chosen[share]:.0%}" if share in chosen else "-" for share in ("server_cpu_share", "driver_cpu_share")]
+        busy = [f"{chosen[share]:.0%}" if share in chosen else "-"
+                for share in ("server_cpu_share", "driver_cpu_share")]
         lines.append(f"{name:<16}{result['capacity_ops_per_s']:>15,.0f}{str(result['clients']):>9}{busy[0]:>12}"
                      f"{busy[1]:>13}   {points}")
     lines.append("redis busy, driver busy: Redis's CPU time and the clients' process's over the run's time, at the "

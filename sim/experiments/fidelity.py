@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Iterable
 
 from sim import __version__
+from sim import backends as registry
 from sim.backends import REAL, SIMULATION
 from sim.report.results import write_json
 from sim.runner import ProgressFactory, run_scenario
-from sim.scenario import Scenario
+from sim.scenario import Scenario, with_driver
 from sim.traffic import generate
 
 FIDELITY_SCHEMA = 1
@@ -116,14 +117,18 @@ def cells_of(documents: dict[str, dict]) -> list[dict]:
 
 def run_fidelity(scenarios: list[Scenario], strategies: Iterable[str] | None, seeds: list[int] | None,
                  out: Path, backends: tuple[str, str] = (SIMULATION, REAL),
-                 progress: ProgressFactory | None = None) -> dict:
+                 progress: ProgressFactory | None = None, driver: dict[str, float] | None = None) -> dict:
+    """``driver``: a calibration's [driver], modelled on the backend that can
+    model it (the simulation), as `countdrift capacity --model-driver` does."""
     cells: list[dict] = []
     for scenario in scenarios:
         for seed in seeds or [scenario.seed]:
             trace = generate(scenario.traffic, seed)
             documents = {}
             for backend in backends:
-                documents[backend] = run_scenario(scenario, strategies, trace, progress, backend, explain=False)
+                modelled = driver is not None and registry.get(backend).models_driver
+                documents[backend] = run_scenario(with_driver(scenario, driver) if modelled else scenario,
+                                                  strategies, trace, progress, backend, explain=False)
                 write_json(out / f"{scenario.name}-s{seed}" / backend / "results.json", documents[backend])
             cells.extend(cells_of(documents))
     document = {"fidelity_schema": FIDELITY_SCHEMA, "tool_version": __version__, "backends": list(backends),

@@ -29,8 +29,8 @@ from typing import Callable, Iterator
 from sim import backends
 from sim.errors import ReportError, UsageError
 from sim.report.results import write_json
-from sim.scenario import Scenario
 from sim.report.sweep_results import SWEEP_FILE, run_file, sweep_document
+from sim.scenario import Scenario
 
 REAL_RESOURCE = "real"
 
@@ -95,6 +95,10 @@ def _finished(task: Task, folder: Path) -> bool:
     if document["scenario"].get("sha256") != task.scenario.sha256:
         raise UsageError(f"--out {folder}: {path} is a run of another version of {task.scenario.path}; sweep into "
                          f"another --out")
+    ours = task.scenario.to_dict()
+    if any(document["scenario"].get(section) != ours[section] for section in ("clients", "server")):
+        raise UsageError(f"--out {folder}: {path} ran its clients or server otherwise (with or without "
+                         f"--model-driver, or another calibration); sweep into another --out")
     return True
 
 
@@ -232,14 +236,18 @@ def run_sweep(folder: Path, tasks: list[Task], scheduler: str | None, workers: i
     """Run the tasks not yet in ``folder``, writing each run's results.json
     as it comes back; then sweep.json. ``on_run(done, total)`` whenever a run is written."""
     started = time.perf_counter()
-    scenarios = {task.scenario.name: task.scenario.to_dict() for task in tasks}
+    deterministic = backends.get(tasks[0].backend).deterministic
+    scenarios = {task.scenario.name: {**task.scenario.to_dict(),
+                                      "throughput_basis": task.scenario.throughput_basis(deterministic)}
+                 for task in tasks}
     plan = {name: {"seeds": list(dict.fromkeys(task.seed for task in tasks if task.scenario.name == name)),
                    "strategies": list(dict.fromkeys(task.strategy for task in tasks if task.scenario.name == name))}
             for name in scenarios}
     backend = tasks[0].backend
 
     def document(failed: list[dict]) -> dict:
-        return sweep_document(folder, scenarios, plan, backend, failed, time.perf_counter() - started)
+        return sweep_document(folder, scenarios, plan, backend, failed, time.perf_counter() - started,
+                              deterministic)
 
     todo = [task for task in tasks if not _finished(task, folder)]
     done = len(tasks) - len(todo)

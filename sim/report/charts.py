@@ -31,6 +31,12 @@ def styled(chart):
     return draw
 
 
+# A throughput's basis (results.json's throughput_basis) as an axis says it.
+AXIS_BASIS = {"offered": "the offered rate, open loop", "redis_alone": "Redis alone, closed loop",
+              "driver_modelled": "the real driver modelled, closed loop", "measured": "real servers, closed loop"}
+UNSAID = "the offered rate below saturation; see countdrift capacity"
+
+
 def strategy_rows(present: set[str]) -> list[str]:
     """The strategies in DESIGN.md's order, then any this version does not know, by name."""
     return [name for name in STRATEGIES if name in present] + sorted(present - set(STRATEGIES))
@@ -50,7 +56,8 @@ def save(figure, folder: Path, name: str) -> list[Path]:
 
     paths = [folder / f"{name}.png", folder / f"{name}.svg"]
     for path in paths:
-        write_file(path, lambda out: figure.savefig(out, format=path.suffix[1:], bbox_inches="tight"), binary=True)
+        write_file(path, lambda out, path=path: figure.savefig(out, format=path.suffix[1:], bbox_inches="tight"),
+                   binary=True)
     return paths
 
 
@@ -79,7 +86,7 @@ def tradeoff(document: dict, capacity: dict | None = None) -> Figure:
             # Open-loop traffic below saturation: every strategy served the offered rate.
             middle = sum(throughputs) / len(throughputs)
             left.set_xlim(middle * 0.95, middle * 1.05)
-        left.set(xlabel="throughput (operations/s; the offered rate below saturation: see countdrift capacity)",
+        left.set(xlabel=f"throughput (operations/s: {AXIS_BASIS.get(document.get('throughput_basis'), UNSAID)})",
                  title="throughput vs drift")
     _label_tradeoff(figure, f"Trade-off: {title_of(document)}")
     return figure
@@ -190,7 +197,8 @@ def sweep_tradeoff(sweep: dict, scenario: str) -> Figure:
                           color=colour(strategy), markeredgecolor="black", markeredgewidth=0.4, label=strategy,
                           zorder=3)
     seeds = len(sweep["scenarios"][scenario]["seeds"])
-    left.set(xlabel="throughput (operations/s; the offered rate below saturation)", title="throughput vs drift")
+    basis = sweep["scenarios"].get(scenario, {}).get("throughput_basis")
+    left.set(xlabel=f"throughput (operations/s: {AXIS_BASIS.get(basis, UNSAID)})", title="throughput vs drift")
     _label_tradeoff(figure, f"Trade-off: {scenario} ({sweep['backend']}, {seeds} seeds: means with 95% intervals)")
     return figure
 
@@ -266,7 +274,8 @@ def timeline(document: dict) -> Figure:
         if start is None:
             continue   # it never struck (the record says why)
         for axis in (top, bottom):
-            axis.axvspan(start, start + max(fault["duration"], 0.02), color=SPECS[fault["kind"]].colour if fault["kind"] in SPECS else "#cccccc",
+            band = SPECS[fault["kind"]].colour if fault["kind"] in SPECS else "#cccccc"
+            axis.axvspan(start, start + max(fault["duration"], 0.02), color=band,
                          alpha=0.5, label=fault["kind"] if axis is top and fault["kind"] not in seen else None)
         seen.add(fault["kind"])
     top.set(ylabel="|drift|", title=f"Drift and throughput over time: {title_of(document)}")

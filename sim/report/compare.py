@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sim.report.results import deterministic
-from sim.report.summary import ReportError, find_results, load_results
 from sim.report.stats import differs
+from sim.report.summary import ReportError, find_results, load_results
 from sim.report.sweep_results import find_sweeps
 
 DRIFT_FIELDS = ("users_inconsistent", "users_wrong_total", "convs_wrong", "abs_drift_sum", "max_abs_drift",

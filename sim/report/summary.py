@@ -8,10 +8,10 @@ import json
 import statistics
 from pathlib import Path
 
-from sim.report import charts
-from sim.errors import ReportError
-from sim.report.output import write_text
 from sim.backends import DEFAULT
+from sim.errors import ReportError
+from sim.report import charts
+from sim.report.output import write_text
 from sim.report.results import InvalidResults, deterministic, read_document, validate
 from sim.report.sweep_report import sweep_sections
 from sim.report.sweep_results import SWEEP_FILE
@@ -141,7 +141,7 @@ def draw_all(documents: list[dict], folder: Path, capacities: list[dict] = (),
             drawn.append((caption, charts.save(charts.matrix(documents, field), folder, f"matrix-{field}")[0]))
     for document, slug, title in zip(documents, slugs(documents), titles(documents, sources)):
         capacity = capacity_of(document, capacities)
-        tradeoff = ("tradeoff", lambda document: charts.tradeoff(document, capacity),
+        tradeoff = ("tradeoff", lambda document, capacity=capacity: charts.tradeoff(document, capacity),
                     "Capacity and p99 latency vs drift" if capacity else "Throughput and p99 latency vs drift")
         for name, chart, caption in (tradeoff,
                                      ("timeline", charts.timeline, "Drift and throughput over time"),

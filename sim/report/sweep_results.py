@@ -61,9 +61,10 @@ def aggregate(folder: Path, plan: dict[str, dict]) -> dict:
 
 
 def sweep_document(folder: Path, scenarios: dict[str, dict], plan: dict[str, dict], backend: str,
-                   failed: list[dict], wall_seconds: float) -> dict:
+                   failed: list[dict], wall_seconds: float, deterministic: bool = False) -> dict:
     """sweep.json: the plan, what ran, and the aggregates. ``scenarios``:
-    name -> the scenario's to_dict(); ``plan`` as for ``aggregate``."""
+    name -> the scenario's to_dict(); ``plan`` as for ``aggregate``;
+    ``deterministic``: whether the backend's figures repeat exactly."""
     aggregates = aggregate(folder, plan)
     done = sum(figures[FIGURES[0]]["n"] for by_strategy in aggregates.values() for figures in by_strategy.values())
     planned = sum(len(entry["seeds"]) * len(entry["strategies"]) for entry in plan.values())
@@ -71,8 +72,10 @@ def sweep_document(folder: Path, scenarios: dict[str, dict], plan: dict[str, dic
         "sweep_schema": SWEEP_SCHEMA,
         "tool_version": __version__,
         "backend": backend,
+        "deterministic": deterministic,
         "scenarios": {name: {"path": scenario["path"], "sha256": scenario["sha256"],
-                             "description": scenario["description"], **plan[name]}
+                             "description": scenario["description"],
+                             "throughput_basis": scenario.get("throughput_basis"), **plan[name]}
                       for name, scenario in scenarios.items()},
         "runs": {"planned": planned, "done": done, "failed": failed},
         "complete": done == planned,

@@ -28,6 +28,20 @@ def field_of(run: dict, path: str):
     return value
 
 
+# What each throughput_basis means, in words (results.json records the basis).
+BASIS = {
+    "offered": "the offered rate, served (an open loop: below saturation every strategy serves what the trace asks)",
+    "redis_alone": "what Redis alone sustains (a closed loop on the model, each client as if on a machine of its own)",
+    "driver_modelled": "what the real driver's one process sustains, modelled on the calibrated machine (closed loop)",
+    "measured": "measured on real servers through the real driver (closed loop)",
+}
+
+
+def basis_of(results: dict) -> str | None:
+    """The results' throughput basis in words (None: written before results said it)."""
+    return BASIS.get(results.get("throughput_basis", ""))
+
+
 def format_table(results: dict) -> str:
     header = "  ".join(title.ljust(width) if i == 0 else title.rjust(width)
                        for i, (title, _, width, _) in enumerate(COLUMNS))
@@ -38,6 +52,9 @@ def format_table(results: dict) -> str:
             text = format(field_of(run, path), number)
             cells.append(text.ljust(width) if i == 0 else text.rjust(width))
         lines.append("  ".join(cells))
+    basis = basis_of(results)
+    if basis:
+        lines.append(f"ops/s: {basis}")
     return "\n".join(lines)
 
 

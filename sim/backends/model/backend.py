@@ -11,17 +11,15 @@ import argparse
 import time
 from typing import NamedTuple
 
-from sim.backend import Backend, Deployment, Execution, Progress
+from sim.backend import Backend, CostTarget, Deployment, Execution, Progress
 from sim.backends.model.driver import SimDriver, begin_run, collect_finished_runs
-from sim.backends.model.nemesis import Nemesis
-from sim.backends.model.persistence import Persistence
-from sim.backends.model.server import Server, ServiceTimes
+from sim.backends.model.nemesis import SimNemesis
+from sim.backends.model.target import make_server
 from sim.causes import attribute, relevant, steps
 from sim.checker import Drift, check
-from sim.backend import CostTarget
 from sim.client import CAUSES
 from sim.faults import Fault
-from sim.nemesis import AckLog, StallTarget, promotes, rollback_horizon, tears_aof
+from sim.nemesis import StallTarget, ack_log, promotes, rollback_horizon, tears_aof
 from sim.scenario import Scenario, ServerConfig
 from sim.traffic import Trace
 from sim.truth import truth_ranges
@@ -29,25 +27,9 @@ from strategies import STRATEGIES, make_strategy
 from strategies.base import Strategy
 
 
-def make_server(config: ServerConfig) -> Server:
-    """The simulated target: one server, or a cluster of them (one per shard)."""
-    if config.topology == "cluster":
-        from sim.backends.model.cluster import ClusterServer
-        return ClusterServer([_server(config, config.cluster_replicas_per_primary, f"shard{index}")
-                              for index in range(config.cluster_primaries)])
-    return _server(config, config.replicas)
-
-
-def _server(config: ServerConfig, replicas: int, name: str = "primary") -> Server:
-    return Server(ServiceTimes(config.request_us / 1e6, config.command_us / 1e6, config.script_us / 1e6,
-                               config.script_call_us / 1e6, config.fsync_always_us / 1e6, config.wake_us / 1e6),
-                  Persistence(config.appendonly, config.appendfsync, config.rdb_interval_s),
-                  replicas, config.replication_lag_ms / 1000.0, config.min_replicas_to_write, name)
-
-
 def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: list[Fault],
              causes: frozenset[str] = frozenset(CAUSES), timeline_points: int = 0,
-             progress: Progress | None = None, drift_only: bool = False) -> tuple[SimDriver, Nemesis]:
+             progress: Progress | None = None, drift_only: bool = False) -> tuple[SimDriver, SimNemesis]:
     """One replay of the trace through one strategy, with the nemesis;
     ``drift_only``: only the counters and the history will be read (a replay
     of the attribution), so the clients log no acknowledged writes, which
@@ -62,13 +44,13 @@ def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: lis
         server.keep_history(reach)
     if tears_aof(scenario.server, schedule):
         server.keep_aof()
-    acks, target = AckLog(reach + 1.0), StallTarget()
+    acks, target = ack_log(scenario.server, scenario.sentinel, schedule), StallTarget()
     if scenario.server.topology == "cluster":   # a fault on one shard counts that shard's writes
         acks.locate = server.shards_of
     run = scenario.run
     driver = SimDriver(trace, strategy, scenario.clients, server, trace.seed, timeline_points, causes, progress,
                        None if drift_only else acks, target, run.load == "open", run.think_time_ms / 1000.0)
-    nemesis = Nemesis(driver, schedule, trace.seed, scenario.server, scenario.sentinel, acks, target)
+    nemesis = SimNemesis(driver, schedule, trace.seed, scenario.server, scenario.sentinel, acks, target)
     driver.run(tuple(nemesis.processes()))
     return driver, nemesis
 

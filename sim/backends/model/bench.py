@@ -13,7 +13,7 @@ import time
 import simpy
 
 from sim.backends.model.driver import SimDriver, begin_run
-from sim.backends.model.backend import make_server
+from sim.backends.model.target import make_server
 from sim.scenario import load
 from sim.traffic import generate
 from strategies import make_strategy

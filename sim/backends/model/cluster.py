@@ -40,8 +40,19 @@ from typing import Any
 
 from sim.backends.model.migration import SlotMigration
 from sim.backends.model.server import Connection, Entry, Server
-from sim.cluster import (CRON_S, CROSSSLOT, SlotMap, asking, cluster_down_error, command_keys, merge_keyless, node_error,
-                         request_shards, route, split_pipeline)
+from sim.cluster import (
+    CRON_S,
+    CROSSSLOT,
+    SlotMap,
+    asking,
+    cluster_down_error,
+    command_keys,
+    merge_keyless,
+    node_error,
+    request_shards,
+    route,
+    split_pipeline,
+)
 from sim.commands import CommandError, Pipeline, Request, first_error
 
 _PLACEHOLDER = ("PING",)   # what a node's time on a refused request is charged as

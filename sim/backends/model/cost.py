@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.commands import Request, reply_size, wire_size
 from sim.backend import CostTarget, Meter
 from sim.backends.model.server import Connection, Server, ServiceTimes
+from sim.commands import Request, reply_size, wire_size
 from strategies.base import Strategy
 
 

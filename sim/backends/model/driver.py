@@ -37,7 +37,6 @@ from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
 from strategies.base import Strategy
 
-
 _finished_uncollected = False   # a run has ended since the last collect_finished_runs
 _heap_frozen = False            # begin_run froze what was alive before the run
 
@@ -272,7 +271,8 @@ class SimDriver:
         # A split brain closed the link while the request was out (on a cluster, a partition cut
         # one of its links): it ran, its reply is lost.
         closed = self._replies_lost and (connection.incarnation < 0 or (
-            self._cluster and server.cut is not None and bool(server.dead_links(connection, server.shards_of(request)))))
+            self._cluster and server.cut is not None
+            and bool(server.dead_links(connection, server.shards_of(request)))))
         if entry.lost or closed or (route.fate == network.RESET and self._replies_lost):
             if entry.committed and send.writes:   # it ran (a large pipeline's earlier reads, or all)
                 self.history.applied(send.operation, entry.applied_at)

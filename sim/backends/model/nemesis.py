@@ -4,8 +4,6 @@ of sim/faults.py's specification, through the shared FaultLog). Every
 fault kind is one method named after it."""
 from __future__ import annotations
 
-import numpy as np
-
 from sim.backends.model.cluster import CUT_PING_S, ShardCut, minority_refusal_time
 from sim.backends.model.driver import SimDriver
 from sim.backends.model.migration import SlotMigration
@@ -13,7 +11,7 @@ from sim.backends.model.server import REPLICA_CRON_S
 from sim.client import in_flight, strike_clients
 from sim.cluster import WRITABLE_DELAY_S, migrating_slots, promotion_times, shard_slots
 from sim.faults import Fault
-from sim.nemesis import AckLog, FaultLog, Split, StallTarget, left_with_old_primary, uniform
+from sim.nemesis import ALREADY_DOWN, AckLog, Nemesis, Split, StallTarget, left_with_old_primary, uniform
 from sim.scenario import SentinelConfig, ServerConfig
 from sim.sentinel import CONVERT_S, promotion_delay
 from strategies import keys
@@ -21,20 +19,14 @@ from strategies import keys
 _FIND_STALL_S = 0.0001   # how often to look for the stalled request in the server's queue
 
 
-class Nemesis:
+class SimNemesis(Nemesis):
     def __init__(self, driver: SimDriver, schedule: list[Fault], seed: int, server: ServerConfig,
                  sentinel: SentinelConfig, acks: AckLog, target: StallTarget) -> None:
-        self.driver = driver
+        super().__init__(driver, schedule, seed, acks, target)
         self.env = driver.env
-        self.schedule = schedule
         self.config = server
         self.sentinel = sentinel
         self.promotion_s = promotion_delay(sentinel)
-        self.acks = acks
-        self.target = target
-        self.log = FaultLog(schedule)
-        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E3E]))
-        self.seed = seed
 
     def processes(self) -> list:
         return [self._apply(index, fault) for index, fault in enumerate(self.schedule)]
@@ -43,12 +35,6 @@ class Nemesis:
     def server(self):
         """The primary of the moment."""
         return self.driver.server
-
-    def records(self) -> list[dict]:
-        """The schedule as applied, once the run has ended."""
-        for index, count in self.driver.network.replies_lost.items():
-            self.log.update(index, replies_lost=count)
-        return self.log.records(self.driver.run_end, self.driver.clients)
 
     def _apply(self, index: int, fault: Fault):
         if fault.at > self.env.now:
@@ -69,7 +55,7 @@ class Nemesis:
 
     def _server_down(self, index: int, server=None) -> bool:
         if self.env.now < (server or self.server).down_until:
-            self.log.not_applied(index, "the server was already down")
+            self.log.not_applied(index, ALREADY_DOWN)
             return True
         return False
 
@@ -80,7 +66,7 @@ class Nemesis:
         now = self.env.now
         server = server or self.server
         self.log.struck(index, now, operations_in_flight=in_flight(self.driver.clients))
-        self._losses(index, now, keep_until, shard)
+        self.losses(index, now, keep_until, shard)
         if replica:
             server.fail_over(now, down_for, keep_until, self._preserved())
         else:
@@ -89,11 +75,6 @@ class Nemesis:
                          replicas_after_s=uniform(self.seed, index, 0x5E1C) * REPLICA_CRON_S)
             if shard is not None:   # a restarted cluster primary answers CLUSTERDOWN for a while
                 self.driver.server.writable_at[shard] = server.down_until + WRITABLE_DELAY_S
-
-    def _losses(self, index: int, died_at: float, keep_until: float, shard: int | None = None) -> None:
-        acknowledged, confirmed = self.acks.lost(keep_until, died_at, shard)
-        self.log.update(index, writes_lost_s=round(died_at - keep_until, 6), acknowledged_writes_lost=acknowledged,
-                        wait_confirmed_writes_lost=confirmed)
 
     def _back_up(self, index: int, server=None):
         server = server or self.server
@@ -115,7 +96,7 @@ class Nemesis:
             yield self.env.timeout(self.promotion_s)
             keep = self._replica_keeps(now, self.config.replication_lag_ms / 1000.0)
             self.server.fail_over(self.env.now, 0.0, keep, self._preserved())
-            self._losses(index, now, keep)
+            self.losses(index, now, keep)
             self.log.update(index, promoted=True)
             self._promoted(index, now, now + fault.duration)
         yield from self._back_up(index)

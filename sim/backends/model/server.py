@@ -38,7 +38,6 @@ from sim.backends.model.store import OK, Store, check_arity
 from sim.commands import CommandError, Pipeline, Request, Script, Stall, Transaction, may_write, wire_size
 from sim.lua import LuaScript
 
-
 READ_CHUNK_BYTES = 16 * 1024   # PROTO_IOBUF_LEN: what Redis reads from a socket per iteration
 # A replica retries a lost primary once per replication cron (every 1 s), so
 # after a restart writes under min-replicas-to-write are refused until its

@@ -14,7 +14,7 @@ import contextlib
 import resource
 import time
 
-from sim.backend import Backend, BackendRefused, Deployment, Execution, Progress
+from sim.backend import Backend, BackendRefused, CostTarget, Deployment, Execution, Progress
 from sim.backends.real import event_loop
 from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
@@ -22,13 +22,11 @@ from sim.backends.real.nemesis import RealNemesis
 from sim.backends.real.processes import ProcessError, find_binary
 from sim.backends.real.routes import ClientRoutes
 from sim.backends.real.toxics import Toxics
-from sim.backend import CostTarget
 from sim.faults import SPECS, Fault, strikes_network
-from sim.nemesis import AckLog, StallTarget, rollback_horizon
+from sim.nemesis import StallTarget, ack_log
 from sim.scenario import Scenario
 from sim.traffic import Trace
 from strategies.base import Strategy
-
 
 MAX_SPAN_S = 3600
 
@@ -110,7 +108,7 @@ class RedisDeployment(Deployment):
 
     async def _run(self, strategy: Strategy, trace: Trace, progress: Progress | None):
         scenario, servers = self.scenario, self.servers
-        acks = AckLog(rollback_horizon(scenario.server, scenario.sentinel, self.schedule) + 1.0)
+        acks = ack_log(scenario.server, scenario.sentinel, self.schedule)
         target = StallTarget()
         async with Toxics(servers.toxiproxy.port) as toxics:
             routes = ClientRoutes(servers, toxics)
@@ -180,7 +178,7 @@ class ClusterDeployment(Deployment):
         from sim.cluster import SlotMap, request_shards
 
         scenario = self.scenario
-        acks = AckLog(rollback_horizon(scenario.server, scenario.sentinel, self.schedule) + 1.0)
+        acks = ack_log(scenario.server, scenario.sentinel, self.schedule)
         shards = scenario.server.cluster_primaries
         slots = SlotMap.even(shards)
         acks.locate = lambda request: request_shards(request, slots, shards)   # a fault on one shard counts its writes

@@ -19,8 +19,8 @@ from typing import Callable
 from sim.backends.real import event_loop
 from sim.backends.real.deployment import Servers
 from sim.backends.real.driver import RealDriver
-from sim.backends.real.routes import FixedRoutes
 from sim.backends.real.processes import find_binary
+from sim.backends.real.routes import FixedRoutes
 from sim.scenario import ClientConfig
 from sim.traffic import TrafficConfig, generate
 from strategies import make_strategy

@@ -56,8 +56,14 @@ from redis.retry import Retry
 
 from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncConnection
 from sim.backends.real.event_loop import signals_held
-from sim.backends.real.processes import (BusRelayProcess, ProcessError, RedisServer, ToxiproxyServer, free_port,
-                                        stop_process)
+from sim.backends.real.processes import (
+    BusRelayProcess,
+    ProcessError,
+    RedisServer,
+    ToxiproxyServer,
+    free_port,
+    stop_process,
+)
 from sim.client import ConnectionRefused
 from sim.cluster import SlotMap, command_keys, even_split, merge_keyless, route
 from sim.commands import CommandError, Pipeline, Request

@@ -50,7 +50,7 @@ from sim.backends.real.processes import RedisServer
 from sim.client import in_flight
 from sim.cluster import SlotMap, migrating_slots, shard_slots
 from sim.faults import Fault
-from sim.nemesis import FSYNC_PERIOD_S, left_with_old_primary
+from sim.nemesis import ALREADY_DOWN, FSYNC_PERIOD_S, left_with_old_primary
 
 _WATCH_S = 0.01          # how often the failover's progress is read
 _PROMOTION_PATIENCE = 10  # node timeouts (plus 5 s) to wait for a promotion before giving up
@@ -71,14 +71,9 @@ class ClusterNemesis(RealNemesis):
 
     def _shard_down(self, index: int, shard: int) -> bool:
         if shard in self.down_shards:
-            self.log.not_applied(index, "the server was already down")
+            self.log.not_applied(index, ALREADY_DOWN)
             return True
         return False
-
-    def _shard_losses(self, index: int, died_at: float, keep_until: float, shard: int) -> None:
-        acknowledged, confirmed = self.acks.lost(keep_until, died_at, shard)
-        self.log.update(index, writes_lost_s=round(died_at - keep_until, 6), acknowledged_writes_lost=acknowledged,
-                        wait_confirmed_writes_lost=confirmed)
 
     def _node_last_save(self, node: RedisServer) -> float:
         saved = node.client().lastsave().timestamp()
@@ -97,7 +92,7 @@ class ClusterNemesis(RealNemesis):
         else:
             keep = died_at
         self.log.struck(index, died_at, operations_in_flight=in_flight(self.driver.clients))
-        self._shard_losses(index, died_at, keep, shard)
+        self.losses(index, died_at, keep, shard)
         try:
             await asyncio.to_thread(primary.kill)
             if power:
@@ -145,7 +140,7 @@ class ClusterNemesis(RealNemesis):
         died_at = self.driver.now()
         self.log.struck(index, died_at, operations_in_flight=in_flight(self.driver.clients))
         # The replication links are direct (no lag emulated: the scenario has replication_lag_ms = 0).
-        self._shard_losses(index, died_at, died_at - self.config.replication_lag_ms / 1000.0, shard)
+        self.losses(index, died_at, died_at - self.config.replication_lag_ms / 1000.0, shard)
         try:
             await asyncio.to_thread(primary.kill)
             promoted = await self._promotion(index, shard, replicas, died_at)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.commands import Request, wire_size
 from sim.backend import CostTarget, Meter
 from sim.backends.real.connection import SyncConnection
 from sim.backends.real.event_loop import signals_held
 from sim.backends.real.processes import RedisServer
+from sim.commands import Request, wire_size
 from sim.watchdog import remove_scratch, scratch_folder
 from strategies.base import Strategy
 

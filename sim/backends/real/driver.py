@@ -23,8 +23,7 @@ from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncC
 from sim.backends.real.timer import FineTimer
 from sim.backends.real.toxics import Toxics
 from sim.checker import Counters, check, read_counters
-from sim.client import (CAUSES, Client, ClientLoop, ConnectionRefused, Send, Sleep,
-                        next_instruction)
+from sim.client import CAUSES, Client, ClientLoop, ConnectionRefused, Send, Sleep, next_instruction
 from sim.cluster import refused_whole
 from sim.commands import CommandError, ConnectionLost, first_error
 from sim.history import History

@@ -22,7 +22,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import redis
 
 from sim.backends.real.deployment import Servers
@@ -32,7 +31,7 @@ from sim.backends.real.routes import ClientRoutes
 from sim.backends.real.toxics import Toxics
 from sim.client import in_flight, strike_clients
 from sim.faults import Fault
-from sim.nemesis import FSYNC_PERIOD_S, AckLog, FaultLog, Split, StallTarget, left_with_old_primary
+from sim.nemesis import ALREADY_DOWN, FSYNC_PERIOD_S, AckLog, Nemesis, Split, StallTarget, left_with_old_primary
 from sim.scenario import ServerConfig
 
 _PREPARE_S = 0.05   # a failover's lag is set this long before the replica must be that far behind
@@ -60,20 +59,14 @@ async def until(node: RedisServer, check: Callable[[redis.Redis], bool], period_
         probe.close()
 
 
-class RealNemesis:
+class RealNemesis(Nemesis):
     def __init__(self, driver: RealDriver, servers: Servers, toxics: Toxics, routes: ClientRoutes,
                  schedule: list[Fault], seed: int, config: ServerConfig, acks: AckLog, target: StallTarget) -> None:
-        self.driver = driver
+        super().__init__(driver, schedule, seed, acks, target)
         self.servers = servers
         self.toxics = toxics
         self.routes = routes
-        self.seed = seed
-        self.schedule = schedule
         self.config = config
-        self.acks = acks
-        self.target = target
-        self.log = FaultLog(schedule)
-        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E3E]))
         self.synced: dict[str, tuple[float, Path | None, int]] = {}   # node -> (time, AOF file, size) at its last fsync
         self.down = False            # a fault holds the primary down
         self._partitions: Counter[str] = Counter()   # proxy -> partitions open on it
@@ -83,12 +76,6 @@ class RealNemesis:
         if self.config.appendonly and FSYNC_PERIOD_S[self.config.appendfsync]:
             background.append(self._fsync_sampler())
         return background
-
-    def records(self) -> list[dict]:
-        """The schedule as applied, once the run has ended."""
-        for index, count in self.driver.network.replies_lost.items():
-            self.log.update(index, replies_lost=count)
-        return self.log.records(self.driver.run_end, self.driver.clients)
 
     async def _apply(self, index: int, fault: Fault) -> None:
         await asyncio.sleep(max(0.0, fault.at - self.lead_s(fault) - self.driver.now()))
@@ -110,7 +97,7 @@ class RealNemesis:
     # -- the server -------------------------------------------------------------
     def _already_down(self, index: int) -> bool:
         if self.down:
-            self.log.not_applied(index, "the server was already down")
+            self.log.not_applied(index, ALREADY_DOWN)
             return True
         return False
 
@@ -120,17 +107,12 @@ class RealNemesis:
         measured from); what survives reaches back to ``keep_until``."""
         self.down = True
         self.log.struck(index, died_at, operations_in_flight=in_flight(self.driver.clients))
-        self._losses(index, died_at, keep_until)
+        self.losses(index, died_at, keep_until)
         primary = self.servers.primary
         if cut_replication:   # what is on its way to the replicas never arrives
             await asyncio.to_thread(self.servers.isolate, primary)
         await asyncio.to_thread(primary.kill)
         return primary
-
-    def _losses(self, index: int, died_at: float, keep_until: float) -> None:
-        acknowledged, confirmed = self.acks.lost(keep_until, died_at)
-        self.log.update(index, writes_lost_s=round(died_at - keep_until, 6), acknowledged_writes_lost=acknowledged,
-                        wait_confirmed_writes_lost=confirmed)
 
     async def _restart(self, index: int, primary: RedisServer) -> None:
         await self._start(primary)
@@ -162,7 +144,7 @@ class RealNemesis:
         self.log.update(index, promoted=False)
         try:
             if sentinel and await self._promotion(index, primary, died_at, died_at + fault.duration):
-                self._losses(index, died_at, died_at - self.config.replication_lag_ms / 1000.0)
+                self.losses(index, died_at, died_at - self.config.replication_lag_ms / 1000.0)
                 self.log.update(index, promoted=True)
                 self.log.ended(index, self.driver.now())
                 await asyncio.sleep(max(0.0, died_at + fault.duration - self.driver.now()))

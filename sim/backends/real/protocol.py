@@ -36,7 +36,8 @@ def flatten(request: Request) -> list[tuple]:
         return [request]
     if kind is Script:
         if request.stall_s:
-            source = f"local __stall_ms = {_milliseconds(request.stall_s)}\n{STALL_AFTER_FIRST_CALL}{request.script.source}"
+            source = (f"local __stall_ms = {_milliseconds(request.stall_s)}\n"
+                      f"{STALL_AFTER_FIRST_CALL}{request.script.source}")
             return [("EVAL", source, len(request.keys), *request.keys, *request.args)]
         return [("EVALSHA", request.script.sha, len(request.keys), *request.keys, *request.args)]
     if kind is Stall:
