@@ -311,11 +311,14 @@ def command_sweep(args: argparse.Namespace) -> int:
     Done.written = f"the sweep in {out}"
     for name in document["aggregates"]:
         print(format_sweep_table(document, name), end="\n\n")
-    for failure in document["runs"]["failed"]:
-        print(f"failed: {failure['scenario']} seed {failure['seed']} {failure['strategy']}: {failure['error']}")
     runs = document["runs"]
     print(f"{runs['done']} of {runs['planned']} runs, wall {document['wall_seconds']:.1f} s; "
           f"sweep: {out / 'sweep.json'}")
+    if runs["failed"]:   # an error, not a verdict: each failure is in sweep.json; the same command runs them again
+        first = runs["failed"][0]
+        raise UsageError(f"{len(runs['failed'])} of {runs['planned']} runs failed (each one's error is in "
+                         f"{out / 'sweep.json'}; the same command runs them again); the first, {first['scenario']} "
+                         f"seed {first['seed']} {first['strategy']}: {first['error']}")
     return 0 if document["complete"] else 1
 
 

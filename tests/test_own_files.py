@@ -22,7 +22,8 @@ from sim.traffic import ARRAYS, Trace
 from conftest import SMALL_SCENARIO
 
 TINY = SMALL_SCENARIO.replace("messages = 3000", "messages = 300")
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+LONG = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))   # -m slow
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,17 @@ def test_an_edited_trace_is_refused_by_run(a_run, tmp_path_factory, capsys, muta
     """With its checksum left as it was (an edit), or updated (a hand-made
     file): refused by the checksum, or by the check of every array; or, when
     the edit happens to leave a valid trace, a run of the edited traffic."""
+    _run_an_edited_trace(a_run, tmp_path_factory, capsys, mutation, checksum_updated)
+
+
+@pytest.mark.slow
+@LONG
+@given(mutation=_mutations(), checksum_updated=st.booleans())
+def test_many_edited_traces(a_run, tmp_path_factory, capsys, mutation, checksum_updated):
+    _run_an_edited_trace(a_run, tmp_path_factory, capsys, mutation, checksum_updated)
+
+
+def _run_an_edited_trace(a_run, tmp_path_factory, capsys, mutation, checksum_updated) -> None:
     original = Trace.load(a_run / "run" / "trace.npz")
     arrays = _mutate(original._arrays(), mutation)
     meta = {"format": 1, "seed": original.seed, "config": json.loads(json.dumps(original.config.__dict__)),
@@ -163,16 +175,29 @@ def _must_refuse(path: tuple, value) -> bool:
     last = path[-1]
     if isinstance(value, float) and not math.isfinite(value):
         return True
-    if path[:1] == ("runs",) and last in COUNTS:
-        return not (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
-    if path[:1] == ("runs",) and last in AMOUNTS:
-        return not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)
+    # a run's own figures, its drift, its latency, its timeline's points, its faults' times
+    read = path[:1] == ("runs",) and (len(path) == 3 or path[2] in ("drift", "latency_ms", "timeline", "faults"))
+    if read and last in COUNTS:
+        return not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2 ** 53)
+    if read and last in AMOUNTS:
+        return not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1e15)
     return path in (("seed",), ("backend",), ("schema_version",)) and value is _DELETE
 
 
 @FUZZ
 @given(data=st.data())
 def test_an_edited_results_json_is_refused_or_read_never_a_traceback(a_run, tmp_path_factory, capsys, data):
+    _read_an_edited_results_json(a_run, tmp_path_factory, capsys, data)
+
+
+@pytest.mark.slow
+@LONG
+@given(data=st.data())
+def test_many_edited_results_json(a_run, tmp_path_factory, capsys, data):
+    _read_an_edited_results_json(a_run, tmp_path_factory, capsys, data)
+
+
+def _read_an_edited_results_json(a_run, tmp_path_factory, capsys, data) -> None:
     document = json.loads((a_run / "run" / "results.json").read_text())
     path = data.draw(st.sampled_from(sorted(_leaves(document), key=str)))
     value = data.draw(st.sampled_from([_DELETE, math.nan, -math.inf, -1, -0.5, "7", None, [], {}, 10 ** 30, True]))

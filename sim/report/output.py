@@ -151,11 +151,16 @@ def check_file(path: Path, option: str, ours: Callable[[Path], bool] | None = No
     or that exists and is not a file countdrift wrote of this kind
     (``ours``), unless ``force``. Returns the path to write (a symbolic
     link's target)."""
-    path = _real(path)
-    if path.is_dir():
-        raise OutputError(f"{option} {path}: is a folder; name a file")
-    _writable_parent(path, option)
-    if path.exists():
+    given = Path(path)
+    try:
+        path = _real(given)
+        if path.is_dir():
+            raise OutputError(f"{option} {path}: is a folder; name a file")
+        _writable_parent(path, option)
+        exists = path.exists()
+    except OSError as error:   # a name too long, a loop of links
+        raise OutputError(f"{option} {given}: {cause(error)}") from None
+    if exists:
         if not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
             raise OutputError(f"{option} {path}: cannot be replaced (no write permission)")
         if ours is not None and not force and not ours(path):
@@ -167,12 +172,16 @@ def check_file(path: Path, option: str, ours: Callable[[Path], bool] | None = No
 def check_folder(path: Path, option: str) -> Path:
     """Refuse, before any work, a folder destination that cannot be
     written; returns the folder to write (a symbolic link's target)."""
-    given, path = Path(path), _real(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{option} {given}: exists and is not a folder; name a folder")
-    _writable_parent(path, option)
-    if path.is_dir():
-        _probe(path, f"{option} {given}")
+    given = Path(path)
+    try:
+        path = _real(given)
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{option} {given}: exists and is not a folder; name a folder")
+        _writable_parent(path, option)
+        if path.is_dir():
+            _probe(path, f"{option} {given}")
+    except OSError as error:   # a name too long, a loop of links
+        raise OutputError(f"{option} {given}: {cause(error)}") from None
     return path
 
 
@@ -189,7 +198,8 @@ def _read_marker(folder: Path) -> dict | None:
 def _written_by(folder: Path, command: str) -> set[str] | None:
     """The names in ``folder`` that ``command`` wrote, or None when the folder
     is not an output of that command."""
-    names = {entry.name for entry in folder.iterdir()} - {MARKER}
+    names = {entry.name for entry in folder.iterdir()
+             if entry.name != MARKER and not entry.name.startswith(f".{folder.name}.partial-")}
     marker = _read_marker(folder)
     if marker is not None:
         if marker.get("command") != command:
@@ -227,13 +237,12 @@ class OutputFolder:
 
     def __init__(self, path: Path, option: str, command: str, force: bool = False) -> None:
         self.given = Path(path)
-        self.path = _real(self.given)
+        self.path = path = check_folder(self.given, option)
         self.option = option
         self.command = command
         self.partial: Path | None = None
         self.committed = False
         self.in_place = False
-        path = check_folder(self.given, option)
         if not path.is_dir():
             return
         ours = _written_by(path, command)
