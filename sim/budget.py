@@ -14,12 +14,12 @@ import os
 import resource
 
 from sim.errors import UsageError
-from sim.traffic import TrafficConfig, Work, work
+from sim.traffic import TrafficConfig, Work, expected_memberships, work
 
 BASE_BYTES = 160 * 2 ** 20       # Python, numpy, SimPy, a small run's structures
 OPERATION_BYTES = 500
 DELIVERY_BYTES = 100
-MEMBERSHIP_BYTES = 200
+MEMBERSHIP_BYTES = 200          # drawing them peaked at 105 bytes each, the run keeps them too
 SHARE = 0.8                      # of the memory a run may take
 
 
@@ -46,7 +46,17 @@ def available_bytes() -> int:
 
 
 def check(traffic: TrafficConfig, seed: int, where: str, processes: int = 1) -> Work:
-    """Refuse, before anything runs, traffic whose run would not fit in memory here."""
+    """Refuse, before anything runs, traffic whose run would not fit in memory
+    here: first from the memberships the scenario asks for (drawing 19.8
+    million of them took 2 GiB and 30 s here: that alone must fit), then from
+    the work the drawn trace holds."""
+    memberships = expected_memberships(traffic)
+    needed, available = BASE_BYTES + processes * memberships * MEMBERSHIP_BYTES, available_bytes()
+    if needed > available:
+        raise UsageError(f"{where}: traffic.users x traffic.dm_per_user and the groups ask for about "
+                         f"{memberships:,.0f} conversation memberships, about {needed / 2 ** 30:.1f} GiB to draw and "
+                         f"run; this machine lets a run have {available / 2 ** 30:.1f} GiB: lower traffic.users, "
+                         f"traffic.dm_per_user or traffic.groups")
     return check_work(work(traffic, seed), where, processes)
 
 

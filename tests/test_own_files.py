@@ -246,3 +246,21 @@ def test_a_sweep_refuses_to_resume_from_a_run_copied_into_another_place(a_run, t
         assert main(command) == 2
         line = _one_error_line(capsys)
         assert str(seed_two) in line and ("seed" in line or "strategy" in line), line
+
+
+def test_compare_and_report_refuse_a_sweep_whose_run_was_changed_since(a_run, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(a_run / "tiny.toml"), "--strategies", "lua", "--seed-range", "1:2", "--workers", "1",
+                 "--out", str(out), "-q"]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    run = copy / "small" / "s2" / "lua" / "results.json"
+    for value in (math.nan, 7):
+        document = json.loads((out / "small" / "s2" / "lua" / "results.json").read_text())
+        document["runs"][0]["drift"]["abs_drift_sum"] = value
+        run.write_text(json.dumps(document))
+        capsys.readouterr()
+        assert main(["compare", str(out), str(copy)]) == 2
+        assert str(run) in _one_error_line(capsys)
+        assert main(["report", str(copy), "--out", str(tmp_path / "report")]) == 2
+        assert str(run) in _one_error_line(capsys)

@@ -132,7 +132,10 @@ def _local_cluster(workers: int, real: bool) -> Iterator:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with dask.config.set({"temporary-directory": str(scratch)}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            # The scheduler's HTTP server starts whatever the dashboard: on 127.0.0.1 and a free port, not
+            # on every interface's 8787 (taken, it warned on stderr).
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address="127.0.0.1:0",
                                    silence_logs=logging.CRITICAL, resources={REAL_RESOURCE: 1} if real else None)
     except BaseException:
         remove_scratch(scratch)

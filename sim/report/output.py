@@ -256,6 +256,7 @@ class OutputFolder:
                          or any(entry.name != MARKER and entry.name not in ours for entry in path.iterdir()))
 
     def __enter__(self) -> "OutputFolder":
+        made = False
         try:
             if self.in_place:
                 beside = self.path
@@ -272,8 +273,16 @@ class OutputFolder:
                                   f"not make it; move it")
             shutil.rmtree(self.partial, ignore_errors=True)
             self.partial.mkdir()
+            made = True
             self._mark(self.partial, partial_of=os.getpid())
+        except OutputError as error:   # a full disk can refuse the marker itself: nothing stays
+            if made:
+                shutil.rmtree(self.partial, ignore_errors=True)
+            self._reword(error)
+            raise
         except OSError as error:
+            if made:
+                shutil.rmtree(self.partial, ignore_errors=True)
             raise OutputError(f"{self.option} {self.given}: cannot write: {cause(error)}") from None
         return self
 
@@ -347,6 +356,11 @@ class OutputFolder:
     def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:
         if not self.committed and self.partial is not None:
             shutil.rmtree(self.partial, ignore_errors=True)
-        if isinstance(error, OutputError) and not str(error).startswith(self.option):
+        if isinstance(error, OutputError):
+            self._reword(error)
+
+    def _reword(self, error: OutputError) -> None:
+        """A write's error, said of the destination rather than of the partial folder."""
+        if not str(error).startswith(self.option):
             message = str(error).replace(str(self.partial), str(self.given))
             raise OutputError(f"{self.option} {self.given}: {message}; nothing written") from None

@@ -101,11 +101,40 @@ def load_sweep(path: Path) -> dict:
     return document
 
 
+def check_runs(folder: Path, sweep: dict) -> None:
+    """Every run sweep.json aggregates that its folder holds is valid and
+    says what sweep.json took from it: a run file edited or replaced since
+    is refused, not compared or drawn from a stale aggregate (a sweep.json
+    copied alone stands for its runs)."""
+    for scenario, strategies in sweep["aggregates"].items():
+        for strategy, figures in strategies.items():
+            statistics = figures[FIGURES[0]]
+            for index, seed in enumerate(statistics["seeds"]):
+                path = run_file(folder, scenario, seed, strategy)
+                if not path.exists():
+                    continue
+                try:
+                    document = read_document(path, "results.json")
+                    validate(document)
+                except InvalidResults as error:
+                    where = "" if str(error).startswith(str(path)) else f"{path}: "
+                    raise ReportError(f"{where}{error} (a run of the sweep in {folder})") from None
+                for figure, aggregated in figures.items():
+                    if index < len(aggregated["values"]) and figure_of(document, figure) != aggregated["values"][index]:
+                        raise ReportError(f"{path}: {figure} is {figure_of(document, figure)!r}, and "
+                                          f"{folder / SWEEP_FILE} took {aggregated['values'][index]!r} from it: the "
+                                          f"run was changed since the sweep; sweep again into another --out")
+
+
 def find_sweeps(paths: list[str]) -> list[tuple[Path, dict]]:
-    """(folder, sweep.json) for each sweep named, or found under the folders named."""
+    """(folder, sweep.json) for each sweep named, or found under the folders
+    named, each run it aggregates checked against it."""
     found = []
     for name in paths:
         path = Path(name)
         files = sorted(path.rglob(SWEEP_FILE)) if path.is_dir() else [path] * (path.name == SWEEP_FILE)
-        found.extend((file.parent, load_sweep(file)) for file in files)
+        for file in files:
+            sweep = load_sweep(file)
+            check_runs(file.parent, sweep)
+            found.append((file.parent, sweep))
     return found
