@@ -62,12 +62,37 @@ def stop_all(processes: dict[int, int], patience_s: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def working_in(folder: Path) -> dict[int, int]:
+    """Processes (PID -> start time) that work in ``folder`` (their working
+    folder is in it) and run a program the harness started there (its
+    marker lists them): what a server forked, or a server that daemonized
+    itself. A shell of the user's that looks into the folder is neither."""
+    try:
+        programs = set(json.loads((folder / OWNER_FILE).read_text()).get("programs", []))
+    except (OSError, ValueError, AttributeError):
+        return {}
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            where, program = Path(os.readlink(entry / "cwd")), os.readlink(entry / "exe")
+        except OSError:
+            continue
+        if (where == folder or folder in where.parents) and program in programs:
+            started = start_time(int(entry.name))
+            if started is not None:
+                found[int(entry.name)] = started
+    return found
+
+
 def remove_folder(folder: Path, patience_s: float = 3.0) -> None:
-    """Remove a scratch folder, only when it holds the harness's marker;
-    again while something still writes in it (an AOF rewrite's child
-    finishing after its parent was killed)."""
+    """Remove a scratch folder, only when it holds the harness's marker,
+    once nothing works in it any more; again while something still writes in
+    it (an AOF rewrite's child finishing after its parent was killed)."""
     if not (folder / OWNER_FILE).exists():
         return
+    stop_all(working_in(folder))
     deadline = time.monotonic() + patience_s
     while True:
         shutil.rmtree(folder, ignore_errors=True)
@@ -145,10 +170,11 @@ WATCHDOG = _Watchdog()
 atexit.register(WATCHDOG.close)
 
 
-def watch_process(pid: int, folder: Path | None) -> None:
+def watch_process(pid: int, folder: Path | None, program: str | None = None) -> None:
     """A child process the harness started (its files in ``folder``): the
     watchdog stops it should the harness die, and the marker of the scratch
-    folder that holds ``folder`` lists it for `countdrift clean`."""
+    folder that holds ``folder`` lists it for `countdrift clean`, with the
+    program it runs and ``program``, the one it was meant to run."""
     started = start_time(pid)
     if started is None:
         return
@@ -156,7 +182,11 @@ def watch_process(pid: int, folder: Path | None) -> None:
     scratch = _scratch_of(folder)
     if scratch is not None:
         _SCRATCH_OF[pid] = scratch
-        _update_owner(scratch, add=(pid, started))
+        try:
+            running = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            running = None
+        _update_owner(scratch, add=(pid, started), programs=(running, program))
 
 
 def forget_process(pid: int) -> None:
@@ -175,14 +205,17 @@ def scratch_folder(prefix: str) -> Path:
     `countdrift clean` knows whose it is), and removed by the watchdog
     should this process be killed."""
     folder = Path(tempfile.mkdtemp(prefix=prefix))
-    owner = {"tool": "countdrift", "pid": os.getpid(), "start": start_time(os.getpid()), "processes": []}
+    owner = {"tool": "countdrift", "pid": os.getpid(), "start": start_time(os.getpid()), "processes": [],
+             "programs": []}
     (folder / OWNER_FILE).write_text(json.dumps(owner))
     WATCHDOG.folder(folder)
     return folder
 
 
 def remove_scratch(folder: Path) -> None:
-    """Remove a scratch folder (its processes stopped)."""
+    """Remove a scratch folder (its processes stopped; any other that works
+    in it, such as a server that daemonized itself, too)."""
+    stop_all(working_in(folder))
     shutil.rmtree(folder, ignore_errors=True)
     if not folder.exists():
         WATCHDOG.unfolder(folder)
@@ -198,8 +231,10 @@ def _scratch_of(folder: Path | None) -> Path | None:
     return None
 
 
-def _update_owner(scratch: Path, add: tuple[int, int] | None = None, remove: int | None = None) -> None:
-    """List a process in, or take one off, a scratch folder's marker."""
+def _update_owner(scratch: Path, add: tuple[int, int] | None = None, remove: int | None = None,
+                  programs: tuple[str | None, ...] = ()) -> None:
+    """List a process in, or take one off, a scratch folder's marker; and
+    the programs ever started there."""
     path = scratch / OWNER_FILE
     try:
         owner = json.loads(path.read_text())
@@ -209,6 +244,9 @@ def _update_owner(scratch: Path, add: tuple[int, int] | None = None, remove: int
     if add is not None:
         listed.append(list(add))
     owner["processes"] = listed
+    for program in programs:
+        if program and program not in owner.setdefault("programs", []):
+            owner["programs"].append(program)
     partial = path.with_name(f".{OWNER_FILE}.{os.getpid()}")
     try:
         partial.write_text(json.dumps(owner))

@@ -55,3 +55,28 @@ def test_a_temporary_folder_with_a_space_works(scenario, tmp_path):
     done = _run(scenario, tmp_path, TMPDIR=str(spaced))
     assert done.returncode == 0, done.stderr
     assert list(spaced.iterdir()) == []
+
+
+def test_a_server_that_daemonizes_itself_is_stopped_with_its_folder(scenario, tmp_path):
+    """A wrapper that makes redis-server a daemon: the process the harness
+    started exits at once (one line says so), and the daemon, which left
+    the harness's tree of processes, still goes with the run's folder: found
+    working there, running the program the harness meant to start."""
+    import shutil
+    from pathlib import Path
+
+    wrapper = tmp_path / "daemonizing-redis-server"
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("redis-server")} "$@" --daemonize yes\n')
+    wrapper.chmod(0o755)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = _run(scenario, tmp_path, COUNTDRIFT_REDIS_SERVER=str(wrapper), TMPDIR=str(scratch))
+    assert done.returncode == 2 and "exited at start with status 0" in done.stderr, done.stderr
+    working = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(entry / "cwd").resolve().is_relative_to(scratch):
+                working.append(int(entry.name))
+        except OSError:
+            continue
+    assert not working and list(scratch.iterdir()) == [], working

@@ -43,7 +43,10 @@ class _Registry:
         self.processes: dict[int, subprocess.Popen] = {}
         atexit.register(self.stop_all)
 
-    def add(self, process: subprocess.Popen, folder: Path | None = None) -> None:
+    def add(self, process: subprocess.Popen, folder: Path | None = None, program: str | None = None) -> None:
+        """``program``: the server it is meant to run (its name on PATH), so
+        that a copy of it left working in ``folder`` (a server that
+        daemonized itself) is stopped with the folder."""
         if not self.processes and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             # Nobody handles SIGTERM (the CLI does, as an interrupt): stop the servers on it.
             try:
@@ -51,7 +54,8 @@ class _Registry:
             except ValueError:  # not the main thread: atexit still covers us
                 pass
         self.processes[process.pid] = process
-        watch_process(process.pid, folder)
+        meant = shutil.which(program) if program else None
+        watch_process(process.pid, folder, os.path.realpath(meant) if meant else None)
 
     def remove(self, process: subprocess.Popen) -> None:
         if self.processes.pop(process.pid, None) is not None:
@@ -139,14 +143,14 @@ def _tail(logs: tuple[Path, ...], lines: int = 3) -> str:
     return f"; its log ends: {' | '.join(said[-lines:])}" if said else ""
 
 
-def _start(command: list[str], folder: Path, what: str, log: Path) -> subprocess.Popen:
-    """Start a server in a session of its own, its output in ``log``."""
+def _start(command: list[str], folder: Path, what: str, log: Path, program: str) -> subprocess.Popen:
+    """Start a server (``program``: its name) in a session of its own, its output in ``log``."""
     try:
         with open(log, "ab") as output:
             process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
     except OSError as error:
         raise ProcessError(f"{what}: cannot start {command[0]}: {error.strerror}") from None
-    REGISTRY.add(process, folder)
+    REGISTRY.add(process, folder, program)
     return process
 
 
@@ -197,7 +201,7 @@ class RedisServer:
             config = self._write_config()
         what = f"redis-server {self.name} on port {self.port} ({binary}, files in {self.folder})"
         output = self.folder / "redis.out"
-        self.process = _start([binary, str(config)], self.folder, what, output)
+        self.process = _start([binary, str(config)], self.folder, what, output, "redis-server")
         _wait_until(lambda: self.client().ping(), what, process=self.process,
                     logs=(output, self.folder / "redis.log"))
 
@@ -264,7 +268,7 @@ class SentinelProcess:
         config.write_text("".join(line + "\n" for line in lines))
         what = f"redis-sentinel {self.name} on port {self.port} ({binary}, files in {self.folder})"
         output = self.folder / "sentinel.out"
-        self.process = _start([binary, str(config)], self.folder, what, output)
+        self.process = _start([binary, str(config)], self.folder, what, output, "redis-sentinel")
         _wait_until(lambda: self.client().ping(), what, process=self.process,
                     logs=(output, self.folder / "sentinel.log"))
 
@@ -291,7 +295,8 @@ class ToxiproxyServer:
         binary = find_binary("toxiproxy-server", "COUNTDRIFT_TOXIPROXY")
         what = f"toxiproxy-server on port {self.port} ({binary})"
         log = self.folder / "toxiproxy.log"
-        self.process = _start([binary, "-host", "127.0.0.1", "-port", str(self.port)], self.folder, what, log)
+        self.process = _start([binary, "-host", "127.0.0.1", "-port", str(self.port)], self.folder, what, log,
+                              "toxiproxy-server")
         self.api = Toxiproxy()
         self.api.update_api_consumer("127.0.0.1", self.port)
         _wait_until(self.api.running, what, process=self.process, logs=(log,))
