@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import resource
+from pathlib import Path
 
 from sim.errors import UsageError
 from sim.traffic import TrafficConfig, Work, expected_memberships, work
@@ -30,10 +31,42 @@ def needed_bytes(done: Work, processes: int = 1) -> int:
     return BASE_BYTES + processes * per_run
 
 
+def cgroup_limit() -> int | None:
+    """The memory limit of this process's control group (a container's, a
+    CI job's), the lowest on its way to the root, or None where there is none."""
+    limits = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "memory":          # cgroup v1
+            roots, name = [Path("/sys/fs/cgroup/memory")], "memory.limit_in_bytes"
+        elif controllers == "":              # cgroup v2
+            roots, name = [Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")], "memory.max"
+        else:
+            continue
+        for root in roots:
+            place = root / path.lstrip("/")
+            for folder in (place, *place.parents):
+                if not folder.is_relative_to(root):
+                    break
+                try:
+                    value = (folder / name).read_text().strip()
+                except OSError:
+                    continue
+                if value.isdigit() and int(value) < 2 ** 60:   # "max", or the kernel's "no limit"
+                    limits.append(int(value))
+    return min(limits) if limits else None
+
+
 def available_bytes() -> int:
-    """What a run may take here: a share of the machine's memory, or of
-    what the address-space limit (ulimit -v) leaves this process."""
+    """What a run may take here: a share of the machine's memory, of its
+    control group's limit, or of what the address-space limit (ulimit -v)
+    leaves this process."""
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    physical = min(physical, cgroup_limit() or physical)
     limit, _ = resource.getrlimit(resource.RLIMIT_AS)
     if limit == resource.RLIM_INFINITY:
         return int(physical * SHARE)

@@ -84,7 +84,7 @@ def command_run(args: argparse.Namespace) -> int:
     saved = _saved_trace(args, scenario)
     seed = saved.seed if saved else scenario.seed if args.seed is None else args.seed
     out = Path(args.out) if args.out else Path("results") / f"{scenario.name}-s{seed}"
-    folder = OutputFolder(out, "--out", "run", args.force)
+    folder = OutputFolder(out, "--out", "run", args.force, writes=("results.json", "trace.npz"))
     refusal = backends.get(args.backend).refuse(scenario)
     if refusal:
         raise UsageError(f"--backend {args.backend}: {refusal}")
@@ -157,7 +157,7 @@ def command_report(args: argparse.Namespace) -> int:
     from sim.report.sweep_results import find_sweeps
 
     out = Path(args.out)
-    with OutputFolder(out, "--out", "report", args.force) as folder:
+    with OutputFolder(out, "--out", "report", args.force, writes=("summary.md", "summary.html")) as folder:
         try:
             sources = find_results(args.results, required=False)
             documents = [load_results(path) for path in sources]
@@ -236,7 +236,7 @@ def command_fidelity(args: argparse.Namespace) -> int:
     strategies = _strategies(args.strategies, FIDELITY)
     seeds = [seed_number(seed, "--seeds") for seed in args.seeds.split(",")] if args.seeds else None
     out = Path(args.out)
-    with OutputFolder(out, "--out", "fidelity", args.force) as folder:
+    with OutputFolder(out, "--out", "fidelity", args.force, writes=("fidelity.json",)) as folder:
         for backend in (backends.SIMULATION, backends.REAL):
             for scenario in scenarios:
                 refusal = backends.get(backend).refuse(scenario)
@@ -328,7 +328,7 @@ def _write_document(out: Path, file_name: str, make: Callable[[], dict], show: C
     from sim.report.output import OutputFolder
     from sim.report.results import write_json
 
-    with OutputFolder(out, "--out", file_name.removesuffix(".json"), force) as folder:
+    with OutputFolder(out, "--out", file_name.removesuffix(".json"), force, writes=(file_name,)) as folder:
         document = make()
         write_json(folder.partial / file_name, document)
         folder.commit()

@@ -11,6 +11,7 @@ is any folder without the marker.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,14 @@ def find(where: Path | None = None) -> tuple[list[Leftover], list[Path]]:
     root = Path(where or tempfile.gettempdir())
     leftovers, in_use = [], []
     for folder in sorted(root.glob("countdrift-*")):
-        owner = _owner(folder) if folder.is_dir() and not folder.is_symlink() else None
+        # Only this user's folders, with a marker of their own: in a shared /tmp, another user's could name
+        # processes that are not countdrift's.
+        try:
+            mine = (folder.is_dir() and not folder.is_symlink() and folder.stat().st_uid == os.getuid()
+                    and (folder / OWNER_FILE).stat().st_uid == os.getuid())
+        except OSError:
+            mine = False
+        owner = _owner(folder) if mine else None
         if owner is None:
             continue
         if start_time(owner["pid"]) == owner.get("start"):

@@ -28,10 +28,32 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 OWNER_FILE = "countdrift-owner.json"   # the marker of a scratch folder (processes.py writes it)
+
+
+@contextmanager
+def signals_held(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Signals that come during the block are delivered when it ends (the
+    first of them: each ends the command). Only the main thread receives
+    signals: elsewhere (a sweep's worker thread) there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: came.append(signum)) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if came:
+            signal.raise_signal(came[0])
 
 
 def start_time(pid: int) -> int | None:
@@ -55,7 +77,7 @@ def stop_all(processes: dict[int, int], patience_s: float = 5.0) -> None:
             for sig in (signal.SIGCONT, signal.SIGKILL):
                 try:
                     os.kill(pid, sig)
-                except ProcessLookupError:
+                except (ProcessLookupError, PermissionError):   # gone, or not ours to stop
                     break
     deadline = time.monotonic() + patience_s
     while time.monotonic() < deadline and any(start_time(pid) == started for pid, started in processes.items()):
@@ -71,6 +93,7 @@ def working_in(folder: Path) -> dict[int, int]:
         programs = set(json.loads((folder / OWNER_FILE).read_text()).get("programs", []))
     except (OSError, ValueError, AttributeError):
         return {}
+    folder = folder.resolve()   # a process's working folder reads resolved (a TMPDIR through a link)
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -131,9 +154,10 @@ class _Watchdog:
     def _send(self, line: str) -> None:
         if self.process is None or self.owner != os.getpid():   # none yet, or a forked child's copy
             self.owner = os.getpid()
-            self.process = subprocess.Popen([sys.executable, "-I", __file__], stdin=subprocess.PIPE,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
+            with signals_held():   # started whole, whatever interrupt comes meanwhile
+                self.process = subprocess.Popen([sys.executable, "-I", __file__], stdin=subprocess.PIPE,
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                start_new_session=True)
         try:
             self.process.stdin.write(f"{line}\n".encode())
             self.process.stdin.flush()
@@ -173,8 +197,10 @@ atexit.register(WATCHDOG.close)
 def watch_process(pid: int, folder: Path | None, program: str | None = None) -> None:
     """A child process the harness started (its files in ``folder``): the
     watchdog stops it should the harness die, and the marker of the scratch
-    folder that holds ``folder`` lists it for `countdrift clean`, with the
-    program it runs and ``program``, the one it was meant to run."""
+    folder that holds ``folder`` lists it for `countdrift clean`, with
+    ``program``, the server it was meant to run (none for a helper of the
+    harness's own, such as a Python relay: a user's Python working there
+    must not be taken for it)."""
     started = start_time(pid)
     if started is None:
         return
@@ -182,11 +208,7 @@ def watch_process(pid: int, folder: Path | None, program: str | None = None) -> 
     scratch = _scratch_of(folder)
     if scratch is not None:
         _SCRATCH_OF[pid] = scratch
-        try:
-            running = os.readlink(f"/proc/{pid}/exe")
-        except OSError:
-            running = None
-        _update_owner(scratch, add=(pid, started), programs=(running, program))
+        _update_owner(scratch, add=(pid, started), programs=(program,))
 
 
 def forget_process(pid: int) -> None:

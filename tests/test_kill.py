@@ -152,3 +152,31 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_an_interrupt_while_a_child_starts_comes_once_it_is_registered(monkeypatch, tmp_path):
+    """Ctrl-C between the fork of a server and its registration used to leave
+    a server nothing knew of: it outlived the harness (CI saw it once)."""
+    from sim.backends.real import processes
+
+    started: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_interrupt(*args, **kwargs):
+        child = real_popen(*args, **kwargs)
+        if args and args[0][0] == "sleep":
+            started.append(child)
+            os.kill(os.getpid(), signal.SIGINT)   # after the fork, before the harness knows of the child
+        return child
+
+    monkeypatch.setattr(processes.subprocess, "Popen", popen_then_interrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            processes.REGISTRY.start(["sleep", "30"], tmp_path)
+        assert started and started[0].pid in processes.REGISTRY.processes
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for child in started:
+            processes.stop_process(child)
+    assert started[0].poll() is not None

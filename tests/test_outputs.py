@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -255,4 +256,54 @@ def test_an_output_marker_names_the_command_and_its_files(tiny, tmp_path):
     out = tmp_path / "out"
     assert main(["run", str(tiny), "--strategies", "naive", "--out", str(out), "-q"]) == 0
     marker = json.loads((out / ".countdrift-output.json").read_text())
-    assert marker["command"] == "run" and marker["files"] == ["results.json", "trace.npz"]
+    assert marker["written"] == {"run": ["results.json", "trace.npz"]}
+
+
+def test_a_folder_written_before_markers_is_recognized_by_exact_names_only(a_run, tmp_path, capsys):
+    """A report folder from before markers holds the user's diagram.png: it
+    is not one of report's charts, so the folder is not report's alone."""
+    old = tmp_path / "old-report"
+    old.mkdir()
+    (old / "summary.md").write_text("# countdrift report\n")
+    (old / "timeline-quick-sim-s42.png").write_bytes(b"chart")
+    (old / "architecture-diagram.png").write_bytes(b"mine")
+    assert main(["report", str(a_run), "--out", str(old)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["report", str(a_run), "--out", str(old), "--force"]) == 2, "summary.md is not known to be ours"
+    assert (old / "architecture-diagram.png").read_bytes() == b"mine"
+    (old / "architecture-diagram.png").unlink()
+    assert main(["report", str(a_run), "--out", str(old)]) == 0, "what is left is a report's own"
+
+
+def test_two_commands_writing_one_folder_keep_each_others_files(a_run, tmp_path):
+    out = tmp_path / "shared"
+    shutil.copytree(a_run, out)
+    assert main(["report", str(out / "results.json"), "--out", str(out), "--force"]) == 0
+    assert (out / "results.json").exists() and (out / "summary.md").exists()
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    assert main(["run", str(scenario), "--strategies", "naive", "--out", str(out), "--force", "-q"]) == 0
+    assert (out / "summary.md").exists(), "the report's files stay"
+    written = json.loads((out / ".countdrift-output.json").read_text())["written"]
+    assert set(written) == {"run", "report"} and written["run"] == ["results.json", "trace.npz"]
+
+
+def test_a_sweep_never_replaces_a_sweep_json_it_did_not_write(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text('{"mine": 1}')
+    for force in ([], ["--force"]):
+        assert main(["sweep", str(tiny), "--strategies", "naive", "--seeds", "1", "--workers", "1",
+                     "--out", str(out), "-q", *force]) == 2
+        assert "sweep.json" in capsys.readouterr().err
+    assert (out / "sweep.json").read_text() == '{"mine": 1}'
+
+
+def test_a_pipe_as_a_file_output_is_refused_at_once(tiny, tmp_path, capsys):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for command in (["trace", str(tiny), "--out", str(pipe)], ["trace", str(tiny), "--out", str(pipe), "--force"],
+                    ["compare", str(tmp_path), str(tmp_path), "--json", str(pipe)]):
+        assert main(command) == 2
+        assert "not a regular file" in capsys.readouterr().err
+    assert pipe.is_fifo()

@@ -104,14 +104,24 @@ def _finished(task: Task, folder: Path) -> bool:
 
 def check_folder(folder: Path, force: bool = False) -> Path:
     """A sweep writes into a new folder or one of its own earlier sweeps
-    (or, with ``force``, into another folder, where it removes nothing)."""
+    (known by its sweep.json), or, with ``force``, into another folder,
+    where it removes and replaces nothing: a sweep.json there that is not a
+    sweep's is refused even so."""
     from sim.report.output import check_folder as check_writable
+    from sim.report.sweep_results import load_sweep
 
     folder = check_writable(folder, "--out")
-    if folder.is_dir() and not force and any(folder.iterdir()) and not (folder / SWEEP_FILE).exists():
+    sweep = folder / SWEEP_FILE
+    if sweep.exists():
+        try:
+            load_sweep(sweep)
+        except ReportError as error:
+            raise UsageError(f"--out {folder}: {error}; it is not a sweep's: name another folder (a sweep never "
+                             f"replaces a file it did not write)") from None
+    elif folder.is_dir() and not force and any(folder.iterdir()):
         raise UsageError(f"--out {folder}: a folder that holds something else than a sweep; name a new folder, "
                          f"the folder of the sweep to resume, or add --force to write the sweep into it "
-                         f"(nothing in it is removed)")
+                         f"(nothing in it is removed or replaced)")
     return folder
 
 

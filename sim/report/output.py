@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fnmatch
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -46,14 +47,17 @@ os.umask(_UMASK)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
-# For folders written before markers: the names each command writes, and
-# its main file with what that file begins with when countdrift wrote it.
-LEGACY: dict[str, tuple[tuple[str, ...], str, bytes]] = {
-    "run": (("results.json", "trace.npz"), "results.json", b'{\n  "schema_version": 1,'),
-    "report": (("summary.md", "summary.html", "*.png", "*.svg"), "summary.md", b"# countdrift report"),
-    "fidelity": (("fidelity.json", "*-s*"), "fidelity.json", b'{\n  "fidelity_schema":'),
-    "capacity": (("capacity.json",), "capacity.json", b'{\n  "capacity_schema":'),
-    "cost": (("cost.json",), "cost.json", b'{\n  "cost_schema":'),
+# For folders written before markers: the names each command wrote there
+# (exactly: a user's diagram.png is not one of report's charts), the
+# folders it wrote, and its main file with what that file begins with.
+LEGACY: dict[str, tuple[str, str, str, bytes]] = {
+    "run": (r"results\.json|trace\.npz", "", "results.json", b'{\n  "schema_version": 1,'),
+    "report": (r"summary\.(md|html)|(tradeoff|timeline|latency)-.+-s\d+(-\d+)?\.(png|svg)"
+               r"|matrix-(drift|throughput)\.(png|svg)|fidelity-\d+\.(png|svg)|sweep-.+\.(png|svg)",
+               "", "summary.md", b"# countdrift report"),
+    "fidelity": (r"fidelity\.json", r"[A-Za-z0-9][A-Za-z0-9._-]*-s\d+", "fidelity.json", b'{\n  "fidelity_schema":'),
+    "capacity": (r"capacity\.json", "", "capacity.json", b'{\n  "capacity_schema":'),
+    "cost": (r"cost\.json", "", "cost.json", b'{\n  "cost_schema":'),
 }
 
 
@@ -158,6 +162,8 @@ def check_file(path: Path, option: str, ours: Callable[[Path], bool] | None = No
             raise OutputError(f"{option} {path}: is a folder; name a file")
         _writable_parent(path, option)
         exists = path.exists()
+        if exists and not path.is_file():   # a pipe or a device: reading it to know whose it is would block
+            raise OutputError(f"{option} {given}: not a regular file; name a file")
     except OSError as error:   # a name too long, a loop of links
         raise OutputError(f"{option} {given}: {cause(error)}") from None
     if exists:
@@ -186,36 +192,45 @@ def check_folder(path: Path, option: str) -> Path:
 
 
 def _read_marker(folder: Path) -> dict | None:
+    """A folder's marker as {"written": {command: [names]}, ...}, or None."""
     try:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):
+    if not isinstance(marker, dict):
+        return None
+    if isinstance(marker.get("command"), str) and isinstance(marker.get("files"), list):   # one command's marker
+        marker["written"] = {marker["command"]: marker["files"]}
+    written = marker.get("written")
+    if not isinstance(written, dict) or not all(isinstance(names, list) for names in written.values()):
         return None
     return marker
 
 
-def _written_by(folder: Path, command: str) -> set[str] | None:
-    """The names in ``folder`` that ``command`` wrote, or None when the folder
-    is not an output of that command."""
-    names = {entry.name for entry in folder.iterdir()
-             if entry.name != MARKER and not entry.name.startswith(f".{folder.name}.partial-")}
+def _names(folder: Path) -> set[str]:
+    """What a folder holds, but for the marker and countdrift's partial folders in it."""
+    return {entry.name for entry in folder.iterdir()
+            if entry.name != MARKER and not entry.name.startswith(f".{folder.name}.partial-")}
+
+
+def _written(folder: Path) -> dict[str, set[str]]:
+    """command -> the names in ``folder`` that command wrote (from the
+    marker; for a folder written before markers, recognized whole)."""
+    names = _names(folder)
     marker = _read_marker(folder)
     if marker is not None:
-        if marker.get("command") != command:
-            return None
-        return names & {str(name) for name in marker["files"]}
-    if not names:
-        return names
-    patterns, main, head = LEGACY.get(command, ((), "", b""))
-    if not all(any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns) for name in names):
-        return None
-    try:
-        with open(folder / main, "rb") as file:
-            ours = file.read(len(head)) == head
-    except OSError:
-        ours = False
-    return names if ours else None
+        return {str(command): names & {str(name) for name in listed}
+                for command, listed in marker["written"].items()}
+    for command, (files, folders, main, head) in LEGACY.items():
+        if names and all(re.fullmatch(files, name) or (folders and re.fullmatch(folders, name)
+                                                      and (folder / name).is_dir()) for name in names):
+            try:
+                with open(folder / main, "rb") as file:
+                    if file.read(len(head)) == head:
+                        return {command: names}
+            except OSError:
+                continue
+    return {}
 
 
 def _is_partial(entry: Path) -> bool:
@@ -233,9 +248,13 @@ def _holds_working_folder(path: Path) -> bool:
 
 
 class OutputFolder:
-    """``with OutputFolder(path, "--out", "run") as folder: ...write into folder.partial...; folder.commit()``"""
+    """``with OutputFolder(path, "--out", "run") as folder: ...write into folder.partial...; folder.commit()``
 
-    def __init__(self, path: Path, option: str, command: str, force: bool = False) -> None:
+    ``writes``: the names the command will surely write, so that one that
+    would meet a file of the user's under --force is refused before any work."""
+
+    def __init__(self, path: Path, option: str, command: str, force: bool = False,
+                 writes: tuple[str, ...] = ()) -> None:
         self.given = Path(path)
         self.path = path = check_folder(self.given, option)
         self.option = option
@@ -245,15 +264,26 @@ class OutputFolder:
         self.in_place = False
         if not path.is_dir():
             return
-        ours = _written_by(path, command)
-        marker = _read_marker(path)
-        if ours is None and not force:
-            what = (f"holds the output of `countdrift {marker.get('command')}`" if marker
+        written = _written(path)
+        foreign = _names(path) - set().union(*written.values())
+        others = sorted(set(written) - {command})
+        # Its own output (the user's files added to it are kept), or an empty folder.
+        own = not others and (command in written or not foreign)
+        if not own and not force:
+            what = (f"holds the output of `countdrift {others[0]}`" if others
                     else "holds files countdrift did not write")
             raise OutputError(f"{option} {self.given}: {what}; name another folder, or add --force to write "
                               f"{command}'s files into it (nothing else in it is touched)")
-        self.in_place = (ours is None or os.path.ismount(path) or _holds_working_folder(path)
-                         or any(entry.name != MARKER and entry.name not in ours for entry in path.iterdir()))
+        self._refuse_clash(set(writes), written.get(command, set()))
+        self.in_place = bool(foreign or others) or os.path.ismount(path) or _holds_working_folder(path)
+
+    def _refuse_clash(self, names: set[str], ours: set[str]) -> None:
+        """Refuse to write a name that is there and that this command did not write there."""
+        clash = sorted(name for name in names if (self.path / name).exists() and name not in ours)
+        if clash:
+            raise OutputError(f"{self.option} {self.given}: {', '.join(clash)} exist(s) there and `countdrift "
+                              f"{self.command}` did not write them; it never replaces such a file: move them, or "
+                              f"name another folder")
 
     def __enter__(self) -> "OutputFolder":
         made = False
@@ -264,7 +294,7 @@ class OutputFolder:
                 beside = self.path.absolute().parent
                 beside.mkdir(parents=True, exist_ok=True)
             prefix = f".{self.path.name}.partial-"
-            for stale in beside.glob(f"{prefix}*"):
+            for stale in beside.glob(f"{glob.escape(prefix)}*"):
                 if _is_partial(stale):
                     shutil.rmtree(stale, ignore_errors=True)
             self.partial = beside / f"{prefix}{os.getpid()}"
@@ -274,7 +304,7 @@ class OutputFolder:
             shutil.rmtree(self.partial, ignore_errors=True)
             self.partial.mkdir()
             made = True
-            self._mark(self.partial, partial_of=os.getpid())
+            self._mark(self.partial, {self.command: []}, partial_of=os.getpid())
         except OutputError as error:   # a full disk can refuse the marker itself: nothing stays
             if made:
                 shutil.rmtree(self.partial, ignore_errors=True)
@@ -286,15 +316,14 @@ class OutputFolder:
             raise OutputError(f"{self.option} {self.given}: cannot write: {cause(error)}") from None
         return self
 
-    def _mark(self, folder: Path, **extra: object) -> None:
-        names = sorted(entry.name for entry in folder.iterdir() if entry.name != MARKER)
-        write_text(folder / MARKER, json.dumps({"tool": "countdrift", "command": self.command, "files": names,
-                                                **extra}) + "\n")
+    @staticmethod
+    def _mark(folder: Path, written: dict[str, list[str]], **extra: object) -> None:
+        write_text(folder / MARKER, json.dumps({"tool": "countdrift", "written": written, **extra}) + "\n")
 
     def commit(self) -> None:
         """Put the finished files in the destination's place."""
         try:
-            self._mark(self.partial)
+            self._mark(self.partial, {self.command: sorted(_names(self.partial))})
             if self.in_place:
                 self._commit_in_place()
             elif self.path.is_dir() and _exchange(self.partial, self.path):
@@ -312,45 +341,39 @@ class OutputFolder:
 
     def _remove_old(self, old: Path) -> None:
         """Remove the previous output, now at ``old``, but for anything in it
-        countdrift did not write (put there since the command began): that is
-        moved into the new folder."""
-        ours = _written_by(old, self.command) or set()
-        for entry in old.iterdir():
-            if entry.name != MARKER and entry.name not in ours:
-                target = self.path / entry.name
-                if not target.exists():
-                    os.rename(entry, target)
-        if any(entry.name != MARKER and entry.name not in ours for entry in old.iterdir()):
+        this command did not write (put there since the command began): that
+        is moved into the new folder."""
+        ours = _written(old).get(self.command, set())
+        for name in _names(old) - ours:
+            if not (self.path / name).exists():
+                os.rename(old / name, self.path / name)
+        if _names(old) - ours:
             os.rename(old, self.path / f"{old.name}.kept")   # a name clash: keep both, never remove
             return
         shutil.rmtree(old)
 
     def _commit_in_place(self) -> None:
-        previous = _written_by(self.path, self.command) or set()
-        new = [entry for entry in self.partial.iterdir() if entry.name != MARKER]
-        clash = sorted(entry.name for entry in new if (self.path / entry.name).exists()
-                       and entry.name not in previous)
-        if clash:
-            raise OutputError(f"{self.option} {self.given}: {', '.join(clash)} exist(s) there and countdrift did "
-                              f"not write them; it never replaces such a file: move them, or name another folder")
-        for entry in new:
-            target = self.path / entry.name
+        written = _written(self.path)
+        previous = written.get(self.command, set())
+        new = _names(self.partial)
+        self._refuse_clash(new, previous)
+        for name in sorted(new):
+            entry, target = self.partial / name, self.path / name
             if entry.is_dir() and target.is_dir():
-                aside = self.partial / f".{entry.name}.old"
+                aside = self.partial / f".{name}.old"
                 os.rename(target, aside)
                 os.rename(entry, target)
                 shutil.rmtree(aside)
             else:
                 os.replace(entry, target)
-        for name in previous - {entry.name for entry in new}:
+        for name in previous - new:
             stale = self.path / name
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale)
             else:
                 stale.unlink(missing_ok=True)
-        files = sorted({entry.name for entry in new})
-        write_text(self.path / MARKER, json.dumps({"tool": "countdrift", "command": self.command,
-                                                   "files": files}) + "\n")
+        written[self.command] = new
+        self._mark(self.path, {command: sorted(names) for command, names in written.items() if names})
         shutil.rmtree(self.partial)
 
     def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> None:

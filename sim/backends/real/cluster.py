@@ -55,7 +55,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sim.backends.real.connection import AsyncConnection, HandshakeFailed, SyncConnection
-from sim.backends.real.event_loop import signals_held
 from sim.backends.real.processes import (
     BusRelayProcess,
     ProcessError,
@@ -68,7 +67,7 @@ from sim.client import ConnectionRefused
 from sim.cluster import SlotMap, command_keys, even_split, merge_keyless, route
 from sim.commands import CommandError, Pipeline, Request
 from sim.lua import LuaScript
-from sim.watchdog import remove_scratch, scratch_folder
+from sim.watchdog import remove_scratch, scratch_folder, signals_held
 
 NODE_TIMEOUT_MS = 15000   # cluster-node-timeout: Redis's default ([server] cluster_node_timeout_ms)
 REPLICATION_USER = "countdrift-replication"   # who the replicas are on their primary (a relayed cluster)

@@ -15,10 +15,9 @@ from typing import Any
 
 from sim.backend import CostTarget, Meter
 from sim.backends.real.connection import SyncConnection
-from sim.backends.real.event_loop import signals_held
 from sim.backends.real.processes import RedisServer
 from sim.commands import Request, wire_size
-from sim.watchdog import remove_scratch, scratch_folder
+from sim.watchdog import remove_scratch, scratch_folder, signals_held
 from strategies.base import Strategy
 
 _INFO = ("INFO", "stats", "commandstats", "cpu")

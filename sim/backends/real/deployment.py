@@ -24,11 +24,10 @@ from pathlib import Path
 
 import redis
 
-from sim.backends.real.event_loop import signals_held
 from sim.backends.real.processes import RedisServer, ToxiproxyServer
 from sim.backends.real.sentinels import Sentinels
 from sim.scenario import SentinelConfig
-from sim.watchdog import remove_scratch, scratch_folder
+from sim.watchdog import remove_scratch, scratch_folder, signals_held
 
 
 class Servers:

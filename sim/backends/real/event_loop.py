@@ -16,33 +16,13 @@ server still starting in a thread) waits for it.
 from __future__ import annotations
 
 import asyncio
-import signal
-import threading
-from contextlib import contextmanager
-from typing import Any, Coroutine, Iterator, TypeVar
+from typing import Any, Coroutine, TypeVar
 
 import uvloop
 
+from sim.watchdog import signals_held
+
 T = TypeVar("T")
-
-
-@contextmanager
-def signals_held(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
-    """Signals that come during the block are delivered when it ends (the
-    first of them: each ends the command). Only the main thread receives
-    signals: elsewhere (a sweep's worker thread) there is nothing to hold."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    came: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: came.append(signum)) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        if came:
-            signal.raise_signal(came[0])
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sim.backend import BackendRefused
-from sim.watchdog import forget_process, watch_process
+from sim.watchdog import forget_process, signals_held, watch_process
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -43,19 +43,27 @@ class _Registry:
         self.processes: dict[int, subprocess.Popen] = {}
         atexit.register(self.stop_all)
 
-    def add(self, process: subprocess.Popen, folder: Path | None = None, program: str | None = None) -> None:
-        """``program``: the server it is meant to run (its name on PATH), so
-        that a copy of it left working in ``folder`` (a server that
-        daemonized itself) is stopped with the folder."""
+    def start(self, command: list[str], folder: Path, program: str | None = None,
+              **options: Any) -> subprocess.Popen:
+        """Start a child in a session of its own and register it, with Ctrl-C
+        and SIGTERM held meanwhile: one that came between the fork and the
+        registration left a child that nothing knew of, and it outlived the
+        harness (CI saw a server do so once). ``program``: the server it is
+        meant to run (its name on PATH), so that a copy of it left working in
+        ``folder`` (a server that daemonized itself) is stopped with the
+        folder; none for a helper of the harness's own."""
         if not self.processes and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             # Nobody handles SIGTERM (the CLI does, as an interrupt): stop the servers on it.
             try:
                 signal.signal(signal.SIGTERM, self._on_sigterm)
             except ValueError:  # not the main thread: atexit still covers us
                 pass
-        self.processes[process.pid] = process
         meant = shutil.which(program) if program else None
-        watch_process(process.pid, folder, os.path.realpath(meant) if meant else None)
+        with signals_held():
+            process = subprocess.Popen(command, start_new_session=True, **options)
+            self.processes[process.pid] = process
+            watch_process(process.pid, folder, os.path.realpath(meant) if meant else None)
+        return process
 
     def remove(self, process: subprocess.Popen) -> None:
         if self.processes.pop(process.pid, None) is not None:
@@ -147,11 +155,9 @@ def _start(command: list[str], folder: Path, what: str, log: Path, program: str)
     """Start a server (``program``: its name) in a session of its own, its output in ``log``."""
     try:
         with open(log, "ab") as output:
-            process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
+            return REGISTRY.start(command, folder, program, stdout=output, stderr=output)
     except OSError as error:
         raise ProcessError(f"{what}: cannot start {command[0]}: {error.strerror}") from None
-    REGISTRY.add(process, folder, program)
-    return process
 
 
 def _quoted(path: Path) -> str:
@@ -329,10 +335,8 @@ class BusRelayProcess:
     def start(self) -> None:
         script = Path(__file__).with_name("bus_relay.py")
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, str(script), *map(str, self.targets)],
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                            start_new_session=True)
-        REGISTRY.add(self.process, self.log.parent)
+            self.process = REGISTRY.start([sys.executable, str(script), *map(str, self.targets)], self.log.parent,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
         self.ports = [int(port) for port in self._expect("ready")]
 
     def cut(self, node_id: str, port: int) -> None:
