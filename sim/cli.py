@@ -69,6 +69,8 @@ def _saved_trace(args: argparse.Namespace, scenario):
 
 def command_run(args: argparse.Namespace) -> int:
     from sim import budget
+    from sim.report import history_file
+    from sim.report.history_file import HISTORY_FILE
     from sim.report.output import OutputFolder
     from sim.report.results import write_json
     from sim.report.table import format_causes, format_faults, format_table, format_topology
@@ -84,7 +86,7 @@ def command_run(args: argparse.Namespace) -> int:
     saved = _saved_trace(args, scenario)
     seed = saved.seed if saved else scenario.seed if args.seed is None else args.seed
     out = Path(args.out) if args.out else Path("results") / f"{scenario.name}-s{seed}"
-    folder = OutputFolder(out, "--out", "run", args.force, writes=("results.json", "trace.npz"))
+    folder = OutputFolder(out, "--out", "run", args.force, writes=("results.json", "trace.npz", HISTORY_FILE))
     refusal = backends.get(args.backend).refuse(scenario)
     if refusal:
         raise UsageError(f"--backend {args.backend}: {refusal}")
@@ -103,10 +105,13 @@ def command_run(args: argparse.Namespace) -> int:
             print(f"countdrift {__version__}: scenario {scenario.name} ({scenario.path}), seed {seed}, "
                   f"backend {args.backend}, strategies {', '.join(strategies)}", file=sys.stderr)
         trace = saved or generate(scenario.traffic, seed)
+        histories: dict = {}
         results = run_scenario(scenario, strategies, trace, None if args.quiet else stderr_progress(), args.backend,
-                               jobs=processes)
+                               jobs=processes, histories=histories)
         trace.save(folder.partial / "trace.npz")
         results["trace"]["file"] = "trace.npz"
+        history_file.save(folder.partial / HISTORY_FILE, trace, histories)
+        results["history_file"] = HISTORY_FILE
         write_json(folder.partial / "results.json", results)
         folder.commit()
     Done.written = f"results in {out}"
@@ -122,6 +127,59 @@ def command_run(args: argparse.Namespace) -> int:
           f"{summary['operations']} operations over {summary['span_s']:.1f} simulated s; "
           f"wall {results['wall_seconds']:.1f} s, peak memory {peak_rss_mib():.0f} MiB")
     print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def command_judge(args: argparse.Namespace) -> int:
+    """Judge a stored run's shown values again, with this version's checker; writes nothing."""
+    from sim.report.history_file import HISTORY_FILE, HistoryError
+    from sim.report.history_file import load as load_histories
+    from sim.report.summary import ReportError, load_results
+    from sim.report.table import format_table
+    from sim.seen import figures, judge_values
+    from sim.traffic import Trace, TraceError
+    from sim.truth import Memberships
+
+    folder = Path(args.run)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder; judge takes a run's folder (results.json, trace.npz and "
+                         f"{HISTORY_FILE}, as `countdrift run` writes them)")
+    path = folder / "results.json"
+    if not path.is_file():
+        raise UsageError(f"{folder}: not a run's folder: it has no results.json")
+    try:
+        results = load_results(path)
+        trace_path = folder / Path(results["trace"].get("file", "trace.npz")).name
+        trace = Trace.load(trace_path)
+        if trace.sha256() != results["trace"]["sha256"]:
+            raise UsageError(f"{trace_path}: not the trace of {path} (their checksums differ)")
+        strategies = [run["strategy"] for run in results["runs"]]
+        histories = load_histories(folder / HISTORY_FILE, trace, strategies)
+    except (ReportError, TraceError, HistoryError) as error:
+        raise UsageError(str(error)) from None
+    pairs = Memberships(trace)
+    differences = []
+    for run in results["runs"]:
+        history = histories[run["strategy"]]
+        judged = {"seen": figures(trace, history, judge_values(trace, history, pairs), run["faults"])}
+        if "seen_client_view" in run:
+            judged["seen_client_view"] = figures(trace, history, judge_values(trace, history, pairs, exact=False),
+                                                 detail=False)
+        for block, now in judged.items():
+            before = run.get(block) or {}
+            differences += [f"{run['strategy']} {block}.{key} {before.get(key)} -> {value}"
+                            for key, value in now.items() if before.get(key) != value and key != "timeline"
+                            and key != "faults"]
+            if before and (before.get("faults") != now.get("faults") or before.get("timeline") != now.get("timeline")):
+                differences.append(f"{run['strategy']} {block}: per fault or over time")
+            run[block] = now
+    print(format_table(results))
+    if differences:
+        print(f"\njudged again by countdrift {__version__}: {len(differences)} figure(s) differ from the run's:")
+        print("\n".join(f"  {line}" for line in differences))
+    else:
+        print(f"\njudged again by countdrift {__version__}: the same figures as the run's "
+              f"({len(results['runs'])} strategies, {results['backend']} backend)")
     return 0
 
 
@@ -515,6 +573,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=whole(64), default=1,
                      help="(sim) strategies run at once, each in a process of its own (no progress bars)")
     run.set_defaults(handler=command_run)
+
+    judge = commands.add_parser("judge", help="judge a stored run's badges and opened counts again with this "
+                                              "version's checker; print the run's table")
+    judge.add_argument("run", help="a run's folder (results.json, trace.npz, history.npz)")
+    judge.set_defaults(handler=command_judge)
 
     trace = commands.add_parser("trace", help="generate a scenario's trace and save it")
     trace.add_argument("scenario")

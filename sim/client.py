@@ -3,6 +3,7 @@ nemesis can do to a client, and how an attempt ended."""
 from __future__ import annotations
 
 import inspect
+import numbers
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,14 @@ class ClientLoop:
                 yield Sleep(self.config.backoff(attempt))
             history.completed(op, clock(), result.outcome)
 
+    def _shown(self, op: int, value: Any) -> None:
+        """What the operation showed the user: an int, or a bug of the strategy's."""
+        if type(value) is bool or not isinstance(value, numbers.Integral):
+            raise StrategyError(f"strategy {self.strategy.name}: {KIND_NAMES[self.workload.kind[op]]} (operation "
+                                f"{op}) returned {type(value).__name__} {str(value)[:50]!r}, not the int a user "
+                                f"is shown")
+        self.history.shown(op, int(value))
+
     def _pause(self, client: Client):
         yield Sleep(client.pause_for)
         client.pause_for = None
@@ -258,8 +267,12 @@ class ClientLoop:
                 if (client.pause_for is not None and "two_lock_holders" in self.causes
                         and client.strikes(self.clock(), done, 2)):
                     yield from self._pause(client)
-        except StopIteration:
-            return _FAILED if failed else _SUCCEEDED
+        except StopIteration as stop:
+            if failed:
+                return _FAILED
+            if stop.value is not None:
+                self._shown(op, stop.value)
+            return _SUCCEEDED
         except ConnectionLost as lost:
             refused = isinstance(lost, ConnectionRefused)
             if refused:

@@ -15,14 +15,16 @@ from typing import Any, Callable, Iterable, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from sim import __version__, backends
+from sim import __version__, backends, seen
 from sim.backend import Backend, BackendRefused, Execution, Progress
 from sim.checker import Drift, check, drift_by_shard
 from sim.cluster import SlotMap, user_shards
 from sim.faults import Fault, draw_schedule
+from sim.history import History
 from sim.record import run_record
 from sim.report.results import SCHEMA_VERSION
 from sim.scenario import Scenario, ScenarioError
+from sim.seen import judge_values
 from sim.traffic import Trace, generate
 from sim.truth import Memberships, truth_ranges
 from strategies import make_strategy
@@ -97,37 +99,43 @@ def final_slots(primaries: int, faults: list[dict]) -> SlotMap:
 
 
 def run_strategy(backend: Backend, scenario: Scenario, trace: Trace, name: str, schedule: list[Fault],
-                 progress: ProgressFactory | None = None, explain: bool = True) -> dict:
+                 progress: ProgressFactory | None = None, explain: bool = True) -> tuple[dict, History]:
     """Deploy, run, read back, stop; then the run's record (with what only
     the backend can add, such as the simulation's drift by cause, unless
-    ``explain`` is off)."""
-    record, drift, pieces = _run(backend, scenario, trace, name, schedule, progress, explain)
+    ``explain`` is off) and its history, as stored."""
+    record, drift, pieces, history = _run(backend, scenario, trace, name, schedule, progress, explain)
     if explain:
         results = [backend.replay(scenario, trace, name, schedule, piece) for piece in pieces]
         record.update(backend.explain(drift, pieces, results))
-    return record
+    return record, history
 
 
 def _run(backend: Backend, scenario: Scenario, trace: Trace, name: str, schedule: list[Fault],
-         progress: ProgressFactory | None, explain: bool) -> tuple[dict, Drift, list]:
-    """The run's record and drift, and the pieces of work that explaining it
-    takes (none unless ``explain``)."""
+         progress: ProgressFactory | None, explain: bool) -> tuple[dict, Drift, list, History]:
+    """The run's record and drift, the pieces of work that explaining it
+    takes (none unless ``explain``), and its history as stored."""
     strategy = make_strategy(name, **scenario.strategy_options.get(name, {}))
     with backend.deploy(scenario, schedule) as deployment:
         execution = deployment.run(strategy, trace, progress(name, trace) if progress else None)
-    record, drift = judge(scenario, trace, strategy, execution)
+    record, drift, stored = judge(scenario, trace, strategy, execution)
     record["throughput_basis"] = scenario.throughput_basis(backend.deterministic)
-    return record, drift, backend.explanation(scenario, name, schedule, execution) if explain else []
+    return record, drift, backend.explanation(scenario, name, schedule, execution) if explain else [], stored
 
 
-def judge(scenario: Scenario, trace: Trace, strategy: Strategy, execution: Execution) -> tuple[dict, Drift]:
-    """The run's record and drift. (A function of its own so that the truth
-    and its indexes are freed before the simulation's replays explain it.)"""
+def judge(scenario: Scenario, trace: Trace, strategy: Strategy, execution: Execution) -> tuple[dict, Drift, History]:
+    """The run's record and drift, and its history as stored (what users
+    were shown is judged on it, so that `countdrift judge` finds the same).
+    (A function of its own so that the truth and its indexes are freed
+    before the simulation's replays explain it.)"""
     pairs = Memberships(trace)
     history = execution.history
     truth = truth_ranges(trace, history, pairs)
     drift = check(pairs, truth, execution.counters)
     record = run_record(scenario, trace, strategy, execution, drift)
+    stored = history.rounded(trace.t)
+    shown = judge_values(trace, stored, pairs)
+    record["seen"] = seen.figures(trace, stored, shown, record["faults"])
+    record["drifted_users"] = seen.drifted_users(trace, truth, execution.counters, shown)
     if scenario.server.topology == "cluster":   # which shards' users drifted (a fault strikes one)
         shards = user_shards(trace.users, final_slots(scenario.server.cluster_primaries, execution.faults))
         record["shard_drift"] = drift_by_shard(truth, execution.counters, shards)
@@ -136,7 +144,9 @@ def judge(scenario: Scenario, trace: Trace, strategy: Strategy, execution: Execu
         # server (countdrift fidelity compares these).
         client_view = truth_ranges(trace, history, pairs, exact=False)
         record["drift_client_view"] = check(pairs, client_view, execution.counters).as_dict()
-    return record, drift
+        record["seen_client_view"] = seen.figures(trace, stored, judge_values(trace, stored, pairs, exact=False),
+                                                  detail=False)
+    return record, drift, stored
 
 
 # What the worker processes of a parallel run inherit (forked): the run's
@@ -152,7 +162,7 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _run_inherited(name: str, explain: bool) -> tuple[dict, Drift, list]:
+def _run_inherited(name: str, explain: bool) -> tuple[dict, Drift, list, History]:
     target, scenario, trace, schedule = _inherited
     return _run(target, scenario, trace, name, schedule, None, explain)
 
@@ -163,8 +173,9 @@ def _replay_inherited(name: str, piece: Any) -> Any:
 
 
 def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: list[str], schedule: list[Fault],
-                   progress: ProgressFactory | None = None, explain: bool = True, jobs: int = 1) -> list[dict]:
-    """Each strategy's record, in the order named; with ``jobs`` > 1 (a
+                   progress: ProgressFactory | None = None, explain: bool = True,
+                   jobs: int = 1) -> list[tuple[dict, History]]:
+    """Each strategy's record and history, in the order named; with ``jobs`` > 1 (a
     backend whose runs share nothing) that many processes at once, each
     forked for one task: a strategy's run, or, once it is done, one piece
     of its explanation (a replay of the attribution), so that the last
@@ -194,10 +205,10 @@ def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: lis
                 runs[index] = ran
                 replays[index] = [pool.apply_async(_replay_inherited, (names[index], piece)) for piece in ran[2]]
             records = []
-            for (record, drift, pieces), pending in zip(runs, replays):
+            for (record, drift, pieces, history), pending in zip(runs, replays):
                 if explain:
                     record.update(target.explain(drift, pieces, [result.get() for result in pending]))
-                records.append(record)
+                records.append((record, history))
             pool.close()
             pool.join()
             return records
@@ -207,10 +218,11 @@ def run_strategies(target: Backend, scenario: Scenario, trace: Trace, names: lis
 
 def run_scenario(scenario: Scenario, strategies: Iterable[str] | None = None, trace: Trace | None = None,
                  progress: ProgressFactory | None = None, backend: str = backends.DEFAULT, explain: bool = True,
-                 jobs: int = 1) -> dict:
+                 jobs: int = 1, histories: dict[str, History] | None = None) -> dict:
     """Run the strategies (default: the scenario's) on a trace (default: the
     scenario's, generated with its seed), on the named backend, ``jobs`` at
-    once (see run_strategies)."""
+    once (see run_strategies); each one's history, as stored, into
+    ``histories`` when given."""
     started = time.perf_counter()
     target = backends.get(backend)
     refusal = target.refuse(scenario)
@@ -219,8 +231,10 @@ def run_scenario(scenario: Scenario, strategies: Iterable[str] | None = None, tr
     if trace is None:
         trace = generate(scenario.traffic, scenario.seed)
     schedule = schedule_for(scenario, trace)
-    runs = run_strategies(target, scenario, trace, list(strategies or scenario.strategies), schedule, progress,
-                          explain, jobs)
+    ran = run_strategies(target, scenario, trace, list(strategies or scenario.strategies), schedule, progress,
+                         explain, jobs)
+    if histories is not None:
+        histories.update((record["strategy"], history) for record, history in ran)
     return {
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,
@@ -230,7 +244,7 @@ def run_scenario(scenario: Scenario, strategies: Iterable[str] | None = None, tr
         "seed": trace.seed,
         "scenario": scenario.to_dict(),
         "trace": trace.summary(),
-        "runs": runs,
+        "runs": [record for record, _ in ran],
         "wall_seconds": round(time.perf_counter() - started, 3),
         "wall_peak_rss_mib": round(peak_rss_mib(), 1),
     }

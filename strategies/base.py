@@ -81,7 +81,10 @@ class Strategy:
         raise NotImplementedError
 
     def open_conversation(self, user: int, conversation: int) -> Operation:
-        """The user read the conversation: clear its count and lower the total."""
+        """The user read the conversation: clear its count and lower the
+        total. Returns the count the user was shown (what it read before
+        clearing), as an int; a strategy that returns None shows nothing
+        that can be judged."""
         raise NotImplementedError
 
     def fetch_badge(self, user: int) -> Operation:

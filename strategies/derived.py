@@ -19,7 +19,10 @@ class Derived(Strategy):
         yield Pipeline(tuple(("HINCRBY", keys.unread(user), field, 1) for user in recipients))
 
     def open_conversation(self, user: int, conversation: int) -> Operation:
-        yield ("HDEL", keys.unread(user), str(conversation))
+        # The count shown is read in the same round trip as the clear.
+        count, _ = yield Pipeline((("HGET", keys.unread(user), str(conversation)),
+                                   ("HDEL", keys.unread(user), str(conversation))))
+        return int(count or 0)
 
     def fetch_badge(self, user: int) -> Operation:
         values = yield ("HVALS", keys.unread(user))

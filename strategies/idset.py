@@ -24,7 +24,7 @@ class IdSet(Strategy):
         yield Pipeline(tuple(("HSET", keys.unread_ids(user), field, value) for user in recipients))
 
     def open_conversation(self, user: int, conversation: int) -> Operation:
-        yield Script(READ_IDS, (keys.unread_ids(user),), (str(conversation),))
+        return int((yield Script(READ_IDS, (keys.unread_ids(user),), (str(conversation),))) or 0)
 
     def fetch_badge(self, user: int) -> Operation:
         return (yield ("HLEN", keys.unread_ids(user)))

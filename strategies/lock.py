@@ -73,3 +73,4 @@ class Lock(Strategy):
         if count is not None:
             yield Pipeline((("HDEL", unread, field), ("DECRBY", self.total_key(user), int(count))))
         yield self._release(user, token)
+        return int(count or 0)

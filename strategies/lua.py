@@ -34,4 +34,6 @@ class Lua(Strategy):
         yield Pipeline(tuple(self.deliver_call(message, conversation, user) for user in recipients))
 
     def open_conversation(self, user: int, conversation: int) -> Operation:
-        yield Script(self.read_script, (keys.unread(user), self.total_key(user)), self.read_args(conversation))
+        count = yield Script(self.read_script, (keys.unread(user), self.total_key(user)),
+                             self.read_args(conversation))
+        return int(count or 0)

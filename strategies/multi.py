@@ -35,3 +35,4 @@ class Multi(Strategy):
                                       ("HDEL", keys.unread(user), field)))
         if count is not None:
             yield ("DECRBY", self.total_key(user), int(count))
+        return int(count or 0)

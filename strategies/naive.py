@@ -25,6 +25,7 @@ class Naive(Strategy):
         field = str(conversation)
         count = yield ("HGET", keys.unread(user), field)
         if count is None:
-            return
+            return 0
         yield ("HDEL", keys.unread(user), field)
         yield ("DECRBY", self.total_key(user), int(count))
+        return int(count)

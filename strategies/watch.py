@@ -45,10 +45,10 @@ class Watch(Strategy):
             count = yield ("HGET", unread, field)
             if count is None:
                 yield ("UNWATCH",)
-                return
+                return 0
             done = yield Transaction((("HDEL", unread, field),
                                       ("DECRBY", self.total_key(user), int(count))))
             if done is not None:
-                return
+                return int(count)
             yield Backoff(self.backoff_ms / 1000.0)
         raise RetriesExhausted(f"WATCH aborted {self.max_attempts} times")

@@ -233,7 +233,8 @@ def test_a_mount_point_as_out_is_written_into_not_swapped(tiny, mount, capsys):
     assert main(["run", str(tiny), "--strategies", "naive", "--out", str(folder), "-q"]) == 0
     assert main(["run", str(tiny), "--strategies", "naive", "--out", str(folder), "-q"]) == 0
     assert os.path.ismount(folder)
-    assert sorted(path.name for path in folder.iterdir()) == [".countdrift-output.json", "results.json", "trace.npz"]
+    assert sorted(path.name for path in folder.iterdir()) == [".countdrift-output.json", "history.npz", "results.json",
+                                                          "trace.npz"]
 
 
 def test_two_writers_of_one_trace_never_leave_a_file_that_does_not_load(tiny, tmp_path):
@@ -256,7 +257,7 @@ def test_an_output_marker_names_the_command_and_its_files(tiny, tmp_path):
     out = tmp_path / "out"
     assert main(["run", str(tiny), "--strategies", "naive", "--out", str(out), "-q"]) == 0
     marker = json.loads((out / ".countdrift-output.json").read_text())
-    assert marker["written"] == {"run": ["results.json", "trace.npz"]}
+    assert marker["written"] == {"run": ["history.npz", "results.json", "trace.npz"]}
 
 
 def test_a_folder_written_before_markers_is_recognized_by_exact_names_only(a_run, tmp_path, capsys):
@@ -285,7 +286,7 @@ def test_two_commands_writing_one_folder_keep_each_others_files(a_run, tmp_path)
     assert main(["run", str(scenario), "--strategies", "naive", "--out", str(out), "--force", "-q"]) == 0
     assert (out / "summary.md").exists(), "the report's files stay"
     written = json.loads((out / ".countdrift-output.json").read_text())["written"]
-    assert set(written) == {"run", "report"} and written["run"] == ["results.json", "trace.npz"]
+    assert set(written) == {"run", "report"} and written["run"] == ["history.npz", "results.json", "trace.npz"]
 
 
 def test_a_sweep_never_replaces_a_sweep_json_it_did_not_write(tiny, tmp_path, capsys):

@@ -38,7 +38,7 @@ def test_report_writes_every_chart_and_the_page(small_results, tmp_path, capsys)
     out = tmp_path / "report"
     assert main(["report", str(small_results), str(second.parent), "--out", str(out)]) == 0
     for chart in ("matrix-drift", "matrix-throughput", "tradeoff-small-sim-s7", "timeline-small-sim-s7",
-                  "latency-small-sim-s7"):
+                  "latency-small-sim-s7", "seen-small-sim-s7", "seen-timeline-small-sim-s7"):
         png, svg = out / f"{chart}.png", out / f"{chart}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, chart
         assert svg.read_text().lstrip().startswith("<?xml") and svg.stat().st_size > 10_000, chart
@@ -46,7 +46,8 @@ def test_report_writes_every_chart_and_the_page(small_results, tmp_path, capsys)
     markdown = (out / "summary.md").read_text()
     for text in (page, markdown):
         assert "small" in text and "seed 7" in text and "reset_peer" in text and "0.1.0" in text
-    assert page.count("data:image/png;base64,") == 8   # self-contained: every chart inline
+    assert page.count("data:image/png;base64,") == 12   # self-contained: every chart inline
+    assert "What users saw" in markdown and "naive: " in markdown
 
 
 def test_the_tradeoff_plots_capacity_when_it_was_measured(small_results, tmp_path):

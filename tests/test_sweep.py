@@ -62,7 +62,7 @@ def test_a_sweep_run_is_the_run_countdrift_run_writes(sweeps, tmp_path):
     out = tmp_path / "run"
     assert main(["run", str(sweeps["scenario"]), "--seed", "8", "--strategies", "lua", "--out", str(out), "-q"]) == 0
     alone = strip_wall(json.loads((out / "results.json").read_text()))
-    del alone["trace"]["file"]
+    del alone["trace"]["file"], alone["history_file"]   # a sweep keeps no trace nor history files
     assert alone == strip_wall(json.loads((sweeps["one"] / "small" / "s8" / "lua" / "results.json").read_text()))
 
 

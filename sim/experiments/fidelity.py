@@ -18,6 +18,11 @@ conversations wrong) on both sides, with every user consistent, is
 "none" too: whether one read gives up on an empty conversation, or one
 kill lands between an AOF write and its reply, is timing, and real runs of
 one cell were seen both ways.
+What users were shown is compared the same way, as its own verdict
+(``seen_disagreement``): the class of wrong values (none, badges over,
+badges under, opened counts wrong), and their number (wrong badges and
+opened counts) within SIZE_FACTOR above SIZE_FLOOR; at most NOISE_FLOOR on
+both sides is "none".
 The figures behind them (|drift|, retries, unknown and refused outcomes,
 NOSCRIPT and READONLY errors) are printed side by side. Each backend's
 results.json is kept beside fidelity.json.
@@ -52,6 +57,8 @@ FIGURES = (
     ("NOSCRIPT", "errors_by_kind.NOSCRIPT"),
     ("NOSCRIPT redone", "noscript"),
     ("READONLY", "errors_by_kind.READONLY"),
+    ("wrong badges", "seen.badges_wrong"),
+    ("wrong opens", "seen.opens_wrong"),
 )
 
 
@@ -65,9 +72,20 @@ def drift_class(drift: dict) -> str:
     return "none"
 
 
+def seen_class(seen: dict | None) -> str:
+    """The class of what users were shown wrong (results without it: not judged)."""
+    if not seen:
+        return "not judged"
+    if seen["badges_wrong"]:
+        return "badges over" if seen["badges_over"] >= seen["badges_under"] else "badges under"
+    return "opens wrong" if seen["opens_wrong"] else "none"
+
+
 def as_seen(run: dict) -> dict:
-    """The run with the drift a client could see (the same on real servers)."""
-    return {**run, "drift": run.get("drift_client_view", run["drift"])}
+    """The run as a client could judge it (the same on real servers): its
+    drift and the values users were shown."""
+    return {**run, "drift": run.get("drift_client_view", run["drift"]),
+            "seen": run.get("seen_client_view", run.get("seen"))}
 
 
 def _figure(run: dict, path: str) -> int:
@@ -93,6 +111,19 @@ def compare_runs(left: dict, right: dict) -> str | None:
     return None
 
 
+def compare_shown(left: dict, right: dict) -> str | None:
+    """Why what users were shown in two runs of one cell disagrees, or None."""
+    classes = seen_class(left.get("seen")), seen_class(right.get("seen"))
+    if "not judged" in classes:
+        return None
+    sizes = [run["seen"]["badges_wrong"] + run["seen"]["opens_wrong"] for run in (left, right)]
+    if classes[0] != classes[1] and max(sizes) > NOISE_FLOOR:
+        return f"class: {classes[0]} vs {classes[1]}"
+    if max(sizes) > SIZE_FLOOR and (min(sizes) == 0 or max(sizes) / min(sizes) > SIZE_FACTOR):
+        return f"size: wrong badges and opens {sizes[0]} vs {sizes[1]}"
+    return None
+
+
 def cells_of(documents: dict[str, dict]) -> list[dict]:
     """The cells of one (scenario, seed): documents maps backend -> results."""
     names = list(documents)
@@ -106,11 +137,12 @@ def cells_of(documents: dict[str, dict]) -> list[dict]:
         cells.append({
             "scenario": first["scenario"]["name"], "seed": first["seed"], "strategy": strategy,
             "faults": kinds,
-            **{backend: {"class": drift_class(run["drift"]),
+            **{backend: {"class": drift_class(run["drift"]), "seen_class": seen_class(run.get("seen")),
                          "figures": {name: _figure(run, path) for name, path in FIGURES},
                          "faults_applied": sum(fault["effects"]["applied"] for fault in run["faults"])}
                for backend, run in zip(names, pair)},
             "disagreement": compare_runs(*pair),
+            "seen_disagreement": compare_shown(*pair),
         })
     return cells
 
@@ -133,7 +165,8 @@ def run_fidelity(scenarios: list[Scenario], strategies: Iterable[str] | None, se
             cells.extend(cells_of(documents))
     document = {"fidelity_schema": FIDELITY_SCHEMA, "tool_version": __version__, "backends": list(backends),
                 "size_floor": SIZE_FLOOR, "size_factor": SIZE_FACTOR, "cells": cells,
-                "disagreements": sum(cell["disagreement"] is not None for cell in cells)}
+                "disagreements": sum(cell["disagreement"] is not None for cell in cells),
+                "seen_disagreements": sum(cell["seen_disagreement"] is not None for cell in cells)}
     write_json(out / "fidelity.json", document)
     return document
 
@@ -152,8 +185,17 @@ def format_matrix(document: dict) -> str:
                     else " " * 52)
             lines.append(lead + f"{backend:<8}{side['class']:<20}"
                          + "".join(f"{side['figures'][name]:>13}" for name in names))
-        lines.append(" " * 52 + ("agree" if cell["disagreement"] is None else f"DISAGREE ({cell['disagreement']})"))
+        verdict = "agree" if cell["disagreement"] is None else f"DISAGREE ({cell['disagreement']})"
+        if "seen_disagreement" in cell:
+            shown = cell["seen_disagreement"]
+            verdict += (f"; users saw: {cell[left]['seen_class']} / {cell[right]['seen_class']}, "
+                        + ("agree" if shown is None else f"DISAGREE ({shown})"))
+        lines.append(" " * 52 + verdict)
     total = len(document["cells"])
     lines.append(f"\n{total - document['disagreements']} of {total} cells agree "
                  f"(class, and |drift| within {document['size_factor']:g}x above {document['size_floor']})")
+    if "seen_disagreements" in document:
+        lines.append(f"{total - document['seen_disagreements']} of {total} cells agree on what users saw "
+                     f"(class, and wrong badges and opens within {document['size_factor']:g}x above "
+                     f"{document['size_floor']})")
     return "\n".join(lines)

@@ -267,20 +267,68 @@ def timeline(document: dict) -> Figure:
                  label=run["strategy"], linewidth=1.4)
         bottom.plot(t, [point.get("ops_per_s", 0) for point in points], color=colour(run["strategy"]),
                     linewidth=1.2)
-    faults = document["runs"][0]["faults"] if document["runs"] else []
-    seen = set()
+    _shade_faults([top, bottom], document["runs"][0]["faults"] if document["runs"] else [])
+    top.set(ylabel="|drift|", title=f"Drift and throughput over time: {title_of(document)}")
+    bottom.set(xlabel="time (s)", ylabel="throughput (operations/s)")
+    top.legend(fontsize=7, ncol=2, loc="upper left")
+    return figure
+
+
+def _shade_faults(axes: list, faults: list[dict]) -> None:
+    """Each fault shaded where it struck, labelled once (on the first axis)."""
+    labelled = set()
     for fault in faults:
         start = fault["effects"]["struck_at"]
         if start is None:
             continue   # it never struck (the record says why)
-        for axis in (top, bottom):
+        for axis in axes:
             band = SPECS[fault["kind"]].colour if fault["kind"] in SPECS else "#cccccc"
-            axis.axvspan(start, start + max(fault["duration"], 0.02), color=band,
-                         alpha=0.5, label=fault["kind"] if axis is top and fault["kind"] not in seen else None)
-        seen.add(fault["kind"])
-    top.set(ylabel="|drift|", title=f"Drift and throughput over time: {title_of(document)}")
-    bottom.set(xlabel="time (s)", ylabel="throughput (operations/s)")
-    top.legend(fontsize=7, ncol=2, loc="upper left")
+            axis.axvspan(start, start + max(fault["duration"], 0.02), color=band, alpha=0.5,
+                         label=fault["kind"] if axis is axes[0] and fault["kind"] not in labelled else None)
+        labelled.add(fault["kind"])
+
+
+def judged_runs(document: dict) -> list[dict]:
+    """The runs whose shown values were judged (results written before that have none)."""
+    return [run for run in document["runs"] if run.get("seen", {}).get("badges")]
+
+
+@styled
+def seen_tradeoff(document: dict, capacity: dict | None = None) -> Figure:
+    """Wrong badges per 1,000 pushes against throughput (each strategy's
+    capacity, when a capacity.json is given): the trade-off users feel."""
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    capacities = {name: result["capacity_ops_per_s"] for name, result in (capacity or {}).get("strategies", {}).items()}
+    for run in judged_runs(document):
+        if capacity and run["strategy"] not in capacities:
+            continue
+        x = capacities.get(run["strategy"], run["throughput_ops_per_s"])
+        axis.scatter(x, run["seen"]["wrong_badges_per_1000"], s=70, color=colour(run["strategy"]),
+                     label=run["strategy"], zorder=3, edgecolor="black", linewidth=0.4)
+    axis.ticklabel_format(axis="x", useOffset=False, style="plain")
+    basis = (f"capacity (operations/s with p99 <= {capacity['slo_p99_ms']:g} ms, closed loop, no faults)" if capacity
+             else f"throughput (operations/s: {AXIS_BASIS.get(document.get('throughput_basis'), UNSAID)})")
+    axis.set(xlabel=basis, ylabel="wrong badges per 1,000 pushes",
+             title=f"What users see vs capacity: {title_of(document)}")
+    axis.legend(fontsize=7, loc="best")
+    return figure
+
+
+@styled
+def seen_timeline(document: dict) -> Figure:
+    """Wrong badges per 1,000 pushes over time, each fault shaded where it struck."""
+    figure = Figure(figsize=(10, 3.5))
+    axis = figure.subplots()
+    for run in judged_runs(document):
+        bins = run["seen"].get("timeline", [])
+        t = [point["t"] for point in bins]
+        rate = [1000.0 * point["wrong"] / point["badges"] if point["badges"] else 0.0 for point in bins]
+        axis.step(t, rate, where="pre", color=colour(run["strategy"]), label=run["strategy"], linewidth=1.3)
+    _shade_faults([axis], document["runs"][0]["faults"] if document["runs"] else [])
+    axis.set(xlabel="time (s)", ylabel="wrong badges per 1,000 pushes",
+             title=f"Wrong badges over time: {title_of(document)}")
+    axis.legend(fontsize=7, ncol=2, loc="upper left")
     return figure
 
 

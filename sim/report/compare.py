@@ -26,11 +26,13 @@ from pathlib import Path
 from sim.report.results import deterministic
 from sim.report.stats import differs
 from sim.report.summary import ReportError, find_results, load_results
-from sim.report.sweep_results import find_sweeps
+from sim.report.sweep_results import FIGURES, find_sweeps
 
 DRIFT_FIELDS = ("users_inconsistent", "users_wrong_total", "convs_wrong", "abs_drift_sum", "max_abs_drift",
                 "overcount", "undercount")
 SHARD_DRIFT_FIELDS = ("users_wrong_total", "abs_drift_sum")   # a cluster run's, per shard
+# What users were shown (sim/seen.py): more wrong ones is a regression, as drift is.
+SEEN_FIELDS = ("badges_wrong", "phantom_badges", "missed_badges", "opens_wrong")
 
 
 @dataclass
@@ -89,6 +91,8 @@ def compare(baseline_paths: list[str], current_paths: list[str], tolerance: floa
                 now_drift = other.get("shard_drift", {}).get(shard, {})
                 figures += [(f"shard_drift.{shard}.{figure}", drift[figure], now_drift.get(figure, 0))
                             for figure in SHARD_DRIFT_FIELDS]
+            if "seen" in run and "seen" in other:   # (results written before it was judged have none)
+                figures += [(f"seen.{figure}", run["seen"][figure], other["seen"][figure]) for figure in SEEN_FIELDS]
             for figure, before, after in figures:
                 if after != before:
                     allowed = 0 if deterministic(base) else max(1.0, tolerance * before)
@@ -107,13 +111,15 @@ def compare(baseline_paths: list[str], current_paths: list[str], tolerance: floa
 
 
 # Figures two sweeps are compared on: (figure, +1 if a rise is worse else -1, whether worse is a regression).
-SWEEP_FIGURES = (*((f"drift.{name}", 1, True) for name in DRIFT_FIELDS), ("throughput_ops_per_s", -1, True),
+SWEEP_FIGURES = (*((f"drift.{name}", 1, True) for name in DRIFT_FIELDS),
+                 *((f"seen.{name}", 1, True) for name in SEEN_FIELDS if f"seen.{name}" in FIGURES),
+                 ("throughput_ops_per_s", -1, True),
                  ("latency_ms.p99", 1, False), ("wall_seconds", 1, False))
 
 
 def _allowed(figure: str, before: float, exact: bool, tolerance: float) -> float:
     """How much worse a figure may get before it counts as worse (``exact``: a deterministic one)."""
-    if figure.startswith("drift."):
+    if figure.startswith(("drift.", "seen.")):
         return 0.0 if exact else max(1.0, tolerance * abs(before))
     return tolerance * abs(before)
 
@@ -182,6 +188,8 @@ def compare_sweeps(baseline_paths: list[str], current_paths: list[str], toleranc
                 changes.append(Change(scenario, None, backend, strategy, "missing from the current sweep", 1, 0, True))
                 continue
             for figure, direction, fatal in SWEEP_FIGURES:
+                if figure not in figures or figure not in now[strategy]:
+                    continue   # a sweep written before the figure was added
                 before, after = figures[figure], now[strategy][figure]
                 change = Change(scenario, None, backend, strategy, figure, 0, 0, False)
                 common = set(before["seeds"]) & set(after["seeds"])

@@ -15,7 +15,7 @@ from sim.report.output import write_text
 from sim.report.results import InvalidResults, deterministic, read_document, validate
 from sim.report.sweep_report import sweep_sections
 from sim.report.sweep_results import SWEEP_FILE
-from sim.report.table import COLUMNS, field_of
+from sim.report.table import COLUMNS, field_of, has_field
 
 
 def find_results(paths: list[str], required: bool = True) -> list[Path]:
@@ -143,9 +143,13 @@ def draw_all(documents: list[dict], folder: Path, capacities: list[dict] = (),
         capacity = capacity_of(document, capacities)
         tradeoff = ("tradeoff", lambda document, capacity=capacity: charts.tradeoff(document, capacity),
                     "Capacity and p99 latency vs drift" if capacity else "Throughput and p99 latency vs drift")
-        for name, chart, caption in (tradeoff,
-                                     ("timeline", charts.timeline, "Drift and throughput over time"),
-                                     ("latency", charts.latency, "Latency percentiles")):
+        shown = ("seen", lambda document, capacity=capacity: charts.seen_tradeoff(document, capacity),
+                 "Wrong badges per 1,000 pushes vs " + ("capacity" if capacity else "throughput"))
+        chosen = [tradeoff, ("timeline", charts.timeline, "Drift and throughput over time"),
+                  ("latency", charts.latency, "Latency percentiles")]
+        if charts.judged_runs(document):   # results written before users' values were judged have none
+            chosen[1:1] = [shown, ("seen-timeline", charts.seen_timeline, "Wrong badges over time")]
+        for name, chart, caption in chosen:
             figure = chart(document)
             drawn.append((f"{caption}: {title}",
                           charts.save(figure, folder, f"{name}-{slug}")[0]))
@@ -156,8 +160,33 @@ def _markdown_table(document: dict) -> list[str]:
     titles = [title.replace("|drift|", "abs drift") for title, _, _, _ in COLUMNS]  # a pipe would split the cell
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for run in document["runs"]:
-        cells = [format(field_of(run, path), number) for _, path, _, number in COLUMNS]
+        cells = [format(field_of(run, path), number) if has_field(run, path) else "-"
+                 for _, path, _, number in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _what_users_saw(document: dict) -> list[str]:
+    """In words, per strategy: the pushes that carried a wrong badge and the
+    opened conversations that showed a wrong count (sim/seen.py)."""
+    judged = charts.judged_runs(document)
+    if not judged:
+        return []
+    lines = ["", "What users saw (each badge a push carried and each count an opened conversation showed, judged "
+                 "against the truth over the operation's own window):", ""]
+    for run in judged:
+        seen = run["seen"]
+        if not (seen["badges_wrong"] or seen["opens_wrong"]):
+            lines.append(f"- {run['strategy']}: every one of {seen['badges']:,} badges and {seen['opens']:,} opened "
+                         f"counts was right.")
+            continue
+        drifted = " (its counters ended without drift: the wrong values were passing ones)" \
+            if not run["drift"]["abs_drift_sum"] else ""
+        lines.append(f"- {run['strategy']}: {seen['badges_wrong']:,} of {seen['badges']:,} pushes "
+                     f"({seen['wrong_badges_per_1000']:g} per 1,000) carried a wrong badge: "
+                     f"{seen['phantom_badges']:,} phantom (a badge with nothing unread), {seen['missed_badges']:,} "
+                     f"below the truth, off by up to {seen['badge_error_max']:,}; {seen['opens_wrong']:,} of "
+                     f"{seen['opens']:,} opened conversations showed a wrong count{drifted}.")
     return lines
 
 
@@ -173,6 +202,7 @@ def _section(document: dict, capacity: dict | None = None, title: str | None = N
              f"- reproduce: `countdrift run {scenario.get('path', 'SCENARIO')} --seed {document['seed']}"
              + (f" --backend {document['backend']}" if document["backend"] != DEFAULT else "") + "`", ""]
     lines += _markdown_table(document)
+    lines += _what_users_saw(document)
     server = scenario.get("server", {})
     if server.get("topology") == "cluster":
         shards = list(document["runs"][0].get("shard_commands", {})) if document["runs"] else []

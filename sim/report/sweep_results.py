@@ -17,7 +17,7 @@ from sim import __version__
 from sim.errors import ReportError
 from sim.report.results import InvalidResults, read_document, validate
 from sim.report.stats import BOOTSTRAP_SEED, CONFIDENCE, RESAMPLES, describe
-from sim.report.table import field_of
+from sim.report.table import field_of, has_field
 
 SWEEP_SCHEMA = 1
 SWEEP_FILE = "sweep.json"
@@ -28,6 +28,8 @@ FIGURES = (
     "drift.max_abs_drift", "drift.hidden_max", "drift.overcount", "drift.undercount",
     "throughput_ops_per_s", "latency_ms.p50", "latency_ms.p99", "latency_ms.p999", "latency_ms.max",
     "retries", "ambiguous", "errors", "wall_seconds",
+    "seen.badges_wrong", "seen.wrong_badges_per_1000", "seen.phantom_badges", "seen.missed_badges",
+    "seen.badge_error_max", "seen.opens_wrong",
 )
 
 
@@ -54,6 +56,9 @@ def aggregate(folder: Path, plan: dict[str, dict]) -> dict:
             documents = [json.loads(path.read_text()) for _, path in found]
             figures = {}
             for figure in FIGURES:
+                if not all(figure.startswith("wall_") or has_field(document["runs"][0], figure)
+                           for document in documents):
+                    continue   # a run written before the figure was added
                 values = [figure_of(document, figure) for document in documents]
                 figures[figure] = {**describe(values), "seeds": [seed for seed, _ in found], "values": values}
             aggregates.setdefault(scenario, {})[strategy] = figures

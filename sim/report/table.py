@@ -18,6 +18,8 @@ COLUMNS = (
     ("retries", "retries", 7, ""),
     ("unknown", "ambiguous", 7, ""),
     ("errors", "errors", 6, ""),
+    ("wrong badge/1k", "seen.wrong_badges_per_1000", 14, ".1f"),
+    ("wrong open", "seen.opens_wrong", 10, ""),
 )
 
 
@@ -26,6 +28,15 @@ def field_of(run: dict, path: str):
     for part in path.split("."):
         value = value[part]
     return value
+
+
+def has_field(run: dict, path: str) -> bool:
+    """Whether a run has the figure (results written before it was added do not)."""
+    try:
+        field_of(run, path)
+    except (KeyError, TypeError):
+        return False
+    return True
 
 
 # What each throughput_basis means, in words (results.json records the basis).
@@ -49,7 +60,7 @@ def format_table(results: dict) -> str:
     for run in results["runs"]:
         cells = []
         for i, (_, path, width, number) in enumerate(COLUMNS):
-            text = format(field_of(run, path), number)
+            text = format(field_of(run, path), number) if has_field(run, path) else "-"
             cells.append(text.ljust(width) if i == 0 else text.rjust(width))
         lines.append("  ".join(cells))
     basis = basis_of(results)
@@ -97,6 +108,7 @@ SWEEP_COLUMNS = (
     ("retries", "retries"),
     ("unknown", "ambiguous"),
     ("errors", "errors"),
+    ("wrong badge/1k", "seen.wrong_badges_per_1000"),
 )
 
 
@@ -118,7 +130,7 @@ def mean_and_ci(statistics: dict) -> str:
 def sweep_rows(sweep: dict, scenario: str) -> list[list[str]]:
     """Per strategy of one scenario: its name, seeds run, then each column's mean and interval."""
     return [[strategy, str(figures[SWEEP_COLUMNS[0][1]]["n"]),
-             *(mean_and_ci(figures[figure]) for _, figure in SWEEP_COLUMNS)]
+             *(mean_and_ci(figures[figure]) if figure in figures else "-" for _, figure in SWEEP_COLUMNS)]
             for strategy, figures in sweep["aggregates"][scenario].items()]
 
 

@@ -1,0 +1,345 @@
+"""What users were shown, judged against the truth at that moment.
+
+Every push carries the user's total (APNs cannot add badges up, so each
+push reads it); every opened conversation shows its count before clearing
+it. The history keeps those values (``History.value``); here each is judged
+against the truth over the operation's own window, from its earliest to its
+latest moment of effect (sim/truth.py's ``moments``: a point where the
+backend knows it, else invoke to completion): a value that the truth took
+at some moment of the window, as far as the history can tell, is right;
+otherwise it is over or under, by its distance to that range.
+
+The range follows ``truth_ranges(at=end, since=start)`` for the user's
+conversations, computed for every judged operation at once: for each
+(operation, conversation) a message is surely unread all through the
+window when it surely took effect before the window began and every read
+of the pair that began by the window's end had surely ended before the
+message began; it may be unread when it may have taken effect by the
+window's end and was not surely read before the window began (it ended
+before a read that had ended by then began). An opened conversation is
+judged without its own read (the count shown is the one before it cleared
+it). A read that ended at the very moment the window began may count as
+after it (ties are judged leniently).
+
+A badge fetch's range is the sum of its user's conversations' ranges.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.checker import Counters
+from sim.history import History
+from sim.traffic import BADGE, DELIVER, READ, Trace
+from sim.truth import Memberships, TruthRanges, moments
+
+
+@dataclass
+class Judged:
+    """The judged operations (trace indices, ascending), what each showed,
+    and the true range over its window."""
+
+    op: np.ndarray       # int64
+    badge: np.ndarray    # bool: a badge fetch (else an opened conversation)
+    value: np.ndarray    # int64
+    lo: np.ndarray       # int64
+    hi: np.ndarray       # int64
+    start: np.ndarray    # float64: the window
+    end: np.ndarray
+
+    @property
+    def error(self) -> np.ndarray:
+        """Signed distance from the value to its true range (0: right)."""
+        return np.where(self.value > self.hi, self.value - self.hi,
+                        np.where(self.value < self.lo, self.value - self.lo, 0))
+
+
+class _Ranked:
+    """Items in groups, each with a time; counts the items of a group whose
+    time is below a rank (exact comparisons: every time is ranked among all
+    the times of the run)."""
+
+    def __init__(self, group: np.ndarray, rank: np.ndarray, span: int) -> None:
+        self.span = span
+        self.keys = np.sort(group * span + rank)
+
+    def below(self, group: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        """How many items of ``group`` have a rank below ``rank``."""
+        base = group * self.span
+        return np.searchsorted(self.keys, base + rank, "left") - np.searchsorted(self.keys, base, "left")
+
+
+class _Messages:
+    """The messages of a grouping (by conversation, or by sender's pair),
+    with what the judge asks of them."""
+
+    def __init__(self, group: np.ndarray, start: np.ndarray, end: np.ndarray, span: int) -> None:
+        self.span = span
+        self.by_start = _Ranked(group, start, span)
+        self.by_end = _Ranked(group, end, span)
+        order = np.lexsort((start, group))
+        self.group, self.start, self.end = group[order], start[order], end[order]
+        # Within each group, in order of start: the latest end so far.
+        keyed_end = self.group * span + self.end
+        self.latest_end = np.maximum.accumulate(keyed_end) - self.group * span if len(order) else keyed_end
+        self.first = np.searchsorted(self.group, np.arange(int(group.max()) + 2 if len(group) else 1))
+
+    def spanning(self, group: np.ndarray, w: np.ndarray, s: np.ndarray, limit: int = 4_000_000) -> np.ndarray:
+        """How many items of ``group`` began at or before rank ``w`` and
+        ended after rank ``s`` (w <= s): they were in flight all along."""
+        out = np.zeros(len(group), np.int64)
+        valid = (group >= 0) & (group < len(self.first) - 1)
+        g = np.where(valid, group, 0)
+        first = self.first[g]
+        upto = first + (self.by_start.below(g, w + 1) if len(self.group) else 0)   # items with start <= w
+        # Items before the first whose latest end passes s all ended by s.
+        keyed = self.group * self.span + self.latest_end
+        begin = np.searchsorted(keyed, g * self.span + s + 1, "left") if len(self.group) else first
+        begin = np.maximum(begin, first)
+        todo = np.flatnonzero(valid & (upto > begin))
+        for chunk in _chunks(todo, upto - begin, limit):
+            lengths = (upto - begin)[chunk]
+            offsets = np.repeat(begin[chunk] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+            items = np.arange(int(lengths.sum())) + offsets
+            late = (self.end[items] > np.repeat(s[chunk], lengths)).astype(np.int64)
+            out[chunk] = np.add.reduceat(late, np.concatenate([[0], np.cumsum(lengths)[:-1]])) if len(items) else 0
+        return out
+
+
+def _chunks(rows: np.ndarray, sizes: np.ndarray, limit: int):
+    """``rows`` in chunks whose ``sizes`` add up to about ``limit``."""
+    if not len(rows):
+        return
+    cumulative = np.cumsum(sizes[rows])
+    cuts = np.searchsorted(cumulative, np.arange(limit, int(cumulative[-1]) + limit, limit), "right")
+    start = 0
+    for cut in [*cuts.tolist(), len(rows)]:
+        if cut > start:
+            yield rows[start:cut]
+            start = cut
+
+
+def judge_values(trace: Trace, history: History, pairs: Memberships, exact: bool = True) -> Judged:
+    """Every badge and opened count the history recorded, with its true range."""
+    start, end = moments(history, np.inf, exact)
+    ran = ~np.isnan(start)
+    start = np.where(ran, start, np.inf)
+    end = np.where(ran & ~np.isnan(end), end, np.inf)
+    shown = ~np.isnan(history.value) & ((trace.kind == BADGE) | (trace.kind == READ))
+    judged = np.flatnonzero(shown)
+    badge = trace.kind[judged] == BADGE
+    s, a = start[judged], end[judged]
+
+    # Every time, ranked: comparisons below are between integers.
+    times = np.unique(np.concatenate([start, end]))
+    span = len(times) + 1
+    rank_start, rank_end = np.searchsorted(times, start), np.searchsorted(times, end)
+
+    # One row per (judged operation, conversation of its user): a badge
+    # sums every conversation of its user, an opened conversation is one.
+    by_user = np.argsort(pairs.user, kind="stable")
+    user_first = np.searchsorted(pairs.user[by_user], np.arange(trace.users + 1))
+    user = trace.user[judged].astype(np.int64)
+    own_pair = pairs.of_operations()
+    widths = np.where(badge, user_first[user + 1] - user_first[user], 1)
+    row_of = np.repeat(np.arange(len(judged)), widths)
+    within = np.arange(len(row_of)) - np.repeat(np.cumsum(widths) - widths, widths)
+    row_pair = np.where(badge[row_of], by_user[np.minimum(user_first[user][row_of] + within, len(by_user) - 1)]
+                        if len(by_user) else -1, own_pair[judged][row_of])
+    member = row_pair >= 0
+    pair = np.where(member, row_pair, 0)
+    conv = pairs.conv[pair] if len(pairs) else np.zeros(len(pair), np.int64)
+    row_s = rank_start[judged][row_of]
+    row_a = rank_end[judged][row_of]
+    row_op = judged[row_of]
+
+    # Reads of each pair: the latest start among those that ended before
+    # the window began, and the latest end among those begun by its end.
+    reads = np.flatnonzero((trace.kind == READ) & ran & (own_pair >= 0))
+    r_pair = own_pair[reads]
+    r_start, r_end = rank_start[reads], rank_end[reads]
+    read_started = _LatestSoFar(r_pair, key=r_end, value=r_start, span=span)
+    window_start = read_started.latest(pair, row_s)          # rank; -1: none
+    read_ended = _LatestSoFar(r_pair, key=r_start, value=r_end, span=span)
+    window_end = read_ended.latest(pair, row_a + 1, excluding=np.where(badge[row_of], -1, row_op), ops=reads)
+    open_read = window_end > row_s                            # a read may still clear it: none surely unread
+
+    messages = np.flatnonzero(trace.kind == DELIVER)
+    m_start, m_end = rank_start[messages], rank_end[messages]
+    in_conv = _Messages(trace.conv[messages].astype(np.int64), m_start, m_end, span)
+    sender_pair = own_pair[messages]
+    mine = sender_pair >= 0
+    own = _Messages(sender_pair[mine], m_start[mine], m_end[mine], span)
+
+    def count(messages: _Messages, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        present = messages.by_start.below(group, row_a + 1)                     # began by the window's end
+        read_for_sure = messages.by_end.below(group, np.maximum(window_start, 0)) * (window_start >= 0)
+        settled = messages.by_end.below(group, row_s + 1)                       # took effect by its start
+        w = np.where(window_end < 0, -1, window_end)
+        before_reads = (messages.by_start.below(group, w + 1) - messages.spanning(group, w, row_s)) * (w >= 0)
+        unread_for_sure = np.where(open_read, 0, settled - before_reads)
+        return unread_for_sure, present - read_for_sure
+
+    lo_conv, hi_conv = count(in_conv, conv)
+    lo_own, hi_own = count(own, pair)
+    lo_row = np.where(member, lo_conv - lo_own, 0)
+    hi_row = np.where(member, hi_conv - hi_own, 0)
+    lo = np.bincount(row_of, weights=lo_row, minlength=len(judged)).astype(np.int64)
+    hi = np.bincount(row_of, weights=hi_row, minlength=len(judged)).astype(np.int64)
+    return Judged(judged.astype(np.int64), badge, history.value[judged].astype(np.int64), lo, hi, s, a)
+
+
+class _LatestSoFar:
+    """Per group, items sorted by ``key``: the largest ``value`` among the
+    items of a group whose key is below a rank (-1: none); optionally
+    without one item (an opened conversation's own read)."""
+
+    def __init__(self, group: np.ndarray, key: np.ndarray, value: np.ndarray, span: int) -> None:
+        self.span = span
+        order = np.lexsort((key, group))
+        self.group, self.key, self.value, self.order = group[order], key[order], value[order], order
+        keyed = self.group * span + self.value
+        self.running = (np.maximum.accumulate(keyed) - self.group * span) if len(order) else keyed
+        self.keys = self.group * span + self.key
+
+    def latest(self, group: np.ndarray, below: np.ndarray, excluding: np.ndarray | None = None,
+               ops: np.ndarray | None = None) -> np.ndarray:
+        if not len(self.keys):
+            return np.full(len(group), -1, np.int64)
+        first = np.searchsorted(self.keys, group * self.span, "left")
+        upto = np.searchsorted(self.keys, group * self.span + below, "left")
+        found = np.where(upto > first, self.running[np.maximum(upto - 1, 0)], -1)
+        if excluding is None:
+            return found
+        # An excluded item inside the prefix: the latest of the others,
+        # before it (the running maximum) and after it (few: looked at one by one).
+        position = np.full(len(group), -1, np.int64)
+        at = np.flatnonzero(excluding >= 0)
+        if len(at):
+            where = np.empty(len(ops), np.int64)
+            where[self.order] = np.arange(len(ops))
+            slot = np.searchsorted(ops, excluding[at])
+            known = (slot < len(ops)) & (ops[np.minimum(slot, len(ops) - 1)] == excluding[at])
+            position[at[known]] = where[slot[known]]
+        inside = np.flatnonzero((position >= first) & (position < upto))
+        k = position[inside]
+        before = np.where(k > first[inside], self.running[np.maximum(k - 1, 0)], -1)
+        found[inside] = before
+        for row, item in zip(inside[upto[inside] > k + 1].tolist(), k[upto[inside] > k + 1].tolist()):
+            # Another read of the pair began within the window (rare): the latest of those too.
+            found[row] = max(int(found[row]), int(self.value[item + 1:upto[row]].max()))
+        return found
+
+
+RECOVERY_RUN = 10      # right badges in a row after a fault: users see right badges again
+TIMELINE_BINS = 50
+WORST_USERS = 50
+
+
+def figures(trace: Trace, history: History, judged: Judged, faults: list[dict] = (),
+            detail: bool = True) -> dict:
+    """The run's ``seen`` block: what users were shown, judged; with
+    ``detail``, per fault and over time as well."""
+    error = judged.error
+    badge, opened = judged.badge, ~judged.badge
+    b_error, o_error = error[badge], error[opened]
+    nothing = (trace.kind == BADGE) & np.isnan(history.value)
+    seen = {
+        "badges": int(badge.sum()),
+        "badges_wrong": int(np.count_nonzero(b_error)),
+        "badges_over": int((b_error > 0).sum()),
+        "badges_under": int((b_error < 0).sum()),
+        "phantom_badges": int((badge & (judged.value >= 1) & (judged.hi == 0)).sum()),
+        "missed_badges": int((b_error < 0).sum()),
+        "badge_error_max": int(np.abs(b_error).max()) if len(b_error) else 0,
+        "badge_error_p99": round(float(np.percentile(np.abs(b_error), 99)), 3) if len(b_error) else 0.0,
+        "wrong_badges_per_1000": per_thousand(int(np.count_nonzero(b_error)), int(badge.sum())),
+        "badges_unanswered": int(nothing.sum()),
+        "opens": int(opened.sum()),
+        "opens_wrong": int(np.count_nonzero(o_error)),
+        "opens_over": int((o_error > 0).sum()),
+        "opens_under": int((o_error < 0).sum()),
+        "phantom_opens": int((opened & (judged.value >= 1) & (judged.hi == 0)).sum()),
+    }
+    if detail:
+        at = judged.start[badge]
+        seen["faults"] = _per_fault(at, b_error != 0, faults)
+        seen["timeline"] = _timeline(at, b_error != 0, float(trace.t[-1]) if len(trace.t) else 0.0)
+    return seen
+
+
+def per_thousand(count: int, out_of: int) -> float:
+    return round(1000.0 * count / out_of, 3) if out_of else 0.0
+
+
+def _per_fault(at: np.ndarray, wrong: np.ndarray, faults: list[dict]) -> list[dict]:
+    """For each fault: the badges judged while it held and after it (until
+    the next fault struck), how many were wrong, and how long after it
+    ended users saw right badges again: the first of ``RECOVERY_RUN`` right
+    badges in a row (0: none was wrong; None: not before the next fault or
+    the run's end). A fault that did not strike has None for all."""
+    order = np.argsort(at, kind="stable")
+    at, wrong = at[order], wrong[order]
+    struck = [fault["effects"].get("struck_at") for fault in faults]
+    out = []
+    for index, fault in enumerate(faults):
+        entry = {"kind": fault["kind"], "at": fault["at"]}
+        start = struck[index]
+        if start is None:
+            out.append({**entry, "badges_during": None, "wrong_during": None, "badges_after": None,
+                        "wrong_after": None, "recovered_after_s": None})
+            continue
+        end = fault["effects"].get("ended_at")
+        end = start + fault["duration"] if end is None else end
+        following = [t for t in struck[index + 1:] if t is not None and t > start]
+        until = min(following) if following else np.inf
+        first, middle, last = np.searchsorted(at, [start, end, until], "left")
+        during, after = wrong[first:middle], wrong[middle:last]
+        recovered = 0.0 if not (during.any() or after.any()) else _right_again(at[middle:last], after, end)
+        out.append({**entry, "badges_during": int(len(during)), "wrong_during": int(during.sum()),
+                    "badges_after": int(len(after)), "wrong_after": int(after.sum()),
+                    "recovered_after_s": recovered})
+    return out
+
+
+def _right_again(at: np.ndarray, wrong: np.ndarray, since: float) -> float | None:
+    """Seconds from ``since`` to the first badge of the first ``RECOVERY_RUN`` right ones in a row."""
+    if len(wrong) < RECOVERY_RUN:
+        return None
+    right_runs = np.convolve(~wrong, np.ones(RECOVERY_RUN, np.int64), "valid") == RECOVERY_RUN
+    first = np.flatnonzero(right_runs)
+    return round(float(at[first[0]] - since), 6) if len(first) else None
+
+
+def _timeline(at: np.ndarray, wrong: np.ndarray, span: float) -> list[dict]:
+    """Badges judged and wrong ones, in ``TIMELINE_BINS`` slices of the trace's span (by their start)."""
+    if span <= 0 or not len(at):
+        return []
+    edges = np.linspace(0.0, span, TIMELINE_BINS + 1)
+    slot = np.clip(np.searchsorted(edges, at, "right") - 1, 0, TIMELINE_BINS - 1)
+    badges = np.bincount(slot, minlength=TIMELINE_BINS)
+    wrongs = np.bincount(slot, weights=wrong, minlength=TIMELINE_BINS).astype(np.int64)
+    return [{"t": round(float(edges[i + 1]), 6), "badges": int(badges[i]), "wrong": int(wrongs[i])}
+            for i in range(TIMELINE_BINS)]
+
+
+def drifted_users(trace: Trace, truth: TruthRanges, counters: Counters, judged: Judged) -> list[dict]:
+    """The users whose total ended outside the truth, the worst ``WORST_USERS``
+    by how far: their counters, their truth, and when they were first shown
+    a wrong badge (None: never)."""
+    total = counters.total
+    drift = np.where(total > truth.user_hi, total - truth.user_hi,
+                     np.where(total < truth.user_lo, total - truth.user_lo, 0))
+    worst = np.flatnonzero(drift)
+    worst = worst[np.lexsort((worst, -np.abs(drift[worst])))][:WORST_USERS]
+    conversations = np.bincount(counters.entry_user, weights=counters.entry_value,
+                                minlength=len(total)).astype(np.int64)
+    wrong = judged.badge & (judged.error != 0)
+    first_wrong = np.full(trace.users, np.inf)
+    np.minimum.at(first_wrong, trace.user[judged.op[wrong]], judged.start[wrong])
+    return [{"user": int(user), "total": int(total[user]), "conversations_sum": int(conversations[user]),
+             "truth_lo": int(truth.user_lo[user]), "truth_hi": int(truth.user_hi[user]),
+             "drift": int(drift[user]),
+             "first_wrong_badge_at": round(float(first_wrong[user]), 6) if np.isfinite(first_wrong[user]) else None}
+            for user in worst.tolist()]
