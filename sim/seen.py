@@ -60,30 +60,31 @@ class _Ranked:
     time is below a rank (exact comparisons: every time is ranked among all
     the times of the run)."""
 
-    def __init__(self, group: np.ndarray, rank: np.ndarray, span: int) -> None:
+    def __init__(self, group: np.ndarray, rank: np.ndarray, span: int, groups: int) -> None:
         self.span = span
         self.keys = np.sort(group * span + rank)
+        self.first = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=groups))])
 
     def below(self, group: np.ndarray, rank: np.ndarray) -> np.ndarray:
-        """How many items of ``group`` have a rank below ``rank``."""
-        base = group * self.span
-        return np.searchsorted(self.keys, base + rank, "left") - np.searchsorted(self.keys, base, "left")
+        """How many items of ``group`` have a rank below ``rank`` (fastest
+        when the queries come in order of group)."""
+        return np.searchsorted(self.keys, group * self.span + rank, "left") - self.first[group]
 
 
 class _Messages:
     """The messages of a grouping (by conversation, or by sender's pair),
     with what the judge asks of them."""
 
-    def __init__(self, group: np.ndarray, start: np.ndarray, end: np.ndarray, span: int) -> None:
+    def __init__(self, group: np.ndarray, start: np.ndarray, end: np.ndarray, span: int, groups: int) -> None:
         self.span = span
-        self.by_start = _Ranked(group, start, span)
-        self.by_end = _Ranked(group, end, span)
+        self.by_start = _Ranked(group, start, span, groups)
+        self.by_end = _Ranked(group, end, span, groups)
         order = np.lexsort((start, group))
         self.group, self.start, self.end = group[order], start[order], end[order]
         # Within each group, in order of start: the latest end so far.
-        keyed_end = self.group * span + self.end
-        self.latest_end = np.maximum.accumulate(keyed_end) - self.group * span if len(order) else keyed_end
-        self.first = np.searchsorted(self.group, np.arange(int(group.max()) + 2 if len(group) else 1))
+        # Within each group, in order of start, the latest end so far (keyed by group: ascending throughout).
+        self.latest_end = np.maximum.accumulate(self.group * span + self.end) if len(order) else self.end
+        self.first = self.by_start.first
 
     def spanning(self, group: np.ndarray, w: np.ndarray, s: np.ndarray, limit: int = 4_000_000) -> np.ndarray:
         """How many items of ``group`` began at or before rank ``w`` and
@@ -94,8 +95,7 @@ class _Messages:
         first = self.first[g]
         upto = first + (self.by_start.below(g, w + 1) if len(self.group) else 0)   # items with start <= w
         # Items before the first whose latest end passes s all ended by s.
-        keyed = self.group * self.span + self.latest_end
-        begin = np.searchsorted(keyed, g * self.span + s + 1, "left") if len(self.group) else first
+        begin = np.searchsorted(self.latest_end, g * self.span + s + 1, "left") if len(self.group) else first
         begin = np.maximum(begin, first)
         todo = np.flatnonzero(valid & (upto > begin))
         for chunk in _chunks(todo, upto - begin, limit):
@@ -147,6 +147,10 @@ def judge_values(trace: Trace, history: History, pairs: Memberships, exact: bool
     within = np.arange(len(row_of)) - np.repeat(np.cumsum(widths) - widths, widths)
     row_pair = np.where(badge[row_of], by_user[np.minimum(user_first[user][row_of] + within, len(by_user) - 1)]
                         if len(by_user) else -1, own_pair[judged][row_of])
+    # In order of pair (and so of conversation), then of start: the
+    # searches below then go through their tables in order.
+    order = np.lexsort((rank_start[judged][row_of], row_pair))
+    row_of, row_pair = row_of[order], row_pair[order]
     member = row_pair >= 0
     pair = np.where(member, row_pair, 0)
     conv = pairs.conv[pair] if len(pairs) else np.zeros(len(pair), np.int64)
@@ -167,10 +171,10 @@ def judge_values(trace: Trace, history: History, pairs: Memberships, exact: bool
 
     messages = np.flatnonzero(trace.kind == DELIVER)
     m_start, m_end = rank_start[messages], rank_end[messages]
-    in_conv = _Messages(trace.conv[messages].astype(np.int64), m_start, m_end, span)
+    in_conv = _Messages(trace.conv[messages].astype(np.int64), m_start, m_end, span, pairs.n_conv)
     sender_pair = own_pair[messages]
     mine = sender_pair >= 0
-    own = _Messages(sender_pair[mine], m_start[mine], m_end[mine], span)
+    own = _Messages(sender_pair[mine], m_start[mine], m_end[mine], span, len(pairs))
 
     def count(messages: _Messages, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         present = messages.by_start.below(group, row_a + 1)                     # began by the window's end

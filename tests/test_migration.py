@@ -189,8 +189,10 @@ def test_a_simulated_migration_moves_the_keys_and_a_split_user_fails_not_drifts(
 @pytest.mark.real
 def test_fidelity_covers_the_migration_scenario(tmp_path):
     """`countdrift fidelity` on the migration scenario: both backends move
-    the same keys, fail about as many operations the same way (within 2x:
-    each slot's move falls a few ms apart from the traffic), and agree."""
+    the same keys (give or take the few that a delivery racing a slot's move
+    creates on one side first: 43 vs 44 was seen on a loaded machine), fail
+    about as many operations the same way (within 2x: each slot's move falls
+    a few ms apart from the traffic), and agree."""
     from sim.experiments.fidelity import run_fidelity
 
     scenario = load(MIGRATION)
@@ -201,7 +203,8 @@ def test_fidelity_covers_the_migration_scenario(tmp_path):
         for backend in ("sim", "redis")}
     for name in ("lua", "multi"):
         sim, real = runs["sim"][name], runs["redis"][name]
-        assert sim["faults"][0]["effects"]["keys_moved"] == real["faults"][0]["effects"]["keys_moved"] > 0
+        moved = sim["faults"][0]["effects"]["keys_moved"], real["faults"][0]["effects"]["keys_moved"]
+        assert min(moved) > 0 and abs(moved[0] - moved[1]) <= max(2, 0.05 * moved[0]), moved
         kind = {"lua": "TRYAGAIN", "multi": "EXECABORT"}[name]
         assert set(sim["errors_by_kind"]) == {kind}, sim["errors_by_kind"]
         # on real servers nearly all of that kind (a redirection's race with a slot's move may add one)

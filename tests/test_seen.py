@@ -131,8 +131,9 @@ def _small(seed: int, **changes) -> str:
     return text
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, *(pytest.param(seed, marks=pytest.mark.slow) for seed in range(4, 21))])
 def test_no_atomic_strategy_shows_a_wrong_badge_or_count_without_faults(seed, tmp_path):
+    """3 seeds in CI, 20 under -m slow."""
     scenario = parse(tmp_path / "small.toml", _small(seed))
     results = run_scenario(scenario, strategies=("naive", *ATOMIC), explain=False)
     shown = {run["strategy"]: run["seen"] for run in results["runs"]}

@@ -2,8 +2,10 @@
 
 Results are matched by scenario, seed, backend and strategy. Correctness must not
 get worse at all: in a simulated run, which is deterministic, any drift
-figure that grew is a regression (on a cluster, each shard's too); in a
-real run, one that grew by more than the tolerance. Throughput may fall by up to the tolerance (default 5%),
+figure that grew is a regression (on a cluster, each shard's too), and so
+is more wrong values shown to users (``seen``: wrong, phantom and missed
+badges, wrong opened counts); in a real run, one that grew by more than
+the tolerance. Throughput may fall by up to the tolerance (default 5%),
 since wall-clock figures are noisy; simulated throughput is compared the
 same way, so that a deliberate change to the model's costs is not a failure
 by a hair. Latency changes are reported, never fatal.
