@@ -142,3 +142,14 @@ def test_a_real_run_judged_again_finds_its_own_figures(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "the same figures as the run's (2 strategies, redis backend)" in printed
     assert _table_rows(printed) == printed_by_run
+
+
+def test_a_parallel_run_keeps_every_history(runs, tmp_path, capsys):
+    """--jobs: each strategy's history comes back from its worker process."""
+    out = tmp_path / "parallel"
+    assert main(["run", str(runs["one"].parent / "tiny.toml"), "--strategies", "naive,lua,derived", "--seed", "1",
+                 "-q", "--jobs", "2", "--out", str(out)]) == 0
+    assert main(["judge", str(out)]) == 0
+    assert "the same figures as the run's (3 strategies, sim backend)" in capsys.readouterr().out
+    alone, parallel = (json.loads((folder / "results.json").read_text()) for folder in (runs["one"], out))
+    assert [run["seen"] for run in alone["runs"]] == [run["seen"] for run in parallel["runs"]]

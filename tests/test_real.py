@@ -34,10 +34,11 @@ def fault_scenario(name: str, replace: dict[str, str]):
 
 
 def test_fault_free_run_has_no_drift_but_naive(tmp_path):
+    """naive and lua (every atomic strategy: the 3-seed test below, at twice the rate)."""
     text = SMALL_SCENARIO.replace("messages = 3000", "messages = 1500").replace("message_rate = 1500.0",
                                                                                "message_rate = 1000.0")
     scenario = parse(tmp_path / "small.toml", text)
-    results = run_scenario(scenario, trace=short_trace(scenario), backend="redis")
+    results = run_scenario(scenario, ["naive", "lua"], trace=short_trace(scenario), backend="redis")
     assert results["backend"] == "redis"
     for name, run in runs(results).items():
         assert run["outcomes"]["ok"] == run["operations"]
@@ -65,6 +66,9 @@ def test_no_atomic_strategy_drifts_without_faults_on_real_servers(seeds, tmp_pat
             drift = {key: value for key, value in run["drift"].items() if key not in ("users", "hidden_max")}
             assert not any(drift.values()), (seed, run["strategy"], drift)
             assert all(point["abs_drift_sum"] == 0 for point in run["timeline"]), (seed, run["strategy"])
+            # nor a wrong badge or opened count shown to a user
+            assert run["seen"]["badges"] > 0 and run["seen"]["opens"] > 0, (seed, run["strategy"])
+            assert run["seen"]["badges_wrong"] == run["seen"]["opens_wrong"] == 0, (seed, run["strategy"], run["seen"])
 
 
 def test_lua_killed_mid_script_is_all_or_nothing():

@@ -142,3 +142,36 @@ def test_no_atomic_strategy_shows_a_wrong_badge_or_count_without_faults(seed, tm
         assert shown[strategy]["badges_wrong"] == shown[strategy]["opens_wrong"] == 0, (strategy, shown[strategy])
     assert shown["naive"]["badges"] == shown["lua"]["badges"]
     assert shown["naive"]["badges_wrong"] > 0, "naive's race between its two writes reaches pushes"
+
+
+def test_fidelity_compares_what_users_saw_by_class_and_size():
+    from sim.experiments.fidelity import SIZE_FLOOR, compare_shown, seen_class
+
+    def run(over: int = 0, under: int = 0, opens: int = 0) -> dict:
+        return {"seen": {"badges_wrong": over + under, "badges_over": over, "badges_under": under,
+                         "opens_wrong": opens}}
+
+    assert seen_class(None) == "not judged" and seen_class(run(opens=1)["seen"]) == "opens wrong"
+    assert compare_shown(run(), run()) is None
+    assert compare_shown(run(), run(over=2, opens=1)) is None          # a few: noise
+    assert compare_shown(run(), run(over=5)) == "class: none vs badges wrong"
+    assert compare_shown(run(opens=30), run(under=40)) == "class: opens wrong vs badges wrong"
+    assert compare_shown(run(over=30), run(under=40)) is None   # the direction is a figure, not the class
+    assert compare_shown(run(over=SIZE_FLOOR + 1), run(over=3 * (SIZE_FLOOR + 1))).startswith("size")
+    assert compare_shown(run(over=SIZE_FLOOR + 1), run(over=SIZE_FLOOR + 5)) is None
+    assert compare_shown({"seen": None}, run(over=50)) is None         # results written before judging
+
+
+def test_more_wrong_badges_is_a_regression_for_compare(tmp_path, capsys):
+    from sim.cli import main
+    from sim.report.results import write_json
+
+    scenario = parse(tmp_path / "small.toml", _small(1, **{"messages = 3000": "messages = 500"}))
+    document = run_scenario(scenario, strategies=("naive", "lua"), explain=False)
+    write_json(tmp_path / "base" / "results.json", document)
+    document["runs"][1]["seen"]["phantom_badges"] += 1
+    write_json(tmp_path / "worse" / "results.json", document)
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "base")]) == 0
+    assert main(["compare", str(tmp_path / "base"), str(tmp_path / "worse")]) == 1
+    out = capsys.readouterr().out
+    assert "lua" in out and "seen.phantom_badges" in out and "!!" in out

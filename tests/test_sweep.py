@@ -81,6 +81,10 @@ def test_sweep_json_aggregates_each_figure_with_an_interval(sweeps):
         assert min(values) <= low <= statistics["mean"] <= high <= max(values)
         assert describe(values)["ci95"] == [low, high]       # seeded: the same interval every time
     assert "wall_seconds" in document["aggregates"]["small"]["lua"]
+    shown = document["aggregates"]["small"]["naive"]["seen.wrong_badges_per_1000"]   # what users saw, too
+    assert shown["n"] == 3 and shown["values"] == [
+        json.loads((sweeps["one"] / "small" / f"s{seed}" / "naive" / "results.json").read_text())
+        ["runs"][0]["seen"]["wrong_badges_per_1000"] for seed in (7, 8, 9)]
 
 
 def test_resume_runs_only_what_is_missing_and_prints_means_with_intervals(sweeps, tmp_path, capsys):

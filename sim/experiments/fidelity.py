@@ -19,10 +19,10 @@ conversations wrong) on both sides, with every user consistent, is
 kill lands between an AOF write and its reply, is timing, and real runs of
 one cell were seen both ways.
 What users were shown is compared the same way, as its own verdict
-(``seen_disagreement``): the class of wrong values (none, badges over,
-badges under, opened counts wrong), and their number (wrong badges and
-opened counts) within SIZE_FACTOR above SIZE_FLOOR; at most NOISE_FLOOR on
-both sides is "none".
+(``seen_disagreement``): the class of wrong values (none, badges wrong,
+only opened counts wrong), and their number (wrong badges and opened
+counts) within SIZE_FACTOR above SIZE_FLOOR; at most NOISE_FLOOR on both
+sides is "none".
 The figures behind them (|drift|, retries, unknown and refused outcomes,
 NOSCRIPT and READONLY errors) are printed side by side. Each backend's
 results.json is kept beside fidelity.json.
@@ -58,6 +58,7 @@ FIGURES = (
     ("NOSCRIPT redone", "noscript"),
     ("READONLY", "errors_by_kind.READONLY"),
     ("wrong badges", "seen.badges_wrong"),
+    ("badges over", "seen.badges_over"),
     ("wrong opens", "seen.opens_wrong"),
 )
 
@@ -73,11 +74,16 @@ def drift_class(drift: dict) -> str:
 
 
 def seen_class(seen: dict | None) -> str:
-    """The class of what users were shown wrong (results without it: not judged)."""
+    """The class of what users were shown wrong (results without it: not
+    judged). Not its direction: a fault that loses deliveries and reads
+    alike shows badges over and under in about equal numbers, and which of
+    the two is the larger flipped between the backends, and between seeds,
+    in a third of such cells (failover s13 lua: 45 over, 48 under simulated;
+    60 over, 50 under real). The figures show the direction."""
     if not seen:
         return "not judged"
     if seen["badges_wrong"]:
-        return "badges over" if seen["badges_over"] >= seen["badges_under"] else "badges under"
+        return "badges wrong"
     return "opens wrong" if seen["opens_wrong"] else "none"
 
 
