@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from sim import stall
-from sim.commands import Backoff, CommandError, ConnectionLost, may_write
+from sim.commands import Backoff, CommandError, ConnectionLost, Transaction, may_write
 from sim.errors import StrategyError
 from sim.history import FAIL, OK, UNKNOWN, History
 from sim.nemesis import AckLog, StallTarget
@@ -227,9 +227,11 @@ class ClientLoop:
                         request, original = placed.request, request
                 number += 1
                 writes = may_write(request)
+                spreads = False
                 if writes:
                     writes_sent += 1
-                    if writes_sent == 2:   # no single moment of effect: the truth gives it a range
+                    spreads = writes_sent == 2 and not history.spread[op]
+                    if spreads:   # no single moment of effect: the truth gives it a range
                         history.spread[op] = True
                 client.sending = True   # _send's body, without a generator per request
                 try:
@@ -243,6 +245,11 @@ class ClientLoop:
                     if isinstance(reply, CommandError):
                         inside = None
                 between = deferred
+                if writes and reply is None and type(request) is Transaction:
+                    # WATCH aborted the EXEC: it wrote nothing, and is no moment of effect nor an acknowledged write
+                    writes, writes_sent = False, writes_sent - 1
+                    if spreads:
+                        history.spread[op] = False
                 if writes and self.exact_commits:
                     history.applied(op, applied_at)
                 acked = None   # an error reply (NOREPLICAS, READONLY) acknowledged nothing

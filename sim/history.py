@@ -51,9 +51,10 @@ class History:
         self.outcome[op] = outcome
 
     def applied(self, op: int, at: float) -> None:
-        """The server applied one of the operation's write requests at ``at``."""
+        """The server applied one of the operation's write requests at ``at``
+        (NaN: it applied nothing, an EXEC that WATCH aborted)."""
         current = self.applied_at[op]
-        if not current <= at:   # NaN, or later
+        if at == at and not current <= at:   # a moment, and none yet or a later one
             self.applied_at[op] = at
 
     def shown(self, op: int, value: int) -> None:

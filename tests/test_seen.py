@@ -175,3 +175,20 @@ def test_more_wrong_badges_is_a_regression_for_compare(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "base"), str(tmp_path / "worse")]) == 1
     out = capsys.readouterr().out
     assert "lua" in out and "seen.phantom_badges" in out and "!!" in out
+
+
+def test_an_exec_that_watch_aborted_is_no_moment_of_effect():
+    """quick at seed 58: a read of watch's whose EXEC a delivery aborted
+    found nothing left to clear on its second try; it was judged at the
+    aborted EXEC's moment, before the read that had cleared the 25 messages
+    meanwhile: two wrong opened counts in a run without faults. An aborted
+    EXEC applied nothing, and is no moment of effect."""
+    scenario = parse(Path(__file__).parents[1] / "scenarios" / "quick.toml",
+                     (Path(__file__).parents[1] / "scenarios" / "quick.toml").read_text())
+    run = run_scenario(scenario, ["watch"], generate(scenario.traffic, 58), explain=False)["runs"][0]
+    assert run["retries"] > 0 and run["seen"]["opens"] > 1000
+    assert run["seen"]["opens_wrong"] == run["seen"]["badges_wrong"] == 0, run["seen"]
+    history = History(1)
+    history.applied(0, 2.0)
+    history.applied(0, np.nan)
+    assert history.applied_at[0] == 2.0

@@ -288,8 +288,8 @@ class SimDriver:
             client.connection = None  # reconnect, load the scripts, send again
             return (yield from self._request(client, send))
         if self._cluster and asked(reply):   # a slot on the move
-            return (yield from self._follow_asks(client, send, reply, entry.end))
-        return reply, entry.error, entry.end
+            return (yield from self._follow_asks(client, send, reply, entry.applied_at))
+        return reply, entry.error, entry.applied_at   # NaN for an EXEC that WATCH aborted: it applied nothing
 
     def _follow_asks(self, client: Client, send: Send, reply, applied_at: float):
         """ASK: the request (a pipeline's item that got it) again, after
@@ -303,7 +303,7 @@ class SimDriver:
                 followed, _, at = yield from self._request(
                     client, send._replace(request=Pipeline((("ASKING",), commands[index]))))
                 items[index] = followed[1]   # the reply to ASKING, then the request's
-                applied_at = max(applied_at, at)
+                applied_at = at if applied_at != applied_at else max(applied_at, at)   # NaN: none yet
         reply = items if type(request) is Pipeline else items[0]
         return reply, first_error(items), applied_at
 

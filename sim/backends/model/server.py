@@ -224,7 +224,9 @@ class Server:
             entry.reply = self.run(entry.connection, entry.request)
             entry.error = self._first_error
             entry.committed = True
-            entry.applied_at = end
+            # An EXEC that WATCH aborted applied nothing: it is no moment of effect.
+            aborted = entry.reply is None and type(entry.request) is Transaction
+            entry.applied_at = math.nan if aborted else end
 
     # -- faults ---------------------------------------------------------------
     def keep_history(self, seconds: float) -> None:
