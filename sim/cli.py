@@ -136,7 +136,7 @@ def command_judge(args: argparse.Namespace) -> int:
     from sim.report.history_file import load as load_histories
     from sim.report.summary import ReportError, load_results
     from sim.report.table import format_table
-    from sim.seen import figures, judge_values
+    from sim.seen import client_view, figures, judge_values
     from sim.traffic import Trace, TraceError
     from sim.truth import Memberships
 
@@ -162,9 +162,9 @@ def command_judge(args: argparse.Namespace) -> int:
     for run in results["runs"]:
         history = histories[run["strategy"]]
         judged = {"seen": figures(trace, history, judge_values(trace, history, pairs), run["faults"])}
-        if "seen_client_view" in run:
-            judged["seen_client_view"] = figures(trace, history, judge_values(trace, history, pairs, exact=False),
-                                                 detail=False)
+        shown = client_view(trace, history, pairs) if "seen_client_view" in run else None
+        if shown is not None:
+            judged["seen_client_view"] = shown
         for block, now in judged.items():
             before = run.get(block) or {}
             differences += [f"{run['strategy']} {block}.{key} {before.get(key)} -> {value}"

@@ -140,12 +140,11 @@ def judge(scenario: Scenario, trace: Trace, strategy: Strategy, execution: Execu
         shards = user_shards(trace.users, final_slots(scenario.server.cluster_primaries, execution.faults))
         record["shard_drift"] = drift_by_shard(truth, execution.counters, shards)
     if not np.isnan(history.applied_at).all():
-        # The same run judged only from what the clients saw, as on a real
-        # server (countdrift fidelity compares these).
+        # The same run's drift judged only from what the clients saw, as on
+        # a real server (countdrift fidelity compares it, and judges users'
+        # values that way itself: seen.client_view).
         client_view = truth_ranges(trace, history, pairs, exact=False)
         record["drift_client_view"] = check(pairs, client_view, execution.counters).as_dict()
-        record["seen_client_view"] = seen.figures(trace, stored, judge_values(trace, stored, pairs, exact=False),
-                                                  detail=False)
     return record, drift, stored
 
 

@@ -34,6 +34,12 @@ from sim.history import History
 from sim.traffic import BADGE, DELIVER, READ, Trace
 from sim.truth import Memberships, TruthRanges, moments
 
+# Judged a part at a time, so that the peak stays small whatever the run's
+# size: about this many (operation, conversation) rows, and messages looked
+# at one by one.
+ROWS_PER_PASS = 250_000
+ITEMS_PER_PASS = 1_000_000
+
 
 @dataclass
 class Judged:
@@ -86,7 +92,7 @@ class _Messages:
         self.latest_end = np.maximum.accumulate(self.group * span + self.end) if len(order) else self.end
         self.first = self.by_start.first
 
-    def spanning(self, group: np.ndarray, w: np.ndarray, s: np.ndarray, limit: int = 4_000_000) -> np.ndarray:
+    def spanning(self, group: np.ndarray, w: np.ndarray, s: np.ndarray) -> np.ndarray:
         """How many items of ``group`` began at or before rank ``w`` and
         ended after rank ``s`` (w <= s): they were in flight all along."""
         out = np.zeros(len(group), np.int64)
@@ -98,7 +104,7 @@ class _Messages:
         begin = np.searchsorted(self.latest_end, g * self.span + s + 1, "left") if len(self.group) else first
         begin = np.maximum(begin, first)
         todo = np.flatnonzero(valid & (upto > begin))
-        for chunk in _chunks(todo, upto - begin, limit):
+        for chunk in _chunks(todo, upto - begin, ITEMS_PER_PASS):
             lengths = (upto - begin)[chunk]
             offsets = np.repeat(begin[chunk] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
             items = np.arange(int(lengths.sum())) + offsets
@@ -135,39 +141,16 @@ def judge_values(trace: Trace, history: History, pairs: Memberships, exact: bool
     times = np.unique(np.concatenate([start, end]))
     span = len(times) + 1
     rank_start, rank_end = np.searchsorted(times, start), np.searchsorted(times, end)
-
-    # One row per (judged operation, conversation of its user): a badge
-    # sums every conversation of its user, an opened conversation is one.
-    by_user = np.argsort(pairs.user, kind="stable")
-    user_first = np.searchsorted(pairs.user[by_user], np.arange(trace.users + 1))
-    user = trace.user[judged].astype(np.int64)
-    own_pair = pairs.of_operations()
-    widths = np.where(badge, user_first[user + 1] - user_first[user], 1)
-    row_of = np.repeat(np.arange(len(judged)), widths)
-    within = np.arange(len(row_of)) - np.repeat(np.cumsum(widths) - widths, widths)
-    row_pair = np.where(badge[row_of], by_user[np.minimum(user_first[user][row_of] + within, len(by_user) - 1)]
-                        if len(by_user) else -1, own_pair[judged][row_of])
-    # In order of pair (and so of conversation), then of start: the
-    # searches below then go through their tables in order.
-    order = np.lexsort((rank_start[judged][row_of], row_pair))
-    row_of, row_pair = row_of[order], row_pair[order]
-    member = row_pair >= 0
-    pair = np.where(member, row_pair, 0)
-    conv = pairs.conv[pair] if len(pairs) else np.zeros(len(pair), np.int64)
-    row_s = rank_start[judged][row_of]
-    row_a = rank_end[judged][row_of]
-    row_op = judged[row_of]
+    del times
 
     # Reads of each pair: the latest start among those that ended before
     # the window began, and the latest end among those begun by its end.
+    own_pair = pairs.of_operations()
     reads = np.flatnonzero((trace.kind == READ) & ran & (own_pair >= 0))
     r_pair = own_pair[reads]
     r_start, r_end = rank_start[reads], rank_end[reads]
     read_started = _LatestSoFar(r_pair, key=r_end, value=r_start, span=span)
-    window_start = read_started.latest(pair, row_s)          # rank; -1: none
     read_ended = _LatestSoFar(r_pair, key=r_start, value=r_end, span=span)
-    window_end = read_ended.latest(pair, row_a + 1, excluding=np.where(badge[row_of], -1, row_op), ops=reads)
-    open_read = window_end > row_s                            # a read may still clear it: none surely unread
 
     messages = np.flatnonzero(trace.kind == DELIVER)
     m_start, m_end = rank_start[messages], rank_end[messages]
@@ -176,22 +159,51 @@ def judge_values(trace: Trace, history: History, pairs: Memberships, exact: bool
     mine = sender_pair >= 0
     own = _Messages(sender_pair[mine], m_start[mine], m_end[mine], span, len(pairs))
 
-    def count(messages: _Messages, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        present = messages.by_start.below(group, row_a + 1)                     # began by the window's end
-        read_for_sure = messages.by_end.below(group, np.maximum(window_start, 0)) * (window_start >= 0)
-        settled = messages.by_end.below(group, row_s + 1)                       # took effect by its start
-        w = np.where(window_end < 0, -1, window_end)
-        before_reads = (messages.by_start.below(group, w + 1) - messages.spanning(group, w, row_s)) * (w >= 0)
-        unread_for_sure = np.where(open_read, 0, settled - before_reads)
-        return unread_for_sure, present - read_for_sure
+    # One row per (judged operation, conversation of its user): a badge
+    # sums every conversation of its user, an opened conversation is one.
+    by_user = np.argsort(pairs.user, kind="stable")
+    user_first = np.searchsorted(pairs.user[by_user], np.arange(trace.users + 1))
+    user = trace.user[judged].astype(np.int64)
+    widths = np.where(badge, user_first[user + 1] - user_first[user], 1)
+    lo = np.zeros(len(judged), np.int64)
+    hi = np.zeros(len(judged), np.int64)
+    for part in _chunks(np.arange(len(judged)), widths, ROWS_PER_PASS):
+        row_of = np.repeat(part, widths[part])
+        within = np.arange(len(row_of)) - np.repeat(np.cumsum(widths[part]) - widths[part], widths[part])
+        row_pair = np.where(badge[row_of], by_user[np.minimum(user_first[user][row_of] + within, len(by_user) - 1)]
+                            if len(by_user) else -1, own_pair[judged][row_of])
+        # In order of pair (and so of conversation), then of start: the
+        # searches below then go through their tables in order.
+        order = np.lexsort((rank_start[judged][row_of], row_pair))
+        row_of, row_pair = row_of[order], row_pair[order]
+        member = row_pair >= 0
+        pair = np.where(member, row_pair, 0)
+        conv = pairs.conv[pair] if len(pairs) else np.zeros(len(pair), np.int64)
+        row_s = rank_start[judged][row_of]
+        row_a = rank_end[judged][row_of]
+        window_start = read_started.latest(pair, row_s)          # rank; -1: none
+        window_end = read_ended.latest(pair, row_a + 1, excluding=np.where(badge[row_of], -1, judged[row_of]),
+                                       ops=reads)
 
-    lo_conv, hi_conv = count(in_conv, conv)
-    lo_own, hi_own = count(own, pair)
-    lo_row = np.where(member, lo_conv - lo_own, 0)
-    hi_row = np.where(member, hi_conv - hi_own, 0)
-    lo = np.bincount(row_of, weights=lo_row, minlength=len(judged)).astype(np.int64)
-    hi = np.bincount(row_of, weights=hi_row, minlength=len(judged)).astype(np.int64)
+        lo_conv, hi_conv = _unread(in_conv, conv, row_s, row_a, window_start, window_end)
+        lo_own, hi_own = _unread(own, pair, row_s, row_a, window_start, window_end)
+        lo[part] = np.bincount(row_of - part[0], weights=np.where(member, lo_conv - lo_own, 0), minlength=len(part))
+        hi[part] = np.bincount(row_of - part[0], weights=np.where(member, hi_conv - hi_own, 0), minlength=len(part))
     return Judged(judged.astype(np.int64), badge, history.value[judged].astype(np.int64), lo, hi, s, a)
+
+
+def _unread(messages: _Messages, group: np.ndarray, s: np.ndarray, a: np.ndarray, window_start: np.ndarray,
+            window_end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many of a group's messages were surely unread all through each
+    window (ranks ``s`` to ``a``), and how many may have been unread in it,
+    given the reads' bounds (``window_start``, ``window_end``: -1 none)."""
+    present = messages.by_start.below(group, a + 1)                          # began by the window's end
+    read_for_sure = messages.by_end.below(group, np.maximum(window_start, 0)) * (window_start >= 0)
+    settled = messages.by_end.below(group, s + 1)                            # took effect by its start
+    w = np.where(window_end < 0, -1, window_end)
+    before_reads = (messages.by_start.below(group, w + 1) - messages.spanning(group, w, s)) * (w >= 0)
+    unread_for_sure = np.where(window_end > s, 0, settled - before_reads)    # a read may still clear it: none sure
+    return unread_for_sure, present - read_for_sure
 
 
 class _LatestSoFar:
@@ -234,6 +246,16 @@ class _LatestSoFar:
             # Another read of the pair began within the window (rare): the latest of those too.
             found[row] = max(int(found[row]), int(self.value[item + 1:upto[row]].max()))
         return found
+
+
+def client_view(trace: Trace, history: History, pairs: Memberships) -> dict | None:
+    """The ``seen`` figures as a client could judge them (windows from
+    invoke to completion, as on a real server), for a history that knows
+    its moments of effect (the simulation's), else None. Fidelity compares
+    these; a run does not compute them (they cost as much as its own)."""
+    if np.isnan(history.applied_at).all():
+        return None
+    return figures(trace, history, judge_values(trace, history, pairs, exact=False), detail=False)
 
 
 RECOVERY_RUN = 10      # right badges in a row after a fault: users see right badges again

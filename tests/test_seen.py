@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sim import seen
 from sim.history import OK, History
 from sim.runner import run_scenario
 from sim.scenario import parse
-from sim.seen import figures, judge_values
+from sim.seen import client_view, figures, judge_values
 from sim.traffic import BADGE, DELIVER, READ, Trace, generate
 from sim.truth import Memberships, truth_ranges
 
@@ -192,3 +193,37 @@ def test_an_exec_that_watch_aborted_is_no_moment_of_effect():
     history.applied(0, 2.0)
     history.applied(0, np.nan)
     assert history.applied_at[0] == 2.0
+
+
+def test_judging_a_part_at_a_time_finds_what_judging_at_once_does(monkeypatch):
+    """The judge goes through a large run in parts (to bound its memory):
+    parts of a few rows and messages give every value the same range."""
+    scenario = parse(Path("small.toml"), SMALL_SCENARIO.replace("messages = 3000", "messages = 600"))
+    trace = generate(scenario.traffic, 5)
+    history = _random_history(trace, np.random.default_rng(5), 0.05)
+    pairs = Memberships(trace)
+    whole = judge_values(trace, history, pairs, exact=False)
+    monkeypatch.setattr(seen, "ROWS_PER_PASS", 7)
+    monkeypatch.setattr(seen, "ITEMS_PER_PASS", 5)
+    parts = judge_values(trace, history, pairs, exact=False)
+    assert len(whole.op) > 100
+    assert np.array_equal(whole.op, parts.op)
+    assert np.array_equal(whole.lo, parts.lo) and np.array_equal(whole.hi, parts.hi)
+    assert (whole.hi > whole.lo).any() and (whole.lo > 0).any()    # ranges, not only zeros
+
+
+def test_the_client_view_is_judged_for_a_history_that_knows_its_moments_only():
+    """Fidelity judges the simulation's values from the clients' windows
+    alone; a real server's history (no moments of effect) has nothing more."""
+    scenario = parse(Path("small.toml"), SMALL_SCENARIO.replace("messages = 3000", "messages = 400"))
+    kept: dict = {}
+    run = run_scenario(scenario, ["naive"], explain=False, histories=kept)["runs"][0]
+    trace = generate(scenario.traffic, scenario.seed)
+    pairs = Memberships(trace)
+    view = client_view(trace, kept["naive"], pairs)
+    assert "seen_client_view" not in run
+    assert view["badges"] == run["seen"]["badges"] and view["opens"] == run["seen"]["opens"]
+    assert view["badges_wrong"] <= run["seen"]["badges_wrong"]   # wider windows: never more wrong
+    real_like = copy.deepcopy(kept["naive"])
+    real_like.applied_at[:] = np.nan
+    assert client_view(trace, real_like, pairs) is None

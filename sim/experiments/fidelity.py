@@ -38,7 +38,9 @@ from sim.backends import REAL, SIMULATION
 from sim.report.results import write_json
 from sim.runner import ProgressFactory, run_scenario
 from sim.scenario import Scenario, with_driver
+from sim.seen import client_view
 from sim.traffic import generate
+from sim.truth import Memberships
 
 FIDELITY_SCHEMA = 1
 SIZE_FLOOR = 20      # |drift| below which only the class must agree
@@ -163,10 +165,17 @@ def run_fidelity(scenarios: list[Scenario], strategies: Iterable[str] | None, se
         for seed in seeds or [scenario.seed]:
             trace = generate(scenario.traffic, seed)
             documents = {}
+            pairs = Memberships(trace)
             for backend in backends:
                 modelled = driver is not None and registry.get(backend).models_driver
+                histories: dict = {}
                 documents[backend] = run_scenario(with_driver(scenario, driver) if modelled else scenario,
-                                                  strategies, trace, progress, backend, explain=False)
+                                                  strategies, trace, progress, backend, explain=False,
+                                                  histories=histories)
+                for run in documents[backend]["runs"]:
+                    shown = client_view(trace, histories[run["strategy"]], pairs)
+                    if shown is not None:
+                        run["seen_client_view"] = shown
                 write_json(out / f"{scenario.name}-s{seed}" / backend / "results.json", documents[backend])
             cells.extend(cells_of(documents))
     document = {"fidelity_schema": FIDELITY_SCHEMA, "tool_version": __version__, "backends": list(backends),
