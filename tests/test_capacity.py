@@ -218,6 +218,7 @@ def test_ties_and_orders_of_capacities():
 
 
 @pytest.mark.real
+@pytest.mark.slow   # 38 s of the suite's time (real capacity points); `countdrift report` compares capacities
 def test_the_capacity_ranking_agrees_between_backends():
     """naive, lua, watch and lock on quick: the simulation with the redis
     backend's driver modelled (committed calibration) and real servers order

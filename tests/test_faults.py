@@ -159,7 +159,7 @@ def test_causes_add_up_to_the_drift():
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("faults_*.toml")), ids=lambda p: p.stem)
 def test_every_fault_scenario_runs_and_records_its_schedule(path: Path):
     scenario_ = load(path)
-    results = run_scenario(scenario_, ["lua"])
+    results = run_scenario(scenario_, ["lua"], explain=False)
     run = results["runs"][0]
     assert run["faults"], "the applied schedule is in results.json"
     kinds = {fault["kind"] for fault in run["faults"]}

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from sim.experiments.fidelity import SIZE_FLOOR, cells_of, compare_runs, drift_class, format_matrix
+from sim.experiments.fidelity import SIZE_FACTOR, SIZE_FLOOR, cells_of, compare_runs, drift_class, format_matrix
 from sim.faults import FAULT_KINDS, SPECS
 from sim.runner import run_scenario
 from sim.scenario import Scenario, load, parse
@@ -39,6 +39,16 @@ CLASS_NOT_COMPARED = {
     (name, strategy): "where the tear lands, in which write, depends on each backend's timing"
     for name in TORN for strategy in STRATEGIES
 }
+
+# How many requests a reset_peer window exposes depends on how fast the
+# clients send while it is open, and on real servers each reset costs its
+# client a toxiproxy call and a reconnect, so real clients send fewer
+# requests in it (lua, faults_reset_peer at half length: 783 replies lost
+# simulated, 473-494 real on a quiet machine, fewer on a loaded one, where
+# |drift| 53 vs 22 failed the size check twice in a row). What must agree
+# there is the drift each lost reply causes (59/783 simulated, 33-40 per
+# 473-494 real).
+PER_LOST_REPLY = ("faults_reset_peer",)
 
 
 def short(name: str) -> Scenario:
@@ -133,7 +143,11 @@ def test_both_backends_agree_on_the_drift_class(matrix, name):
             assert not disagreement.startswith("class"), cell
         else:
             assert "none" not in (cell["sim"]["class"], cell["redis"]["class"]), cell
-        if disagreement.startswith("size"):
+        if disagreement.startswith("size") and name in PER_LOST_REPLY:
+            rates = [cell[side]["figures"]["|drift|"] / max(1, cell[side]["figures"]["replies lost"])
+                     for side in ("sim", "redis")]
+            assert 0 < min(rates) and max(rates) <= SIZE_FACTOR * min(rates), (disagreement, rates, cell)
+        elif disagreement.startswith("size"):
             pytest.fail(f"{name} {cell['strategy']}: {disagreement}")
 
 

@@ -68,6 +68,7 @@ def test_split_brain_loses_acknowledged_writes_fewer_with_min_replicas_sim():
 
 
 @pytest.mark.real
+@pytest.mark.slow   # 25 s of the suite's time; the simulated one above runs in CI, fidelity compares split brain
 def test_split_brain_loses_acknowledged_writes_fewer_with_min_replicas_real():
     _loses_fewer_with_min_replicas("redis")
 
