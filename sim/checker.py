@@ -68,31 +68,38 @@ class Drift:
         return asdict(self)
 
 
-_USER_TAG = re.compile(r"\{u(\d+)\}|^total:u(\d+)$")   # the second: option untagged_total
-# key -> the user of its tag (-1: none). The same keys are listed at every
-# timeline point (about two a user): a dict lookup instead of a regular
-# expression each time.
-_KEY_USER: dict[str, int] = {}
-_KEY_USER_MAX = 1 << 18
+_TAG = re.compile(r"\{([uc])(\d+)\}|^total:u(\d+)$")   # the last: option untagged_total
+# key -> its tag: ("u", user) or ("c", conversation); ("", -1): none. The
+# same keys are listed at every timeline point (about two a user): a dict
+# lookup instead of a regular expression each time.
+_KEY_TAG: dict[str, tuple[str, int]] = {}
+_KEY_TAG_MAX = 1 << 18
 
 
-def stray_keys(keys: list[str], users: int) -> int:
-    """Keys that carry no user tag of the trace (user ids 0 .. users - 1)."""
+def stray_keys(keys: list[str], users: int, conversations: int) -> int:
+    """Keys that carry no tag of a user (ids 0 .. users - 1) or of a
+    conversation (0 .. conversations - 1) of the trace."""
     stray = 0
-    known = _KEY_USER
+    known = _KEY_TAG
+    limit = {"u": users, "c": conversations, "": 0}
     for key in keys:
-        user = known.get(key)
-        if user is None:
-            tag = _USER_TAG.search(key)
-            user = -1 if tag is None else int(tag.group(1) or tag.group(2))
-            if len(known) < _KEY_USER_MAX:
-                known[key] = user
-        if user < 0 or user >= users:
+        tag = known.get(key)
+        if tag is None:
+            found = _TAG.search(key)
+            if found is None:
+                tag = ("", -1)
+            elif found.group(3) is not None:
+                tag = ("u", int(found.group(3)))
+            else:
+                tag = (found.group(1), int(found.group(2)))
+            if len(known) < _KEY_TAG_MAX:
+                known[key] = tag
+        if not 0 <= tag[1] < limit[tag[0]]:
             stray += 1
     return stray
 
 
-def read_counters(strategy: Strategy, users: int, execute: Callable[[Request], Any],
+def read_counters(strategy: Strategy, users: int, conversations: int, execute: Callable[[Request], Any],
                   batch: int = 1000) -> Counters:
     """Read every user's counters back through a backend's ``execute``,
     ``batch`` users per round trip, and count the keys that belong to no
@@ -103,7 +110,8 @@ def read_counters(strategy: Strategy, users: int, execute: Callable[[Request], A
         replies = run_batch([strategy.counters(user) for user in chunk], execute)
         rows.extend((user, *reply) for user, reply in zip(chunk, replies))
     keys = execute(("KEYS", "*"))
-    return Counters.collect(users, rows, stray_keys(keys if isinstance(keys, list) else [], users))
+    return Counters.collect(users, rows, stray_keys(keys if isinstance(keys, list) else [], users,
+                                                                  conversations))
 
 
 def _outside(value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

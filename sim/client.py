@@ -198,7 +198,7 @@ class ClientLoop:
 
     def _attempt(self, client: Client, op: int, attempt: int):
         history, target, acks = self.history, self.target, self.acks
-        operation = self.workload.operation(self.strategy, op)
+        operation = self.workload.operation(op)
         reply: Any = None
         error: Exception | None = None
         failed = between = False

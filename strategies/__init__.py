@@ -10,11 +10,12 @@ from strategies.lua_idempotent import LuaIdempotent
 from strategies.lua_repair import LuaRepair
 from strategies.multi import Multi
 from strategies.naive import Naive
+from strategies.read_pointer import ReadPointer
 from strategies.watch import Watch
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (Naive, Multi, Watch, Lock, Lua, LuaRepair, Derived, IdSet, LuaIdempotent)
+    for cls in (Naive, Multi, Watch, Lock, Lua, LuaRepair, Derived, IdSet, LuaIdempotent, ReadPointer)
 }
 
 

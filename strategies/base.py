@@ -76,8 +76,15 @@ class Strategy:
         """The key of the user's total (tagged unless ``untagged_total``)."""
         return keys.total_untagged(user) if self.untagged_total else keys.total(user)
 
-    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
-        """A message was stored: count it as unread for every recipient."""
+    def prepare(self, members: Sequence[Sequence[int]], users: int) -> None:
+        """Before a run: every conversation's members (by conversation id),
+        as the application's database knows them; ``users`` ids from 0. A
+        strategy that keeps state per conversation (read positions) needs
+        them; counters do not."""
+
+    def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
+        """A message was stored: count it as unread for every recipient
+        (the conversation's members but its sender)."""
         raise NotImplementedError
 
     def open_conversation(self, user: int, conversation: int) -> Operation:

@@ -14,7 +14,7 @@ class Derived(Strategy):
     name = "derived"
     summary = "per-conversation HINCRBY only; badge = sum of HVALS"
 
-    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+    def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
         field = str(conversation)
         yield Pipeline(tuple(("HINCRBY", keys.unread(user), field, 1) for user in recipients))
 

@@ -19,7 +19,7 @@ class IdSet(Strategy):
     summary = "HSET ids:{u} <message> <conversation>; badge = HLEN; read removes the conversation's ids in Lua"
     scripts = (READ_IDS,)
 
-    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+    def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
         field, value = str(message), str(conversation)
         yield Pipeline(tuple(("HSET", keys.unread_ids(user), field, value) for user in recipients))
 

@@ -38,3 +38,15 @@ def unread_ids(user: int) -> str:
 def seen(user: int, message: int) -> str:
     """Dedup marker: this message was already counted for this user."""
     return f"seen:{{u{user}}}:{message}"
+
+
+def sequence(conversation: int) -> str:
+    """String: how many messages the conversation has (read positions count
+    against it). Conversation keys carry the conversation in a hash tag
+    (``{c7}``): its two keys share a slot, as a script needs."""
+    return f"seq:{{c{conversation}}}"
+
+
+def positions(conversation: int) -> str:
+    """Hash: member -> the position they have read to."""
+    return f"read:{{c{conversation}}}"

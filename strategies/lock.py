@@ -40,7 +40,7 @@ class Lock(Strategy):
     def _release(self, user: int, token: str) -> Script:
         return Script(RELEASE, (keys.lock(user),), (token,))
 
-    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+    def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
         field = str(conversation)
         token = f"t{next(self._tokens)}"
         waiting = list(recipients)

@@ -28,7 +28,7 @@ class Lua(Strategy):
     def deliver_call(self, message: int, conversation: int, user: int) -> Script:
         return Script(self.deliver_script, (keys.unread(user), self.total_key(user)), self.deliver_args(conversation))
 
-    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+    def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
         # One script per recipient: each is atomic and touches one user's
         # slot only, as Redis Cluster requires; pipelined in one round trip.
         yield Pipeline(tuple(self.deliver_call(message, conversation, user) for user in recipients))

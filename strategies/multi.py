@@ -26,7 +26,7 @@ class Multi(Strategy):
     name = "multi"
     summary = "MULTI/EXEC per recipient; read = MULTI HGET HDEL EXEC, then DECRBY"
 
-    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+    def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
         yield increment_transactions(conversation, recipients, self.total_key)
 
     def open_conversation(self, user: int, conversation: int) -> Operation:

@@ -12,7 +12,7 @@ class Naive(Strategy):
     name = "naive"
     summary = "HINCRBY + INCRBY as independent commands; read-then-clear in three round trips"
 
-    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+    def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
         field = str(conversation)
         commands = []
         for user in recipients:

@@ -22,7 +22,7 @@ class Watch(Strategy):
     defaults = {"max_attempts": 50, "backoff_ms": 0.5, "watch_deliveries": False}
     bounds = {**Strategy.bounds, "max_attempts": (1, 1e9)}
 
-    def deliver(self, message: int, conversation: int, recipients: Sequence[int]) -> Operation:
+    def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
         if not self.watch_deliveries:
             # Increments are blind writes: they need no WATCH, and they abort a racing reader.
             yield increment_transactions(conversation, recipients, self.total_key)

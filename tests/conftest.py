@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,24 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def scratch_folders_of(harnesses: set[int]) -> list[Path]:
+    """The scratch folders (``countdrift-*`` in the temp folder) that the
+    harness processes ``harnesses`` made and are still there. Another run
+    beside the suite (a fidelity sweep, a second checkout's tests) makes
+    folders of its own, which are not the test's to judge."""
+    from sim.watchdog import OWNER_FILE
+
+    left = []
+    for folder in Path(tempfile.gettempdir()).glob("countdrift-*"):
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue   # being made or removed by its harness, or not a harness's
+        if owner in harnesses:
+            left.append(folder)
+    return left
 
 
 @pytest.fixture(scope="session", autouse=True)

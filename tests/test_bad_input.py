@@ -10,7 +10,6 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 from sim.cli import main
 from sim.traffic import Trace
 
-from conftest import ROOT, SMALL_SCENARIO, alive, children, sigint_default
+from conftest import ROOT, SMALL_SCENARIO, alive, children, scratch_folders_of, sigint_default
 
 BASE = {
     "name": "fuzz", "seed": 3,
@@ -230,7 +229,7 @@ def test_the_checker_reads_stray_keys_and_odd_values_as_drift():
     store.data["total:{u2}"] = "lots"
     # A conversation id beyond the trace's must not land on another user's pair.
     store.data["unread:{u0}"] = {str(trace.conversations + 5): "1"}
-    counters = read_counters(make_strategy("lua"), trace.users, server.inspect)
+    counters = read_counters(make_strategy("lua"), trace.users, trace.conversations, server.inspect)
     pairs = Memberships(trace)
     history = History(len(trace.t))
     drift = check(pairs, truth_ranges(trace, history, pairs), counters)
@@ -257,7 +256,6 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
     longest = time.monotonic() - started
     rng = np.random.default_rng(7)
     outcomes = {0: 0, 130: 0}
-    folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))   # the real backend's server folders
     for attempt in range(times):
         run = subprocess.Popen(command + ["--seed", str(2 + attempt)], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
@@ -276,7 +274,7 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
         seed = _whole_run(out)
         assert seed in (1, *range(2, 3 + attempt)), seed
         assert not list(tmp_path.glob(".out.partial-*")), "a partial folder was left"
-        assert set(Path(tempfile.gettempdir()).glob("countdrift-*")) <= folders, "a server folder was left"
+        assert not scratch_folders_of({run.pid}), "a server folder was left"
     return outcomes
 
 

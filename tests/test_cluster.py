@@ -37,7 +37,7 @@ from sim.truth import Memberships, truth_ranges
 from sim.workload import Workload
 from strategies import keys, make_strategy
 
-from conftest import ROOT, alive, children, sigint_default
+from conftest import ROOT, alive, children, scratch_folders_of, sigint_default
 
 pytestmark = pytest.mark.cluster
 
@@ -261,7 +261,7 @@ def sim_cluster(strategy) -> ClusterServer:
 
 @pytest.mark.real
 @pytest.mark.parametrize("name, untagged", [*((name, False) for name in ("naive", "multi", "watch", "lua", "lock",
-                                                                         "lua_idempotent")),
+                                                                         "lua_idempotent", "read_pointer")),
                                              *((name, True) for name in ("naive", "multi", "lua"))])
 def test_one_operation_at_a_time_both_clusters_end_identical(real_cluster, name, untagged):
     """The same trace through the same strategy, one operation at a time, on
@@ -274,7 +274,7 @@ def test_one_operation_at_a_time_both_clusters_end_identical(real_cluster, name,
     strategy = make_strategy(name, untagged_total=untagged)
     sim = sim_cluster(strategy)
     reader = ClusterReader(real_cluster.slot_map(), strategy.scripts)
-    workload = Workload(trace)
+    workload = Workload(trace, strategy)
     errors: dict[str, list[str]] = {"sim": [], "real": []}   # every error reply, in order
 
     def counting(execute, side):
@@ -289,11 +289,11 @@ def test_one_operation_at_a_time_both_clusters_end_identical(real_cluster, name,
         for op in range(len(trace.t)):
             for side, execute in (("sim", sim.inspect), ("real", reader.execute)):
                 try:
-                    run_now(workload.operation(strategy, op), counting(execute, side))
+                    run_now(workload.operation(op), counting(execute, side))
                 except CommandError:   # a strategy that does not catch an error reply gives up
                     pass
-        on_sim = read_counters(strategy, trace.users, sim.inspect)
-        on_real = read_counters(strategy, trace.users, reader.execute)
+        on_sim = read_counters(strategy, trace.users, trace.conversations, sim.inspect)
+        on_real = read_counters(strategy, trace.users, trace.conversations, reader.execute)
         for field in ("entry_user", "entry_conv", "entry_value", "total"):
             assert np.array_equal(getattr(on_sim, field), getattr(on_real, field)), field
         assert on_sim.stray_keys == on_real.stray_keys == 0
@@ -390,16 +390,17 @@ def start_real_cluster_run(scenario: Path, tmp_path: Path) -> tuple[subprocess.P
 
 @pytest.mark.real
 def test_an_interrupted_cluster_run_leaves_no_server(tmp_path):
-    folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
+    harnesses = set()
     for signum in (signal.SIGINT, signal.SIGTERM):
         run, servers = start_real_cluster_run(CLUSTER_QUICK, tmp_path)
+        harnesses.add(run.pid)
         time.sleep(0.5 if signum == signal.SIGINT else 3.0)   # while it starts, and while it runs
         run.send_signal(signum)
         _, err = run.communicate(timeout=60)
         assert run.returncode == 130, err
         assert err.strip().startswith("countdrift: interrupted;"), err
         assert not any(alive(pid) for pid in servers), "a server outlived the run"
-    assert set(Path(tempfile.gettempdir()).glob("countdrift-*")) <= folders, "a server folder was left"
+    assert not scratch_folders_of({run.pid}), "a server folder was left"
 
 
 @pytest.mark.real
@@ -758,7 +759,6 @@ def test_a_run_interrupted_during_a_failover_leaves_no_server(tmp_path):
     """SIGINT while shard 1's primary is dead and its replica not yet
     promoted (the nemesis starts the old one again as it stops): every one
     of the 6 servers, and any restarted since, is gone, and its folder."""
-    folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
     run, servers = start_real_cluster_run(ROOT / "scenarios" / "cluster_failover.toml", tmp_path)
     deadline = time.monotonic() + 30
     # The cluster joins, the run starts, the fault kills shard 1's primary 1 s into it: wait for that,
@@ -777,4 +777,4 @@ def test_a_run_interrupted_during_a_failover_leaves_no_server(tmp_path):
     assert run.returncode == 130, err
     assert err.strip().startswith("countdrift: interrupted;"), err
     assert not any(alive(pid) for pid in servers), "a server outlived the run"
-    assert set(Path(tempfile.gettempdir()).glob("countdrift-*")) <= folders, "a server folder was left"
+    assert not scratch_folders_of({run.pid}), "a server folder was left"

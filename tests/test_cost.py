@@ -27,6 +27,12 @@ def test_round_trips_and_commands_follow_each_strategys_requests(simulated):
     # One EVALSHA per recipient, each running HINCRBY and INCRBY: commandstats counts 3 per recipient.
     assert rows["lua"]["deliver group 100"]["commands"] == 300
     assert rows["lua"]["deliver group 100"]["round_trips"] == 1
+    # Read positions: one script of two commands (HINCRBY, INCR) whatever the group's size.
+    pointer = rows.pop("read_pointer")
+    assert {pointer[kind]["commands"] for kind in ("deliver 1:1", "deliver group 10", "deliver group 100")} == {3}
+    assert pointer["deliver group 100"]["round_trips"] == 1
+    assert pointer["deliver group 100"]["bytes_in"] < 1.1 * pointer["deliver group 10"]["bytes_in"]   # ids' digits
+    assert pointer["fetch badge"]["commands"] == 2   # GET the count and HGET the position: one conversation
     for name, kinds in rows.items():
         group = kinds["deliver group 100"]
         assert group["server_us"] > kinds["deliver group 10"]["server_us"] > 0, name   # work grows with the fan-out

@@ -70,16 +70,18 @@ def both(redis_server):
     connection.close()
 
 
-@pytest.mark.parametrize("name", list(STRATEGIES))
-def test_each_strategy_ends_in_the_same_keys(both, name):
-    strategy = make_strategy(name)
+@pytest.mark.parametrize("name, options", [*((name, {}) for name in STRATEGIES),
+                                           ("read_pointer", {"diffuse_above": 3})], ids=str)
+def test_each_strategy_ends_in_the_same_keys(both, name, options):
+    strategy = make_strategy(name, **options)
+    strategy.prepare([[]] * 7 + [[0, 1, 2], [0, 1, 2, 3], [0, 2]], 4)
     sequence = [
-        lambda: strategy.deliver(1, 7, [1, 2]),
-        lambda: strategy.deliver(2, 7, [1]),
-        lambda: strategy.deliver(3, 8, [1, 2, 3]),
+        lambda: strategy.deliver(1, 7, 0, [1, 2]),
+        lambda: strategy.deliver(2, 7, 0, [1]),
+        lambda: strategy.deliver(3, 8, 0, [1, 2, 3]),
         lambda: strategy.fetch_badge(1),
         lambda: strategy.open_conversation(1, 7),
-        lambda: strategy.deliver(3, 8, [1, 2, 3]),   # a retried delivery
+        lambda: strategy.deliver(3, 8, 0, [1, 2, 3]),   # a retried delivery
         lambda: strategy.open_conversation(2, 9),    # nothing to clear
         lambda: strategy.fetch_badge(2),
         lambda: strategy.counters(1),

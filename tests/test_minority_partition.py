@@ -165,16 +165,14 @@ def test_a_run_interrupted_during_the_partition_leaves_no_process(tmp_path):
     """SIGINT while shard 1's primary is cut off (its cluster_state is
     fail): the 6 servers and the bus relay are gone, and their folder."""
     import signal
-    import tempfile
     import time
     from pathlib import Path
 
     import redis
 
-    from conftest import alive, children
+    from conftest import alive, children, scratch_folders_of
     from test_cluster import start_real_cluster_run
 
-    folders = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
     run, servers = start_real_cluster_run(PARTITION, tmp_path)
     deadline = time.monotonic() + 30
     relays: set[int] = set()
@@ -195,4 +193,4 @@ def test_a_run_interrupted_during_the_partition_leaves_no_process(tmp_path):
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130 and err.strip().startswith("countdrift: interrupted;"), err
     assert not any(alive(pid) for pid in servers | relays), "a process outlived the run"
-    assert set(Path(tempfile.gettempdir()).glob("countdrift-*")) <= folders, "a server folder was left"
+    assert not scratch_folders_of({run.pid}), "a server folder was left"

@@ -20,7 +20,7 @@ from sim.truth import Memberships, truth_ranges
 
 from conftest import SMALL_SCENARIO
 
-ATOMIC = ("multi", "watch", "lock", "lua", "lua_repair", "derived", "idset", "lua_idempotent")
+ATOMIC = ("multi", "watch", "lock", "lua", "lua_repair", "derived", "idset", "lua_idempotent", "read_pointer")
 
 
 def _trace(operations: list[tuple[float, int, int, int]], users: int = 2) -> Trace:

@@ -23,9 +23,9 @@ def play(name: str, **options):
     def execute(request):
         return server.run(connection, request)
 
-    run_now(strategy.deliver(1, 7, [1, 2]), execute)
-    run_now(strategy.deliver(2, 7, [1]), execute)
-    run_now(strategy.deliver(3, 8, [1]), execute)
+    run_now(strategy.deliver(1, 7, 0, [1, 2]), execute)
+    run_now(strategy.deliver(2, 7, 0, [1]), execute)
+    run_now(strategy.deliver(3, 8, 0, [1]), execute)
     run_now(strategy.open_conversation(1, 7), execute)
     return server, strategy, execute
 
@@ -65,13 +65,13 @@ def test_idset_keeps_message_ids():
     assert run_now(strategy.fetch_badge(1), execute) == 1
     assert run_now(strategy.counters(1), execute) == ({8: 1}, 1, 0)
     # Delivering again sets the same field: counted once.
-    run_now(strategy.deliver(3, 8, [1]), execute)
+    run_now(strategy.deliver(3, 8, 0, [1]), execute)
     assert run_now(strategy.counters(1), execute) == ({8: 1}, 1, 0)
 
 
 def test_lua_idempotent_counts_a_retried_delivery_once():
     server, strategy, execute = play("lua_idempotent")
-    run_now(strategy.deliver(3, 8, [1]), execute)  # the retry of m3
+    run_now(strategy.deliver(3, 8, 0, [1]), execute)  # the retry of m3
     assert counter_keys(server)["unread:{u1}"] == {"8": "1"}
     assert server.store.data["total:{u1}"] == "1"
     assert server.store.data["seen:{u1}:3"] == "1"
@@ -80,14 +80,14 @@ def test_lua_idempotent_counts_a_retried_delivery_once():
 
 def test_lua_counts_a_retried_delivery_twice():
     server, strategy, execute = play("lua")
-    run_now(strategy.deliver(3, 8, [1]), execute)
+    run_now(strategy.deliver(3, 8, 0, [1]), execute)
     assert server.store.data["total:{u1}"] == "2"
 
 
 def test_lua_repair_overwrites_a_wrong_total():
     server, strategy, execute = play("lua_repair")
     server.store.data["total:{u1}"] = "40"
-    run_now(strategy.deliver(4, 8, [1]), execute)
+    run_now(strategy.deliver(4, 8, 0, [1]), execute)
     assert server.store.data["total:{u1}"] == "2"
     assert server.store.data["unread:{u1}"] == {"8": "2"}
 
@@ -95,9 +95,71 @@ def test_lua_repair_overwrites_a_wrong_total():
 def test_lua_repair_leaves_users_with_many_conversations_alone():
     server, strategy, execute = play("lua_repair", repair_max_conversations=0)
     server.store.data["total:{u1}"] = "40"
-    run_now(strategy.deliver(4, 8, [1]), execute)
+    run_now(strategy.deliver(4, 8, 0, [1]), execute)
     assert server.store.data["total:{u1}"] == "41"
 
 
+def play_positions(**options):
+    """Conversation 7: users 0, 1, 2; conversation 8: users 0 and 1. m1 (7)
+    from 0, m2 (7) from 1, m3 (8) from 0; user 1 opens 7."""
+    server = Server()
+    strategy = make_strategy("read_pointer", **options)
+    strategy.prepare([[]] * 7 + [[0, 1, 2], [0, 1]], 3)
+    for script in strategy.scripts:
+        server.scripts.load(script)
+    connection = Connection()
+
+    def execute(request):
+        return server.run(connection, request)
+
+    run_now(strategy.deliver(1, 7, 0, [1, 2]), execute)
+    run_now(strategy.deliver(2, 7, 1, [0, 2]), execute)
+    run_now(strategy.deliver(3, 8, 0, [1]), execute)
+    shown = run_now(strategy.open_conversation(1, 7), execute)
+    return server, strategy, execute, shown
+
+
+def test_read_pointer_keeps_a_count_per_conversation_and_a_position_per_member():
+    server, strategy, execute, shown = play_positions()
+    assert shown == 1   # m1: m2 is its own
+    data = server.store.data
+    assert {key: value for key, value in data.items() if key.startswith(("seq:", "read:"))} == {
+        "seq:{c7}": "2", "read:{c7}": {"0": "1", "1": "2"},   # a sender's position moves past its message
+        "seq:{c8}": "1", "read:{c8}": {"0": "1"}}
+    assert not [key for key in data if key.startswith(("unread:", "total:"))]
+    assert [run_now(strategy.fetch_badge(user), execute) for user in range(3)] == [1, 1, 2]
+    assert run_now(strategy.counters(2), execute) == ({7: 2}, 2, 0)
+    assert run_now(strategy.counters(0), execute) == ({7: 1}, 1, 0)   # m2 unread, m1 and m3 its own
+
+
+def test_read_pointer_keeps_counters_for_conversations_up_to_diffuse_above():
+    server, strategy, execute, shown = play_positions(diffuse_above=2)
+    assert shown == 1
+    data = server.store.data
+    assert data["unread:{u1}"] == {"8": "1"} and data["total:{u1}"] == "1"   # conversation 8: two members
+    assert "seq:{c8}" not in data and data["seq:{c7}"] == "2"
+    assert [run_now(strategy.fetch_badge(user), execute) for user in range(3)] == [1, 1, 2]
+    assert run_now(strategy.counters(1), execute) == ({8: 1}, 1, 0)
+    server.store.data["total:{u1}"] = "5"   # the counters' total wrong: inconsistent, as lua's would be
+    assert run_now(strategy.counters(1), execute) == ({8: 1}, 5, 0)
+
+
+def test_read_pointer_delivers_to_any_group_in_one_script_of_two_commands():
+    strategy = make_strategy("read_pointer")
+    members = [list(range(size)) for size in (2, 50, 5000)]
+    strategy.prepare(members, 5000)
+    for conversation, its_members in enumerate(members):
+        request = next(strategy.deliver(1, conversation, its_members[0], its_members[1:]))
+        assert request.keys == ("seq:{c%d}" % conversation, "read:{c%d}" % conversation)
+
+
 def test_every_strategy_is_covered():
-    assert set(COUNTER_STRATEGIES) | {"derived", "idset"} == set(STRATEGIES)
+    assert set(COUNTER_STRATEGIES) | {"derived", "idset", "read_pointer"} == set(STRATEGIES)
+
+
+@pytest.mark.parametrize("value, allowed", [(-1, "must be between 0 and"), (2.5, "must be int")])
+def test_read_pointer_refuses_a_diffuse_above_out_of_bounds_or_of_the_wrong_type(value, allowed):
+    from strategies.base import StrategyOptionError
+
+    with pytest.raises(StrategyOptionError, match=f"option 'diffuse_above' of strategy 'read_pointer' {allowed}"):
+        make_strategy("read_pointer", diffuse_above=value)

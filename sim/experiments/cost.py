@@ -37,18 +37,26 @@ UNREAD_BEFORE_OPEN = 5   # messages waiting in a conversation that is opened
 
 @dataclass(frozen=True)
 class Kind:
-    """An operation kind: what to set up first (not metered), then the operation."""
+    """An operation kind: each operation's conversation and its members
+    (the sender first), what to set up first (not metered), then the
+    operation."""
 
     label: str
+    members: Callable[[int], list[int]]
     setup: Callable[[Strategy, int], Iterator[Operation]]
     operation: Callable[[Strategy, int], Operation]
 
 
+def _block(size: int) -> Callable[[int], list[int]]:
+    # Conversation i: users i * (size + 1) .. (i + 1) * (size + 1) - 1, the first of them its sender.
+    return lambda i: list(range(i * (size + 1), (i + 1) * (size + 1)))
+
+
 def _deliver_to(size: int) -> Callable[[Strategy, int], Operation]:
-    # Operation i: message i to conversation i, from user 0 to users 1..size of block i.
+    # Operation i: message i to conversation i, from its sender to the others.
     def operation(strategy: Strategy, i: int) -> Operation:
-        first = 1 + i * (size + 1)
-        return strategy.deliver(i, i, list(range(first, first + size)))
+        sender, *recipients = _block(size)(i)
+        return strategy.deliver(i, i, sender, recipients)
     return operation
 
 
@@ -56,17 +64,23 @@ def _nothing(strategy: Strategy, i: int) -> Iterator[Operation]:
     return iter(())
 
 
+def _reader(i: int) -> int:
+    """The user who opens conversation i, or whose badge is fetched
+    (conversation i is theirs and its sender's: ``_block(1)``)."""
+    return 2 * i + 1
+
+
 def _unread_before_open(strategy: Strategy, i: int) -> Iterator[Operation]:
     for message in range(UNREAD_BEFORE_OPEN):
-        yield strategy.deliver(i * UNREAD_BEFORE_OPEN + message, i, [i])
+        yield strategy.deliver(i * UNREAD_BEFORE_OPEN + message, i, 2 * i, [_reader(i)])
 
 
 KINDS = (
-    Kind("deliver 1:1", _nothing, _deliver_to(1)),
-    *(Kind(f"deliver group {size}", _nothing, _deliver_to(size)) for size in GROUP_SIZES),
-    Kind(f"open conversation ({UNREAD_BEFORE_OPEN} unread)", _unread_before_open,
-         lambda strategy, i: strategy.open_conversation(i, i)),
-    Kind("fetch badge", _unread_before_open, lambda strategy, i: strategy.fetch_badge(i)),
+    Kind("deliver 1:1", _block(1), _nothing, _deliver_to(1)),
+    *(Kind(f"deliver group {size}", _block(size), _nothing, _deliver_to(size)) for size in GROUP_SIZES),
+    Kind(f"open conversation ({UNREAD_BEFORE_OPEN} unread)", _block(1), _unread_before_open,
+         lambda strategy, i: strategy.open_conversation(_reader(i), i)),
+    Kind("fetch badge", _block(1), _unread_before_open, lambda strategy, i: strategy.fetch_badge(_reader(i))),
 )
 
 
@@ -84,6 +98,8 @@ class _Counting:
 
 def probe_kind(strategy: Strategy, target: CostTarget, kind: Kind, repeats: int) -> dict[str, float]:
     """Per-operation figures of ``repeats`` operations of one kind."""
+    members = [kind.members(i) for i in range(repeats)]
+    strategy.prepare(members, max(max(conversation) for conversation in members) + 1)
     target.reset()
     for i in range(repeats):
         for operation in kind.setup(strategy, i):
@@ -100,10 +116,13 @@ def probe_kind(strategy: Strategy, target: CostTarget, kind: Kind, repeats: int)
 
 def probe_memory(strategy: Strategy, target: CostTarget, unread: int) -> int | None:
     """Bytes of one user's keys after ``unread`` messages reached it."""
+    user = 0   # in MEMORY_CONVERSATIONS conversations, each with a sender of its own
+    strategy.prepare([[user, 1 + conversation] for conversation in range(MEMORY_CONVERSATIONS)],
+                     MEMORY_CONVERSATIONS + 1)
     target.reset()
-    user = 1
     for message in range(unread):
-        run_now(strategy.deliver(message, message % MEMORY_CONVERSATIONS, [user]), target.execute)
+        conversation = message % MEMORY_CONVERSATIONS
+        run_now(strategy.deliver(message, conversation, 1 + conversation, [user]), target.execute)
     return target.memory(f"{{u{user}}}")
 
 

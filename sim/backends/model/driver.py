@@ -130,7 +130,7 @@ class SimDriver:
         self._cluster = hasattr(server, "open_links")   # a Redis Cluster: one link per shard
         if self._cluster:
             server.handshake = self._handshake
-        self.workload = Workload(trace)
+        self.workload = Workload(trace, strategy)
         self._t = self.workload.t
         self.loop = ClientLoop(self.workload, strategy, clients, self.history, causes, lambda: self.env.now,
                                paced=paced, acks=acks, target=target, exact_commits=True, think_s=think_s)
@@ -173,7 +173,7 @@ class SimDriver:
         return check(self.pairs, truth, self.counters())
 
     def counters(self) -> Counters:
-        return read_counters(self.strategy, self.trace.users, self.server.inspect)
+        return read_counters(self.strategy, self.trace.users, self.trace.conversations, self.server.inspect)
 
     def _ticker(self):
         span = self._t[-1]

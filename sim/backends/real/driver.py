@@ -68,7 +68,7 @@ class RealDriver:
         self.toxics = toxics
         self.proxies = proxies or []
         self.network = Network(seed)          # the nemesis opens windows; the driver arms resets
-        self.workload = Workload(trace)
+        self.workload = Workload(trace, strategy)
         self.history = History(len(trace.t))
         # paced=False: closed loop, each client starts its next operation when its last is done.
         self.loop = ClientLoop(self.workload, strategy, config, self.history, causes, self.now, paced,
@@ -151,7 +151,7 @@ class RealDriver:
         reader = getattr(self.routes, "reader", None)
         connection = reader() if reader is not None else SyncConnection(*self.routes.primary_address())
         try:
-            return read_counters(self.strategy, self.trace.users, connection.execute)
+            return read_counters(self.strategy, self.trace.users, self.trace.conversations, connection.execute)
         finally:
             connection.close()
 
