@@ -163,3 +163,22 @@ def test_read_pointer_refuses_a_diffuse_above_out_of_bounds_or_of_the_wrong_type
 
     with pytest.raises(StrategyOptionError, match=f"option 'diffuse_above' of strategy 'read_pointer' {allowed}"):
         make_strategy("read_pointer", diffuse_above=value)
+
+
+def test_big_groups_costs_read_pointer_fewer_commands_than_lua_and_both_are_exact():
+    """scenarios/big_groups.toml at a twentieth of its messages: groups of up
+    to 5,000 that talk. A delivery is one script for read_pointer and one
+    per recipient for lua; badges sum over conversations; neither drifts
+    nor shows a wrong value."""
+    from sim.runner import run_scenario
+    from sim.scenario import parse
+
+    from conftest import ROOT
+
+    path = ROOT / "scenarios" / "big_groups.toml"
+    scenario = parse(path, path.read_text().replace("messages = 10000", "messages = 500"))
+    assert scenario.traffic.max_group_size == 5000
+    runs = {run["strategy"]: run for run in run_scenario(scenario, ["lua", "read_pointer"], explain=False)["runs"]}
+    assert runs["read_pointer"]["redis_commands"] < 0.9 * runs["lua"]["redis_commands"], runs
+    for run in runs.values():
+        assert run["drift"]["abs_drift_sum"] == 0 and run["seen"]["badges_wrong"] == run["seen"]["opens_wrong"] == 0
