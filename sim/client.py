@@ -7,7 +7,7 @@ import numbers
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from sim import stall
 from sim.commands import Backoff, CommandError, ConnectionLost, Transaction, may_write
@@ -143,7 +143,10 @@ class ClientLoop:
         self.crashed_operations = 0
         self.wait_replies: dict[int, int] = {}    # replicas WAIT confirmed -> how many times
 
-    def run(self, client: Client, ops: Iterable[int]):
+    def run(self, client: Client):
+        """The client's operations, in order of their start (see
+        Workload.dealt), as instructions to its driver."""
+        ops = self.workload.dealt(client.index, self.config.count, self.config.route)
         clock, history, paced, start_at = self.clock, self.history, self.paced, self.workload.t
         attempt_operation = self._attempt
         first = True

@@ -62,6 +62,11 @@ class ClientConfig:
     backoff_ms: float = 5.0       # doubled at each retry...
     max_backoff_ms: float = 1000.0  # ...up to this
     wait_timeout_ms: float = 10.0
+    # Which client sends an operation: each in turn ("round_robin"), or the
+    # one of its user ("by_user": user % count), so that a user's operations
+    # go over one connection in order, and a buffer in a client process is
+    # seen by that user's reads.
+    route: str = "round_robin"
     # The CPU of one client process that every client shares, per request
     # and per command it sends (0: not modelled, every client as if on a
     # machine of its own). The simulation only: `countdrift capacity
@@ -198,6 +203,7 @@ TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
 APPENDFSYNC = ("always", "everysec", "no")
 TOPOLOGIES = ("single", "cluster")
 LOADS = ("open", "closed")
+ROUTES = ("round_robin", "by_user")
 # Bounds of a fault's timing: seconds, and faults per minute.
 FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0, 600.0)}
 
@@ -312,6 +318,9 @@ def parse(path: Path, text: str) -> Scenario:
     if sections["run"].load not in LOADS:
         raise ScenarioError(f"{path}: key 'run.load' must be one of {', '.join(LOADS)}, "
                             f"got {sections['run'].load!r}")
+    if sections["clients"].route not in ROUTES:
+        raise ScenarioError(f"{path}: key 'clients.route' must be one of {', '.join(ROUTES)}, "
+                            f"got {sections['clients'].route!r}")
     if sections["server"].appendfsync not in APPENDFSYNC:
         raise ScenarioError(f"{path}: key 'server.appendfsync' must be one of {', '.join(APPENDFSYNC)}, "
                             f"got {sections['server'].appendfsync!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from array import array
+from typing import Sequence
 
 import numpy as np
 
@@ -24,11 +25,26 @@ class Workload:
         self.message = _array("q", trace.message)
         self.members = [trace.conv_members[start:end].tolist()
                         for start, end in zip(trace.conv_offsets[:-1], trace.conv_offsets[1:])]
+        self._by_user: list[list[int]] | None = None
         self.strategy = strategy
         strategy.prepare(self.members, trace.users)
 
     def __len__(self) -> int:
         return len(self.t)
+
+    def dealt(self, client: int, clients: int, route: str) -> Sequence[int]:
+        """The operations that client ``client`` of ``clients`` sends, in
+        order of start: every ``clients``-th one (``round_robin``), or those
+        of the users it serves (``by_user``: user % clients), so that a
+        user's operations go over one connection, in order."""
+        if route == "round_robin":
+            return range(client, len(self.t), clients)
+        if self._by_user is None or len(self._by_user) != clients:
+            owner = np.frombuffer(self.user, dtype=np.int64) % clients
+            order = np.argsort(owner, kind="stable")
+            cuts = np.searchsorted(owner[order], np.arange(clients + 1))
+            self._by_user = [order[cuts[i]:cuts[i + 1]].tolist() for i in range(clients)]
+        return self._by_user[client]
 
     def operation(self, op: int) -> Operation:
         """Operation ``op`` of the trace, as the strategy's generator."""

@@ -34,9 +34,11 @@ def fault_scenario(name: str, replace: dict[str, str]):
 
 
 def test_fault_free_run_has_no_drift_but_naive(tmp_path):
-    """naive and lua (every atomic strategy: the 3-seed test below, at twice the rate)."""
+    """naive and lua (every atomic strategy: the 3-seed test below, at twice the rate), with
+    clients routed by user (every other real test deals operations in turn)."""
     text = SMALL_SCENARIO.replace("messages = 3000", "messages = 1500").replace("message_rate = 1500.0",
                                                                                "message_rate = 1000.0")
+    text = text.replace("[clients]", '[clients]\nroute = "by_user"')
     scenario = parse(tmp_path / "small.toml", text)
     results = run_scenario(scenario, ["naive", "lua"], trace=short_trace(scenario), backend="redis")
     assert results["backend"] == "redis"

@@ -191,3 +191,29 @@ def test_the_simulations_truth_is_exact_so_one_planted_unit_shows(name, tmp_path
                                np.append(values, 1), counters.total)
         drift = check(pairs, truth, planted)
         assert drift.overcount == 1 and drift.convs_wrong == 1 and drift.users_inconsistent == 1, (user, conv)
+
+
+def test_clients_routed_by_user_send_each_users_operations_in_order(small_scenario):
+    """route = "by_user": every operation is sent once, by the client of its
+    user (user % count), in order of start; round robin deals in turn."""
+    from sim.workload import Workload
+
+    scenario = load(small_scenario)
+    trace = generate(scenario.traffic, scenario.seed)
+    workload = Workload(trace, make_strategy("lua"))
+    dealt = [workload.dealt(client, 5, "by_user") for client in range(5)]
+    assert sorted(op for ops in dealt for op in ops) == list(range(len(trace.t)))
+    for client, ops in enumerate(dealt):
+        assert len(ops) and set((trace.user[ops] % 5).tolist()) == {client}
+        assert (np.diff(trace.t[ops]) >= 0).all()
+    assert list(workload.dealt(1, 5, "round_robin")) == list(range(1, len(trace.t), 5))
+    by_user = parse(small_scenario, small_scenario.read_text().replace("[clients]", '[clients]\nroute = "by_user"'))
+    runs = {run["strategy"]: run for run in run_scenario(by_user, ["naive", "lua"], explain=False)["runs"]}
+    assert runs["lua"]["drift"]["abs_drift_sum"] == 0 and runs["lua"]["outcomes"]["ok"] == len(trace.t)
+
+
+def test_a_route_that_does_not_exist_is_refused(small_scenario):
+    from sim.scenario import ScenarioError
+
+    with pytest.raises(ScenarioError, match="key 'clients.route' must be one of round_robin, by_user, got 'random'"):
+        parse(small_scenario, small_scenario.read_text().replace("[clients]", '[clients]\nroute = "random"'))

@@ -143,7 +143,7 @@ class SimDriver:
         and stop with it."""
         n_ops = len(self._t)
         env = self.env
-        clients = [env.process(self._client(client, range(client.index, n_ops, len(self.clients))))
+        clients = [env.process(self._client(client))
                    for client in self.clients]
         for process in processes:
             env.process(process)
@@ -191,10 +191,10 @@ class SimDriver:
             self.progress(self.env.now, self.history.completed_by(self.env.now))
 
     # -- clients ----------------------------------------------------------------
-    def _client(self, client: Client, ops: range):
+    def _client(self, client: Client):
         """Carry out the shared client loop's instructions in simulated time."""
         env = self.env
-        loop = self.loop.run(client, ops)
+        loop = self.loop.run(client)
         answer: Any = None
         error: Exception | None = None
         while True:

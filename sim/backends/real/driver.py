@@ -105,7 +105,7 @@ class RealDriver:
         self._timer = FineTimer(self._loop)
         self._start = time.perf_counter() + 0.05
         n_ops = len(self.workload)
-        clients = [asyncio.create_task(self._client(client, range(client.index, n_ops, len(self.clients))))
+        clients = [asyncio.create_task(self._client(client))
                    for client in self.clients]
         helpers = [asyncio.create_task(coroutine) for coroutine in (*background, self._watchdog())]
         if self.progress and n_ops:
@@ -183,9 +183,9 @@ class RealDriver:
             self.progress(min(at, self.workload.t[-1]), self.history.completed_by(at))
 
     # -- clients --------------------------------------------------------------------
-    async def _client(self, client: Client, ops: range) -> None:
+    async def _client(self, client: Client) -> None:
         """Carry out the shared client loop's instructions in wall-clock time."""
-        loop = self.loop.run(client, ops)
+        loop = self.loop.run(client)
         answer: Any = None
         error: Exception | None = None
         while (instruction := next_instruction(loop, answer, error)) is not None:
