@@ -187,6 +187,7 @@ def test_a_simulated_migration_moves_the_keys_and_a_split_user_fails_not_drifts(
 
 
 @pytest.mark.real
+@pytest.mark.slow   # 26 s of the suite's time; the migration's mechanics are compared on both backends above
 def test_fidelity_covers_the_migration_scenario(tmp_path):
     """`countdrift fidelity` on the migration scenario: both backends move
     the same keys (give or take the few that a delivery racing a slot's move

@@ -31,7 +31,8 @@ def test_parallel_strategies_same_results(small_scenario):
     assert strip_wall(run_scenario(scenario, names, jobs=2)) == strip_wall(run_scenario(scenario, names))
 
 
-@pytest.mark.parametrize("names", [["naive", "lua_repair"], ["lua_repair"]])
+# (one strategy's replays shared out: with -m slow)
+@pytest.mark.parametrize("names", [["naive", "lua_repair"], pytest.param(["lua_repair"], marks=pytest.mark.slow)])
 def test_parallel_replays_same_attribution(names):
     """run --jobs with faults: the attribution's replays, shared out among
     the processes, give the records of a run in one process."""
@@ -153,8 +154,10 @@ timeline_points = 4
 ATOMIC = sorted(set(STRATEGIES) - {"naive"})
 
 
-def test_no_atomic_strategy_drifts_without_faults_over_20_seeds(tmp_path):
-    for seed in range(1, 21):
+@pytest.mark.parametrize("seeds", [range(1, 9), pytest.param(range(9, 21), marks=pytest.mark.slow)],
+                         ids=["seeds 1-8", "seeds 9-20"])
+def test_no_atomic_strategy_drifts_without_faults_over_20_seeds(tmp_path, seeds):
+    for seed in seeds:
         scenario = parse(tmp_path / "tiny.toml", TINY.format(seed=seed))
         for run in run_scenario(scenario, ATOMIC, explain=False)["runs"]:
             drift = {key: value for key, value in run["drift"].items() if key not in ("users", "hidden_max")}
