@@ -47,6 +47,13 @@ end
 """
 
 
+def _long_long(number: int) -> int:
+    """A Lua number as Redis replies it: cast to a C long long, which on
+    x86-64 makes every number out of its range the lowest one (a script that
+    returns INCRBY's 2**63 - 1 replies -2**63: its double is 2**63)."""
+    return number if -(1 << 63) <= number < (1 << 63) else -(1 << 63)
+
+
 def _lua_number_text(value: float) -> str:
     # Redis formats a Lua number argument as the shortest round-trip text.
     if value == math.floor(value) and abs(value) < 1e17:
@@ -136,7 +143,7 @@ class ScriptEngine:
             work[0] += self.calls - calls
             work[1] += 1
         kind = type(reply)
-        if kind is int or kind is str:
+        if kind is str:
             return reply
         return self._to_redis(reply)
 
@@ -171,13 +178,13 @@ class ScriptEngine:
 
     def _to_redis(self, value: Any) -> Any:
         kind = type(value)
-        if kind is float:
-            return int(value)
+        if kind is float or kind is int:
+            return _long_long(int(value))
         if value is None or value is False:
             return None
         if value is True:
             return 1
-        if kind is int or kind is str:
+        if kind is str:
             return value
         if self._lua_type(value) == "table":
             error = value["err"]

@@ -20,6 +20,8 @@ from sim.commands import READ_ONLY, CommandError
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 NOT_INTEGER = "ERR value is not an integer or out of range"
 HASH_NOT_INTEGER = "ERR hash value is not an integer"
+OVERFLOW = "ERR increment or decrement would overflow"
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1   # a counter is a C long long
 
 # Redis arity: n means exactly n words, -n at least n (the name included).
 ARITY = {
@@ -57,11 +59,19 @@ def to_int(value: Any, error: str = NOT_INTEGER) -> int:
         number = int(value)
     except (TypeError, ValueError):
         raise CommandError(error) from None
-    if str(number) != value:
+    if str(number) != value or not INT64_MIN <= number <= INT64_MAX:
         raise CommandError(error)
     if len(_PARSED) < _PARSED_MAX:
         _PARSED[value] = number
     return number
+
+
+def _sum(current: int, amount: int) -> int:
+    """A counter plus an amount, refused as Redis refuses it past a long long."""
+    total = current + amount
+    if not INT64_MIN <= total <= INT64_MAX:
+        raise CommandError(OVERFLOW)
+    return total
 
 
 def check_arity(words: tuple) -> None:
@@ -248,10 +258,14 @@ class Store:
         return self.cmd_pexpire(key, to_int(seconds) * 1000)
 
     def cmd_pexpire(self, key: str, millis: Any) -> int:
+        millis = to_int(millis)   # parsed before the key is looked up, as expire.c does
         if self._lookup(key) is None:
             return 0
         self._write(key)
-        self.expires[key] = self.now + to_int(millis) / 1000.0
+        if millis <= 0:   # a time already past deletes the key at once
+            self._remove(key)
+            return 1
+        self.expires[key] = self.now + millis / 1000.0
         return 1
 
     def cmd_pttl(self, key: str) -> int:
@@ -296,17 +310,24 @@ class Store:
         return OK
 
     def cmd_incrby(self, key: str, amount: Any) -> int:
+        return self._increment(key, to_int(amount))
+
+    def cmd_incr(self, key: str) -> int:
+        return self._increment(key, 1)
+
+    def cmd_decrby(self, key: str, amount: Any) -> int:
+        decrement = to_int(amount)
+        if decrement == INT64_MIN:   # its negation is no long long (t_string.c)
+            raise CommandError("ERR decrement would overflow")
+        return self._increment(key, -decrement)
+
+    def _increment(self, key: str, amount: int) -> int:
+        """INCRBY's work once its amount is parsed (Redis parses it first)."""
         current = self._string(key)
-        value = (to_int(current) if current is not None else 0) + to_int(amount)
+        value = _sum(to_int(current) if current is not None else 0, amount)
         self._write(key)
         self.data[key] = str(value)
         return value
-
-    def cmd_incr(self, key: str) -> int:
-        return self.cmd_incrby(key, 1)
-
-    def cmd_decrby(self, key: str, amount: Any) -> int:
-        return self.cmd_incrby(key, -to_int(amount))
 
     # -- hashes -------------------------------------------------------------
     def cmd_hget(self, key: str, field: str) -> str | None:
@@ -347,9 +368,10 @@ class Store:
         return removed
 
     def cmd_hincrby(self, key: str, field: str, amount: Any) -> int:
+        increment = to_int(amount)
         value = self._hash(key)
         current = None if value is None else value.get(field)
-        total = (to_int(current, HASH_NOT_INTEGER) if current is not None else 0) + to_int(amount)
+        total = _sum(to_int(current, HASH_NOT_INTEGER) if current is not None else 0, increment)
         self._write(key)
         if value is None:
             value = self.data[key] = {}

@@ -1,0 +1,156 @@
+"""The simulated Redis against redis-server, command by command: sequences
+of every command the model implements, drawn by Hypothesis over a small
+keyspace (wrong types, numbers that are not integers or overflow, MULTI/EXEC
+with a command Redis refuses, small scripts), must give the same replies
+(an error by its prefix) and leave the same keys on both.
+
+CI draws FUZZ_EXAMPLES sequences (default 40); ``scripts/fuzz_model``
+draws many more and prints how many of each command it ran."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.backends.model.server import Server
+from sim.backends.real.connection import SyncConnection
+from sim.commands import CommandError, Script, Transaction, run_now
+from sim.lua import LuaScript
+
+pytestmark = pytest.mark.real
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+RAN: Counter[str] = Counter()     # commands run, by name (the long run prints them)
+
+KEYS = st.sampled_from(["a", "b", "c"])
+FIELDS = st.sampled_from(["f", "g"])
+VALUES = st.sampled_from(["1", "-3", "0", "x", "", "2.5", "9223372036854775807", "-9223372036854775808"])
+AMOUNTS = st.sampled_from(["1", "-1", "7", "x", "1.5", "9223372036854775807", "-9223372036854775808"])
+SECONDS = st.sampled_from(["100", "0", "-1", "x"])
+
+COMMANDS = st.one_of(
+    st.tuples(st.just("GET"), KEYS),
+    st.tuples(st.just("SET"), KEYS, VALUES),
+    st.tuples(st.just("SET"), KEYS, VALUES, st.sampled_from(["NX", "XX"])),
+    st.tuples(st.just("SET"), KEYS, VALUES, st.just("PX"), st.sampled_from(["100000", "0", "x"])),
+    st.tuples(st.just("INCR"), KEYS),
+    st.tuples(st.just("INCRBY"), KEYS, AMOUNTS),
+    st.tuples(st.just("DECRBY"), KEYS, AMOUNTS),
+    st.tuples(st.just("DEL"), KEYS),
+    st.tuples(st.just("DEL"), KEYS, KEYS),
+    st.tuples(st.just("EXISTS"), KEYS, KEYS),
+    st.tuples(st.just("TYPE"), KEYS),
+    st.tuples(st.just("EXPIRE"), KEYS, SECONDS),
+    st.tuples(st.just("PEXPIRE"), KEYS, SECONDS),
+    st.tuples(st.just("HGET"), KEYS, FIELDS),
+    st.tuples(st.just("HSET"), KEYS, FIELDS, VALUES),
+    st.tuples(st.just("HSET"), KEYS, FIELDS, VALUES, FIELDS, VALUES),
+    st.tuples(st.just("HDEL"), KEYS, FIELDS),
+    st.tuples(st.just("HDEL"), KEYS, FIELDS, FIELDS),
+    st.tuples(st.just("HINCRBY"), KEYS, FIELDS, AMOUNTS),
+    st.tuples(st.just("HGETALL"), KEYS),
+    st.tuples(st.just("HVALS"), KEYS),
+    st.tuples(st.just("HKEYS"), KEYS),
+    st.tuples(st.just("HLEN"), KEYS),
+    st.tuples(st.just("HEXISTS"), KEYS, FIELDS),
+    st.tuples(st.just("SADD"), KEYS, VALUES),
+    st.tuples(st.just("SADD"), KEYS, VALUES, VALUES),
+    st.tuples(st.just("SREM"), KEYS, VALUES),
+    st.tuples(st.just("SISMEMBER"), KEYS, VALUES),
+    st.tuples(st.just("SMEMBERS"), KEYS),
+    st.tuples(st.just("SCARD"), KEYS),
+)
+# A script runs one drawn command through redis.call (an error inside it ends
+# the script with what ran so far kept), or two, returning the last reply.
+ONE_CALL = LuaScript("one_call", "return redis.call(unpack(ARGV))")
+TWO_CALLS = LuaScript("two_calls", 'redis.call(ARGV[1], KEYS[1], ARGV[2])\nreturn redis.call("TYPE", KEYS[1])')
+REQUESTS = st.one_of(
+    COMMANDS,
+    st.lists(COMMANDS, min_size=1, max_size=3).map(lambda commands: Transaction(tuple(commands))),
+    st.lists(COMMANDS, min_size=1, max_size=3).map(
+        lambda commands: Transaction((*commands, ("INCRBY", "a")))),          # a command Redis refuses: EXECABORT
+    COMMANDS.map(lambda command: Script(ONE_CALL, (), command)),
+    st.tuples(KEYS, st.sampled_from(["INCR", "HLEN", "SCARD", "GET"]), VALUES).map(
+        lambda drawn: Script(TWO_CALLS, (drawn[0],), (drawn[1], drawn[2])) if drawn[1] != "INCR"
+        else Script(TWO_CALLS, (drawn[0],), ("INCRBY", drawn[2]))),
+)
+UNORDERED = {"HGETALL", "HVALS", "HKEYS", "SMEMBERS"}   # Redis's order is its encoding's, not part of the contract
+
+
+def normalise(reply, command: tuple | None = None):
+    if isinstance(reply, CommandError):
+        return ("error", str(reply).split(" ", 1)[0])
+    if isinstance(reply, list):
+        items = [normalise(item) for item in reply]
+        if command and command[0] == "HGETALL":
+            return sorted(zip(items[::2], items[1::2]))
+        return sorted(items, key=repr) if command and command[0] in UNORDERED else items
+    return reply
+
+
+def normalise_reply(request, reply):
+    """A request's reply, each command's part in its own terms."""
+    if type(request) is Transaction and isinstance(reply, list):
+        return [normalise(item, command) for item, command in zip(reply, request.commands)]
+    return normalise(reply, request if type(request) is tuple else request.args if type(request) is Script else None)
+
+
+def keyspace(execute) -> dict:
+    state = {}
+    for key in sorted(execute(("KEYS", "*"))):
+        kind = execute(("TYPE", key))
+        read = {"string": ("GET", key), "hash": ("HGETALL", key), "set": ("SMEMBERS", key)}[kind]
+        state[key] = (kind, normalise(execute(read), read), execute(("PTTL", key)) > 0)
+    return state
+
+
+def reply_of(request, execute):
+    def operation():
+        try:
+            return (yield request)
+        except CommandError as error:
+            return error
+    return run_now(operation(), execute)
+
+
+def name_of(request) -> str:
+    if type(request) is tuple:
+        return request[0]
+    if type(request) is Transaction:
+        return "MULTI/EXEC"
+    return f"script {request.script.name}"
+
+
+def compare(sim: Server, real: SyncConnection, requests: list) -> None:
+    real.execute(("FLUSHALL",))
+    sim.inspect(("FLUSHALL",))
+    for request in requests:
+        RAN[name_of(request)] += 1
+        if type(request) is Script:
+            sim.scripts.load(request.script)
+        expected = normalise_reply(request, reply_of(request, real.execute))
+        assert normalise_reply(request, reply_of(request, sim.inspect)) == expected, (request, requests)
+    assert keyspace(sim.inspect) == keyspace(real.execute), requests
+
+
+@pytest.fixture(scope="module")
+def real(redis_server):
+    connection = SyncConnection("127.0.0.1", redis_server.port)
+    for script in (ONE_CALL, TWO_CALLS):
+        connection.execute(("SCRIPT", "LOAD", script.source))
+    yield connection
+    connection.close()
+
+
+def test_the_model_answers_as_redis_server_does(real):
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.lists(REQUESTS, min_size=1, max_size=12))
+    def same(requests):
+        compare(Server(), real, requests)
+
+    same()
+    if os.environ.get("FUZZ_EXAMPLES"):
+        print("\n" + "\n".join(f"  {name:<20}{count:>8}" for name, count in sorted(RAN.items())))
