@@ -11,18 +11,23 @@ from strategies import STRATEGIES, make_strategy
 COUNTER_STRATEGIES = ["naive", "multi", "watch", "lock", "lua", "lua_repair", "lua_idempotent"]
 
 
-def play(name: str, **options):
-    """Deliver m1 (conv 7) to users 1 and 2, m2 (conv 7) and m3 (conv 8) to
-    user 1; user 1 opens conv 7; returns the server and the strategy."""
+def served(strategy):
+    """A simulated server with the strategy's scripts, and a way to run its requests."""
     server = Server()
-    strategy = make_strategy(name, **options)
     for script in strategy.scripts:
         server.scripts.load(script)
     connection = Connection()
 
     def execute(request):
         return server.run(connection, request)
+    return server, execute
 
+
+def play(name: str, **options):
+    """Deliver m1 (conv 7) to users 1 and 2, m2 (conv 7) and m3 (conv 8) to
+    user 1; user 1 opens conv 7; returns the server and the strategy."""
+    strategy = make_strategy(name, **options)
+    server, execute = served(strategy)
     run_now(strategy.deliver(1, 7, 0, [1, 2]), execute)
     run_now(strategy.deliver(2, 7, 0, [1]), execute)
     run_now(strategy.deliver(3, 8, 0, [1]), execute)
@@ -102,16 +107,9 @@ def test_lua_repair_leaves_users_with_many_conversations_alone():
 def play_positions(**options):
     """Conversation 7: users 0, 1, 2; conversation 8: users 0 and 1. m1 (7)
     from 0, m2 (7) from 1, m3 (8) from 0; user 1 opens 7."""
-    server = Server()
     strategy = make_strategy("read_pointer", **options)
     strategy.prepare([[]] * 7 + [[0, 1, 2], [0, 1]], 3)
-    for script in strategy.scripts:
-        server.scripts.load(script)
-    connection = Connection()
-
-    def execute(request):
-        return server.run(connection, request)
-
+    server, execute = served(strategy)
     run_now(strategy.deliver(1, 7, 0, [1, 2]), execute)
     run_now(strategy.deliver(2, 7, 1, [0, 2]), execute)
     run_now(strategy.deliver(3, 8, 0, [1]), execute)
