@@ -137,12 +137,19 @@ def compare(sim: Server, real: SyncConnection, requests: list) -> None:
 
 
 @pytest.fixture(scope="module")
-def real(redis_server):
-    connection = SyncConnection("127.0.0.1", redis_server.port)
+def real(tmp_path_factory):
+    """A redis-server of this module's own (a test that stops every server
+    the session started, as an interrupted run does, stops the session's)."""
+    from sim.backends.real.processes import RedisServer
+
+    server = RedisServer("fuzz", tmp_path_factory.mktemp("fuzz"), {"appendonly": "no"})
+    server.start()
+    connection = SyncConnection("127.0.0.1", server.port)
     for script in (ONE_CALL, TWO_CALLS):
         connection.execute(("SCRIPT", "LOAD", script.source))
     yield connection
     connection.close()
+    server.stop()
 
 
 def test_the_model_answers_as_redis_server_does(real):
