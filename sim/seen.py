@@ -165,25 +165,27 @@ def judge_values(trace: Trace, history: History, pairs: Memberships, exact: bool
     user_first = np.searchsorted(pairs.user[by_user], np.arange(trace.users + 1))
     user = trace.user[judged].astype(np.int64)
     widths = np.where(badge, user_first[user + 1] - user_first[user], 1)
+    first_pair, judged_pair = user_first[user], own_pair[judged]
+    judged_start, judged_end = rank_start[judged], rank_end[judged]
+    own_read = np.where(badge, -1, judged)    # an opened conversation's own read, left out of its window
     lo = np.zeros(len(judged), np.int64)
     hi = np.zeros(len(judged), np.int64)
     for part in _chunks(np.arange(len(judged)), widths, ROWS_PER_PASS):
         row_of = np.repeat(part, widths[part])
         within = np.arange(len(row_of)) - np.repeat(np.cumsum(widths[part]) - widths[part], widths[part])
-        row_pair = np.where(badge[row_of], by_user[np.minimum(user_first[user][row_of] + within, len(by_user) - 1)]
-                            if len(by_user) else -1, own_pair[judged][row_of])
+        row_pair = np.where(badge[row_of], by_user[np.minimum(first_pair[row_of] + within, len(by_user) - 1)]
+                            if len(by_user) else -1, judged_pair[row_of])
         # In order of pair (and so of conversation), then of start: the
         # searches below then go through their tables in order.
-        order = np.lexsort((rank_start[judged][row_of], row_pair))
+        order = np.lexsort((judged_start[row_of], row_pair))
         row_of, row_pair = row_of[order], row_pair[order]
         member = row_pair >= 0
         pair = np.where(member, row_pair, 0)
         conv = pairs.conv[pair] if len(pairs) else np.zeros(len(pair), np.int64)
-        row_s = rank_start[judged][row_of]
-        row_a = rank_end[judged][row_of]
+        row_s = judged_start[row_of]
+        row_a = judged_end[row_of]
         window_start = read_started.latest(pair, row_s)          # rank; -1: none
-        window_end = read_ended.latest(pair, row_a + 1, excluding=np.where(badge[row_of], -1, judged[row_of]),
-                                       ops=reads)
+        window_end = read_ended.latest(pair, row_a + 1, excluding=own_read[row_of], ops=reads)
 
         lo_conv, hi_conv = _unread(in_conv, conv, row_s, row_a, window_start, window_end)
         lo_own, hi_own = _unread(own, pair, row_s, row_a, window_start, window_end)
@@ -214,7 +216,9 @@ class _LatestSoFar:
     def __init__(self, group: np.ndarray, key: np.ndarray, value: np.ndarray, span: int) -> None:
         self.span = span
         order = np.lexsort((key, group))
-        self.group, self.key, self.value, self.order = group[order], key[order], value[order], order
+        self.group, self.key, self.value = group[order], key[order], value[order]
+        self.sorted_at = np.empty(len(order), np.int64)   # item i (as given) sits at sorted_at[i]
+        self.sorted_at[order] = np.arange(len(order))
         keyed = self.group * span + self.value
         self.running = (np.maximum.accumulate(keyed) - self.group * span) if len(order) else keyed
         self.keys = self.group * span + self.key
@@ -233,11 +237,9 @@ class _LatestSoFar:
         position = np.full(len(group), -1, np.int64)
         at = np.flatnonzero(excluding >= 0)
         if len(at):
-            where = np.empty(len(ops), np.int64)
-            where[self.order] = np.arange(len(ops))
             slot = np.searchsorted(ops, excluding[at])
             known = (slot < len(ops)) & (ops[np.minimum(slot, len(ops) - 1)] == excluding[at])
-            position[at[known]] = where[slot[known]]
+            position[at[known]] = self.sorted_at[slot[known]]
         inside = np.flatnonzero((position >= first) & (position < upto))
         k = position[inside]
         before = np.where(k > first[inside], self.running[np.maximum(k - 1, 0)], -1)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from lupa import lua51
 
-from sim.backends.model.store import Status, Store
+from sim.backends.model.store import INT64_MAX, INT64_MIN, Status, Store
 from sim.commands import CommandError
 from sim.lua import LuaScript
 
@@ -51,7 +51,7 @@ def _long_long(number: int) -> int:
     """A Lua number as Redis replies it: cast to a C long long, which on
     x86-64 makes every number out of its range the lowest one (a script that
     returns INCRBY's 2**63 - 1 replies -2**63: its double is 2**63)."""
-    return number if -(1 << 63) <= number < (1 << 63) else -(1 << 63)
+    return number if INT64_MIN <= number <= INT64_MAX else INT64_MIN
 
 
 def _lua_number_text(value: float) -> str:
@@ -143,7 +143,7 @@ class ScriptEngine:
             work[0] += self.calls - calls
             work[1] += 1
         kind = type(reply)
-        if kind is str:
+        if kind is str or (kind is int and INT64_MIN <= reply <= INT64_MAX):   # the usual reply, at once
             return reply
         return self._to_redis(reply)
 
