@@ -40,6 +40,7 @@ class Execution:
     noscript: int = 0
     operations_cut_by_client_crash: int = 0
     wait_replies: dict[int, int] = field(default_factory=dict)   # replicas a WAIT confirmed -> times
+    workers: dict[str, Any] = field(default_factory=dict)   # the strategy's background workers (sim/worker.py)
     figures: dict[str, Any] = field(default_factory=dict)   # the backend's own (wall_ times, commands)
 
 

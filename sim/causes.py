@@ -18,6 +18,9 @@ counters, one at a time, and replay the same trace and schedule:
   wait for the promoted replica);
 - ``two_lock_holders``: a lock that expired under a paused holder, or vanished
   in a failover; off: pauses fall between operations, lock keys survive;
+- ``lost_in_buffer`` (a strategy that buffers, write_behind): changes an
+  application process held in memory, lost when it crashed (a client_crash
+  or a worker_crash); off: a crash keeps its buffer;
 - ``repaired`` (a strategy that repairs, lua_repair): what the repair put
   right; off: no repair.
 
@@ -40,7 +43,7 @@ ORDER = ("cut_in_half",) + CAUSES + ("repaired",)
 ATTRIBUTED = ("abs_drift_sum", "users_wrong_total", "overcount", "undercount")
 
 
-def relevant(strategy: type[Strategy], schedule: list[Fault], gave_up: int, ambiguous: int,
+def relevant(strategy: Strategy, schedule: list[Fault], gave_up: int, ambiguous: int,
              failover: bool) -> list[str]:
     """The switchable causes that can change this run's drift (the others add
     0); ``failover``: whether a fault of the schedule may promote a replica."""
@@ -58,6 +61,8 @@ def relevant(strategy: type[Strategy], schedule: list[Fault], gave_up: int, ambi
         causes.append("lost_in_split_brain")
     if strategy.holds_lock and (any(spec.pauses_clients for spec in specs) or failover):
         causes.append("two_lock_holders")
+    if strategy.buffers and any(spec.crashes_processes for spec in specs):
+        causes.append("lost_in_buffer")
     if strategy.repairs and (schedule or causes):
         # Without a fault or a failed request, lua_repair is lua, atomic and
         # exact: its repair finds nothing to put right, and the replay

@@ -110,8 +110,9 @@ def read_counters(strategy: Strategy, users: int, conversations: int, execute: C
         replies = run_batch([strategy.counters(user) for user in chunk], execute)
         rows.extend((user, *reply) for user, reply in zip(chunk, replies))
     keys = execute(("KEYS", "*"))
-    return Counters.collect(users, rows, stray_keys(keys if isinstance(keys, list) else [], users,
-                                                                  conversations))
+    own = set(strategy.shared_keys)   # the strategy's keys of no one user (a queue, a set of users)
+    keys = [key for key in keys if key not in own] if isinstance(keys, list) else []
+    return Counters.collect(users, rows, stray_keys(keys, users, conversations))
 
 
 def _outside(value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

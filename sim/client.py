@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple
 from sim import stall
 from sim.commands import Backoff, CommandError, ConnectionLost, Transaction, may_write
 from sim.errors import StrategyError
+from sim.faults import SPECS
 from sim.history import FAIL, OK, UNKNOWN, History
 from sim.nemesis import AckLog, StallTarget
 from sim.scenario import ClientConfig
@@ -22,7 +23,7 @@ from strategies.base import GaveUp, Strategy
 # Mechanisms by which counters go wrong, each one a run can switch off to
 # measure what it contributes (see sim/causes.py).
 CAUSES = ("gave_up", "retry_applied_twice", "lost_unfsynced", "lost_on_failover", "lost_in_split_brain",
-          "two_lock_holders")
+          "two_lock_holders", "lost_in_buffer")
 
 
 class ConnectionRefused(ConnectionLost):
@@ -140,7 +141,9 @@ class ClientLoop:
         self.target = target
         self.exact_commits = exact_commits   # the backend answers with when the server applied a request
         self.wait_replicas = int(strategy.options.get("wait_replicas", 0))
+        self.no_single_moment = strategy.buffers   # the process's memory and Redis change at different moments
         self.crashed_operations = 0
+        self.lost_in_buffer = 0   # changes lost with a crashed process's memory
         self.wait_replies: dict[int, int] = {}    # replicas WAIT confirmed -> how many times
 
     def run(self, client: Client):
@@ -162,11 +165,15 @@ class ClientLoop:
                 # Counterfactual: the pause falls between operations, never inside one.
                 yield from self._pause(client)
             history.invoked(op, clock())
+            if self.no_single_moment:
+                history.spread[op] = True
             attempt = 0
             while True:
                 result = yield from attempt_operation(client, op, attempt)
                 if result.crashed:
                     self.crashed_operations += 1
+                    if "lost_in_buffer" in self.causes:
+                        self.lost_in_buffer += self.workload.crashed(client.index)
                     yield Sleep(client.crash_for)
                     client.crash_for = None
                     yield DISCONNECT
@@ -201,7 +208,7 @@ class ClientLoop:
 
     def _attempt(self, client: Client, op: int, attempt: int):
         history, target, acks = self.history, self.target, self.acks
-        operation = self.workload.operation(op)
+        operation = self.workload.operation(op, client.index)
         reply: Any = None
         error: Exception | None = None
         failed = between = False
@@ -326,13 +333,16 @@ def next_instruction(loop, answer: Any, error: Exception | None):
 
 
 def strike_clients(fault: Any, clients: list[Client], rng: Any, now: float) -> dict:
-    """A client_crash or client_pause: pick ``clients`` of them (seeded) and
-    set the fault on each; it strikes inside their next operation."""
-    count = min(int(fault.param("clients")), len(clients))
-    chosen = [clients[i] for i in sorted(rng.choice(len(clients), size=count, replace=False).tolist())]
+    """A client_crash, client_pause or worker_crash: pick as many of
+    ``clients`` (the virtual clients, or the workers) as the fault's count
+    parameter asks (seeded) and set the fault on each; it strikes inside
+    their next operation (a worker's next pass)."""
+    spec = SPECS[fault.kind]
+    count = min(int(fault.param(spec.strikes)), len(clients))
+    chosen = [clients[i] for i in sorted(rng.choice(len(clients), size=count, replace=False).tolist())] if count else []
     for client in chosen:
-        if fault.kind == "client_crash":
-            client.crash(now, fault.duration)
-        else:
+        if spec.pauses_clients:
             client.pause(now, fault.duration)
-    return {"clients": [client.index for client in chosen]}
+        else:
+            client.crash(now, fault.duration)
+    return {spec.strikes: [client.index for client in chosen]}

@@ -75,6 +75,8 @@ class FaultSpec:
                                # save); "unsaved": only with the AOF off, since the last RDB save
     strands_clients: bool = False   # clients left with an old primary whose writes are then lost
     pauses_clients: bool = False    # clients stop in the middle of an operation (a lock can expire under them)
+    crashes_processes: bool = False   # application processes die: what their memory held is lost
+    strikes: str = ""          # whom it strikes, by its count parameter: "clients" or "workers"
     needs: tuple[str, ...] = ()     # what the deployment must have: "replica", "sentinel"
     topologies: tuple[str, ...] = ("single", "cluster")   # where it can strike
     instead: str = ""          # what to schedule on the other topology
@@ -133,12 +135,20 @@ SPECS: dict[str, FaultSpec] = {spec.kind: spec for spec in (
               "how long the crashed client stays down", 0.5,
               (Param("clients", int, "clients", 1, 1, 100_000, "virtual clients that crash"),),
               {"clients": "the virtual clients struck"},
-              colour="#aec7e8"),
+              crashes_processes=True, strikes="clients", colour="#aec7e8"),
+    FaultSpec("worker_crash",
+              "a background worker's process (a flusher, a queue's consumer) dies between two requests of a "
+              "pass: what it held in memory is lost, a queue's entries it read stay pending; it starts again "
+              "on a new connection after the duration (nothing to strike for a strategy without workers)",
+              "how long the crashed worker stays down", 0.5,
+              (Param("workers", int, "workers", 1, 1, 1_000, "workers that crash"),),
+              {"workers": "the workers struck (their client numbers: after the virtual clients')"},
+              crashes_processes=True, strikes="workers", colour="#dadaeb"),
     FaultSpec("client_pause", "a stop-the-world pause (GC, SIGSTOP) of clients in the middle of an operation",
               "how long the pause lasts", 2.0,
               (Param("clients", int, "clients", 1, 1, 100_000, "virtual clients that pause"),),
               {"clients": "the virtual clients struck"},
-              pauses_clients=True, colour="#ffbb78"),
+              pauses_clients=True, strikes="clients", colour="#ffbb78"),
     FaultSpec("server_crash", "redis-server is killed (SIGKILL); the OS page cache survives",
               "how long the server stays down (with Sentinel on, it promotes a replica if that is long "
               "enough, and the old primary rejoins as a replica; on a cluster, shorter than "

@@ -68,6 +68,7 @@ def run_record(scenario: Scenario, trace: Trace, strategy: Strategy, execution: 
         "noscript": execution.noscript,
         "operations_cut_by_client_crash": execution.operations_cut_by_client_crash,
         "wait_replies": {str(replicas): count for replicas, count in sorted(execution.wait_replies.items())},
+        **({"workers": execution.workers} if execution.workers else {}),
         "timeline": execution.timeline,
         **execution.figures,
     }

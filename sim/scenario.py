@@ -504,6 +504,9 @@ def _fault(path: Path, where: str, table: Any, kind_of: type) -> Fault | FaultRa
 
 
 def _strategy_name(path: Path, key: str, name: Any) -> str:
+    if not isinstance(name, str):
+        raise ScenarioError(f"{path}: key '{key}' must list strategies by name (strings), got {name!r}; their "
+                            f"options go in [strategy_options.<name>]")
     if name not in STRATEGIES:
         raise ScenarioError(f"{path}: key '{key}' names unknown strategy {name!r}"
                             f"{_suggest(str(name), list(STRATEGIES))}; allowed: {', '.join(STRATEGIES)}")

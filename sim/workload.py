@@ -1,5 +1,6 @@
 """The trace as the drivers read it: each operation as the strategy's generator
-(the strategy is told the conversations' members first)."""
+in the application process that runs it (the strategy is told the
+conversations' members first), and the strategy's background jobs."""
 from __future__ import annotations
 
 from array import array
@@ -8,12 +9,14 @@ from typing import Sequence
 import numpy as np
 
 from sim.commands import Operation
+from sim.scenario import Scenario
 from sim.traffic import DELIVER, READ, Trace
-from strategies.base import Strategy
+from strategies import make_strategy
+from strategies.base import Job, Strategy
 
 
 class Workload:
-    def __init__(self, trace: Trace, strategy: Strategy) -> None:
+    def __init__(self, trace: Trace, strategy: Strategy, processes: int = 1) -> None:
         # Python arrays: the drivers read them once per operation, on the hot
         # path, where an array's item costs about a list's and a numpy
         # array's several times that; and they hold 8 bytes an item (a list
@@ -28,6 +31,11 @@ class Workload:
         self._by_user: list[list[int]] | None = None
         self.strategy = strategy
         strategy.prepare(self.members, trace.users)
+        # Each virtual client is an application process: a strategy that keeps
+        # something in a process's memory runs as a view of its own in each.
+        self.views = [strategy.in_process(process, processes) for process in range(processes)]
+        distinct = {id(view): view for view in self.views}.values()
+        self.jobs: list[Job] = [job for view in distinct for job in view.jobs()]
 
     def __len__(self) -> int:
         return len(self.t)
@@ -46,9 +54,13 @@ class Workload:
             self._by_user = [order[cuts[i]:cuts[i + 1]].tolist() for i in range(clients)]
         return self._by_user[client]
 
-    def operation(self, op: int) -> Operation:
-        """Operation ``op`` of the trace, as the strategy's generator."""
-        strategy = self.strategy
+    def crashed(self, process: int) -> int:
+        """The application process died: the changes its memory held, lost."""
+        return self.strategy.crashed(process)
+
+    def operation(self, op: int, process: int = 0) -> Operation:
+        """Operation ``op`` of the trace, as the strategy's generator in ``process``."""
+        strategy = self.views[process]
         kind = self.kind[op]
         if kind == DELIVER:
             sender, conv = self.user[op], self.conv[op]
@@ -64,3 +76,17 @@ def _array(code: str, values: np.ndarray) -> array:
     items = array(code)
     items.frombytes(np.ascontiguousarray(values, dtype=np.float64 if code == "d" else np.int64).tobytes())
     return items
+
+
+def job_count(strategy: Strategy, processes: int) -> int:
+    """How many background workers the strategy runs beside ``processes``
+    application processes (a backend gives each a connection, and on real
+    servers a proxy, of its own)."""
+    views = {id(view): view for view in (strategy.in_process(p, processes) for p in range(processes))}
+    return sum(len(view.jobs()) for view in views.values())
+
+
+def most_workers(scenario: Scenario) -> int:
+    """The most background workers any of the scenario's strategies runs."""
+    return max((job_count(make_strategy(name, **scenario.strategy_options.get(name, {})), scenario.clients.count)
+                for name in scenario.strategies), default=0)

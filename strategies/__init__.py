@@ -1,6 +1,7 @@
 """The atomicity strategies, by name (DESIGN.md's vocabulary)."""
 from __future__ import annotations
 
+from strategies.async_total import AsyncTotal
 from strategies.base import Strategy
 from strategies.derived import Derived
 from strategies.idset import IdSet
@@ -12,10 +13,12 @@ from strategies.multi import Multi
 from strategies.naive import Naive
 from strategies.read_pointer import ReadPointer
 from strategies.watch import Watch
+from strategies.write_behind import WriteBehind
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (Naive, Multi, Watch, Lock, Lua, LuaRepair, Derived, IdSet, LuaIdempotent, ReadPointer)
+    for cls in (Naive, Multi, Watch, Lock, Lua, LuaRepair, Derived, IdSet, LuaIdempotent, ReadPointer,
+                WriteBehind, AsyncTotal)
 }
 
 

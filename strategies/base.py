@@ -6,7 +6,8 @@ A strategy's operations are generators of backend-neutral requests
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
 
 from sim.commands import Operation, Pipeline
 from sim.lua import LuaScript
@@ -24,6 +25,29 @@ class GaveUp(Exception):
     strategy's, and ends the run."""
 
 
+@dataclass(frozen=True)
+class Job:
+    """A strategy's background work (a flusher, a queue's consumer), run by
+    a worker of its own beside the clients, on both backends
+    (sim/worker.py): ``step`` is one pass over what waits, an operation
+    that returns how many items it handled; the worker runs it every
+    ``every_s`` seconds, at once again after a pass that handled items when
+    ``again_at_once``. When the clients are done, the worker steps until a
+    pass handles nothing (the last flush, the last consume). ``crash``: the
+    worker's process died; it returns how many items it held in memory,
+    lost with it. A worker_crash strikes a pass before a request, once the
+    pass has done ``crash_after`` requests (a consumer's 1: after its read,
+    so that what it read stays pending), or after a second whatever it did.
+    """
+
+    name: str
+    every_s: float
+    step: Callable[[], Operation]
+    crash: Callable[[], int] = lambda: 0
+    again_at_once: bool = False
+    crash_after: int = 0
+
+
 class Strategy:
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -38,6 +62,13 @@ class Strategy:
     repairs: ClassVar[bool] = False
     repair_off: ClassVar[dict[str, Any]] = {}   # options that switch its repair off (a replay without it)
     backs_off: ClassVar[bool] = False
+    # buffers: it keeps acknowledged changes in the application's memory
+    # before they reach Redis (a crash loses them: the cause `lost_in_buffer`);
+    # its operations then have no single moment of effect (the memory and
+    # Redis change at different moments): the truth gives them their span.
+    buffers: bool = False
+    # Keys it keeps for no one user (a queue, a set of users): not stray.
+    shared_keys: ClassVar[tuple[str, ...]] = ()
     # Options this strategy accepts, with their defaults.
     defaults: ClassVar[dict[str, Any]] = {}
     # Options every strategy accepts: after each write, WAIT for this many
@@ -48,6 +79,8 @@ class Strategy:
     common_defaults: ClassVar[dict[str, Any]] = {"wait_replicas": 0, "untagged_total": False}
     # (low, high) of each numeric option; those not named: 0 to 1e9.
     bounds: ClassVar[dict[str, tuple[float, float]]] = {"wait_replicas": (0, 5)}
+    # The values each text option may take.
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, **options: Any) -> None:
         defaults = {**self.common_defaults, **self.defaults}
@@ -66,6 +99,13 @@ class Strategy:
                 raise StrategyOptionError(
                     f"option '{name}' of strategy '{self.name}' must be "
                     f"{type(default).__name__}, got {value!r}")
+            if type(value) is str:
+                allowed = self.choices.get(name, ())
+                if value not in allowed:
+                    raise StrategyOptionError(f"option '{name}' of strategy '{self.name}' must be one of "
+                                              f"{', '.join(allowed)}, got {value!r}")
+                setattr(self, name, value)
+                continue
             low, high = self.bounds.get(name, (0, 1e9))
             if not (math.isfinite(value) and low <= value <= high):
                 raise StrategyOptionError(f"option '{name}' of strategy '{self.name}' must be between "
@@ -81,6 +121,22 @@ class Strategy:
         as the application's database knows them; ``users`` ids from 0. A
         strategy that keeps state per conversation (read positions) needs
         them; counters do not."""
+
+    def in_process(self, process: int, processes: int) -> "Strategy":
+        """The strategy as application process ``process`` of ``processes``
+        runs it (a virtual client is one process). One that keeps nothing in
+        a process's memory is the same object in all of them."""
+        return self
+
+    def jobs(self) -> tuple[Job, ...]:
+        """The background work this strategy needs (none: every change is
+        made by the operation that causes it)."""
+        return ()
+
+    def crashed(self, process: int) -> int:
+        """Process ``process`` died: how many changes it held in memory,
+        now lost (what ``buffers`` declares)."""
+        return 0
 
     def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
         """A message was stored: count it as unread for every recipient

@@ -50,3 +50,17 @@ def sequence(conversation: int) -> str:
 def positions(conversation: int) -> str:
     """Hash: member -> the position they have read to."""
     return f"read:{{c{conversation}}}"
+
+
+def pending(user: int) -> str:
+    """Hash: conversation id -> unread messages buffered in Redis, not yet
+    folded into the counters (write_behind with ``buffer_in = "redis"``)."""
+    return f"pending:{{u{user}}}"
+
+
+# Set: the users whose buffer in Redis waits for the flusher.
+BUFFERED = "buffered"
+# Stream: users whose total waits for a recount (async_total's queue).
+RECOUNT = "recount"
+# The recount stream's consumer group.
+RECOUNT_GROUP = "totals"

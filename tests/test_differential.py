@@ -14,16 +14,20 @@ pytestmark = pytest.mark.real
 
 
 def dump(execute) -> dict:
-    """Every key: its type and value, and whether it has a TTL."""
+    """Every key: its type and value, and whether it has a TTL (a stream:
+    its entries' fields, in order; their ids take each server's clock)."""
     state = {}
     for key in sorted(execute(("KEYS", "*"))):
         kind = execute(("TYPE", key))
-        value = {"string": ("GET", key), "hash": ("HGETALL", key), "set": ("SMEMBERS", key)}[kind]
+        value = {"string": ("GET", key), "hash": ("HGETALL", key), "set": ("SMEMBERS", key),
+                 "stream": ("XRANGE", key, "-", "+")}[kind]
         raw = execute(value)
         if kind == "hash":
             raw = dict(zip(raw[::2], raw[1::2]))
         elif kind == "set":
             raw = sorted(raw)
+        elif kind == "stream":
+            raw = [fields for _, fields in raw]
         state[key] = (kind, raw, execute(("PTTL", key)) > 0)
     return state
 
@@ -70,7 +74,8 @@ def both(redis_server):
     connection.close()
 
 
-@pytest.mark.parametrize("name, options", [*((name, {}) for name in STRATEGIES),
+@pytest.mark.parametrize("name, options", [*((name, {}) for name in STRATEGIES if not make_strategy(name).jobs()
+                                             and not make_strategy(name).buffers),
                                            ("read_pointer", {"diffuse_above": 3})], ids=str)
 def test_each_strategy_ends_in_the_same_keys(both, name, options):
     strategy = make_strategy(name, **options)
@@ -90,6 +95,46 @@ def test_each_strategy_ends_in_the_same_keys(both, name, options):
     ]
     for step in sequence:
         both.run(step)
+    both.assert_same_state()
+
+
+@pytest.mark.parametrize("name, options", [("write_behind", {"buffer_in": "app"}), ("write_behind", {}),
+                                           ("async_total", {"consumers": 2, "batch": 2})], ids=str)
+def test_each_background_strategy_ends_in_the_same_keys(both, name, options):
+    """Two application processes and the strategy's jobs, the same steps on
+    each server (each side its own strategy: a buffer in a process's memory
+    is that side's); the same replies, the same keys after the last pass."""
+    sides = []
+    for _ in range(2):
+        strategy = make_strategy(name, **options)
+        strategy.prepare([[]] * 7 + [[0, 1, 2], [0, 1, 2, 3], [0, 2]], 4)
+        views = [strategy.in_process(process, 2) for process in range(2)]
+        jobs = [job for view in {id(view): view for view in views}.values() for job in view.jobs()]
+        sides.append((strategy, views, jobs))
+
+    def step(make):
+        replies = [run_now(make(*side), execute)
+                   for side, execute in zip(sides, (both.sim_execute, both.real.execute))]
+        assert normalise(replies[0]) == normalise(replies[1])
+
+    sequence = [
+        lambda s, v, j: s.deliver(1, 7, 0, [1, 2]),
+        lambda s, v, j: v[1].deliver(2, 7, 0, [1]),
+        lambda s, v, j: v[0].deliver(3, 8, 0, [1, 2, 3]),
+        lambda s, v, j: v[1].fetch_badge(1),
+        lambda s, v, j: v[0].fetch_badge(2),
+        *(lambda s, v, j, index=index: j[index].step() for index in range(len(sides[0][2]))),
+        lambda s, v, j: v[1].open_conversation(1, 7),
+        lambda s, v, j: v[0].deliver(4, 8, 0, [1, 2, 3]),
+        lambda s, v, j: v[1].fetch_badge(3),
+        lambda s, v, j: v[0].open_conversation(2, 9),
+        *(lambda s, v, j, index=index: j[index].step() for index in range(len(sides[0][2]))),
+        *(lambda s, v, j, index=index: j[index].step() for index in range(len(sides[0][2]))),
+        lambda s, v, j: s.counters(1),
+        lambda s, v, j: s.counters(3),
+    ]
+    for make in sequence:
+        step(make)
     both.assert_same_state()
 
 

@@ -19,7 +19,7 @@ from conftest import ROOT
 # A value other than the default, within bounds, for every parameter.
 PROBE_VALUES = {"clients": 2, "tear_bytes": 40, "within_s": 0.5, "stall_ms": 10.0, "lag_ms": 30.0,
                 "delay_ms": 5.0, "jitter_ms": 2.0, "probability": 0.4, "clients_share": 0.5,
-                "shard": 1, "to_shard": 0, "slots": 4}
+                "shard": 1, "to_shard": 0, "slots": 4, "workers": 2}
 
 PROBE = """
 name = "spec_probe"
@@ -109,7 +109,7 @@ EFFECT_TYPES = {"applied": bool, "reason": (str, type(None)), "struck_at": float
                 "promoted_at": (float, type(None)), "clients_on_old_primary_s": (float, type(None)),
                 "clients_left": int, "old_primary_acknowledged": int, "demoted_at": (float, type(None)),
                 "shard": int, "slots": str, "failed_at": float, "to_shard": int, "keys_moved": int,
-                "refused_at": (float, type(None))}
+                "refused_at": (float, type(None)), "workers": list}
 
 
 def _check_types(effects: dict) -> None:

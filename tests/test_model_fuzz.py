@@ -30,6 +30,9 @@ FIELDS = st.sampled_from(["f", "g"])
 VALUES = st.sampled_from(["1", "-3", "0", "x", "", "2.5", "9223372036854775807", "-9223372036854775808"])
 AMOUNTS = st.sampled_from(["1", "-1", "7", "x", "1.5", "9223372036854775807", "-9223372036854775808"])
 SECONDS = st.sampled_from(["100", "0", "-1", "x"])
+IDS = st.sampled_from(["1-1", "1-2", "2", "3-0", "0-0", "1-*", "x"])
+GROUPS = st.sampled_from(["g", "h"])
+CONSUMERS = st.sampled_from(["c1", "c2"])
 
 COMMANDS = st.one_of(
     st.tuples(st.just("GET"), KEYS),
@@ -62,6 +65,28 @@ COMMANDS = st.one_of(
     st.tuples(st.just("SISMEMBER"), KEYS, VALUES),
     st.tuples(st.just("SMEMBERS"), KEYS),
     st.tuples(st.just("SCARD"), KEYS),
+    st.tuples(st.just("SPOP"), KEYS, st.sampled_from(["10", "0", "-1", "x"])),   # all of it: random order otherwise
+    # Streams and consumer groups, with ids given (a "*" id takes each server's clock).
+    st.tuples(st.just("XADD"), KEYS, IDS, FIELDS, VALUES),
+    st.tuples(st.just("XADD"), KEYS, st.just("NOMKSTREAM"), IDS, FIELDS, VALUES),
+    st.tuples(st.just("XADD"), KEYS, st.just("MAXLEN"), st.sampled_from(["1", "2", "x"]), IDS, FIELDS, VALUES),
+    st.tuples(st.just("XLEN"), KEYS),
+    st.tuples(st.just("XRANGE"), KEYS, st.just("-"), st.just("+")),
+    st.tuples(st.just("XRANGE"), KEYS, IDS, st.just("+"), st.just("COUNT"), st.sampled_from(["1", "0"])),
+    st.tuples(st.just("XDEL"), KEYS, IDS),
+    st.tuples(st.just("XGROUP"), st.just("CREATE"), KEYS, GROUPS, st.sampled_from(["0", "$", "1-1", "x"])),
+    st.tuples(st.just("XGROUP"), st.just("CREATE"), KEYS, GROUPS, st.sampled_from(["0", "$"]), st.just("MKSTREAM")),
+    st.tuples(st.just("XGROUP"), st.just("DESTROY"), KEYS, GROUPS),
+    st.tuples(st.just("XREADGROUP"), st.just("GROUP"), GROUPS, CONSUMERS, st.just("COUNT"),
+              st.sampled_from(["1", "2", "0"]), st.just("STREAMS"), KEYS, st.sampled_from([">", "0", "1-1"])),
+    st.tuples(st.just("XREADGROUP"), st.just("GROUP"), GROUPS, CONSUMERS, st.just("STREAMS"), KEYS, st.just(">")),
+    st.tuples(st.just("XACK"), KEYS, GROUPS, IDS),
+    st.tuples(st.just("XACK"), KEYS, GROUPS, IDS, IDS),
+    st.tuples(st.just("XAUTOCLAIM"), KEYS, GROUPS, CONSUMERS, st.just("0"), st.sampled_from(["0-0", "1-2", "x"]),
+              st.just("COUNT"), st.sampled_from(["1", "5", "0"])),
+    st.tuples(st.just("XAUTOCLAIM"), KEYS, GROUPS, CONSUMERS, st.just("0"), st.just("0-0"), st.just("JUSTID")),
+    st.tuples(st.just("XAUTOCLAIM"), KEYS, GROUPS, CONSUMERS, st.just("3600000"), st.just("0-0")),
+    st.tuples(st.just("XPENDING"), KEYS, GROUPS),
 )
 # A script runs one drawn command through redis.call (an error inside it ends
 # the script with what ran so far kept), or two, returning the last reply.
@@ -77,7 +102,8 @@ REQUESTS = st.one_of(
         lambda drawn: Script(TWO_CALLS, (drawn[0],), (drawn[1], drawn[2])) if drawn[1] != "INCR"
         else Script(TWO_CALLS, (drawn[0],), ("INCRBY", drawn[2]))),
 )
-UNORDERED = {"HGETALL", "HVALS", "HKEYS", "SMEMBERS"}   # Redis's order is its encoding's, not part of the contract
+# Redis's order is its encoding's (or random: SPOP), not part of the contract.
+UNORDERED = {"HGETALL", "HVALS", "HKEYS", "SMEMBERS", "SPOP"}
 
 
 def normalise(reply, command: tuple | None = None):
@@ -99,11 +125,17 @@ def normalise_reply(request, reply):
 
 
 def keyspace(execute) -> dict:
+    """Every key's type, value and whether it has a TTL; a stream's entries
+    and what its groups have pending (XPENDING's summary: ids and owners)."""
     state = {}
     for key in sorted(execute(("KEYS", "*"))):
         kind = execute(("TYPE", key))
-        read = {"string": ("GET", key), "hash": ("HGETALL", key), "set": ("SMEMBERS", key)}[kind]
-        state[key] = (kind, normalise(execute(read), read), execute(("PTTL", key)) > 0)
+        read = {"string": ("GET", key), "hash": ("HGETALL", key), "set": ("SMEMBERS", key),
+                "stream": ("XRANGE", key, "-", "+")}[kind]
+        value = normalise(execute(read), read)
+        if kind == "stream":
+            value = [value, *(normalise(reply_of(("XPENDING", key, group), execute)) for group in ("g", "h"))]
+        state[key] = (kind, value, execute(("PTTL", key)) > 0)
     return state
 
 

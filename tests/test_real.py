@@ -63,10 +63,12 @@ def test_no_atomic_strategy_drifts_without_faults_on_real_servers(seeds, tmp_pat
 
     for seed in seeds:
         text = TINY.format(seed=seed).replace("message_rate = 1000.0", "message_rate = 2000.0")
-        for run in run_scenario(parse(tmp_path / "tiny.toml", text + "\n[server]\nreplicas = 0\n"), ATOMIC,
-                                backend="redis")["runs"]:
+        for run in run_scenario(parse(tmp_path / "tiny.toml", text + "\n[server]\nreplicas = 0\n"),
+                                [*ATOMIC, "async_total"], backend="redis")["runs"]:
             drift = {key: value for key, value in run["drift"].items() if key not in ("users", "hidden_max")}
             assert not any(drift.values()), (seed, run["strategy"], drift)
+            if run["strategy"] not in ATOMIC:   # a queue's total: right once the queue is drained
+                continue
             assert all(point["abs_drift_sum"] == 0 for point in run["timeline"]), (seed, run["strategy"])
             # nor a wrong badge or opened count shown to a user
             assert run["seen"]["badges"] > 0 and run["seen"]["opens"] > 0, (seed, run["strategy"])

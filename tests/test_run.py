@@ -67,7 +67,7 @@ def test_no_faults_no_drift_except_naive(small_scenario):
         wrong = {key: value for key, value in figures.items() if key not in ("users", "hidden_max") and value}
         assert not wrong, f"{name} drifted without faults: {wrong}"
     for run in results["runs"]:
-        if run["strategy"] == "naive":
+        if run["strategy"] in ("naive", "async_total"):   # (a queue's total is right once drained)
             continue
         # Also while the run was going: in-flight operations are not drift.
         # (multi lowers the total in a second step, so a snapshot between the
@@ -151,7 +151,9 @@ count = 8
 [run]
 timeline_points = 4
 """
-ATOMIC = sorted(set(STRATEGIES) - {"naive"})
+# Exact at every moment without faults: all but naive (its race) and
+# async_total (its total waits for the queue: exact once drained).
+ATOMIC = sorted(set(STRATEGIES) - {"naive", "async_total"})
 
 
 @pytest.mark.parametrize("seeds", [range(1, 9), pytest.param(range(9, 21), marks=pytest.mark.slow)],
@@ -159,10 +161,11 @@ ATOMIC = sorted(set(STRATEGIES) - {"naive"})
 def test_no_atomic_strategy_drifts_without_faults_over_20_seeds(tmp_path, seeds):
     for seed in seeds:
         scenario = parse(tmp_path / "tiny.toml", TINY.format(seed=seed))
-        for run in run_scenario(scenario, ATOMIC, explain=False)["runs"]:
+        for run in run_scenario(scenario, [*ATOMIC, "async_total"], explain=False)["runs"]:
             drift = {key: value for key, value in run["drift"].items() if key not in ("users", "hidden_max")}
             assert not any(drift.values()), (seed, run["strategy"], drift)
-            assert all(point["abs_drift_sum"] == 0 for point in run["timeline"]), (seed, run["strategy"])
+            if run["strategy"] in ATOMIC:   # (a queue's total is right once the queue is drained)
+                assert all(point["abs_drift_sum"] == 0 for point in run["timeline"]), (seed, run["strategy"])
 
 
 @pytest.mark.parametrize("name", ["lua", "watch", "idset", "lua_idempotent"])

@@ -152,7 +152,8 @@ def test_read_pointer_delivers_to_any_group_in_one_script_of_two_commands():
 
 
 def test_every_strategy_is_covered():
-    assert set(COUNTER_STRATEGIES) | {"derived", "idset", "read_pointer"} == set(STRATEGIES)
+    assert set(COUNTER_STRATEGIES) | {"derived", "idset", "read_pointer", "write_behind", "async_total"} == \
+        set(STRATEGIES)   # (the last two: tests/test_background.py)
 
 
 @pytest.mark.parametrize("value, allowed", [(-1, "must be between 0 and"), (2.5, "must be int")])

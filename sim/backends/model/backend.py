@@ -91,6 +91,7 @@ class SimDeployment(Deployment):
             counters=driver.counters(), reconnects=driver.reconnects, script_loads=driver.script_loads,
             noscript=driver.noscript, operations_cut_by_client_crash=driver.loop.crashed_operations,
             wait_replies=driver.loop.wait_replies,
+            workers=driver.worker_stats.as_dict(len(driver.workers), driver.loop.lost_in_buffer),
             figures={"redis_requests": driver.server.requests, "redis_commands": driver.server.commands,
                      "wall_seconds": round(wall, 3),
                      "wall_redis_commands_per_s": round(driver.server.commands / wall, 1) if wall else 0.0,
@@ -112,7 +113,8 @@ class SimBackend(Backend):
         """Drift by cause: the same trace and schedule replayed with each
         mechanism switched off in turn (sim/causes.py)."""
         outcomes = execution.history.outcomes()
-        switchable = tuple(relevant(STRATEGIES[strategy_name], schedule, outcomes["fail"] + outcomes["unknown"],
+        strategy = make_strategy(strategy_name, **scenario.strategy_options.get(strategy_name, {}))
+        switchable = tuple(relevant(strategy, schedule, outcomes["fail"] + outcomes["unknown"],
                                     execution.history.ambiguous, promotes(scenario.sentinel, schedule)))
         return [Replay(switchable, causes) for causes in steps(list(switchable))]
 

@@ -34,6 +34,7 @@ from sim.network import Network
 from sim.scenario import ClientConfig
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
+from sim.worker import WorkerLoop, WorkerStats
 from sim.workload import Workload
 from strategies.base import Strategy
 
@@ -130,10 +131,15 @@ class SimDriver:
         self._cluster = hasattr(server, "open_links")   # a Redis Cluster: one link per shard
         if self._cluster:
             server.handshake = self._handshake
-        self.workload = Workload(trace, strategy)
+        self.workload = Workload(trace, strategy, clients.count)
         self._t = self.workload.t
         self.loop = ClientLoop(self.workload, strategy, clients, self.history, causes, lambda: self.env.now,
                                paced=paced, acks=acks, target=target, exact_commits=True, think_s=think_s)
+        # The strategy's background jobs, each a worker with a connection of its own.
+        self.workers = [Client(clients.count + index) for index in range(len(self.workload.jobs))]
+        self.worker_stats = WorkerStats()
+        self.worker_loop = WorkerLoop(lambda: self.env.now, causes, self.worker_stats)
+        self.clients_done = False
         # Requests whose reply was lost while they could still apply: (entry, operation).
         self._unanswered: list[tuple[Entry, int]] = []
 
@@ -143,8 +149,10 @@ class SimDriver:
         and stop with it."""
         n_ops = len(self._t)
         env = self.env
-        clients = [env.process(self._client(client))
+        clients = [env.process(self._carry(client, self.loop.run(client)))
                    for client in self.clients]
+        workers = [env.process(self._carry(worker, self.worker_loop.run(worker, job, lambda: self.clients_done)))
+                   for worker, job in zip(self.workers, self.workload.jobs)]
         for process in processes:
             env.process(process)
         if self.timeline_points and n_ops:
@@ -153,6 +161,9 @@ class SimDriver:
             env.process(self._progress_ticker())
         with cyclic_gc_paused():
             env.run(until=env.all_of(clients))
+            self.clients_done = True
+            if workers:   # their last pass: the last flush, the last consume
+                env.run(until=env.all_of(workers))
         self.run_end = env.now
         self.server.advance(np.inf)   # requests whose clients gave up still run
         self.settle()
@@ -191,10 +202,9 @@ class SimDriver:
             self.progress(self.env.now, self.history.completed_by(self.env.now))
 
     # -- clients ----------------------------------------------------------------
-    def _client(self, client: Client):
-        """Carry out the shared client loop's instructions in simulated time."""
+    def _carry(self, client: Client, loop):
+        """Carry out the instructions of a client's loop (or a worker's) in simulated time."""
         env = self.env
-        loop = self.loop.run(client)
         answer: Any = None
         error: Exception | None = None
         while True:
@@ -255,8 +265,9 @@ class SimDriver:
         reply_at = ready + self._half_rtt + route.delay_back
         if reply_at - sent > timeout and self._replies_lost:
             yield env.timeout(timeout)
-            self.history.timed_out[send.operation] = True   # for a client's view of the truth
-            if entry is not None and send.writes:
+            if send.operation >= 0:   # (a worker's request is no operation of the trace)
+                self.history.timed_out[send.operation] = True   # for a client's view of the truth
+            if entry is not None and send.writes and send.operation >= 0:
                 self._unanswered.append((entry, send.operation))
             raise self._lose(client, "timeout", request)
         yield env.timeout(reply_at - sent)
@@ -274,7 +285,7 @@ class SimDriver:
             self._cluster and server.cut is not None
             and bool(server.dead_links(connection, server.shards_of(request)))))
         if entry.lost or closed or (route.fate == network.RESET and self._replies_lost):
-            if entry.committed and send.writes:   # it ran (a large pipeline's earlier reads, or all)
+            if entry.committed and send.writes and send.operation >= 0:   # it ran (a pipeline's first items, or all)
                 self.history.applied(send.operation, entry.applied_at)
             if entry.lost or closed:
                 raise self._lose(client, "server went away" if entry.lost else "connection closed", request)

@@ -24,6 +24,8 @@ def _copy(value: Any) -> Any:
         return dict(value)
     if kind is set:
         return set(value)
+    if hasattr(value, "copy"):   # a stream
+        return value.copy()
     return value
 
 

@@ -352,6 +352,12 @@ class SimNemesis(Nemesis):
 
     client_pause = client_crash
 
+    def worker_crash(self, index: int, fault: Fault):
+        self.log.struck(index, self.env.now,
+                        **strike_clients(fault, self.driver.workers, self.rng, self.env.now))
+        yield self.env.timeout(fault.duration)
+        self.log.ended(index, self.env.now)
+
     # -- the network ------------------------------------------------------------------
     def _network(self, index: int, fault: Fault):
         self.driver.network.open(index, fault)

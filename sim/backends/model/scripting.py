@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from lupa import lua51
 
-from sim.backends.model.store import INT64_MAX, INT64_MIN, Status, Store
+from sim.backends.model.store import Store
+from sim.backends.model.values import INT64_MAX, INT64_MIN, Status
 from sim.commands import CommandError
 from sim.lua import LuaScript
 

@@ -34,7 +34,8 @@ from sim.backends.model.aof import AppendOnlyFile
 from sim.backends.model.journal import Journal
 from sim.backends.model.persistence import Persistence
 from sim.backends.model.scripting import ScriptEngine
-from sim.backends.model.store import OK, Store, check_arity
+from sim.backends.model.store import Store, check_arity
+from sim.backends.model.values import OK
 from sim.commands import CommandError, Pipeline, Request, Script, Stall, Transaction, may_write, wire_size
 from sim.lua import LuaScript
 

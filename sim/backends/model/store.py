@@ -15,13 +15,18 @@ import math
 from typing import Any, Callable
 
 from sim.backends.model.journal import Journal
+from sim.backends.model.streams import Stream, StreamCommands
+from sim.backends.model.values import (
+    HASH_NOT_INTEGER,
+    INT64_MAX,
+    INT64_MIN,
+    OK,
+    OVERFLOW,
+    WRONGTYPE,
+    Status,
+    to_int,
+)
 from sim.commands import READ_ONLY, CommandError
-
-WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
-NOT_INTEGER = "ERR value is not an integer or out of range"
-HASH_NOT_INTEGER = "ERR hash value is not an integer"
-OVERFLOW = "ERR increment or decrement would overflow"
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1   # a counter is a C long long
 
 # Redis arity: n means exactly n words, -n at least n (the name included).
 ARITY = {
@@ -29,41 +34,11 @@ ARITY = {
     "INCR": 2, "INCRBY": 3, "DECRBY": 3, "HGET": 3, "HSET": -4, "HDEL": -3,
     "HINCRBY": 4, "HGETALL": 2, "HVALS": 2, "HKEYS": 2, "HLEN": 2,
     "HEXISTS": 3, "SADD": -3, "SREM": -3, "SISMEMBER": 3, "SMEMBERS": 2,
-    "SCARD": 2, "EXPIRE": 3, "PEXPIRE": 3, "PTTL": 2, "KEYS": 2,
+    "SCARD": 2, "SPOP": -2, "EXPIRE": 3, "PEXPIRE": 3, "PTTL": 2, "KEYS": 2,
     "DBSIZE": 1, "FLUSHALL": -1,
+    "XADD": -5, "XLEN": 2, "XRANGE": -4, "XDEL": -3, "XGROUP": -2, "XREADGROUP": -7, "XACK": -4,
+    "XAUTOCLAIM": -6, "XPENDING": -3,
 }
-
-
-class Status(str):
-    """A status reply (+OK), as distinct from a bulk string that reads "OK"."""
-
-
-OK = Status("OK")
-
-
-# Canonical decimal texts already parsed (counters take few distinct values):
-# a dict lookup instead of int() and str() on every INCRBY and HINCRBY.
-_PARSED: dict[str, int] = {}
-_PARSED_MAX = 1 << 16
-
-
-def to_int(value: Any, error: str = NOT_INTEGER) -> int:
-    """Parse an integer as Redis's string2ll does: canonical decimal text only."""
-    if type(value) is int:
-        return value
-    if type(value) is str:
-        number = _PARSED.get(value)
-        if number is not None:
-            return number
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise CommandError(error) from None
-    if str(number) != value or not INT64_MIN <= number <= INT64_MAX:
-        raise CommandError(error)
-    if len(_PARSED) < _PARSED_MAX:
-        _PARSED[value] = number
-    return number
 
 
 def _sum(current: int, amount: int) -> int:
@@ -85,7 +60,7 @@ def check_arity(words: tuple) -> None:
         raise CommandError(f"ERR wrong number of arguments for '{name.lower()}' command")
 
 
-class Store:
+class Store(StreamCommands):
     """One Redis database: keys, TTLs and the WATCH bookkeeping."""
 
     def __init__(self) -> None:
@@ -235,7 +210,7 @@ class Store:
 
     def cmd_type(self, key: str) -> str:
         value = self._lookup(key)
-        return {str: "string", dict: "hash", set: "set"}.get(type(value), "none")
+        return {str: "string", dict: "hash", set: "set", Stream: "stream"}.get(type(value), "none")
 
     def cmd_keys(self, pattern: str) -> list[str]:
         if pattern != "*":
@@ -431,6 +406,28 @@ class Store:
     def cmd_scard(self, key: str) -> int:
         value = self._set(key)
         return len(value) if value else 0
+
+    def cmd_spop(self, key: str, *count: Any) -> Any:
+        """Members in a fixed order (a real server's are random): the
+        smallest first, sorted as SMEMBERS sorts them."""
+        if len(count) > 1:
+            raise CommandError("ERR syntax error")
+        many = None
+        if count:
+            many = to_int(count[0], "ERR value is out of range, must be positive")
+            if many < 0:
+                raise CommandError("ERR value is out of range, must be positive")
+        value = self._set(key)
+        if not value:
+            return [] if many is not None else None
+        if many == 0:
+            return []
+        chosen = sorted(value)[:1 if many is None else many]
+        self._write(key)
+        value.difference_update(chosen)
+        if not value:
+            self._remove(key)
+        return chosen[0] if many is None else chosen
 
     # -- WATCH ----------------------------------------------------------------
     def watch(self, connection: Any, keys: tuple) -> None:

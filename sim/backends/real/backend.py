@@ -26,6 +26,7 @@ from sim.faults import SPECS, Fault, strikes_network
 from sim.nemesis import StallTarget, ack_log
 from sim.scenario import Scenario
 from sim.traffic import Trace
+from sim.workload import most_workers
 from strategies.base import Strategy
 
 MAX_SPAN_S = 3600
@@ -54,7 +55,7 @@ class RedisDeployment(Deployment):
         self.schedule = schedule
         server = scenario.server
         self.servers = Servers(server.appendonly, server.appendfsync, server.rdb_interval_s,
-                               replicas=server.replicas, clients=scenario.clients.count,
+                               replicas=server.replicas, clients=scenario.clients.count + most_workers(scenario),
                                replication_lag_ms=server.replication_lag_ms,
                                client_proxies=strikes_network(schedule),
                                min_replicas_to_write=server.min_replicas_to_write,
@@ -81,6 +82,7 @@ class RedisDeployment(Deployment):
             history=driver.history, timeline=driver.timeline, faults=nemesis.records(), counters=counters,
             reconnects=driver.reconnects, script_loads=driver.script_loads, noscript=driver.noscript,
             operations_cut_by_client_crash=driver.loop.crashed_operations, wait_replies=driver.loop.wait_replies,
+            workers=driver.worker_stats.as_dict(len(driver.workers), driver.loop.lost_in_buffer),
             figures={
                 # INFO commandstats of the last primary (a restart or a failover resets it)
                 "redis_commands": sum(stats["calls"] for stats in info.values()),
@@ -142,7 +144,8 @@ class ClusterDeployment(Deployment):
                                       server.appendonly, server.appendfsync, server.rdb_interval_s,
                                       min_replicas_to_write=server.min_replicas_to_write,
                                       min_replicas_max_lag=server.min_replicas_max_lag,
-                                      client_proxies=strikes_network(schedule), clients=scenario.clients.count,
+                                      client_proxies=strikes_network(schedule),
+                                      clients=scenario.clients.count + most_workers(scenario),
                                       node_timeout_ms=server.cluster_node_timeout_ms,
                                       bus_relay=any(fault.kind == "minority_partition" for fault in schedule))
 
@@ -166,6 +169,7 @@ class ClusterDeployment(Deployment):
             history=driver.history, timeline=driver.timeline, faults=nemesis.records(), counters=counters,
             reconnects=driver.reconnects, script_loads=driver.script_loads, noscript=driver.noscript,
             operations_cut_by_client_crash=driver.loop.crashed_operations, wait_replies=driver.loop.wait_replies,
+            workers=driver.worker_stats.as_dict(len(driver.workers), driver.loop.lost_in_buffer),
             figures={"topology": "cluster", "redis_commands": sum(shard_commands.values()),
                      "shard_commands": shard_commands,
                      "client_path": "toxiproxy" if self.servers.proxied else "direct",

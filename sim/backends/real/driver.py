@@ -33,6 +33,7 @@ from sim.network import RESET, Network
 from sim.scenario import ClientConfig
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
+from sim.worker import WorkerLoop, WorkerStats
 from sim.workload import Workload
 from strategies.base import Strategy
 
@@ -68,13 +69,18 @@ class RealDriver:
         self.toxics = toxics
         self.proxies = proxies or []
         self.network = Network(seed)          # the nemesis opens windows; the driver arms resets
-        self.workload = Workload(trace, strategy)
+        self.workload = Workload(trace, strategy, config.count)
         self.history = History(len(trace.t))
         # paced=False: closed loop, each client starts its next operation when its last is done.
         self.loop = ClientLoop(self.workload, strategy, config, self.history, causes, self.now, paced,
                                acks, target, think_s=think_s)
         self.pairs = Memberships(trace)
         self.clients = [Client(index) for index in range(config.count)]
+        # The strategy's background jobs, each a worker with a connection (and a proxy) of its own.
+        self.workers = [Client(config.count + index) for index in range(len(self.workload.jobs))]
+        self.worker_stats = WorkerStats()
+        self.worker_loop = WorkerLoop(self.now, causes, self.worker_stats)
+        self.clients_done = False
         self.timeline: list[dict] = []
         self.reconnects = 0
         self.script_loads = 0
@@ -105,8 +111,10 @@ class RealDriver:
         self._timer = FineTimer(self._loop)
         self._start = time.perf_counter() + 0.05
         n_ops = len(self.workload)
-        clients = [asyncio.create_task(self._client(client))
+        clients = [asyncio.create_task(self._carry(client, self.loop.run(client)))
                    for client in self.clients]
+        workers = [asyncio.create_task(self._carry(worker, self.worker_loop.run(worker, job, self._done)))
+                   for worker, job in zip(self.workers, self.workload.jobs)]
         helpers = [asyncio.create_task(coroutine) for coroutine in (*background, self._watchdog())]
         if self.progress and n_ops:
             helpers.append(asyncio.create_task(self._progress_ticker()))
@@ -114,19 +122,21 @@ class RealDriver:
         finished = False
         try:
             await asyncio.gather(*clients)
+            self.clients_done = True
+            await asyncio.gather(*workers)   # their last pass: the last flush, the last consume
             finished = True
         finally:
             self.run_end = self.now()
-            for task in clients + helpers:
+            for task in clients + workers + helpers:
                 task.cancel()
-            results = await asyncio.gather(*clients, *helpers, return_exceptions=True)
+            results = await asyncio.gather(*clients, *workers, *helpers, return_exceptions=True)
             if ticker is not None:
                 if not finished or not self.loop.paced:   # closed loop: the trace's clock is not the run's
                     ticker.cancel()
                 # Its last points are due by now: it takes them once the nemesis has healed the server.
                 results.append((await asyncio.gather(ticker, return_exceptions=True))[0])
             try:
-                for client in self.clients:
+                for client in self.clients + self.workers:
                     await self._drop(client)
             finally:
                 self._timer.close()
@@ -183,9 +193,11 @@ class RealDriver:
             self.progress(min(at, self.workload.t[-1]), self.history.completed_by(at))
 
     # -- clients --------------------------------------------------------------------
-    async def _client(self, client: Client) -> None:
-        """Carry out the shared client loop's instructions in wall-clock time."""
-        loop = self.loop.run(client)
+    def _done(self) -> bool:
+        return self.clients_done
+
+    async def _carry(self, client: Client, loop) -> None:
+        """Carry out the instructions of a client's loop (or a worker's) in wall-clock time."""
         answer: Any = None
         error: Exception | None = None
         while (instruction := next_instruction(loop, answer, error)) is not None:
@@ -249,7 +261,7 @@ class RealDriver:
             raise
         except CONNECTION_ERRORS as error:
             self.history.ambiguous += 1
-            if connection.timed_out:   # it may still run on the server, later than the client gave up
+            if connection.timed_out and send.operation >= 0:   # it may still run on the server, later
                 self.history.timed_out[send.operation] = True
             await self._drop_failed(client)
             if reset >= 0:

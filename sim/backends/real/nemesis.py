@@ -382,6 +382,12 @@ class RealNemesis(Nemesis):
 
     client_pause = client_crash
 
+    async def worker_crash(self, index: int, fault: Fault) -> None:
+        now = self.driver.now()
+        self.log.struck(index, now, **strike_clients(fault, self.driver.workers, self.rng, now))
+        await asyncio.sleep(fault.duration)
+        self.log.ended(index, self.driver.now())
+
     # -- the network (toxiproxy, on every client's proxy) --------------------------------
     async def _on_every_proxy(self, action) -> None:
         await asyncio.gather(*(action(proxy.name) for proxy in self.servers.client_proxies))
