@@ -27,7 +27,7 @@ class ScenarioError(ValueError):
 
 
 CALIBRATION = Path(__file__).with_name("calibration.toml")   # the committed one (see its header)
-SERVICE_KEYS = ("request_us", "command_us", "script_us", "script_call_us", "fsync_always_us")
+SERVICE_KEYS = ("request_us", "command_us", "script_us", "script_call_us", "fsync_always_us", "element_us")
 # The redis backend's driver on the calibrated machine: its loopback round
 # trip, its CPU per request, per command and per timed wait, and what waking
 # up costs it and the server (`countdrift capacity --model-driver`).
@@ -98,6 +98,9 @@ class ServerConfig:
     script_us: float = _DEFAULT_SERVICE["script_us"]
     script_call_us: float = _DEFAULT_SERVICE["script_call_us"]
     fsync_always_us: float = _DEFAULT_SERVICE["fsync_always_us"]
+    # Each element a command walks (a field HGETALL returns, a set's member,
+    # a stream entry read): what makes HGETALL of 10,000 cost more than of 5.
+    element_us: float = _DEFAULT_SERVICE["element_us"]
     # What a request that finds the server idle costs it on top (the process
     # waking up): 0, except when `countdrift capacity --model-driver` models this machine.
     wake_us: float = 0.0
@@ -217,6 +220,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "traffic.activity_zipf": (0, 10), "traffic.group_weight_exponent": (0, 10),
     "traffic.read_probability": (0, 1), "traffic.read_delay_mean_s": (0, 86_400),
     "traffic.badge_probability": (0, 1), "traffic.badge_delay_s": (0, 3600),
+    "traffic.dm_partner_zipf": (0, 10), "traffic.logins_per_s": (0, 1e7),
     "clients.count": (1, 100_000), "clients.rtt_ms": (0.000001, 60_000), "clients.timeout_ms": (0.001, 3_600_000),
     "clients.retries": (0, 1000), "clients.backoff_ms": (0, 3_600_000), "clients.max_backoff_ms": (0, 3_600_000),
     "clients.wait_timeout_ms": (0, 3_600_000), "clients.driver_request_us": (0, 1_000_000),
@@ -225,6 +229,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "server.wake_us": (0, 1_000_000),
     "server.request_us": (0, 1_000_000), "server.command_us": (0, 1_000_000), "server.script_us": (0, 1_000_000),
     "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000),
+    "server.element_us": (0, 1_000_000),
     "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
     "server.min_replicas_to_write": (0, 5), "server.min_replicas_max_lag": (1, 3600),
     "server.replication_lag_ms": (0, 600_000),

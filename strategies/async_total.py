@@ -48,21 +48,27 @@ class AsyncTotal(Strategy):
 
     def _consume(self, consumer: str) -> Operation:
         """Claim what a dead consumer left, read what is new; recount each
-        user once; acknowledge. Returns the entries handled."""
+        user once; acknowledge and delete. Returns the entries handled."""
         group, batch = keys.RECOUNT_GROUP, str(self.batch)
-        if not self._grouped:   # from the stream's start: deliveries may have come first
-            try:
-                yield ("XGROUP", "CREATE", keys.RECOUNT, group, "0", "MKSTREAM")
-            except CommandError as error:
-                if not str(error).startswith("BUSYGROUP"):
-                    raise
-            self._grouped = True
-        claimed, fresh = yield Pipeline((
-            ("XAUTOCLAIM", keys.RECOUNT, group, consumer, str(int(self.claim_idle_ms)), "0-0", "COUNT", batch),
-            ("XREADGROUP", "GROUP", group, consumer, "COUNT", batch, "STREAMS", keys.RECOUNT, ">")))
-        if isinstance(claimed, CommandError) or isinstance(fresh, CommandError):
-            self._grouped = not str(claimed).startswith("NOGROUP")   # a failover lost it: made again
-            raise claimed if isinstance(claimed, CommandError) else fresh
+        for _ in range(2):   # the group made again once, if it was lost (a failover, a restart without it)
+            if not self._grouped:   # from the stream's start: deliveries may have come first
+                try:
+                    yield ("XGROUP", "CREATE", keys.RECOUNT, group, "0", "MKSTREAM")
+                except CommandError as error:
+                    if not str(error).startswith("BUSYGROUP"):
+                        raise
+                self._grouped = True
+            claimed, fresh = yield Pipeline((
+                ("XAUTOCLAIM", keys.RECOUNT, group, consumer, str(int(self.claim_idle_ms)), "0-0", "COUNT", batch),
+                ("XREADGROUP", "GROUP", group, consumer, "COUNT", batch, "STREAMS", keys.RECOUNT, ">")))
+            error = next((reply for reply in (claimed, fresh) if isinstance(reply, CommandError)), None)
+            if error is None:
+                break
+            if not str(error).startswith("NOGROUP"):
+                raise error
+            self._grouped = False
+        else:
+            raise error
         entries = list(claimed[1])
         if fresh is not None:
             for _, stream_entries in fresh:
@@ -83,6 +89,12 @@ class AsyncTotal(Strategy):
     def open_conversation(self, user: int, conversation: int) -> Operation:
         count = yield Script(READ, (keys.unread(user), keys.RECOUNT), (str(conversation), str(user)))
         return int(count or 0)
+
+    def login(self, user: int) -> Operation:
+        """The reader's proposal: the total recounted at login (one script),
+        and shown."""
+        total = yield Script(RECOUNT, (keys.unread(user), self.total_key(user)), ())
+        return int(total)
 
 
 def _field(fields: list, name: str) -> str:

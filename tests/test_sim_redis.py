@@ -124,3 +124,24 @@ def test_a_scripts_service_time_grows_with_the_calls_it_makes():
     assert server.service_time(request) == 2.0 + 1 * 0.5    # before it ran: the calls its text holds
     server.run(Connection(), request)
     assert server.service_time(request) == 2.0 + 8 * 0.5    # then what its runs made, on average
+
+
+def test_what_a_command_walks_costs_per_element():
+    """HGETALL of 10,000 fields costs 10,000 elements more than of none, and
+    a script that walks a hash (HVALS) costs what its runs walked."""
+    server = Server(ServiceTimes(request=1.0, command=1.0, script=1.0, script_call=0.0, element=0.01))
+    connection = Connection()
+    server.run(connection, ("HSET", "small", *("f", "1") * 1))
+    server.run(connection, ("HSET", "big", *(str(i) for pair in range(10_000) for i in (pair, 1))))
+    assert server.service_time(("HGETALL", "missing")) == 2.0
+    assert server.service_time(("HGETALL", "small")) == pytest.approx(2.01)
+    assert server.service_time(("HGETALL", "big")) == pytest.approx(102.0)
+    assert server.service_time(("HLEN", "big")) == 2.0                      # O(1) in Redis
+    assert server.service_time(Pipeline((("HVALS", "big"), ("GET", "x")))) == pytest.approx(103.0)
+    summed = LuaScript("sum", "local s = 0 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do s = s + v end "
+                              "return s")
+    server.scripts.load(summed)
+    request = Script(summed, ("big",), ())
+    assert server.service_time(request) == pytest.approx(2.0)                # before it ran: nothing walked
+    assert server.run(connection, request) == 10_000
+    assert server.service_time(request) == pytest.approx(102.0)

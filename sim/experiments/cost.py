@@ -8,10 +8,19 @@ delivery to a group of N, opening a conversation with unread messages,
 fetching the badge) the probe counts, per operation: round trips (requests
 the strategy sends: the same on every backend, since the strategy's code is
 the same), commands executed as INFO commandstats counts them (a script's
-redis.call included), server time, and bytes on the wire each way. Server
+redis.call included), server time, and bytes on the wire each way. A
+strategy with background work (a flusher, a queue's consumers) runs it
+after the operations, until it is drained, in the same reckoning: its
+commands, server time and bytes count, shared by the operations that
+caused it (round trips are the operations' own). Server
 time is the server's CPU (INFO cpu) on real servers and the calibrated
 service time in the simulation: the same quantity, which is how the
 simulation was calibrated (sim/experiments/calibrate.py).
+
+A heavy user has 1,000 conversations and 10,000 unread messages spread
+over them: fetching their badge and opening one of their conversations
+show what grows with a user's data (HVALS over 1,000 conversations, a
+badge summed over 1,000 read positions, an id hash of 10,000).
 
 Memory: a user with 10 conversations receives U unread messages (spread
 evenly over them); the user's keys (every key carrying the user's hash tag)
@@ -33,6 +42,11 @@ GROUP_SIZES = (10, 100)
 UNREAD_LEVELS = (10, 100, 10_000)
 MEMORY_CONVERSATIONS = 10
 UNREAD_BEFORE_OPEN = 5   # messages waiting in a conversation that is opened
+HEAVY_CONVERSATIONS = 1_000
+HEAVY_UNREAD = 10_000
+HEAVY_BADGE = f"fetch badge (heavy user: {HEAVY_CONVERSATIONS:,} conversations, {HEAVY_UNREAD:,} unread)"
+HEAVY_OPEN = f"open conversation (heavy user: {HEAVY_UNREAD // HEAVY_CONVERSATIONS} unread)"
+LABEL = len(HEAVY_BADGE) + 2   # the table's operation column
 
 
 @dataclass(frozen=True)
@@ -96,22 +110,62 @@ class _Counting:
         return self.target.execute(request)
 
 
+def _in_one_process(strategy: Strategy) -> tuple[Strategy, list]:
+    """The strategy as one application process runs it, and its background jobs."""
+    view = strategy.in_process(0, 1)
+    return view, list(view.jobs())
+
+
+def _drain(jobs: list, execute: Callable[[Request], Any]) -> None:
+    """Every job's passes until one finds nothing left."""
+    for job in jobs:
+        while run_now(job.step(), execute):
+            pass
+
+
+def _metered(strategy: Strategy, target: CostTarget, jobs: list, operations: list[Operation]) -> dict[str, float]:
+    """Per-operation figures of the operations, their background work included."""
+    counting = _Counting(target)
+    target.begin()
+    for operation in operations:
+        run_now(operation, counting)
+    _drain(jobs, target.execute)
+    spent = target.end()
+    count = len(operations)
+    return {"round_trips": counting.round_trips / count, "commands": spent.commands / count,
+            "server_us": round(spent.server_us / count, 3), "bytes_in": spent.bytes_in / count,
+            "bytes_out": spent.bytes_out / count}
+
+
 def probe_kind(strategy: Strategy, target: CostTarget, kind: Kind, repeats: int) -> dict[str, float]:
     """Per-operation figures of ``repeats`` operations of one kind."""
     members = [kind.members(i) for i in range(repeats)]
     strategy.prepare(members, max(max(conversation) for conversation in members) + 1)
+    strategy, jobs = _in_one_process(strategy)
     target.reset()
     for i in range(repeats):
         for operation in kind.setup(strategy, i):
             run_now(operation, target.execute)
-    counting = _Counting(target)
-    target.begin()
-    for i in range(repeats):
-        run_now(kind.operation(strategy, i), counting)
-    spent = target.end()
-    return {"round_trips": counting.round_trips / repeats, "commands": spent.commands / repeats,
-            "server_us": round(spent.server_us / repeats, 3), "bytes_in": spent.bytes_in / repeats,
-            "bytes_out": spent.bytes_out / repeats}
+    _drain(jobs, target.execute)
+    return _metered(strategy, target, jobs, [kind.operation(strategy, i) for i in range(repeats)])
+
+
+def probe_heavy_user(strategy: Strategy, target: CostTarget, repeats: int) -> dict[str, dict[str, float]]:
+    """A user in HEAVY_CONVERSATIONS conversations with HEAVY_UNREAD unread
+    messages: ``repeats`` badge fetches, then ``repeats`` conversations opened."""
+    user = 0   # conversation c: its sender 1 + c, and the heavy user
+    strategy.prepare([[1 + conversation, user] for conversation in range(HEAVY_CONVERSATIONS)],
+                     HEAVY_CONVERSATIONS + 1)
+    strategy, jobs = _in_one_process(strategy)
+    target.reset()
+    for message in range(HEAVY_UNREAD):
+        conversation = message % HEAVY_CONVERSATIONS
+        run_now(strategy.deliver(message, conversation, 1 + conversation, [user]), target.execute)
+    _drain(jobs, target.execute)
+    badge = _metered(strategy, target, jobs, [strategy.fetch_badge(user) for _ in range(repeats)])
+    opened = _metered(strategy, target, jobs, [strategy.open_conversation(user, conversation)
+                                               for conversation in range(min(repeats, HEAVY_CONVERSATIONS))])
+    return {HEAVY_BADGE: badge, HEAVY_OPEN: opened}
 
 
 def probe_memory(strategy: Strategy, target: CostTarget, unread: int) -> int | None:
@@ -138,6 +192,9 @@ def measure(strategies: list[str], make_target: Callable[[Strategy], CostTarget]
                 if progress:
                     progress(f"{name}: {kind.label}")
                 kinds[kind.label] = probe_kind(strategy, target, kind, repeats)
+            if progress:
+                progress(f"{name}: heavy user")
+            kinds.update(probe_heavy_user(strategy, target, repeats))
             memory = {str(unread): probe_memory(strategy, target, unread) if target.measures_memory else None
                       for unread in UNREAD_LEVELS}
         rows[name] = {"kinds": kinds, "memory_bytes_per_user": memory}
@@ -149,11 +206,11 @@ def format_cost(document: dict) -> str:
     """The cost table as text: one row per (strategy, kind), then memory."""
     lines = [f"cost per operation on {document['backend']} ({document['repeats']} operations of each kind, "
              "one client, no fault)",
-             f"{'strategy':<16}{'operation':<30}{'round trips':>12}{'commands':>10}{'server us':>11}"
+             f"{'strategy':<16}{'operation':<{LABEL}}{'round trips':>12}{'commands':>10}{'server us':>11}"
              f"{'bytes in':>10}{'bytes out':>11}"]
     for name, row in document["strategies"].items():
         for label, figures in row["kinds"].items():
-            lines.append(f"{name:<16}{label:<30}{figures['round_trips']:>12.2f}{figures['commands']:>10.2f}"
+            lines.append(f"{name:<16}{label:<{LABEL}}{figures['round_trips']:>12.2f}{figures['commands']:>10.2f}"
                          f"{figures['server_us']:>11.2f}{figures['bytes_in']:>10.0f}{figures['bytes_out']:>11.0f}")
     levels = [str(unread) for unread in UNREAD_LEVELS]
     lines += ["", f"memory per user, bytes (MEMORY USAGE of the user's keys; "

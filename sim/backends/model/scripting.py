@@ -98,9 +98,15 @@ class ScriptEngine:
         self._lua_type = lua51.lua_type
         self.cache: dict[str, Any] = {}
         self.calls = 0  # redis.call / redis.pcall made by scripts
-        self._work: dict[str, list[int]] = {}   # sha -> [redis.call made, runs]
+        self._work: dict[str, list[int]] = {}   # sha -> [redis.call made, runs, elements walked]
         # On a cluster shard while slots migrate away: the error a redis.call gets instead of running.
         self.call_guard: Callable[[tuple], str | None] | None = None
+
+    def expected_elements(self, script: LuaScript) -> float:
+        """How many elements a run of the script walks (HVALS's values...):
+        its mean so far (0 before its first run)."""
+        work = self._work.get(script.sha)
+        return work[2] / work[1] if work and work[1] else 0.0
 
     def expected_calls(self, script: LuaScript) -> float:
         """How many redis.call a run of the script makes: its mean so far
@@ -113,7 +119,7 @@ class ScriptEngine:
     # -- script cache -----------------------------------------------------
     def load(self, script: LuaScript) -> str:
         if script.sha not in self.cache:
-            self._work.setdefault(script.sha, [0, 0])
+            self._work.setdefault(script.sha, [0, 0, 0])
             try:
                 self.cache[script.sha] = self.runtime.eval(
                     f"function(KEYS, ARGV)\n{script.source}\nend")
@@ -129,7 +135,7 @@ class ScriptEngine:
         function = self.cache.get(sha)
         if function is None:
             raise CommandError("NOSCRIPT No matching script. Please use EVAL.")
-        calls = self.calls
+        calls, walked = self.calls, self.store.walked
         try:
             reply = self._invoke(function, len(keys), *keys, *args)
         except CommandError:
@@ -143,6 +149,7 @@ class ScriptEngine:
             work = self._work[sha]   # made when the script was loaded
             work[0] += self.calls - calls
             work[1] += 1
+            work[2] += self.store.walked - walked
         kind = type(reply)
         if kind is str or (kind is int and INT64_MIN <= reply <= INT64_MAX):   # the usual reply, at once
             return reply

@@ -34,7 +34,7 @@ from sim.backends.model.aof import AppendOnlyFile
 from sim.backends.model.journal import Journal
 from sim.backends.model.persistence import Persistence
 from sim.backends.model.scripting import ScriptEngine
-from sim.backends.model.store import Store, check_arity
+from sim.backends.model.store import WALKS, Store, check_arity
 from sim.backends.model.values import OK
 from sim.commands import CommandError, Pipeline, Request, Script, Stall, Transaction, may_write, wire_size
 from sim.lua import LuaScript
@@ -64,6 +64,10 @@ class ServiceTimes:
     # client (the server idle 30 us between requests) cost the server 23.1 us
     # each, four (idle about 4 us) 8.0 us, fifty 7.1 us.
     wake: float = 0.0
+    # Each element a command walks: a field of HGETALL, HVALS or HKEYS, a
+    # member of SMEMBERS, an entry XRANGE, XREADGROUP or XAUTOCLAIM goes
+    # through (HGETALL of a 1,000-field hash against HGET of one field).
+    element: float = 0.0
 
 
 class Connection:
@@ -147,8 +151,17 @@ class Server:
         """How long the server is busy with one round trip's request."""
         return self._busy(request, may_write(request))
 
+    def _walk(self, command: tuple) -> float:
+        """What the elements a command of WALKS will walk cost, from the
+        keyspace as the command arrives (the queue ahead of it may still
+        change it)."""
+        return self.service.element * self.store.elements(command) if self.service.element else 0.0
+
     def _busy(self, request: Request, writes: bool) -> float:
-        busy = self._one_command_s if type(request) is tuple else self.service.request + self._work(request)
+        if type(request) is tuple:
+            busy = self._one_command_s + (self._walk(request) if request[0] in WALKS else 0.0)
+        else:
+            busy = self.service.request + self._work(request)
         if self._fsync_always and writes:
             busy += self.service.fsync_always
         return busy
@@ -156,13 +169,14 @@ class Server:
     def _work(self, request: Request) -> float:
         kind = type(request)
         if kind is tuple:
-            return self.service.command
+            return self.service.command + (self._walk(request) if request[0] in WALKS else 0.0)
         if kind is Script:
             return (self.service.script + self.service.script_call * self.scripts.expected_calls(request.script)
-                    + request.stall_s)
+                    + self.service.element * self.scripts.expected_elements(request.script) + request.stall_s)
         if kind is Pipeline:
-            command, work = self.service.command, self._work
-            return sum([command if type(r) is tuple else work(r) for r in request.commands])
+            command, work, walk = self.service.command, self._work, self._walk
+            return sum([(command + walk(r) if r[0] in WALKS else command) if type(r) is tuple else work(r)
+                        for r in request.commands])
         if kind is Transaction:
             return self.service.command * 2 + sum([self._work(r) for r in request.commands])
         if kind is Stall:

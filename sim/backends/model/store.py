@@ -49,6 +49,11 @@ def _sum(current: int, amount: int) -> int:
     return total
 
 
+# Commands whose work grows with their data: each element they walk costs
+# the server (ServiceTimes.element). HLEN, SCARD and XLEN are O(1) in Redis.
+WALKS = frozenset({"HGETALL", "HVALS", "HKEYS", "SMEMBERS", "XRANGE", "XREADGROUP", "XAUTOCLAIM"})
+
+
 def check_arity(words: tuple) -> None:
     """Raise the error Redis gives at queue time for an unknown command or wrong arity."""
     name = str(words[0]).upper()
@@ -77,6 +82,7 @@ class Store(StreamCommands):
         # error a write command gets, inside a script too (a new exception
         # each time: one raised again keeps growing its traceback).
         self.refusal: str | None = None
+        self.walked = 0   # elements walked by the commands of WALKS so far
         # key -> connections WATCHing it; a write marks them dirty (touchWatchedKey).
         self.watchers: dict[str, set] = {}
         self.commands: dict[str, Callable[..., Any]] = {
@@ -191,6 +197,23 @@ class Store(StreamCommands):
         if self._wrote:
             self.batch.append(words)
         return reply
+
+    def elements(self, words: tuple) -> int:
+        """How many elements a command of WALKS would walk now: the hash's
+        fields, the set's members, the stream's entries (at most what its
+        COUNT asks for; XAUTOCLAIM scans up to ten times that)."""
+        upper = [str(word).upper() for word in words]
+        key = words[1]
+        if upper[0] == "XREADGROUP":   # GROUP g c [COUNT n] STREAMS key id: the key follows STREAMS
+            key = words[upper.index("STREAMS") + 1] if "STREAMS" in upper[:-1] else ""
+        value = self.data.get(key)
+        kind = type(value)
+        size = len(value.entries) if kind is Stream else len(value) if kind is dict or kind is set else 0
+        if "COUNT" in upper[:-1]:
+            count = words[upper.index("COUNT") + 1]
+            if str(count).isdigit():
+                size = min(size, int(count) * (10 if upper[0] == "XAUTOCLAIM" else 1))
+        return size
 
     # -- generic ----------------------------------------------------------
     def cmd_ping(self, *message: str) -> str:
@@ -357,15 +380,22 @@ class Store(StreamCommands):
         value = self._hash(key)
         if not value:
             return []
+        self.walked += len(value)
         return [word for pair in value.items() for word in pair]
 
     def cmd_hvals(self, key: str) -> list[str]:
         value = self._hash(key)
-        return list(value.values()) if value else []
+        if not value:
+            return []
+        self.walked += len(value)
+        return list(value.values())
 
     def cmd_hkeys(self, key: str) -> list[str]:
         value = self._hash(key)
-        return list(value) if value else []
+        if not value:
+            return []
+        self.walked += len(value)
+        return list(value)
 
     def cmd_hlen(self, key: str) -> int:
         value = self._hash(key)
@@ -401,7 +431,10 @@ class Store(StreamCommands):
 
     def cmd_smembers(self, key: str) -> list[str]:
         value = self._set(key)
-        return sorted(value) if value else []
+        if not value:
+            return []
+        self.walked += len(value)
+        return sorted(value)
 
     def cmd_scard(self, key: str) -> int:
         value = self._set(key)

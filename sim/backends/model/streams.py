@@ -197,7 +197,9 @@ class StreamCommands:
         if count is not None and count <= 0:   # a null array, on a stream there is (t_stream.c)
             return None
         ids = [id_ for id_ in stream.entries if low <= id_ <= high]
-        return _entries_reply(stream, ids if count is None else ids[:count])
+        ids = ids if count is None else ids[:count]
+        self.walked += len(ids)
+        return _entries_reply(stream, ids)
 
     def cmd_xdel(self, key: str, *ids: Any) -> int:
         stream = self._stream(key)
@@ -297,6 +299,7 @@ class StreamCommands:
                 for id_ in ids:
                     group.own(id_, consumer, now, 1)
                 group.last_id = ids[-1]
+                self.walked += len(ids)
                 reply.append([key, _entries_reply(stream, ids)])
             else:
                 if consumer not in group.consumers:
@@ -362,6 +365,7 @@ class StreamCommands:
         if consumer not in group.consumers:
             self._write(key)
             group.consumers[consumer] = 0
+        self.walked += position
         following = text(order[position]) if position < len(order) else "0-0"
         entries = [text(id_) for id_ in claimed] if justid else _entries_reply(stream, claimed)
         return [following, entries, deleted]

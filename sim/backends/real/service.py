@@ -14,6 +14,7 @@ from sim.backends.real.bench import redis_benchmark
 from sim.backends.real.deployment import Servers
 
 CLIENTS = 50
+ELEMENTS = 1000   # the fields of the hash whose HGETALL prices one element a command walks
 LOOP = ("for i = 1, tonumber(ARGV[1]) do redis.call('HINCRBY', KEYS[1], 'f', 1) end return 1")
 
 
@@ -37,8 +38,11 @@ def measure(requests: int) -> dict:
     with Servers(appendonly=False) as servers:
         client = servers.primary.client()
         sha = client.script_load(LOOP)
+        client.execute_command("HSET", "wide", *(str(i) for pair in range(ELEMENTS) for i in (pair, pair)))
         probes = {
             "ping": probe(servers, ["PING"], requests),
+            "hget_wide": probe(servers, ["HGET", "wide", "1"], requests // 4),
+            "hgetall_wide": probe(servers, ["HGETALL", "wide"], requests // 4),
             "hincrby": probe(servers, ["HINCRBY", "h", "f", "1"], requests),
             "hincrby_x32": probe(servers, ["HINCRBY", "h", "f", "1"], requests * 8, pipeline=32),
             "script_1_call": probe(servers, ["EVALSHA", sha, "1", "h", "1"], requests),
@@ -55,6 +59,7 @@ def measure(requests: int) -> dict:
     call = (cpu["script_8_calls"] - cpu["script_1_call"]) / 7
     script = cpu["script_1_call"] - request - call
     byte = (cpu["hset_1000_bytes"] - cpu["hset_10_bytes"]) / 990
+    element = (cpu["hgetall_wide"] - cpu["hget_wide"]) / ELEMENTS
     fsync = 1e6 / probes["hincrby_always"]["requests_per_s"] - 1e6 / probes["hincrby"]["requests_per_s"]
     return {
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
@@ -63,7 +68,8 @@ def measure(requests: int) -> dict:
         "method": f"redis-benchmark -c {CLIENTS}, server CPU per round trip (INFO cpu)",
         "server": {"request_us": round(request, 3), "command_us": round(max(command, 0.001), 3),
                    "script_us": round(max(script, 0.001), 3), "script_call_us": round(max(call, 0.0), 3),
-                   "byte_ns": round(max(byte * 1000, 0.0), 3), "fsync_always_us": round(max(fsync, 0.0), 3)},
+                   "byte_ns": round(max(byte * 1000, 0.0), 3), "fsync_always_us": round(max(fsync, 0.0), 3),
+                   "element_us": round(max(element, 0.0), 4)},
         "probes": probes,
     }
 
