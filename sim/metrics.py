@@ -13,7 +13,7 @@ import numpy as np
 
 from sim.checker import Drift
 from sim.history import NOT_RUN, History
-from sim.traffic import KIND_NAMES, Trace
+from sim.traffic import KIND_NAMES, LOGIN, Trace
 
 
 def latency_summary(latency_s: np.ndarray) -> dict[str, float]:
@@ -38,7 +38,7 @@ def performance(trace: Trace, history: History, open_loop: bool = True) -> dict:
         "throughput_ops_per_s": round(float(ran.sum()) / duration, 6),
         "latency_ms": latency_summary(latency),
         "latency_ms_by_kind": {name: latency_summary(latency[kinds == code])
-                               for code, name in enumerate(KIND_NAMES)},
+                               for code, name in enumerate(KIND_NAMES) if code != LOGIN or (kinds == code).any()},
     }
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from sim.checker import Counters
 from sim.history import History
-from sim.traffic import BADGE, DELIVER, READ, Trace
+from sim.traffic import BADGE, DELIVER, LOGIN, READ, Trace
 from sim.truth import Memberships, TruthRanges, moments
 
 # Judged a part at a time, so that the peak stays small whatever the run's
@@ -132,9 +132,10 @@ def judge_values(trace: Trace, history: History, pairs: Memberships, exact: bool
     ran = ~np.isnan(start)
     start = np.where(ran, start, np.inf)
     end = np.where(ran & ~np.isnan(end), end, np.inf)
-    shown = ~np.isnan(history.value) & ((trace.kind == BADGE) | (trace.kind == READ))
+    shows_badge = (trace.kind == BADGE) | (trace.kind == LOGIN)   # a login shows the badge: judged as one
+    shown = ~np.isnan(history.value) & (shows_badge | (trace.kind == READ))
     judged = np.flatnonzero(shown)
-    badge = trace.kind[judged] == BADGE
+    badge = shows_badge[judged]
     s, a = start[judged], end[judged]
 
     # Every time, ranked: comparisons below are between integers.
@@ -272,7 +273,7 @@ def figures(trace: Trace, history: History, judged: Judged, faults: list[dict] =
     error = judged.error
     badge, opened = judged.badge, ~judged.badge
     b_error, o_error = error[badge], error[opened]
-    nothing = (trace.kind == BADGE) & np.isnan(history.value)
+    nothing = ((trace.kind == BADGE) | (trace.kind == LOGIN)) & np.isnan(history.value)
     seen = {
         "badges": int(badge.sum()),
         "badges_wrong": int(np.count_nonzero(b_error)),

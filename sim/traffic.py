@@ -11,7 +11,12 @@ strategies are compared on identical work. It holds:
   damped by size**-group_weight_exponent, so a big group is not flooded by
   all its members), conversation reads (a recipient opens the conversation after an
   exponential delay, or never) and badge fetches (a push reads the
-  recipient's total).
+  recipient's total), and logins (a user opens the app, which shows the badge:
+  ``logins_per_s``, users drawn uniformly).
+
+``dm_partner_zipf`` > 0 draws 1:1 partners by a Zipf law of their own, so
+that a few heavy users are in many conversations (the badge of a strategy
+that sums over them grows with them); 0 draws them all alike.
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-DELIVER, READ, BADGE = 0, 1, 2
-KIND_NAMES = ("deliver", "open_conversation", "fetch_badge")
+DELIVER, READ, BADGE, LOGIN = 0, 1, 2, 3
+KIND_NAMES = ("deliver", "open_conversation", "fetch_badge", "login")
 TRACE_FORMAT = 1
 
 
@@ -47,6 +52,8 @@ class TrafficConfig:
     read_delay_mean_s: float = 2.0
     badge_probability: float = 0.3        # chance a delivery pushes a badge fetch
     badge_delay_s: float = 0.005
+    dm_partner_zipf: float = 0.0          # Zipf exponent of 1:1 partners (0: all alike; above: heavy users)
+    logins_per_s: float = 0.0             # logins (the app opened: its badge shown), Poisson over the trace
 
 
 @dataclass
@@ -56,9 +63,9 @@ class Trace:
     conv_offsets: np.ndarray   # int64, len conversations + 1
     conv_members: np.ndarray   # int32
     t: np.ndarray              # float64, intended start of each operation, sorted
-    kind: np.ndarray           # int8: DELIVER, READ, BADGE
-    user: np.ndarray           # int32: sender, reader, or badge owner
-    conv: np.ndarray           # int32: conversation (-1 for a badge fetch)
+    kind: np.ndarray           # int8: DELIVER, READ, BADGE, LOGIN
+    user: np.ndarray           # int32: sender, reader, badge owner, or who logged in
+    conv: np.ndarray           # int32: conversation (-1 for a badge fetch or a login)
     message: np.ndarray        # int32: message id for a delivery, else -1
 
     @property
@@ -94,6 +101,7 @@ class Trace:
             "deliveries": self.deliveries(),
             "reads": int((self.kind == READ).sum()),
             "badge_fetches": int((self.kind == BADGE).sum()),
+            "logins": int((self.kind == LOGIN).sum()),
             "operations": len(self.t),
             "span_s": float(self.t[-1]) if len(self.t) else 0.0,
             "sha256": self.sha256(),
@@ -182,14 +190,14 @@ class Trace:
             raise bad("no operation")
         if not np.all(np.isfinite(self.t)) or self.t[0] < 0 or np.any(np.diff(self.t) < 0):
             raise bad("t must be finite, from 0 on, in time order")
-        if np.any((self.kind < DELIVER) | (self.kind > BADGE)):
-            raise bad(f"kind must be {DELIVER} (deliver), {READ} (open) or {BADGE} (badge)")
+        if np.any((self.kind < DELIVER) | (self.kind > LOGIN)):
+            raise bad(f"kind must be {DELIVER} (deliver), {READ} (open), {BADGE} (badge) or {LOGIN} (login)")
         if self.user.min() < 0 or self.user.max() >= self.users:
             raise bad(f"user must be from 0 to {self.users - 1}")
-        badge = self.kind == BADGE
+        badge = (self.kind == BADGE) | (self.kind == LOGIN)
         others = self.conv[~badge]
         if np.any(self.conv[badge] != -1) or np.any((others < 0) | (others >= self.conversations)):
-            raise bad(f"conv must be -1 for a badge fetch, else from 0 to {self.conversations - 1}")
+            raise bad(f"conv must be -1 for a badge fetch or a login, else from 0 to {self.conversations - 1}")
         deliver = self.kind == DELIVER
         if np.any(self.message[~deliver] != -1) or not np.array_equal(self.message[deliver],
                                                                        np.arange(int(deliver.sum()))):
@@ -264,7 +272,10 @@ def work(config: TrafficConfig, seed: int) -> Work:
 def _work(config: TrafficConfig, offsets: np.ndarray, conv: np.ndarray) -> Work:
     deliveries = int((np.diff(offsets)[conv] - 1).sum())
     extra = config.read_probability + config.badge_probability
-    return Work(int(offsets[-1]), deliveries, config.messages + math.ceil(deliveries * extra))
+    # Logins: a Poisson count over the messages' span, bounded well above its mean.
+    span = config.messages / config.message_rate
+    logins = math.ceil(2 * config.logins_per_s * span) + 10 if config.logins_per_s else 0
+    return Work(int(offsets[-1]), deliveries, config.messages + math.ceil(deliveries * extra) + logins)
 
 
 class TooMuchWork(ValueError):
@@ -286,14 +297,16 @@ def generate(config: TrafficConfig, seed: int) -> Trace:
     read_t, read_user, read_conv, badge_t, badge_user = _reads_and_badges(
         config, rng, offsets, members, msg_t, sender, conv)
 
-    n_msg, n_read, n_badge = len(msg_t), len(read_t), len(badge_t)
-    t = np.concatenate([msg_t, read_t, badge_t])
+    login_t, login_user = _logins(config, rng, float(msg_t[-1]) if len(msg_t) else 0.0)
+
+    n_msg, n_read, n_badge, n_login = len(msg_t), len(read_t), len(badge_t), len(login_t)
+    t = np.concatenate([msg_t, read_t, badge_t, login_t])
     order = np.argsort(t, kind="stable")
     kind = np.concatenate([np.full(n_msg, DELIVER, np.int8), np.full(n_read, READ, np.int8),
-                           np.full(n_badge, BADGE, np.int8)])
-    user = np.concatenate([sender, read_user, badge_user]).astype(np.int32)
-    conv_all = np.concatenate([conv, read_conv, np.full(n_badge, -1)]).astype(np.int32)
-    message = np.concatenate([np.arange(n_msg), np.full(n_read + n_badge, -1)]).astype(np.int32)
+                           np.full(n_badge, BADGE, np.int8), np.full(n_login, LOGIN, np.int8)])
+    user = np.concatenate([sender, read_user, badge_user, login_user]).astype(np.int32)
+    conv_all = np.concatenate([conv, read_conv, np.full(n_badge + n_login, -1)]).astype(np.int32)
+    message = np.concatenate([np.arange(n_msg), np.full(n_read + n_badge + n_login, -1)]).astype(np.int32)
     return Trace(config, seed, offsets, members, t[order], kind[order], user[order],
                  conv_all[order], message[order])
 
@@ -301,12 +314,20 @@ def generate(config: TrafficConfig, seed: int) -> Trace:
 def _conversations(config: TrafficConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     n = config.users
     # 1:1 conversations: distinct unordered pairs (drawn until there are
-    # enough, or as many as the users can form).
+    # enough, or as many as the users can form), partners alike or by Zipf.
     n_dm = min(int(round(n * config.dm_per_user / 2)), n * (n - 1) // 2)
     pairs = np.zeros(0, np.int64)
+    partner = None
+    if config.dm_partner_zipf:
+        weight = (rng.permutation(n) + 1).astype(np.float64) ** -config.dm_partner_zipf
+        partner = weight / weight.sum()
     while len(pairs) < n_dm:
-        a = rng.integers(0, n, n_dm * 2)
-        b = rng.integers(0, n, n_dm * 2)
+        if partner is None:
+            a = rng.integers(0, n, n_dm * 2)
+            b = rng.integers(0, n, n_dm * 2)
+        else:
+            a = rng.choice(n, n_dm * 2, p=partner)
+            b = rng.integers(0, n, n_dm * 2)
         keep = a != b
         low, high = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
         pairs = np.union1d(pairs, low.astype(np.int64) * n + high)
@@ -350,6 +371,15 @@ def _messages(config: TrafficConfig, rng: np.random.Generator, offsets: np.ndarr
     target = before[start] + rng.random(config.messages) * (before[end] - before[start])
     slot = np.clip(np.searchsorted(cum, target, side="right"), start, end - 1)
     return members[slot].astype(np.int32), conv.astype(np.int32)
+
+
+def _logins(config: TrafficConfig, rng: np.random.Generator, span: float) -> tuple[np.ndarray, np.ndarray]:
+    """Logins over the trace's span: a Poisson count, uniform times and users
+    (none drawn, and no randomness used, at ``logins_per_s = 0``)."""
+    if not config.logins_per_s or span <= 0:
+        return np.zeros(0), np.zeros(0, np.int32)
+    count = int(rng.poisson(config.logins_per_s * span))
+    return np.sort(rng.random(count) * span), rng.integers(0, config.users, count).astype(np.int32)
 
 
 def _reads_and_badges(config: TrafficConfig, rng: np.random.Generator, offsets: np.ndarray,

@@ -10,7 +10,7 @@ import numpy as np
 
 from sim.commands import Operation
 from sim.scenario import Scenario
-from sim.traffic import DELIVER, READ, Trace
+from sim.traffic import BADGE, DELIVER, READ, Trace
 from strategies import make_strategy
 from strategies.base import Job, Strategy
 
@@ -68,7 +68,9 @@ class Workload:
             return strategy.deliver(self.message[op], conv, sender, recipients)
         if kind == READ:
             return strategy.open_conversation(self.user[op], self.conv[op])
-        return strategy.fetch_badge(self.user[op])
+        if kind == BADGE:
+            return strategy.fetch_badge(self.user[op])
+        return strategy.login(self.user[op])
 
 
 def _array(code: str, values: np.ndarray) -> array:

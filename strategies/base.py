@@ -155,6 +155,10 @@ class Strategy:
         reply = yield ("GET", self.total_key(user))
         return int(reply or 0)
 
+    def login(self, user: int) -> Operation:
+        """The user opened the app, which shows the badge; returns it as an int."""
+        return self.fetch_badge(user)
+
     def counters(self, user: int) -> Operation:
         """Read back (per-conversation counts, total, values that are not
         integers) for the checker."""
