@@ -25,6 +25,7 @@ import json
 import math
 import stat
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -138,7 +139,7 @@ class Trace:
                 arrays = {name: data[name] for name in data.files if name != "meta"}
         except TraceError:
             raise
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RecursionError) as error:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RecursionError) as error:
             raise TraceError(f"{path}: not a trace countdrift wrote ({type(error).__name__}: "
                              f"{str(error)[:200]})") from None
         if not isinstance(meta, dict) or meta.get("format") != TRACE_FORMAT:

@@ -133,6 +133,14 @@ def test_a_file_that_is_not_a_trace_is_refused_in_one_line(a_run, tmp_path, caps
     np.savez(tmp_path / "plain.npz", t=np.zeros(3))
     assert main(["run", str(a_run / "tiny.toml"), "--trace", str(tmp_path / "plain.npz"), "-q"]) == 2
     assert "metadata" in _one_error_line(capsys)
+    data = (a_run / "run" / "trace.npz").read_bytes()   # a deflate stream damaged inside: zlib's own error
+    for at in range(len(data) // 8, len(data) - 256, len(data) // 8):
+        (tmp_path / "damaged.npz").write_bytes(data[:at] + bytes(256) + data[at + 256:])
+        status = main(["run", str(a_run / "tiny.toml"), "--trace", str(tmp_path / "damaged.npz"), "--out",
+                       str(tmp_path / f"o{at}"), "-q"])
+        if status != 0:   # (bytes no array reads may be damaged harmlessly)
+            assert status == 2 and "damaged.npz" in _one_error_line(capsys)
+        capsys.readouterr()
 
 
 # -- results.json --------------------------------------------------------------------------------------

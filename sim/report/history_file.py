@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ from sim.traffic import Trace
 HISTORY_FILE = "history.npz"
 HISTORY_FORMAT = "countdrift-history-1"
 COLUMNS = ("invoke", "complete", "applied", "outcome", "spread", "timed_out", "value", "commits_known")
+
+# What a damaged .npz raises as numpy reads it (a corrupt deflate stream: zlib.error).
+UNREADABLE = (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, zlib.error)
 
 
 class HistoryError(ValueError):
@@ -44,7 +48,7 @@ def is_history(path: Path) -> bool:
     try:
         with np.load(path, allow_pickle=False) as data:
             return "meta" in data.files and json.loads(str(data["meta"])).get("format") == HISTORY_FORMAT
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError):
+    except UNREADABLE:
         return False
 
 
@@ -80,6 +84,6 @@ def load(path: Path, trace: Trace, strategies: list[str]) -> dict[str, History]:
             return histories
     except HistoryError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as error:
+    except UNREADABLE as error:
         raise HistoryError(f"{path}: unreadable, truncated or corrupt ({type(error).__name__}: "
                            f"{str(error)[:120]})") from None
