@@ -112,8 +112,7 @@ def test_redis_server_does_what_the_simulation_predicts(tmp_path, then, expected
         sha = client.script_load(DELIVER.source)
         for _ in range(2):
             client.evalsha(sha, 2, "h", "t", "f")
-        aof = growing_aof(server.aof_folder)
-        before = aof.stat().st_size
+        aof, before = growing_aof(server.aof_folder)
         client.evalsha(sha, 2, "h", "t", "f")
         server.kill()
         with open(aof, "r+b") as handle:     # MULTI and HINCRBY whole, 10 bytes of INCRBY
@@ -134,3 +133,29 @@ def test_redis_server_does_what_the_simulation_predicts(tmp_path, then, expected
         assert (int(server.client().hget("h", "f")), int(server.client().get("t"))) == expected
     finally:
         server.stop()
+
+
+def test_the_growing_aof_is_found_while_a_rewrite_removes_files(tmp_path, monkeypatch):
+    """A rewrite may remove an incremental file between the listing and its
+    stat (a fidelity run died of it): the file that is gone is skipped."""
+    import os
+    from pathlib import Path
+
+    from sim.backends.real.nemesis import growing_aof
+
+    old, new = tmp_path / "appendonly.aof.1.incr.aof", tmp_path / "appendonly.aof.2.incr.aof"
+    old.write_bytes(b"x" * 10)
+    new.write_bytes(b"y" * 7)
+    os.utime(old, (1, 1))
+    stat = Path.stat
+
+    def removed_meanwhile(path, *args, **kwargs):
+        if path.name == old.name:
+            raise FileNotFoundError(path)
+        return stat(path, *args, **kwargs)
+
+    assert growing_aof(tmp_path) == (new, 7)
+    monkeypatch.setattr(Path, "stat", removed_meanwhile)
+    assert growing_aof(tmp_path) == (new, 7)
+    new.unlink()
+    assert growing_aof(tmp_path) is None

@@ -38,10 +38,21 @@ _PREPARE_S = 0.05   # a failover's lag is set this long before the replica must 
 _POLL_S = 0.05      # how often the nemesis asks the sentinels, or the old primary its role
 
 
-def growing_aof(folder: Path) -> Path | None:
-    """The multi-part AOF's incremental file that new writes go to."""
-    files = sorted(folder.glob("*.incr.aof"), key=lambda path: path.stat().st_mtime)
-    return files[-1] if files else None
+def growing_aof(folder: Path) -> tuple[Path, int] | None:
+    """The multi-part AOF's incremental file that new writes go to, and its
+    size. A rewrite (a replica's resync, BGREWRITEAOF) may remove a file
+    between the listing and its stat: what is gone is not the growing one."""
+    sizes = []
+    for path in folder.glob("*.incr.aof"):
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            continue
+        sizes.append((status.st_mtime, path, status.st_size))
+    if not sizes:
+        return None
+    _, path, size = max(sizes)
+    return path, size
 
 
 async def until(node: RedisServer, check: Callable[[redis.Redis], bool], period_s: float) -> None:
@@ -90,8 +101,8 @@ class RealNemesis(Nemesis):
             at = tick * period
             await asyncio.sleep(max(0.0, at - self.driver.now()))
             for node in self.servers.nodes:
-                aof = growing_aof(node.aof_folder)
-                self.synced[node.name] = (at, aof, aof.stat().st_size if aof else 0)
+                growing = growing_aof(node.aof_folder)
+                self.synced[node.name] = (at, *(growing or (None, 0)))
             tick += 1
 
     # -- the server -------------------------------------------------------------
@@ -204,11 +215,11 @@ class RealNemesis(Nemesis):
         if not self.config.appendonly or not FSYNC_PERIOD_S[self.config.appendfsync]:
             return
         _, synced_file, size = self.synced.get(node.name, (0.0, None, 0))
-        current = growing_aof(node.aof_folder)
-        if current is None:
+        growing = growing_aof(node.aof_folder)
+        if growing is None:
             return
+        current, length = growing
         keep = size if current == synced_file else 0   # a file begun since the fsync is all unsynced
-        length = current.stat().st_size
         with open(current, "r+b") as handle:
             handle.truncate(min(length, keep + tear_bytes))
 
