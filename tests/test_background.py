@@ -171,6 +171,16 @@ def test_without_faults_the_drained_state_is_exact_and_a_queue_total_shows_stale
     assert runs["async_total"]["workers"]["items"] > 0
 
 
+@pytest.mark.parametrize("seeds", [range(1, 4), pytest.param(range(4, 21), marks=pytest.mark.slow)],
+                         ids=["seeds 1-3", "seeds 4-20"])
+def test_an_app_buffer_read_by_its_own_process_shows_no_wrong_value_without_faults(seeds):
+    for seed in seeds:
+        run = by_strategy(run_scenario(background_scenario(seed), ["write_behind"], explain=False))["write_behind"]
+        assert run["drift"]["abs_drift_sum"] == 0 and run["drift"]["users_inconsistent"] == 0, seed
+        assert run["seen"]["badges_wrong"] == run["seen"]["opens_wrong"] == 0, (seed, run["seen"])
+        assert run["seen"]["badges"] > 100 and run["seen"]["opens"] > 100
+
+
 def test_an_app_buffer_is_missed_by_reads_in_other_processes():
     runs = by_strategy(run_scenario(background_scenario(**{'route = "by_user"': 'route = "round_robin"'}),
                                     ["write_behind"], explain=False))
