@@ -9,7 +9,9 @@ the clients are done; then it drains: passes until one handles nothing (the
 last flush, the last consume), giving up after ``DRAIN_S`` seconds of
 failing passes. A pass that fails at the connection is simply the next
 pass's work (a queue's entries stay pending, a buffer puts back what was
-surely not sent). A worker_crash kills the worker between two requests of
+surely not sent). A job may say what waits that no pass could take yet (a
+queue's entries pending, not yet idle long enough to claim): the drain
+waits for them. A worker_crash kills the worker between two requests of
 a pass: what its process held in memory is lost (``lost_in_buffer``, unless
 that cause is switched off), it stays down for the crash's duration, then
 starts again on a new connection.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sim.client import DISCONNECT, Client, Send, Sleep
-from sim.commands import Backoff, CommandError, ConnectionLost, may_write
+from sim.commands import Backoff, CommandError, ConnectionLost, Operation, may_write
 from strategies.base import Job
 
 # How long a drain keeps trying through failures (a server still down).
@@ -63,7 +65,7 @@ class WorkerLoop:
                 draining_since = self.clock()
                 stats.clients_done_at = max(stats.clients_done_at, draining_since)
             passes += 1
-            handled, failed, crashed = yield from self._pass(worker, job, passes)
+            handled, failed, crashed = yield from self._pass(worker, job.step, passes, job.crash_after)
             stats.passes += 1
             stats.failed_passes += failed
             if crashed:
@@ -76,6 +78,10 @@ class WorkerLoop:
                 continue
             stats.items += handled
             if draining_since is not None:
+                if handled == 0 and not failed and job.left is not None:   # what no pass could take yet
+                    passes += 1
+                    waiting, failed, crashed = yield from self._pass(worker, job.left, passes, job.crash_after)
+                    failed = failed or crashed or waiting > 0   # (a crash strikes again at the next pass)
                 if (handled == 0 and not failed) or self.clock() - draining_since > DRAIN_S:
                     stats.drained_at = max(stats.drained_at, self.clock())
                     return
@@ -86,9 +92,9 @@ class WorkerLoop:
                 continue
             yield Sleep(job.every_s)
 
-    def _pass(self, worker: Client, job: Job, passes: int):
-        """One pass: (items handled, failed, crashed)."""
-        step = job.step()
+    def _pass(self, worker: Client, operation: Callable[[], Operation], passes: int, crash_after: int):
+        """One pass of ``operation``: (what it returned, failed, crashed)."""
+        step = operation()
         reply, error = None, None
         number = 0
         try:
@@ -98,7 +104,7 @@ class WorkerLoop:
                 if type(request) is Backoff:
                     yield Sleep(request.seconds)
                     continue
-                if worker.crash_for is not None and worker.strikes(self.clock(), number, job.crash_after):
+                if worker.crash_for is not None and worker.strikes(self.clock(), number, crash_after):
                     step.close()
                     return 0, False, True
                 number += 1

@@ -43,7 +43,8 @@ class AsyncTotal(Strategy):
 
     def jobs(self) -> tuple[Job, ...]:
         return tuple(Job(f"consumer {index}", self.poll_ms / 1000.0,
-                         lambda name=f"consumer{index}": self._consume(name), again_at_once=True, crash_after=1)
+                         lambda name=f"consumer{index}": self._consume(name), again_at_once=True, crash_after=1,
+                         left=self._pending)
                      for index in range(self.consumers))
 
     def _consume(self, consumer: str) -> Operation:
@@ -80,6 +81,15 @@ class AsyncTotal(Strategy):
         yield Pipeline((*(Script(RECOUNT, (keys.unread(user), self.total_key(user)), ()) for user in users),
                         ("XACK", keys.RECOUNT, group, *ids), ("XDEL", keys.RECOUNT, *ids)))
         return len(entries)
+
+    def _pending(self) -> Operation:
+        """How many entries the group has delivered and not acknowledged (a
+        rollback may take an XACK back: they wait to be claimed)."""
+        try:
+            summary = yield ("XPENDING", keys.RECOUNT, keys.RECOUNT_GROUP)
+        except CommandError:   # no stream or no group: nothing is pending
+            return 0
+        return int(summary[0])
 
     def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:
         field = str(conversation)

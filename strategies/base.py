@@ -38,6 +38,9 @@ class Job:
     lost with it. A worker_crash strikes a pass before a request, once the
     pass has done ``crash_after`` requests (a consumer's 1: after its read,
     so that what it read stays pending), or after a second whatever it did.
+    ``left``: an operation that returns how many items wait that a pass
+    could not take yet (a queue's entries pending, not yet idle long enough
+    to claim); the drain goes on while there are any.
     """
 
     name: str
@@ -46,6 +49,7 @@ class Job:
     crash: Callable[[], int] = lambda: 0
     again_at_once: bool = False
     crash_after: int = 0
+    left: Callable[[], Operation] | None = None
 
 
 class Strategy:

@@ -218,3 +218,45 @@ def test_a_worker_crash_on_a_strategy_without_workers_strikes_nobody():
         'strategies = ["write_behind", "async_total"]': 'strategies = ["lua"]'}), explain=False))["lua"]
     assert lua["faults"][0]["effects"]["workers"] == [] and "workers" not in lua
     assert lua["drift"]["abs_drift_sum"] == 0
+
+
+def test_a_drain_waits_for_what_no_pass_could_take_yet():
+    """A queue's entries pending but not yet claimable (a rollback took
+    their XACK back): the drain waits for them instead of ending."""
+    from sim.client import Client, Send, Sleep
+    from sim.worker import WorkerLoop, WorkerStats
+    from strategies.base import Job
+
+    queue = {"pending": 2, "claimable_at": 3}
+    clock = {"now": 0.0}
+
+    def step():
+        yield ("XAUTOCLAIM",)
+        if clock["now"] < queue["claimable_at"]:
+            return 0
+        handled, queue["pending"] = queue["pending"], 0
+        return handled
+
+    def left():
+        yield ("XPENDING",)
+        return queue["pending"]
+
+    stats = WorkerStats()
+    loop = WorkerLoop(lambda: clock["now"], frozenset(), stats)
+    instructions = loop.run(Client(0), Job("consumer", 1.0, step, left=left), lambda: True)
+    answer = None
+    sent = []
+    while True:
+        try:
+            instruction = instructions.send(answer)
+        except StopIteration:
+            break
+        answer = None
+        if type(instruction) is Sleep:
+            clock["now"] += instruction.seconds
+        elif type(instruction) is Send:
+            sent.append(instruction.request[0])
+            answer = ("reply", None, clock["now"])
+    assert stats.items == 2 and queue["pending"] == 0
+    assert sent == ["XAUTOCLAIM", "XPENDING"] * 3 + ["XAUTOCLAIM", "XAUTOCLAIM", "XPENDING"]
+    assert stats.drained_at == 3.0
