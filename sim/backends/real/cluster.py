@@ -126,15 +126,10 @@ class ClusterServers:
                 "cluster-config-file": "nodes.conf", "cluster-node-timeout": str(self.node_timeout_ms)}
 
     def _node(self, name: str) -> RedisServer:
-        # The cluster bus port is the client port + 10000 by default, which a
-        # free port above 55535 cannot have: each node gets one of its own.
+        # The cluster bus port is the client port + 10000 by default, which may
+        # lie in the ephemeral range or past 65535: each node gets one of its own.
         node = RedisServer(name, self.folder / name, self.config())
-        taken = {other.port for other in self.nodes} | {int(other.config["cluster-port"]) for other in self.nodes}
-        while node.port in taken:   # a port probed free twice: pick again
-            node.port = free_port()
         bus = free_port()
-        while bus in taken or bus == node.port:
-            bus = free_port()
         node.config["cluster-port"] = str(bus)
         self.nodes.append(node)
         node.start()

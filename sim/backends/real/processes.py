@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -98,13 +99,37 @@ def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
     REGISTRY.remove(process)
 
 
-def free_port() -> int:
+def _listening_ports() -> range:
+    """Ports for servers outside the kernel's ephemeral range: a port the
+    kernel may hand to an outgoing connection (a client's, a replica's) can
+    be taken between the probe and the server's bind."""
     try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(10000, low) if low > 11000 else range(high + 1, 65536)
+
+
+_HANDED_OUT: set[int] = set()
+_PICK = random.Random()
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free now, outside the ephemeral range, and not
+    handed out before in this process."""
+    ports = _listening_ports()
+    for _ in range(200):
+        port = _PICK.choice(ports)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
-    except OSError as error:
-        raise ProcessError(f"no free port on 127.0.0.1 for a server: {error.strerror}") from None
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise ProcessError(f"no free port on 127.0.0.1 for a server in {ports.start}-{ports.stop - 1}")
 
 
 def find_binary(name: str, env_var: str) -> str:
