@@ -44,7 +44,7 @@ TRYAGAIN = "TRYAGAIN Multiple keys request during rehashing of slot"
 
 # Commands with no key: they go to every node (PING, SCRIPT LOAD) or are
 # gathered from all (KEYS, DBSIZE).
-KEYLESS = frozenset({"PING", "SCRIPT", "WAIT", "KEYS", "DBSIZE", "UNWATCH", "INFO", "FLUSHALL"})
+KEYLESS = frozenset({"PING", "SCRIPT", "FUNCTION", "WAIT", "KEYS", "DBSIZE", "UNWATCH", "INFO", "FLUSHALL"})
 ALL_KEYS = frozenset({"WATCH", "DEL", "EXISTS", "MGET", "UNLINK"})   # every argument is a key
 
 
@@ -62,6 +62,8 @@ def command_keys(words: tuple) -> tuple:
         return ()
     if name in ALL_KEYS:
         return tuple(words[1:])
+    if name == "FCALL":
+        return tuple(words[3:3 + int(words[2])])
     return (words[1],) if len(words) > 1 else ()
 
 

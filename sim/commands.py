@@ -8,7 +8,7 @@ a real redis-server: each backend only has to execute a request.
   one round trip; its reply is sent back, an error reply is raised as
   :class:`CommandError` inside the generator;
 - :class:`Script` runs a Lua script by EVALSHA (the backend loads it when the
-  server answers NOSCRIPT);
+  server answers NOSCRIPT), or a library's function by FCALL;
 - :class:`Pipeline` sends several commands in one round trip, not atomic;
   the reply is a list in which an error reply stands as a CommandError;
 - :class:`Transaction` is MULTI ... EXEC on the same connection: the reply is
@@ -123,8 +123,9 @@ def wire_size(request: Request) -> int:
     if kind is tuple:
         words = [str(word).encode() for word in request]
     elif kind is Script:
-        words = [b"EVALSHA", request.script.sha.encode(), str(len(request.keys)).encode(),
-                 *(str(word).encode() for word in (*request.keys, *request.args))]
+        script = request.script
+        words = [*((b"FCALL", script.name.encode()) if script.library else (b"EVALSHA", script.sha.encode())),
+                 str(len(request.keys)).encode(), *(str(word).encode() for word in (*request.keys, *request.args))]
     elif kind is Pipeline:
         return sum(wire_size(item) for item in request.commands)
     elif kind is Transaction:

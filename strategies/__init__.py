@@ -4,6 +4,7 @@ from __future__ import annotations
 from strategies.async_total import AsyncTotal
 from strategies.base import Strategy
 from strategies.derived import Derived
+from strategies.function import Function
 from strategies.idset import IdSet
 from strategies.lock import Lock
 from strategies.lua import Lua
@@ -18,7 +19,7 @@ from strategies.write_behind import WriteBehind
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (Naive, Multi, Watch, Lock, Lua, LuaRepair, Derived, IdSet, LuaIdempotent, ReadPointer,
-                WriteBehind, AsyncTotal)
+                WriteBehind, AsyncTotal, Function)
 }
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 from sim.commands import Operation, Pipeline
-from sim.lua import LuaScript
+from sim.lua import Code, LuaLibrary, LuaScript
 from strategies import keys
 
 
@@ -55,7 +55,8 @@ class Job:
 class Strategy:
     name: ClassVar[str]
     summary: ClassVar[str]
-    scripts: ClassVar[tuple[LuaScript, ...]] = ()
+    scripts: ClassVar[tuple[LuaScript, ...]] = ()    # EVALSHA'd: loaded on every connection
+    libraries: ClassVar[tuple[LuaLibrary, ...]] = ()  # FCALL'd: loaded once, kept with the data
     # What drift attribution needs to know of it (sim/causes.py):
     # holds_lock: its operations hold a lock with a TTL, which a paused holder
     # can outlive and a failover can lose (two holders at once);
@@ -115,6 +116,11 @@ class Strategy:
                 raise StrategyOptionError(f"option '{name}' of strategy '{self.name}' must be between "
                                           f"{low:g} and {high:g}, got {value!r}")
             setattr(self, name, value)
+
+    @property
+    def code(self) -> tuple[Code, ...]:
+        """What a connection loads as it opens (sim.lua.load_command)."""
+        return (*self.scripts, *self.libraries)
 
     def total_key(self, user: int) -> str:
         """The key of the user's total (tagged unless ``untagged_total``)."""

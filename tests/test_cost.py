@@ -8,10 +8,13 @@ import sys
 import pytest
 
 from sim import backends
-from sim.experiments.cost import HEAVY_BADGE, HEAVY_CONVERSATIONS, HEAVY_OPEN, KINDS, format_cost, measure
+from sim.experiments.cost import HEAVY_BADGE, HEAVY_CONVERSATIONS, HEAVY_OPEN, KINDS, Scale, format_cost, measure
 from strategies import STRATEGIES
 
 REPEATS = 20
+# The real comparison fills users less far than `countdrift cost` does, for the suite's time
+# (the heavy user's 10,000 deliveries and the memory at 10,000 unread took 30 of its 33 s).
+SMALL = Scale(heavy_conversations=100, heavy_unread=1_000, unread_levels=(10, 100, 2_000))
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +65,13 @@ def test_cost_command_writes_its_table(tmp_path):
 
 
 @pytest.mark.real
-def test_real_server_counts_what_the_simulation_counts(simulated):
+def test_real_server_counts_what_the_simulation_counts():
     """Round trips, commands (INFO commandstats) and bytes each way agree
     with the simulation for every strategy and operation kind; memory grows
     with unread messages only where the strategy keeps one key or field per
     message."""
-    real = measure(list(STRATEGIES), backends.get("redis").cost_target, "redis", REPEATS)
+    simulated = measure(list(STRATEGIES), backends.get("sim").cost_target, "sim", REPEATS, scale=SMALL)
+    real = measure(list(STRATEGIES), backends.get("redis").cost_target, "redis", REPEATS, scale=SMALL)
     for name in STRATEGIES:
         for label, expected in simulated["strategies"][name]["kinds"].items():
             measured = real["strategies"][name]["kinds"][label]
@@ -77,6 +81,6 @@ def test_real_server_counts_what_the_simulation_counts(simulated):
             assert measured["server_us"] > 0, (name, label)
     memory = {name: row["memory_bytes_per_user"] for name, row in real["strategies"].items()}
     for name in ("idset", "lua_idempotent"):     # an id, or a dedup key, per unread message
-        assert memory[name]["10000"] > 50 * memory[name]["100"] > 0, (name, memory[name])
+        assert memory[name]["2000"] > 10 * memory[name]["100"] > 0, (name, memory[name])
     for name in ("naive", "lua", "lock"):        # ten counts and a total, whatever their values
-        assert memory[name]["10000"] < 2 * memory[name]["10"], (name, memory[name])
+        assert memory[name]["2000"] < 2 * memory[name]["10"], (name, memory[name])

@@ -6,8 +6,9 @@ import pytest
 
 from sim.backends.model.server import Server
 from sim.backends.real.connection import SyncConnection
+from sim.backends.real.deployment import Servers
 from sim.commands import CommandError, Pipeline, Script, Transaction, run_now
-from sim.lua import LuaScript
+from sim.lua import LuaLibrary, LuaScript, load_command
 from strategies import STRATEGIES, make_strategy
 
 pytestmark = pytest.mark.real
@@ -47,13 +48,14 @@ class Both:
         self.sim = Server()
         self.real = real
         self.real.execute(("FLUSHALL",))
+        self.real.execute(("FUNCTION", "FLUSH"))
         for strategy in STRATEGIES.values():
-            for script in strategy.scripts:
-                self.sim.scripts.load(script)
-                self.real.execute(("SCRIPT", "LOAD", script.source))
+            for code in (*strategy.scripts, *strategy.libraries):
+                self.sim.inspect(load_command(code))
+                self.real.execute(load_command(code))
 
     def sim_execute(self, request):
-        if type(request) is Script:
+        if type(request) is Script and not request.script.library:
             self.sim.scripts.load(request.script)
         return self.sim.inspect(request)
 
@@ -171,3 +173,55 @@ def test_redis_semantics_match(both):
     for request in requests:
         both.run(one(request))
     both.assert_same_state()
+
+
+def test_functions_are_data_and_scripts_a_cache():
+    """FUNCTION LOAD, FCALL and FUNCTION LIST give the same replies on both
+    servers; after the primary restarts from its AOF and after its replica is
+    promoted, FCALL still finds the function without a reload, while EVALSHA
+    answers NOSCRIPT (the simulated server: a crash, then a failover)."""
+    increment = LuaScript("bump", "return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    library = LuaLibrary("differential", (increment,))
+    function = Script(library.function(increment), ("n",), ("2",))
+    cached = Script(increment, ("n",), ("3",))
+    sim, connection = Server(), None
+    requests = [
+        ("FCALL", "bump", "1", "n", "1"),                         # not loaded yet
+        load_command(library),
+        load_command(library),                                    # already there
+        ("FUNCTION", "LOAD", "REPLACE", library.source),
+        ("FUNCTION", "LOAD", "#!lua name=other\nredis.register_function('bump', function() return 1 end)"),
+        ("FUNCTION", "LOAD", "no header"),
+        ("FCALL", "bump", "x", "n"),
+        ("FCALL", "bump", "2", "n"),
+        function,
+        ("FUNCTION", "LIST", "LIBRARYNAME", "diff*"),
+        ("FUNCTION", "DELETE", "nothing"),
+        ("SCRIPT", "LOAD", increment.source),
+        cached,
+        ("FLUSHALL",),                                            # the keys go, the library stays
+        function,
+    ]
+    with Servers(replicas=1) as servers:
+        connection = SyncConnection("127.0.0.1", servers.primary.port)
+        for request in requests:
+            real = connection.raw(request) if type(request) is Script else connection.execute(request)
+            assert normalise(sim.inspect(request)) == normalise(real), request
+        servers.wait_for_replicas()
+        connection.close()
+        servers.primary.kill()
+        servers.primary.start()
+        sim.crash(1.0, 0.1, 1.0)
+        connection = SyncConnection("127.0.0.1", servers.primary.port)
+        for request in (function, cached, ("FUNCTION", "LIST")):
+            assert normalise(sim.inspect(request)) == normalise(connection.raw(request)), request
+        connection.close()
+        servers.wait_for_replicas()
+        servers.primary.kill()
+        promoted = servers.promote()
+        sim.fail_over(2.0, 0.1, 2.0)
+        connection = SyncConnection("127.0.0.1", promoted.port)
+        for request in (function, cached, ("FUNCTION", "LIST")):
+            assert normalise(sim.inspect(request)) == normalise(connection.raw(request)), request
+        assert sim.inspect(("GET", "n")) == connection.execute(("GET", "n")) == "6"   # 2 per FCALL since FLUSHALL
+        connection.close()

@@ -6,17 +6,18 @@ import pytest
 
 from sim.backends.model.server import Connection, Server
 from sim.commands import run_now
+from sim.lua import load_command
 from strategies import STRATEGIES, make_strategy
 
-COUNTER_STRATEGIES = ["naive", "multi", "watch", "lock", "lua", "lua_repair", "lua_idempotent"]
+COUNTER_STRATEGIES = ["naive", "multi", "watch", "lock", "lua", "lua_repair", "lua_idempotent", "function"]
 
 
 def served(strategy):
     """A simulated server with the strategy's scripts, and a way to run its requests."""
     server = Server()
-    for script in strategy.scripts:
-        server.scripts.load(script)
     connection = Connection()
+    for code in strategy.code:
+        server.run(connection, load_command(code))
 
     def execute(request):
         return server.run(connection, request)

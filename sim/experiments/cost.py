@@ -39,13 +39,33 @@ from strategies.base import Strategy
 
 COST_SCHEMA = 1
 GROUP_SIZES = (10, 100)
-UNREAD_LEVELS = (10, 100, 10_000)
 MEMORY_CONVERSATIONS = 10
 UNREAD_BEFORE_OPEN = 5   # messages waiting in a conversation that is opened
-HEAVY_CONVERSATIONS = 1_000
-HEAVY_UNREAD = 10_000
-HEAVY_BADGE = f"fetch badge (heavy user: {HEAVY_CONVERSATIONS:,} conversations, {HEAVY_UNREAD:,} unread)"
-HEAVY_OPEN = f"open conversation (heavy user: {HEAVY_UNREAD // HEAVY_CONVERSATIONS} unread)"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How far the probes fill a user: the heavy user's conversations and
+    unread messages, and the unread messages at which memory is weighed."""
+
+    heavy_conversations: int = 1_000
+    heavy_unread: int = 10_000
+    unread_levels: tuple[int, ...] = (10, 100, 10_000)
+
+    @property
+    def heavy_badge(self) -> str:
+        return (f"fetch badge (heavy user: {self.heavy_conversations:,} conversations, "
+                f"{self.heavy_unread:,} unread)")
+
+    @property
+    def heavy_open(self) -> str:
+        return f"open conversation (heavy user: {self.heavy_unread // self.heavy_conversations} unread)"
+
+
+FULL = Scale()
+HEAVY_CONVERSATIONS = FULL.heavy_conversations
+HEAVY_BADGE = FULL.heavy_badge
+HEAVY_OPEN = FULL.heavy_open
 LABEL = len(HEAVY_BADGE) + 2   # the table's operation column
 
 
@@ -150,22 +170,23 @@ def probe_kind(strategy: Strategy, target: CostTarget, kind: Kind, repeats: int)
     return _metered(strategy, target, jobs, [kind.operation(strategy, i) for i in range(repeats)])
 
 
-def probe_heavy_user(strategy: Strategy, target: CostTarget, repeats: int) -> dict[str, dict[str, float]]:
-    """A user in HEAVY_CONVERSATIONS conversations with HEAVY_UNREAD unread
-    messages: ``repeats`` badge fetches, then ``repeats`` conversations opened."""
-    user = 0   # conversation c: its sender 1 + c, and the heavy user
-    strategy.prepare([[1 + conversation, user] for conversation in range(HEAVY_CONVERSATIONS)],
-                     HEAVY_CONVERSATIONS + 1)
+def probe_heavy_user(strategy: Strategy, target: CostTarget, repeats: int,
+                     scale: Scale = FULL) -> dict[str, dict[str, float]]:
+    """A user in ``scale.heavy_conversations`` conversations with
+    ``scale.heavy_unread`` unread messages: ``repeats`` badge fetches, then
+    ``repeats`` conversations opened."""
+    user, conversations = 0, scale.heavy_conversations   # conversation c: its sender 1 + c, and the heavy user
+    strategy.prepare([[1 + conversation, user] for conversation in range(conversations)], conversations + 1)
     strategy, jobs = _in_one_process(strategy)
     target.reset()
-    for message in range(HEAVY_UNREAD):
-        conversation = message % HEAVY_CONVERSATIONS
+    for message in range(scale.heavy_unread):
+        conversation = message % conversations
         run_now(strategy.deliver(message, conversation, 1 + conversation, [user]), target.execute)
     _drain(jobs, target.execute)
     badge = _metered(strategy, target, jobs, [strategy.fetch_badge(user) for _ in range(repeats)])
     opened = _metered(strategy, target, jobs, [strategy.open_conversation(user, conversation)
-                                               for conversation in range(min(repeats, HEAVY_CONVERSATIONS))])
-    return {HEAVY_BADGE: badge, HEAVY_OPEN: opened}
+                                               for conversation in range(min(repeats, conversations))])
+    return {scale.heavy_badge: badge, scale.heavy_open: opened}
 
 
 def probe_memory(strategy: Strategy, target: CostTarget, unread: int) -> int | None:
@@ -181,7 +202,7 @@ def probe_memory(strategy: Strategy, target: CostTarget, unread: int) -> int | N
 
 
 def measure(strategies: list[str], make_target: Callable[[Strategy], CostTarget], backend: str,
-            repeats: int, progress: Callable[[str], None] | None = None) -> dict:
+            repeats: int, progress: Callable[[str], None] | None = None, scale: Scale = FULL) -> dict:
     """The cost document: per strategy, per kind, and memory per user."""
     rows = {}
     for name in strategies:
@@ -194,9 +215,9 @@ def measure(strategies: list[str], make_target: Callable[[Strategy], CostTarget]
                 kinds[kind.label] = probe_kind(strategy, target, kind, repeats)
             if progress:
                 progress(f"{name}: heavy user")
-            kinds.update(probe_heavy_user(strategy, target, repeats))
+            kinds.update(probe_heavy_user(strategy, target, repeats, scale))
             memory = {str(unread): probe_memory(strategy, target, unread) if target.measures_memory else None
-                      for unread in UNREAD_LEVELS}
+                      for unread in scale.unread_levels}
         rows[name] = {"kinds": kinds, "memory_bytes_per_user": memory}
     return {"cost_schema": COST_SCHEMA, "backend": backend, "repeats": repeats,
             "memory_conversations": MEMORY_CONVERSATIONS, "strategies": rows}
@@ -212,7 +233,8 @@ def format_cost(document: dict) -> str:
         for label, figures in row["kinds"].items():
             lines.append(f"{name:<16}{label:<{LABEL}}{figures['round_trips']:>12.2f}{figures['commands']:>10.2f}"
                          f"{figures['server_us']:>11.2f}{figures['bytes_in']:>10.0f}{figures['bytes_out']:>11.0f}")
-    levels = [str(unread) for unread in UNREAD_LEVELS]
+    rows = list(document["strategies"].values())
+    levels = list(rows[0]["memory_bytes_per_user"]) if rows else []
     lines += ["", f"memory per user, bytes (MEMORY USAGE of the user's keys; "
                   f"{document['memory_conversations']} conversations)",
               f"{'strategy':<16}" + "".join(f"{level + ' unread':>16}" for level in levels)]

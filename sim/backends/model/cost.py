@@ -7,6 +7,7 @@ from typing import Any
 from sim.backend import CostTarget, Meter
 from sim.backends.model.server import Connection, Server, ServiceTimes
 from sim.commands import Request, reply_size, wire_size
+from sim.lua import load_command
 from strategies.base import Strategy
 
 
@@ -19,8 +20,8 @@ class SimCostTarget(CostTarget):
     def reset(self) -> None:
         self.server = Server(self.service)
         self.connection = Connection()
-        for script in self.strategy.scripts:
-            self.server.run(self.connection, ("SCRIPT", "LOAD", script.source))
+        for code in self.strategy.code:
+            self.server.run(self.connection, load_command(code))
         self.begin()
 
     def begin(self) -> None:

@@ -28,6 +28,7 @@ from sim.client import CAUSES, Client, ClientLoop, ConnectionRefused, Send, Slee
 from sim.cluster import asked, refused_whole
 from sim.commands import CommandError, ConnectionLost, Pipeline, first_error, sent_commands
 from sim.history import History
+from sim.lua import forgotten, load_command, load_replies
 from sim.metrics import timeline_point
 from sim.nemesis import AckLog, Split, StallTarget
 from sim.network import Network
@@ -127,7 +128,7 @@ class SimDriver:
         # Counterfactual when "retry_applied_twice" is off: the reply of a
         # request that reached the server is never lost (no timeout, no reset).
         self._replies_lost = "retry_applied_twice" in causes
-        self._handshake = Pipeline((("PING",), *(("SCRIPT", "LOAD", script.source) for script in strategy.scripts)))
+        self._handshake = Pipeline((("PING",), *map(load_command, strategy.code)))
         self._cluster = hasattr(server, "open_links")   # a Redis Cluster: one link per shard
         if self._cluster:
             server.handshake = self._handshake
@@ -294,9 +295,9 @@ class SimDriver:
         reply = entry.reply
         if self._cluster and refused_whole(reply):   # nothing ran: a cluster client tries again later
             raise ConnectionRefused("CLUSTERDOWN")
-        if type(reply) is CommandError and str(reply).startswith("NOSCRIPT"):
+        if type(reply) is CommandError and forgotten(reply):
             self.noscript += 1
-            client.connection = None  # reconnect, load the scripts, send again
+            client.connection = None  # reconnect, load the scripts (the libraries), send again
             return (yield from self._request(client, send))
         if self._cluster and asked(reply):   # a slot on the move
             return (yield from self._follow_asks(client, send, reply, entry.applied_at))
@@ -401,7 +402,7 @@ class SimDriver:
             client.connects.append((env.now, node.name))
 
     def _connect(self, client: Client, route: network.Route):
-        """Open a connection: PING and SCRIPT LOAD in one round trip; refused
+        """Open a connection: PING and the strategy's code loaded in one round trip; refused
         (nothing of the operation sent) when the server is down or does not
         answer."""
         env = self.env
@@ -445,6 +446,8 @@ class SimDriver:
         elif entry.lost:
             raise ConnectionRefused("server went away during the handshake")
         self.reconnects += 1
-        self.script_loads += bool(self.strategy.scripts)
+        answers = [entry.reply for index, entry in entries.items() if index not in lost] if self._cluster else [
+            entry.reply]
+        self.script_loads += any(load_replies(self.strategy.code, answer[1:])[0] for answer in answers)
         client.connection = connection
         client.connected(env.now, server.name)

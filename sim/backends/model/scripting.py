@@ -6,10 +6,17 @@ table, status -> {ok=...}, error -> {err=...}; and back: number -> integer
 (truncated), string -> bulk, false/nil -> nil, table -> array up to the first
 nil, {ok=}/{err=} -> status/error. A script runs to its end without yielding;
 its writes are not rolled back when it fails half-way.
+
+Redis Functions (FUNCTION LOAD, FCALL) run in the same VM. Unlike the script
+cache, a library is part of the dataset (Redis manual, "Redis functions"):
+a restart or a promoted replica has it, unless what survived predates its
+load (see :meth:`ScriptEngine.keep_libraries`).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Callable
 
 from lupa import lua51
@@ -17,7 +24,7 @@ from lupa import lua51
 from sim.backends.model.store import Store
 from sim.backends.model.values import INT64_MAX, INT64_MIN, Status
 from sim.commands import CommandError
-from sim.lua import LuaScript
+from sim.lua import FUNCTION_NOT_FOUND, LuaScript
 
 _PRELUDE = """
 local call_py = ...
@@ -46,6 +53,31 @@ function(script, nkeys, ...)
   return script(KEYS, ARGV)
 end
 """
+
+
+_REGISTER = """
+local registered = ...
+return function(first, callback)
+  if type(first) == "table" then
+    local flags = {}
+    for _, flag in ipairs(first.flags or {}) do flags[#flags + 1] = flag end
+    registered(first.function_name, first.callback, flags)
+  else
+    registered(first, callback, {})
+  end
+end
+"""
+
+
+@dataclass
+class Library:
+    """A loaded library: its code, its functions (name -> (Lua function,
+    flags)), and the server time of its load."""
+
+    name: str
+    code: str
+    loaded_at: float
+    functions: dict[str, tuple[Any, list[str]]] = field(default_factory=dict)
 
 
 def _long_long(number: int) -> int:
@@ -80,6 +112,10 @@ def _words_from_lua(words: tuple) -> tuple:
     return tuple(converted)
 
 
+def _work_key(script: LuaScript) -> str:
+    return f"fn:{script.name}" if script.library else script.sha
+
+
 def _has_error_code(message: str) -> bool:
     code = message.split(" ", 1)[0]
     return code.isupper() and code.isalpha()
@@ -97,6 +133,9 @@ class ScriptEngine:
         self._table_from = self.runtime.table_from
         self._lua_type = lua51.lua_type
         self.cache: dict[str, Any] = {}
+        self.libraries: dict[str, Library] = {}
+        self._loading: Library | None = None
+        self.runtime.globals().redis.register_function = self.runtime.execute(_REGISTER, self._register)
         self.calls = 0  # redis.call / redis.pcall made by scripts
         self._work: dict[str, list[int]] = {}   # sha -> [redis.call made, runs, elements walked]
         # On a cluster shard while slots migrate away: the error a redis.call gets instead of running.
@@ -105,13 +144,13 @@ class ScriptEngine:
     def expected_elements(self, script: LuaScript) -> float:
         """How many elements a run of the script walks (HVALS's values...):
         its mean so far (0 before its first run)."""
-        work = self._work.get(script.sha)
+        work = self._work.get(_work_key(script))
         return work[2] / work[1] if work and work[1] else 0.0
 
     def expected_calls(self, script: LuaScript) -> float:
         """How many redis.call a run of the script makes: its mean so far
         (before its first run, the calls its text holds)."""
-        work = self._work.get(script.sha)
+        work = self._work.get(_work_key(script))
         if work and work[1]:
             return work[0] / work[1]
         return float(script.source.count("redis.call"))
@@ -135,6 +174,74 @@ class ScriptEngine:
         function = self.cache.get(sha)
         if function is None:
             raise CommandError("NOSCRIPT No matching script. Please use EVAL.")
+        return self._run(function, sha, keys, args, "user_script")
+
+    # -- functions --------------------------------------------------------
+    def load_library(self, code: str, replace: bool, at: float) -> str:
+        """FUNCTION LOAD [REPLACE]: the library's name."""
+        header, _, body = code.partition("\n")
+        if not header.startswith("#!"):
+            raise CommandError("ERR Missing library metadata")
+        engine, *metadata = header[2:].split()
+        if engine.lower() != "lua":
+            raise CommandError(f"ERR Engine '{engine}' not found")
+        name = next((item[5:] for item in metadata if item.startswith("name=")), "")
+        if not name:
+            raise CommandError("ERR Library name was not given")
+        if name in self.libraries and not replace:
+            raise CommandError(f"ERR Library '{name}' already exists")
+        self._loading = library = Library(name, code, at)
+        try:
+            self.runtime.execute(body)
+        except lua51.LuaError as error:
+            raise CommandError(f"ERR Error registering functions: {error}") from None
+        finally:
+            self._loading = None
+        if not library.functions:
+            raise CommandError("ERR No functions registered")
+        for other in self.libraries.values():
+            if other.name != name and (taken := set(other.functions) & set(library.functions)):
+                raise CommandError(f"ERR Function {min(taken)} already exists")
+        self.libraries[name] = library
+        return name
+
+    def _register(self, name: Any, callback: Any, flags: Any) -> None:
+        if self._loading is None:
+            raise CommandError("ERR redis.register_function can only be called on FUNCTION LOAD command")
+        self._loading.functions[str(name)] = (callback, list(flags.values()))
+        self._work.setdefault(f"fn:{name}", [0, 0, 0])
+
+    def fcall(self, name: str, keys: tuple, args: tuple) -> Any:
+        for library in self.libraries.values():
+            found = library.functions.get(name)
+            if found is not None:
+                return self._run(found[0], f"fn:{name}", keys, args, "user_function")
+        raise CommandError(FUNCTION_NOT_FOUND)
+
+    def delete_library(self, name: str) -> None:
+        if self.libraries.pop(name, None) is None:
+            raise CommandError("ERR Library not found")
+
+    def list_libraries(self, pattern: str = "*", with_code: bool = False) -> list:
+        """FUNCTION LIST's reply (libraries by name: Redis's order is its hash table's)."""
+        return [["library_name", library.name, "engine", "LUA", "functions",
+                 [["name", function, "description", None, "flags", flags]
+                  for function, (_, flags) in sorted(library.functions.items())],
+                 *(("library_code", library.code) if with_code else ())]
+                for name, library in sorted(self.libraries.items()) if fnmatchcase(name, pattern)]
+
+    def keep_libraries(self, until: float) -> None:
+        """After a restart or a promotion from a copy of the data as it was
+        at ``until``: the libraries loaded before then are there."""
+        self.libraries = {name: library for name, library in self.libraries.items() if library.loaded_at < until}
+
+    def adopt_libraries(self, other: "ScriptEngine", until: float) -> None:
+        """A replica's libraries: those ``other`` had loaded before ``until``."""
+        for library in other.libraries.values():
+            if library.loaded_at < until:
+                self.load_library(library.code, True, library.loaded_at)
+
+    def _run(self, function: Any, key: str, keys: tuple, args: tuple, origin: str) -> Any:
         calls, walked = self.calls, self.store.walked
         try:
             reply = self._invoke(function, len(keys), *keys, *args)
@@ -143,10 +250,10 @@ class ScriptEngine:
         except lua51.LuaError as error:
             message = str(error.args[0] if error.args else error)
             if not _has_error_code(message):
-                message = f"ERR user_script: {message}"
+                message = f"ERR {origin}: {message}"
             raise CommandError(message) from None
         finally:
-            work = self._work[sha]   # made when the script was loaded
+            work = self._work[key]   # made when the script was loaded
             work[0] += self.calls - calls
             work[1] += 1
             work[2] += self.store.walked - walked

@@ -46,7 +46,8 @@ READ_CHUNK_BYTES = 16 * 1024   # PROTO_IOBUF_LEN: what Redis reads from a socket
 # an instant restart; ~0.65 s on average in faults_server_crash).
 REPLICA_CRON_S = 1.0
 NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
-_CONNECTION_COMMANDS = frozenset({"WATCH", "UNWATCH", "SCRIPT", "ASKING"})   # the server runs these, not the store
+# The server runs these, not the store.
+_CONNECTION_COMMANDS = frozenset({"WATCH", "UNWATCH", "SCRIPT", "ASKING", "FUNCTION", "FCALL"})
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ class Server:
                 self.store.journal = Journal(keep_s=self.store.journal.keep_s)
         elif keep_until < at and self.store.journal is not None:
             effects["keys_rolled_back"] = self._rollback(keep_until, None)
+        self.scripts.keep_libraries(keep_until)
         self._restart(at, down_for, replicas_after_s)
         return effects
 
@@ -279,6 +281,7 @@ class Server:
         effects = self._die(at)
         if keep_until < at and self.store.journal is not None:
             effects["keys_rolled_back"] = self._rollback(keep_until, preserve_prefix)
+        self.scripts.keep_libraries(keep_until)
         if self.aof is not None:
             self.aof = AppendOnlyFile((copy.deepcopy(self.store.data), dict(self.store.expires)))
         # The other replicas are pointed at it and connect at once (REPLICAOF);
@@ -289,7 +292,8 @@ class Server:
     def fork(self, at: float, keep_until: float, name: str, preserve_prefix: str | None = None) -> "Server":
         """A replica cut off from this primary, promoted at ``at`` while this
         one goes on serving (a split brain): it holds this primary's writes
-        up to ``keep_until`` and an empty script cache."""
+        up to ``keep_until``, the libraries loaded by then, and an empty
+        script cache."""
         self.advance(at)
         replica = Server(self.service, self.persistence, self.replicas, self.replication_lag_s,
                          self.min_replicas_to_write, name)
@@ -304,6 +308,7 @@ class Server:
         if self.aof is not None:
             replica.aof = AppendOnlyFile((copy.deepcopy(store.data), dict(store.expires)))
             store.batch = []
+        replica.scripts.adopt_libraries(self.scripts, keep_until)
         replica.requests, replica.scripts.calls = self.requests, self.scripts.calls
         replica.incarnation = self.incarnation + 1
         replica.free_at = at
@@ -338,7 +343,8 @@ class Server:
         return effects
 
     def _restart(self, at: float, down_for: float, replicas_after_s: float) -> None:
-        """The script cache is empty afterwards and old connections are dead."""
+        """The script cache is empty afterwards (the libraries stay: they
+        are data) and old connections are dead."""
         self.store.watchers.clear()
         self.scripts.flush()
         self.incarnation += 1
@@ -443,7 +449,10 @@ class Server:
                 return self.store.execute(request)
             if kind is Script:
                 self.requests += 1
-                return self.scripts.evalsha(request.script.sha, request.keys, request.args)
+                script = request.script
+                if script.library:
+                    return self.scripts.fcall(script.name, request.keys, request.args)
+                return self.scripts.evalsha(script.sha, request.keys, request.args)
             if kind is Transaction:
                 return self._transaction(connection, request.commands)
             if kind is Stall:
@@ -477,7 +486,51 @@ class Server:
         if name == "ASKING":
             connection.asking = True
             return OK
+        if name == "FCALL":
+            return self._fcall(words)
+        if name == "FUNCTION":
+            return self._function_command(words)
         return self._script_command(words)
+
+    def _fcall(self, words: tuple) -> Any:
+        if len(words) < 3:
+            raise CommandError("ERR wrong number of arguments for 'fcall' command")
+        try:
+            count = int(words[2])
+        except ValueError:
+            raise CommandError("ERR Bad number of keys provided") from None
+        if count < 0:
+            raise CommandError("ERR Number of keys can't be negative")
+        if count > len(words) - 3:
+            raise CommandError("ERR Number of keys can't be greater than number of args")
+        return self.scripts.fcall(str(words[1]), tuple(words[3:3 + count]), tuple(words[3 + count:]))
+
+    def _function_command(self, words: tuple) -> Any:
+        """FUNCTION LOAD [REPLACE], DELETE, FLUSH and LIST [LIBRARYNAME p] [WITHCODE]."""
+        sub = str(words[1]).upper() if len(words) > 1 else ""
+        rest = [str(word) for word in words[2:]]
+        if sub == "LOAD" and rest:
+            replace = len(rest) == 2 and rest[0].upper() == "REPLACE"
+            if len(rest) == 1 or replace:
+                return self.scripts.load_library(rest[-1], replace, self.store.now)
+        elif sub == "DELETE" and len(rest) == 1:
+            self.scripts.delete_library(rest[0])
+            return OK
+        elif sub == "FLUSH" and len(rest) <= 1:
+            self.scripts.libraries.clear()
+            return OK
+        elif sub == "LIST":
+            pattern, with_code, index = "*", False, 0
+            while index < len(rest):
+                option = rest[index].upper()
+                if option == "WITHCODE":
+                    with_code, index = True, index + 1
+                elif option == "LIBRARYNAME" and index + 1 < len(rest):
+                    pattern, index = rest[index + 1], index + 2
+                else:
+                    raise CommandError(f"ERR Unknown argument {rest[index]}")
+            return self.scripts.list_libraries(pattern, with_code)
+        raise CommandError(f"ERR unknown subcommand or wrong number of arguments for 'FUNCTION {sub}'")
 
     def _script_command(self, words: tuple) -> Any:
         sub = str(words[1]).upper() if len(words) > 1 else ""

@@ -66,7 +66,7 @@ from sim.backends.real.processes import (
 from sim.client import ConnectionRefused
 from sim.cluster import SlotMap, command_keys, even_split, merge_keyless, route
 from sim.commands import CommandError, Pipeline, Request
-from sim.lua import LuaScript
+from sim.lua import Code
 from sim.watchdog import remove_scratch, scratch_folder, signals_held
 
 NODE_TIMEOUT_MS = 15000   # cluster-node-timeout: Redis's default ([server] cluster_node_timeout_ms)
@@ -385,7 +385,7 @@ class ClusterConnection:
         self.on_link = None                               # called with a node's name when a link opens
         self.connect_timeout: float | None = None         # a link's handshake (the driver sets the client's timeout)
         self.links: dict[str, AsyncConnection] = {}
-        self.scripts: tuple[LuaScript, ...] = ()
+        self.code: tuple[Code, ...] = ()
         self.redirects = 0
         self._noscript = 0
         self._requests = 0   # of links closed since
@@ -409,9 +409,14 @@ class ClusterConnection:
     def timed_out(self) -> bool:
         return self._timed_out or any(link.timed_out for link in self.links.values())
 
-    async def connect(self, scripts: tuple[LuaScript, ...]) -> None:
+    @property
+    def loaded(self) -> bool:
+        """Whether a link's handshake loaded code its node lacked."""
+        return any(link.loaded for link in self.links.values())
+
+    async def connect(self, code: tuple[Code, ...]) -> None:
         """Open a link to every primary that answers (ConnectionRefused if none does)."""
-        self.scripts = scripts
+        self.code = code
         results = await asyncio.gather(*(self._link(address) for address in self.cluster.addresses),
                                        return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
@@ -436,7 +441,7 @@ class ClusterConnection:
         link = AsyncConnection(host, int(port))
         try:
             async with asyncio.timeout(self.connect_timeout):   # a handshake that vanishes (blackhole) is refused
-                await link.connect(self.scripts)
+                await link.connect(self.code)
         except (TimeoutError, HandshakeFailed, ConnectionRefused, ConnectionError, OSError,
                 asyncio.IncompleteReadError) as error:
             await link.close()
@@ -570,16 +575,16 @@ class ClusterReader:
     """Synchronous reads for the checker: a nested pipeline's commands
     grouped by node, one round trip per node."""
 
-    def __init__(self, cluster: ClusterMap, scripts: tuple[LuaScript, ...] = ()) -> None:
+    def __init__(self, cluster: ClusterMap, code: tuple[Code, ...] = ()) -> None:
         self.cluster = cluster
-        self.scripts = scripts   # loaded on each node when first reached (a pipeline's NOSCRIPT is not retried)
+        self.code = code   # loaded on each node when first reached (a pipeline's NOSCRIPT is not retried)
         self.links: dict[str, SyncConnection] = {}
 
     def _link(self, address: str) -> SyncConnection:
         if address not in self.links:
             host, port = address.rsplit(":", 1)
             self.links[address] = SyncConnection(host, int(port))
-            self.links[address].load(self.scripts)
+            self.links[address].load(self.code)
         return self.links[address]
 
     def execute(self, request: Request, again: bool = True) -> Any:

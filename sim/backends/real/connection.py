@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from sim.backends.real.protocol import assemble, flatten
 from sim.client import ConnectionRefused
 from sim.commands import CommandError, Pipeline, Request, Script
-from sim.lua import LuaScript
+from sim.lua import Code, forgotten, load_command, load_replies
 
 
 def _no_retry() -> object:
@@ -28,7 +28,7 @@ def _no_retry() -> object:
 
 
 def _is_noscript(reply: object) -> bool:
-    return isinstance(reply, CommandError) and str(reply).startswith("NOSCRIPT")
+    return isinstance(reply, CommandError) and forgotten(reply)
 
 
 class HandshakeFailed(ConnectionError):
@@ -44,6 +44,15 @@ class SyncConnection:
                                            socket_connect_timeout=timeout)
 
     def execute(self, request: Request) -> object:
+        """The reply, with a script the server had forgotten (NOSCRIPT) loaded and run again."""
+        reply = self.raw(request)
+        if type(request) is Script and not request.script.library and _is_noscript(reply):
+            self.execute(("SCRIPT", "LOAD", request.script.source))
+            return self.execute(request)
+        return reply
+
+    def raw(self, request: Request) -> object:
+        """The reply as the server gave it."""
         commands = flatten(request)
         self.connection.send_packed_command(self.connection.pack_commands(commands))
         replies = []
@@ -52,15 +61,12 @@ class SyncConnection:
                 replies.append(self.connection.read_response())
             except ResponseError as error:
                 replies.append(error)
-        reply = assemble(request, replies)
-        if type(request) is Script and _is_noscript(reply):
-            self.execute(("SCRIPT", "LOAD", request.script.source))
-            return self.execute(request)
-        return reply
+        return assemble(request, replies)
 
-    def load(self, scripts: tuple[LuaScript, ...]) -> None:
-        for script in scripts:
-            self.execute(("SCRIPT", "LOAD", script.source))
+    def load(self, code: tuple[Code, ...]) -> None:
+        """Load scripts and libraries (a library already there stays)."""
+        for item in code:
+            self.execute(load_command(item))
 
     def close(self) -> None:
         self.connection.disconnect()
@@ -106,8 +112,8 @@ class AsyncConnection:
     29,222 vs 24,820, 21,109 vs 17,597), and it has no retry of its own.
     One future per request, however many commands it pipelines.
 
-    A connection is ready only after its handshake: PING and SCRIPT LOAD of
-    the strategy's scripts, every reply checked. A server still loading its
+    A connection is ready only after its handshake: PING and the strategy's
+    code loaded (SCRIPT LOAD, FUNCTION LOAD), every reply checked. A server still loading its
     AOF answers LOADING, a toxiproxy proxy whose server is down closes the
     link: either way the handshake fails and nothing of the operation was
     sent (the caller reports the connection refused).
@@ -116,23 +122,22 @@ class AsyncConnection:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.protocol: _RespProtocol | None = None
-        self.scripts: tuple[LuaScript, ...] = ()
+        self.code: tuple[Code, ...] = ()
+        self.loaded = False   # its handshake loaded code the server lacked
         self.noscript = 0
         self.timed_out = False
         self.requests = 0   # sent on it, and the commands in them: what the driver's CPU handled
         self.commands = 0
 
-    async def connect(self, scripts: tuple[LuaScript, ...]) -> None:
+    async def connect(self, code: tuple[Code, ...]) -> None:
         """Connect and shake hands; raise HandshakeFailed if the server is not ready."""
         loop = asyncio.get_running_loop()
         _, self.protocol = await loop.create_connection(_RespProtocol, self.host, self.port)
-        self.scripts = scripts
-        loads = tuple(("SCRIPT", "LOAD", script.source) for script in scripts)
-        replies = await self.execute(Pipeline((("PING",), *loads)))
-        expected = ["PONG", *(script.sha for script in scripts)]
-        if replies != expected:
-            problem = next((reply for reply, wanted in zip(replies, expected) if reply != wanted), replies)
-            raise HandshakeFailed(f"handshake answered {problem}")
+        self.code = code
+        replies = await self.execute(Pipeline((("PING",), *map(load_command, code))))
+        self.loaded, problem = load_replies(code, replies[1:])
+        if replies[0] != "PONG" or problem is not None:
+            raise HandshakeFailed(f"handshake answered {replies[0] if replies[0] != 'PONG' else problem}")
 
     async def execute(self, request: Request) -> object:
         """Send the request (ConnectionRefused if the connection was already
@@ -153,10 +158,11 @@ class AsyncConnection:
         return reply
 
     async def _run_forgotten(self, request: Request, reply: object) -> object:
-        """Scripts answered NOSCRIPT did not run: load them, run those again."""
+        """Scripts answered NOSCRIPT (functions, not found) did not run:
+        load the code, run those again."""
         self.noscript += 1
-        for script in self.scripts:
-            await self.execute(("SCRIPT", "LOAD", script.source))
+        for item in self.code:
+            await self.execute(load_command(item))
         if type(request) is not Pipeline:
             return await self.execute(request)
         again = [index for index, item in enumerate(reply) if _is_noscript(item)]

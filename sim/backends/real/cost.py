@@ -55,7 +55,7 @@ class RedisCostTarget(CostTarget):
 
     def reset(self) -> None:
         self.admin.execute(("FLUSHALL",))
-        self.connection.load(self.strategy.scripts)
+        self.connection.load(self.strategy.code)
 
     def begin(self) -> None:
         self._cpu_at_begin = self._cpu_us(self._info())

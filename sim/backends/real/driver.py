@@ -224,12 +224,12 @@ class RealDriver:
             connection.connect_timeout = self._timeout
         try:
             async with asyncio.timeout(self._timeout):
-                await connection.connect(self.strategy.scripts)
+                await connection.connect(self.strategy.code)
         except (TimeoutError, HandshakeFailed, ConnectionRefused, *CONNECTION_ERRORS) as error:
             await connection.close()
             raise ConnectionRefused(str(error) or type(error).__name__) from None
         self.reconnects += 1
-        self.script_loads += bool(self.strategy.scripts)
+        self.script_loads += connection.loaded
         client.connection = connection
         client.connected(self.now(), node)
 

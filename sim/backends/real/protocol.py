@@ -2,7 +2,7 @@
 connection, and their replies back.
 
 A request becomes a flat list of commands sent in one write (a pipeline: one
-round trip): a Script is an EVALSHA, a Transaction is MULTI ... EXEC on the
+round trip): a Script is an EVALSHA (a library's function: an FCALL), a Transaction is MULTI ... EXEC on the
 same connection (so WATCH works), a Pipeline is its parts in a row. The
 replies are read in order and put back in the request's shape; an error
 reply becomes a CommandError, as in the simulation.
@@ -39,6 +39,8 @@ def flatten(request: Request) -> list[tuple]:
             source = (f"local __stall_ms = {_milliseconds(request.stall_s)}\n"
                       f"{STALL_AFTER_FIRST_CALL}{request.script.source}")
             return [("EVAL", source, len(request.keys), *request.keys, *request.args)]
+        if request.script.library:
+            return [("FCALL", request.script.name, len(request.keys), *request.keys, *request.args)]
         return [("EVALSHA", request.script.sha, len(request.keys), *request.keys, *request.args)]
     if kind is Stall:
         return [("EVAL", STALL, 0, _milliseconds(request.seconds))]
