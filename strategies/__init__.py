@@ -7,6 +7,7 @@ from strategies.derived import Derived
 from strategies.function import Function
 from strategies.idset import IdSet
 from strategies.lock import Lock
+from strategies.lock_fenced import LockFenced
 from strategies.lua import Lua
 from strategies.lua_idempotent import LuaIdempotent
 from strategies.lua_repair import LuaRepair
@@ -19,7 +20,7 @@ from strategies.write_behind import WriteBehind
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (Naive, Multi, Watch, Lock, Lua, LuaRepair, Derived, IdSet, LuaIdempotent, ReadPointer,
-                WriteBehind, AsyncTotal, Function)
+                WriteBehind, AsyncTotal, Function, LockFenced)
 }
 
 

@@ -30,6 +30,13 @@ def lock(user: int) -> str:
     return f"{LOCK_PREFIX}{{u{user}}}"
 
 
+def fence(user: int) -> str:
+    """Hash: the user's fencing tokens (``next``: the last handed out;
+    ``seen``: the highest that has written; ``refused``: writes turned away).
+    Under the lock's prefix: a lock's state, as the lock key is."""
+    return f"{LOCK_PREFIX}fence:{{u{user}}}"
+
+
 def unread_ids(user: int) -> str:
     """Hash: unread message id -> conversation id."""
     return f"ids:{{u{user}}}"

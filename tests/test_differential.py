@@ -78,7 +78,8 @@ def both(redis_server):
 
 @pytest.mark.parametrize("name, options", [*((name, {}) for name in STRATEGIES if not make_strategy(name).jobs()
                                              and not make_strategy(name).buffers),
-                                           ("read_pointer", {"diffuse_above": 3})], ids=str)
+                                           ("read_pointer", {"diffuse_above": 3}),
+                                           ("lock", {"on_failure": "rollback"})], ids=str)
 def test_each_strategy_ends_in_the_same_keys(both, name, options):
     strategy = make_strategy(name, **options)
     strategy.prepare([[]] * 7 + [[0, 1, 2], [0, 1, 2, 3], [0, 2]], 4)

@@ -9,7 +9,8 @@ from sim.commands import run_now
 from sim.lua import load_command
 from strategies import STRATEGIES, make_strategy
 
-COUNTER_STRATEGIES = ["naive", "multi", "watch", "lock", "lua", "lua_repair", "lua_idempotent", "function"]
+COUNTER_STRATEGIES = ["naive", "multi", "watch", "lock", "lua", "lua_repair", "lua_idempotent", "function",
+                      "lock_fenced"]
 
 
 def served(strategy):

@@ -1,0 +1,128 @@
+"""The remedies beside the weaknesses they fix: a fenced lock against two
+holders, a lock that rolls its first write back when the second fails."""
+from __future__ import annotations
+
+import pytest
+
+from sim.backends.model.backend import simulate
+from sim.backends.model.server import Connection, Server
+from sim.backends.real.connection import SyncConnection
+from sim.commands import CommandError, run_now
+from sim.lua import load_command
+from sim.runner import run_scenario, schedule_for
+from sim.scenario import load
+from strategies import keys, make_strategy
+
+from conftest import ROOT, short_trace
+
+PAUSES = ROOT / "scenarios" / "faults_client_pause.toml"
+
+
+def model_of(strategy) -> tuple[Server, callable]:
+    server, connection = Server(), Connection()
+    for code in strategy.code:
+        server.run(connection, load_command(code))
+    return server, lambda request: server.run(connection, request)
+
+
+def test_a_stale_lock_holder_is_refused_and_starts_over():
+    """A reads user 1's conversation under token 1; its lock expires; B
+    takes the lock (token 2) and delivers; A's clear is refused (it would
+    erase B's message and subtract only what A read), so A takes the lock
+    again and clears what is there now."""
+    strategy = make_strategy("lock_fenced")
+    server, execute = model_of(strategy)
+    run_now(strategy.deliver(1, 7, 0, [1]), execute)
+    reader = strategy.open_conversation(1, 7)
+    assert execute(next(reader)) == 2              # token 2 (the delivery took 1)
+    assert reader.send(2) == ("HGET", keys.unread(1), "7")
+    clear = reader.send(execute(("HGET", keys.unread(1), "7")))
+    execute(("DEL", keys.lock(1)))                 # its TTL ran out while it was paused
+    run_now(strategy.deliver(2, 7, 0, [1]), execute)   # a second holder, token 3
+    assert execute(clear) == [0, 0]                # refused; the release found the lock not its own
+    again = reader.send([0, 0])                    # it starts over
+    assert run_now(_resumed(reader, again), execute) == 2
+    assert keys.unread(1) not in server.store.data
+    assert server.store.data[keys.total(1)] == "0"
+    assert server.store.data[keys.fence(1)]["refused"] == "1"
+
+
+def _resumed(operation, first_request):
+    """An operation already started, its next request ``first_request``."""
+    reply = yield first_request
+    while True:
+        try:
+            reply = yield operation.send(reply)
+        except StopIteration as stop:
+            return stop.value
+
+
+@pytest.mark.parametrize("on_failure, consistent", [("rollback", True), ("retry", False)])
+def test_a_lock_holder_whose_second_write_fails(on_failure, consistent):
+    """The total is not a number (a planted wrong value): every delivery's
+    INCRBY is refused. Retried three times, then the value is mended: with
+    rollback the conversation's count went back each time, with retry it
+    kept each attempt's HINCRBY."""
+    strategy = make_strategy("lock", on_failure=on_failure)
+    server, execute = model_of(strategy)
+    execute(("SET", keys.total(1), "not a number"))
+    replies = []
+
+    def recorded(request):
+        replies.append(execute(request))
+        return replies[-1]
+    for _ in range(3):
+        try:
+            run_now(strategy.deliver(1, 7, 0, [1]), recorded)
+        except CommandError:
+            pass
+    assert sum(isinstance(item, CommandError) for reply in replies if isinstance(reply, list) for item in reply) == 3
+    execute(("SET", keys.total(1), "0"))
+    counts, total, _ = run_now(strategy.counters(1), execute)
+    assert (sum(counts.values()) == total) is consistent, (counts, total)
+    assert keys.lock(1) not in server.store.data   # released every time
+
+
+def test_a_fenced_lock_keeps_every_user_consistent_through_pauses_longer_than_its_ttl():
+    """faults_client_pause (pauses of 2 s, the lock's TTL 1 s): lock leaves
+    users inconsistent through two holders at once; lock_fenced has two
+    holders too (its fences refused stale writes) and no user inconsistent."""
+    scenario = load(PAUSES)
+    trace = short_trace(scenario)
+    schedule = schedule_for(scenario, trace)
+    driver, _ = simulate(scenario, trace, make_strategy("lock_fenced"), schedule)
+    refused = sum(int(value.get("refused", 0)) for key, value in driver.server.store.data.items()
+                  if key.startswith("lock:fence:"))
+    assert refused > 0
+    document = run_scenario(scenario, ["lock", "lock_fenced"], trace, explain=False)
+    runs = {run["strategy"]: run for run in document["runs"]}
+    assert runs["lock"]["drift"]["users_inconsistent"] > 0
+    assert runs["lock_fenced"]["drift"]["users_inconsistent"] == 0
+
+
+@pytest.mark.real
+def test_a_fenced_lock_keeps_every_user_consistent_on_real_servers():
+    scenario = load(PAUSES)
+    document = run_scenario(scenario, ["lock_fenced"], short_trace(scenario), backend="redis", explain=False)
+    run = document["runs"][0]
+    assert [fault["effects"]["applied"] for fault in run["faults"]] == [True] * len(run["faults"])
+    assert run["drift"]["users_inconsistent"] == 0, run["drift"]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("on_failure, consistent", [("rollback", True), ("retry", False)])
+def test_a_lock_holder_whose_second_write_fails_on_a_real_server(redis_server, on_failure, consistent):
+    strategy = make_strategy("lock", on_failure=on_failure)
+    connection = SyncConnection("127.0.0.1", redis_server.port)
+    connection.execute(("FLUSHALL",))
+    connection.load(strategy.code)
+    connection.execute(("SET", keys.total(1), "not a number"))
+    for _ in range(3):
+        try:
+            run_now(strategy.deliver(1, 7, 0, [1]), connection.execute)
+        except CommandError:
+            pass
+    connection.execute(("SET", keys.total(1), "0"))
+    counts, total, _ = run_now(strategy.counters(1), connection.execute)
+    assert (sum(counts.values()) == total) is consistent, (counts, total)
+    connection.close()
