@@ -20,15 +20,14 @@ from strategies import keys
 from strategies.lock import RELEASE, Lock, LockNotAcquired
 
 ACQUIRE = load_script(__file__, "acquire_fenced")
-DELIVER = load_script(__file__, "fenced_deliver")
-CLEAR = load_script(__file__, "fenced_clear")
+WRITE = load_script(__file__, "fenced_write")
 
 
 class LockFenced(Lock):
     name = "lock_fenced"
     summary = ("per-user lock with a fencing token (HINCRBY + SET NX PX in one script); writes by a script "
                "that refuses an older token")
-    scripts = (RELEASE, ACQUIRE, DELIVER, CLEAR)
+    scripts = (RELEASE, ACQUIRE, WRITE)
     defaults = {name: value for name, value in Lock.defaults.items() if name != "on_failure"}
     choices = {}
 
@@ -49,7 +48,7 @@ class LockFenced(Lock):
             if held:
                 work = []
                 for user, token in held:
-                    work.append(Script(DELIVER, self._keys(user), (token, field)))
+                    work.append(Script(WRITE, self._keys(user), (token, field)))
                     work.append(self._release(user, token))
                 written = yield Pipeline(tuple(work))
                 refused = [user for (user, _), reply in zip(held, written[::2]) if reply == 0]
@@ -71,7 +70,7 @@ class LockFenced(Lock):
             if count is None:
                 yield self._release(user, token)
                 return 0
-            written, _ = yield Pipeline((Script(CLEAR, self._keys(user), (token, field, count)),
+            written, _ = yield Pipeline((Script(WRITE, self._keys(user), (token, field, count)),
                                          self._release(user, token)))
             if written != 0:
                 return int(count)
