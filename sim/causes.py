@@ -22,7 +22,9 @@ counters, one at a time, and replay the same trace and schedule:
   application process held in memory, lost when it crashed (a client_crash
   or a worker_crash); off: a crash keeps its buffer;
 - ``repaired`` (a strategy that repairs, lua_repair): what the repair put
-  right; off: no repair.
+  right; off: no repair;
+- ``repaired_by_reconciler`` (a strategy run with a reconciler,
+  ``reconcile_every_s``): what its passes put right; off: no reconciler.
 
 With all of them off, what drift remains comes from operations cut in half:
 a client crash, a fault or a racing client between the two halves of a
@@ -39,7 +41,8 @@ from sim.client import CAUSES
 from sim.faults import SPECS, Fault
 from strategies.base import Strategy
 
-ORDER = ("cut_in_half",) + CAUSES + ("repaired",)
+REPAIRS = ("repaired", "repaired_by_reconciler")
+ORDER = ("cut_in_half",) + CAUSES + REPAIRS
 ATTRIBUTED = ("abs_drift_sum", "users_wrong_total", "overcount", "undercount")
 
 
@@ -68,6 +71,8 @@ def relevant(strategy: Strategy, schedule: list[Fault], gave_up: int, ambiguous:
         # exact: its repair finds nothing to put right, and the replay
         # without it (a whole run again: 55 s at review scale) would say so.
         causes.append("repaired")
+    if strategy.reconcile_every_s and (schedule or causes):
+        causes.append("repaired_by_reconciler")
     return causes
 
 

@@ -19,6 +19,7 @@ from sim.scenario import ClientConfig
 from sim.traffic import KIND_NAMES
 from sim.workload import Workload
 from strategies.base import GaveUp, Strategy
+from strategies.reconciler import mark
 
 # Mechanisms by which counters go wrong, each one a run can switch off to
 # measure what it contributes (see sim/causes.py).
@@ -142,6 +143,7 @@ class ClientLoop:
         self.exact_commits = exact_commits   # the backend answers with when the server applied a request
         self.wait_replicas = int(strategy.options.get("wait_replicas", 0))
         self.no_single_moment = strategy.buffers   # the process's memory and Redis change at different moments
+        self.marks_changes = strategy.marks_changes()   # tell a reconciler which users an operation changed
         self.crashed_operations = 0
         self.lost_in_buffer = 0   # changes lost with a crashed process's memory
         self.wait_replies: dict[int, int] = {}    # replicas WAIT confirmed -> how many times
@@ -205,6 +207,16 @@ class ClientLoop:
             return (yield Send(request, op, attempt, number))
         finally:
             client.sending = False
+
+    def _mark(self, client: Client, op: int, attempt: int, number: int):
+        """After an operation that wrote (done or failed, not lost with its
+        connection nor cut by a crash): its users, for the reconciler."""
+        users = self.workload.changed_users(op)
+        if users:
+            try:
+                yield from self._send(client, mark(users), op, attempt, number)
+            except ConnectionLost:   # the mark is lost: the user waits for its next change
+                pass
 
     def _attempt(self, client: Client, op: int, attempt: int):
         history, target, acks = self.history, self.target, self.acks
@@ -285,6 +297,8 @@ class ClientLoop:
                         and client.strikes(self.clock(), done, 2)):
                     yield from self._pause(client)
         except StopIteration as stop:
+            if writes_sent and self.marks_changes:
+                yield from self._mark(client, op, attempt, number + 1)
             if failed:
                 return _FAILED
             if stop.value is not None:
@@ -298,9 +312,13 @@ class ClientLoop:
             return _REFUSED if refused and not done else _LOST
         except CommandError as found:
             history.errors[error_code(found)] += 1
+            if writes_sent and self.marks_changes:
+                yield from self._mark(client, op, attempt, number + 1)
             return _FAILED
         except GaveUp as gave_up:  # declared: a lock stayed busy, WATCH kept aborting
             history.errors[type(gave_up).__name__] += 1
+            if writes_sent and self.marks_changes:
+                yield from self._mark(client, op, attempt, number + 1)
             return _FAILED
         except Exception as bug:   # raised by the strategy's code: a bug of its own, never a failed operation
             where = _in_strategy(bug, self.strategy)

@@ -35,7 +35,7 @@ class Workload:
         # something in a process's memory runs as a view of its own in each.
         self.views = [strategy.in_process(process, processes) for process in range(processes)]
         distinct = {id(view): view for view in self.views}.values()
-        self.jobs: list[Job] = [job for view in distinct for job in view.jobs()]
+        self.jobs: list[Job] = [*(job for view in distinct for job in view.jobs()), *strategy.shared_jobs()]
 
     def __len__(self) -> int:
         return len(self.t)
@@ -57,6 +57,15 @@ class Workload:
     def crashed(self, process: int) -> int:
         """The application process died: the changes its memory held, lost."""
         return self.strategy.crashed(process)
+
+    def changed_users(self, op: int) -> list[int]:
+        """The users whose counters operation ``op`` changes: a delivery's
+        recipients, a read's reader (a badge or a login changes none)."""
+        kind = self.kind[op]
+        if kind == DELIVER:
+            sender = self.user[op]
+            return [user for user in self.members[self.conv[op]] if user != sender]
+        return [self.user[op]] if kind == READ else []
 
     def operation(self, op: int, process: int = 0) -> Operation:
         """Operation ``op`` of the trace, as the strategy's generator in ``process``."""
@@ -85,7 +94,7 @@ def job_count(strategy: Strategy, processes: int) -> int:
     application processes (a backend gives each a connection, and on real
     servers a proxy, of its own)."""
     views = {id(view): view for view in (strategy.in_process(p, processes) for p in range(processes))}
-    return sum(len(view.jobs()) for view in views.values())
+    return sum(len(view.jobs()) for view in views.values()) + len(strategy.shared_jobs())
 
 
 def most_workers(scenario: Scenario) -> int:

@@ -21,10 +21,10 @@ from sim.commands import CommandError, Operation, Pipeline, Script
 from sim.lua import load_script
 from strategies import keys
 from strategies.base import Job, Strategy
+from strategies.reconciler import RECOUNT
 
 DELIVER = load_script(__file__, "deliver_queued")
 READ = load_script(__file__, "read_queued")
-RECOUNT = load_script(__file__, "recount")
 
 
 class AsyncTotal(Strategy):

@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar, Sequence
 from sim.commands import Operation, Pipeline
 from sim.lua import Code, LuaLibrary, LuaScript
 from strategies import keys
+from strategies.reconciler import RECOUNT, reconcile_pass
 
 
 class StrategyOptionError(ValueError):
@@ -81,9 +82,15 @@ class Strategy:
     # total key without the user's hash tag (``total:u42``), so that on a
     # Redis Cluster a script or MULTI/EXEC over both counters fails with
     # CROSSSLOT (on a single server it changes nothing but the key's name).
-    common_defaults: ClassVar[dict[str, Any]] = {"wait_replicas": 0, "untagged_total": False}
+    # reconcile_every_s: run a reconciler (strategies/reconciler.py) that often; 0: none.
+    common_defaults: ClassVar[dict[str, Any]] = {"wait_replicas": 0, "untagged_total": False,
+                                                 "reconcile_every_s": 0.0}
     # (low, high) of each numeric option; those not named: 0 to 1e9.
-    bounds: ClassVar[dict[str, tuple[float, float]]] = {"wait_replicas": (0, 5)}
+    bounds: ClassVar[dict[str, tuple[float, float]]] = {"wait_replicas": (0, 5), "reconcile_every_s": (0, 3600)}
+    # keeps_total: a total beside the conversation counts (unread hash, total
+    # key), which a reconciler can re-sum; a strategy that derives its badge has none.
+    keeps_total: ClassVar[bool] = True
+    reconcile_every_s: float = 0.0   # set from the options
     # The values each text option may take.
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
@@ -116,11 +123,38 @@ class Strategy:
                 raise StrategyOptionError(f"option '{name}' of strategy '{self.name}' must be between "
                                           f"{low:g} and {high:g}, got {value!r}")
             setattr(self, name, value)
+        if self.reconcile_every_s and not self.keeps_total:
+            raise StrategyOptionError(f"option 'reconcile_every_s' of strategy '{self.name}' must be 0: it keeps "
+                                      f"no total to reconcile, got {self.reconcile_every_s!r}")
+        if 0 < self.reconcile_every_s < 0.01:
+            raise StrategyOptionError(f"option 'reconcile_every_s' of strategy '{self.name}' must be 0 (off) or "
+                                      f"at least 0.01, got {self.reconcile_every_s!r}")
 
     @property
     def code(self) -> tuple[Code, ...]:
         """What a connection loads as it opens (sim.lua.load_command)."""
-        return (*self.scripts, *self.libraries)
+        reconciler = (RECOUNT,) if self.reconcile_every_s and RECOUNT not in self.scripts else ()
+        return (*self.scripts, *self.libraries, *reconciler)
+
+    def shared_jobs(self) -> tuple[Job, ...]:
+        """Background work for the whole application rather than each of
+        its processes: the reconciler, when on."""
+        if not self.reconcile_every_s:
+            return ()
+        return (Job("reconciler", self.reconcile_every_s, lambda: reconcile_pass(self.total_key),
+                    again_at_once=True),)
+
+    def repairs_off(self, causes: frozenset[str]) -> dict[str, Any]:
+        """Options that switch off its repairs whose cause is not in
+        ``causes`` (a replay of the drift attribution, sim/causes.py)."""
+        off = dict(self.repair_off) if self.repairs and "repaired" not in causes else {}
+        if self.reconcile_every_s and "repaired_by_reconciler" not in causes:
+            off["reconcile_every_s"] = 0.0
+        return off
+
+    def marks_changes(self) -> bool:
+        """Whether a client tells the reconciler which users an operation changed."""
+        return bool(self.reconcile_every_s)
 
     def total_key(self, user: int) -> str:
         """The key of the user's total (tagged unless ``untagged_total``)."""

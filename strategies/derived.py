@@ -12,6 +12,7 @@ from strategies.base import Strategy, counts_from_flat
 
 class Derived(Strategy):
     name = "derived"
+    keeps_total = False
     summary = "per-conversation HINCRBY only; badge = sum of HVALS"
 
     def deliver(self, message: int, conversation: int, sender: int, recipients: Sequence[int]) -> Operation:

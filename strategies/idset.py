@@ -16,6 +16,7 @@ READ_IDS = load_script(__file__, "read_ids")
 
 class IdSet(Strategy):
     name = "idset"
+    keeps_total = False
     summary = "HSET ids:{u} <message> <conversation>; badge = HLEN; read removes the conversation's ids in Lua"
     scripts = (READ_IDS,)
 

@@ -67,6 +67,8 @@ def pending(user: int) -> str:
 
 # Set: the users whose buffer in Redis waits for the flusher.
 BUFFERED = "buffered"
+# Set: users an operation changed since the reconciler's last pass.
+CHANGED = "changed"
 # Stream: users whose total waits for a recount (async_total's queue).
 RECOUNT = "recount"
 # The recount stream's consumer group.

@@ -27,6 +27,7 @@ READ_TO_END = load_script(__file__, "read_to_end")
 
 class ReadPointer(Lua):
     name = "read_pointer"
+    keeps_total = False
     summary = ("per conversation INCR a message count, per member a read position (Lua); "
                "badge = sum over the user's conversations")
     scripts = (*Lua.scripts, POST, READ_TO_END)

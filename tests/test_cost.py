@@ -8,7 +8,16 @@ import sys
 import pytest
 
 from sim import backends
-from sim.experiments.cost import HEAVY_BADGE, HEAVY_CONVERSATIONS, HEAVY_OPEN, KINDS, Scale, format_cost, measure
+from sim.experiments.cost import (
+    HEAVY_BADGE,
+    HEAVY_CONVERSATIONS,
+    HEAVY_OPEN,
+    KINDS,
+    RECONCILE,
+    Scale,
+    format_cost,
+    measure,
+)
 from strategies import STRATEGIES
 
 REPEATS = 20
@@ -60,7 +69,9 @@ def test_cost_command_writes_its_table(tmp_path):
     assert done.returncode == 0, done.stderr
     document = json.loads((out / "cost.json").read_text())
     assert set(document["strategies"]) == {"lua", "idset"}
-    assert set(document["strategies"]["lua"]["kinds"]) == {kind.label for kind in KINDS} | {HEAVY_BADGE, HEAVY_OPEN}
+    assert set(document["strategies"]["lua"]["kinds"]) == {kind.label for kind in KINDS} | {HEAVY_BADGE, HEAVY_OPEN,
+                                                                                              RECONCILE}
+    assert RECONCILE not in document["strategies"]["idset"]["kinds"]   # it keeps no total
     assert "deliver group 100" in done.stdout
 
 

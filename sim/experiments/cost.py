@@ -22,6 +22,10 @@ over them: fetching their badge and opening one of their conversations
 show what grows with a user's data (HVALS over 1,000 conversations, a
 badge summed over 1,000 read positions, an id hash of 10,000).
 
+A strategy that keeps a total adds a row for a reconciler (option
+``reconcile_every_s``): per changed user, the client's mark and the user's
+share of a pass.
+
 Memory: a user with 10 conversations receives U unread messages (spread
 evenly over them); the user's keys (every key carrying the user's hash tag)
 are weighed with MEMORY USAGE. Only real servers answer this: the
@@ -36,6 +40,7 @@ from sim.backend import CostTarget
 from sim.commands import Operation, Request, run_now
 from strategies import make_strategy
 from strategies.base import Strategy
+from strategies.reconciler import mark
 
 COST_SCHEMA = 1
 GROUP_SIZES = (10, 100)
@@ -170,6 +175,26 @@ def probe_kind(strategy: Strategy, target: CostTarget, kind: Kind, repeats: int)
     return _metered(strategy, target, jobs, [kind.operation(strategy, i) for i in range(repeats)])
 
 
+RECONCILE = "reconcile a changed user (mark + pass)"
+
+
+def probe_reconciler(strategy: Strategy, target: CostTarget, repeats: int) -> dict[str, float]:
+    """What a reconciler costs per changed user: the client's mark (SADD)
+    after an operation, and the user's share of a pass (SPOP, the re-sum),
+    for ``repeats`` users with a few unread messages each. ``strategy``
+    runs with a reconciler."""
+    members = [_block(1)(i) for i in range(repeats)]
+    strategy.prepare(members, 2 * repeats)
+    target.reset()
+    for i in range(repeats):
+        for operation in _unread_before_open(strategy, i):
+            run_now(operation, target.execute)
+
+    def marked(i: int) -> Operation:
+        yield mark([_reader(i)])
+    return _metered(strategy, target, list(strategy.shared_jobs()), [marked(i) for i in range(repeats)])
+
+
 def probe_heavy_user(strategy: Strategy, target: CostTarget, repeats: int,
                      scale: Scale = FULL) -> dict[str, dict[str, float]]:
     """A user in ``scale.heavy_conversations`` conversations with
@@ -218,6 +243,10 @@ def measure(strategies: list[str], make_target: Callable[[Strategy], CostTarget]
             kinds.update(probe_heavy_user(strategy, target, repeats, scale))
             memory = {str(unread): probe_memory(strategy, target, unread) if target.measures_memory else None
                       for unread in scale.unread_levels}
+        if strategy.keeps_total:
+            reconciled = make_strategy(name, reconcile_every_s=1.0)
+            with make_target(reconciled) as target:
+                kinds[RECONCILE] = probe_reconciler(reconciled, target, repeats)
         rows[name] = {"kinds": kinds, "memory_bytes_per_user": memory}
     return {"cost_schema": COST_SCHEMA, "backend": backend, "repeats": repeats,
             "memory_conversations": MEMORY_CONVERSATIONS, "strategies": rows}

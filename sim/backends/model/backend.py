@@ -23,7 +23,7 @@ from sim.nemesis import StallTarget, ack_log, promotes, rollback_horizon, tears_
 from sim.scenario import Scenario, ServerConfig
 from sim.traffic import Trace
 from sim.truth import truth_ranges
-from strategies import STRATEGIES, make_strategy
+from strategies import make_strategy
 from strategies.base import Strategy
 
 
@@ -123,8 +123,7 @@ class SimBackend(Backend):
         """The drift of one replay, and its wall seconds."""
         started = time.perf_counter()
         options = scenario.strategy_options.get(strategy_name, {})
-        if STRATEGIES[strategy_name].repairs and "repaired" not in piece.causes:
-            options = {**options, **STRATEGIES[strategy_name].repair_off}
+        options = {**options, **make_strategy(strategy_name, **options).repairs_off(piece.causes)}
         driver, _ = simulate(scenario, trace, make_strategy(strategy_name, **options), schedule, piece.causes,
                              drift_only=True)
         drift = check(driver.pairs, truth_ranges(trace, driver.history, driver.pairs), driver.counters())
