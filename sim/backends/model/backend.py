@@ -12,13 +12,14 @@ import time
 from typing import NamedTuple
 
 from sim.backend import Backend, CostTarget, Deployment, Execution, Progress
-from sim.backends.model.driver import SimDriver, begin_run, collect_finished_runs
+from sim.backends.model.driver import SimDriver
 from sim.backends.model.nemesis import SimNemesis
 from sim.backends.model.target import make_server
 from sim.causes import attribute, relevant, steps
 from sim.checker import Drift, check
 from sim.client import CAUSES
 from sim.faults import Fault
+from sim.heap import begin_run, collect_finished_runs
 from sim.nemesis import StallTarget, ack_log, promotes, rollback_horizon, tears_aof
 from sim.scenario import Scenario, ServerConfig
 from sim.traffic import Trace

@@ -12,8 +12,9 @@ import time
 
 import simpy
 
-from sim.backends.model.driver import SimDriver, begin_run
+from sim.backends.model.driver import SimDriver
 from sim.backends.model.target import make_server
+from sim.heap import begin_run
 from sim.scenario import load
 from sim.traffic import generate
 from strategies import make_strategy

@@ -12,6 +12,10 @@ prints. CI saw it once, on an interrupt between two strategies' runs. Here
 the close runs with SIGINT and SIGTERM held, and the first that came is
 delivered once the loop is closed: a second Ctrl-C during a slow close (a
 server still starting in a thread) waits for it.
+
+Python's cyclic collector is off while the loop runs, as in a simulated
+run (sim/heap.py): a full collection of the driver's heap (the trace, the
+history) stops every client of the one process at once.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Any, Coroutine, TypeVar
 
 import uvloop
 
+from sim.heap import begin_run, cyclic_gc_paused
 from sim.watchdog import signals_held
 
 T = TypeVar("T")
@@ -27,10 +32,12 @@ T = TypeVar("T")
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """``uvloop.run(coroutine)``, whose loop closes whole even when
-    interrupted while closing."""
+    interrupted while closing, with the cyclic collector paused."""
     runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    begin_run()
     try:
-        return runner.run(coroutine)
+        with cyclic_gc_paused():
+            return runner.run(coroutine)
     finally:
         with signals_held():
             runner.close()
