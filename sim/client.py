@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from sim import stall
-from sim.commands import Backoff, CommandError, ConnectionLost, Transaction, may_write
+from sim.commands import Backoff, CommandError, ConnectionLost, Pipeline, Transaction, may_write
 from sim.errors import StrategyError
 from sim.faults import SPECS
 from sim.history import FAIL, OK, UNKNOWN, History
@@ -143,7 +143,10 @@ class ClientLoop:
         self.exact_commits = exact_commits   # the backend answers with when the server applied a request
         self.wait_replicas = int(strategy.options.get("wait_replicas", 0))
         self.no_single_moment = strategy.buffers   # the process's memory and Redis change at different moments
-        self.marks_changes = strategy.marks_changes()   # tell a reconciler which users an operation changed
+        # A reconciler's mark of the users an operation changes (SADD), sent in
+        # the same round trip as each of its writes (a crash or a lost reply
+        # between two writes leaves the user marked).
+        self.marks_changes = strategy.marks_changes()
         self.crashed_operations = 0
         self.lost_in_buffer = 0   # changes lost with a crashed process's memory
         self.wait_replies: dict[int, int] = {}    # replicas WAIT confirmed -> how many times
@@ -208,16 +211,6 @@ class ClientLoop:
         finally:
             client.sending = False
 
-    def _mark(self, client: Client, op: int, attempt: int, number: int):
-        """After an operation that wrote (done or failed, not lost with its
-        connection nor cut by a crash): its users, for the reconciler."""
-        users = self.workload.changed_users(op)
-        if users:
-            try:
-                yield from self._send(client, mark(users), op, attempt, number)
-            except ConnectionLost:   # the mark is lost: the user waits for its next change
-                pass
-
     def _attempt(self, client: Client, op: int, attempt: int):
         history, target, acks = self.history, self.target, self.acks
         operation = self.workload.operation(op, client.index)
@@ -225,6 +218,7 @@ class ClientLoop:
         error: Exception | None = None
         failed = between = False
         number = done = writes_sent = 0
+        op_mark: tuple | None = None   # the reconciler's mark, made at the first write
         try:
             while True:
                 request = operation.send(reply) if error is None else operation.throw(error)
@@ -244,11 +238,18 @@ class ClientLoop:
                     deferred = placed is stall.DEFER
                     if isinstance(placed, stall.Placed):
                         unwrap = placed.unwrap
-                        target.catch(placed.target, KIND_NAMES[self.workload.kind[op]], op, placed.request,
-                                     self.clock())
                         request, original = placed.request, request
                 number += 1
                 writes = may_write(request)
+                marked = None
+                if writes and self.marks_changes:   # the reconciler's mark rides with each write
+                    if op_mark is None:
+                        users = self.workload.changed_users(op)
+                        op_mark = mark(users) if users else ()
+                    if op_mark:
+                        marked, request = request, Pipeline((op_mark, request))
+                if unwrap is not None:   # the request the stall is in, as it is sent
+                    target.catch(placed.target, KIND_NAMES[self.workload.kind[op]], op, request, self.clock())
                 spreads = False
                 if writes:
                     writes_sent += 1
@@ -261,6 +262,9 @@ class ClientLoop:
                 finally:
                     client.sending = False
                 done += 1
+                if marked is not None:
+                    request = marked
+                    reply = reply[1] if type(reply) is list else reply
                 if unwrap is not None:
                     reply = unwrap(reply)
                     request = original
@@ -297,8 +301,6 @@ class ClientLoop:
                         and client.strikes(self.clock(), done, 2)):
                     yield from self._pause(client)
         except StopIteration as stop:
-            if writes_sent and self.marks_changes:
-                yield from self._mark(client, op, attempt, number + 1)
             if failed:
                 return _FAILED
             if stop.value is not None:
@@ -312,13 +314,9 @@ class ClientLoop:
             return _REFUSED if refused and not done else _LOST
         except CommandError as found:
             history.errors[error_code(found)] += 1
-            if writes_sent and self.marks_changes:
-                yield from self._mark(client, op, attempt, number + 1)
             return _FAILED
         except GaveUp as gave_up:  # declared: a lock stayed busy, WATCH kept aborting
             history.errors[type(gave_up).__name__] += 1
-            if writes_sent and self.marks_changes:
-                yield from self._mark(client, op, attempt, number + 1)
             return _FAILED
         except Exception as bug:   # raised by the strategy's code: a bug of its own, never a failed operation
             where = _in_strategy(bug, self.strategy)
@@ -364,3 +362,4 @@ def strike_clients(fault: Any, clients: list[Client], rng: Any, now: float) -> d
         else:
             client.crash(now, fault.duration)
     return {spec.strikes: [client.index for client in chosen]}
+

@@ -59,13 +59,13 @@ class Workload:
         return self.strategy.crashed(process)
 
     def changed_users(self, op: int) -> list[int]:
-        """The users whose counters operation ``op`` changes: a delivery's
-        recipients, a read's reader (a badge or a login changes none)."""
-        kind = self.kind[op]
-        if kind == DELIVER:
+        """The users whose counters operation ``op`` may change: a
+        delivery's recipients, else the user who reads, fetches or logs in
+        (a badge or a login that writes: a recount)."""
+        if self.kind[op] == DELIVER:
             sender = self.user[op]
             return [user for user in self.members[self.conv[op]] if user != sender]
-        return [self.user[op]] if kind == READ else []
+        return [self.user[op]]
 
     def operation(self, op: int, process: int = 0) -> Operation:
         """Operation ``op`` of the trace, as the strategy's generator in ``process``."""

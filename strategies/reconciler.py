@@ -2,13 +2,14 @@
 
 Any strategy that keeps a total beside its conversation counts can run one
 (option ``reconcile_every_s``; 0, the default, runs none), as Zulip's
-``fix_unreads`` and Synapse's summaries do: every operation that wrote
-adds its users to a set (the client's ``SADD changed`` after the
-operation), and a worker, every ``reconcile_every_s`` seconds, takes up to
+``fix_unreads`` and Synapse's summaries do: each write request of an
+operation carries a mark of the users it changes (``SADD changed``, in the
+same round trip: a crash or a lost reply between two writes leaves them
+marked), and a worker, every ``reconcile_every_s`` seconds, takes up to
 ``BATCH`` of them (SPOP) and overwrites each one's total with the sum of
 their conversation counts (one script per user, HVALS summed, SET). It
-heals a total that disagrees with the counts (a change cut in half, a
-retried delivery counted twice in the total); it cannot bring back what
+heals a total that disagrees with the counts (a change cut in half by a
+crash, a fault or a racing client); it cannot bring back what
 the counts themselves lost (a message a power loss took from both, an
 increment a racing clear erased), and it races with the writes of a
 strategy whose two counters move in separate commands: a pass between
@@ -28,7 +29,7 @@ BATCH = 1000   # users a pass takes at most (it runs again at once while it find
 
 
 def mark(users: list[int]) -> tuple:
-    """What a client sends after an operation that wrote."""
+    """The mark a client sends with each write of an operation that changes ``users``."""
     return ("SADD", keys.CHANGED, *users)
 
 
