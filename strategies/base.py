@@ -152,6 +152,13 @@ class Strategy:
             off["reconcile_every_s"] = 0.0
         return off
 
+    def run_figures(self, users: int) -> Operation:
+        """What only this strategy counts, read once the run is over (users
+        0 .. ``users`` - 1): counts by name, into results.json's
+        ``strategy_figures``. None by default."""
+        return {}
+        yield   # (an operation that sends nothing)
+
     def marks_changes(self) -> bool:
         """Whether a client tells the reconciler which users an operation changed."""
         return bool(self.reconcile_every_s)

@@ -75,3 +75,9 @@ class LockFenced(Lock):
             if written != 0:
                 return int(count)
         raise LockNotAcquired(f"lock of user {user} stayed busy")
+
+    def run_figures(self, users: int) -> Operation:
+        """``fenced_off``: the writes its fences turned away (a holder that
+        had lost its lock to a newer one), summed over the users."""
+        replies = yield Pipeline(tuple(("HGET", keys.fence(user), "refused") for user in range(users)))
+        return {"fenced_off": sum(int(reply) for reply in replies if isinstance(reply, str))}

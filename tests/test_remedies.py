@@ -105,6 +105,8 @@ def test_a_fenced_lock_keeps_every_user_consistent_through_pauses_longer_than_it
     runs = {run["strategy"]: run for run in document["runs"]}
     assert runs["lock"]["drift"]["users_inconsistent"] > 0
     assert runs["lock_fenced"]["drift"]["users_inconsistent"] == 0
+    assert runs["lock_fenced"]["strategy_figures"] == {"fenced_off": refused}   # results say it too
+    assert "strategy_figures" not in runs["lock"]
 
 
 @pytest.mark.real
@@ -114,6 +116,7 @@ def test_a_fenced_lock_keeps_every_user_consistent_on_real_servers():
     run = document["runs"][0]
     assert [fault["effects"]["applied"] for fault in run["faults"]] == [True] * len(run["faults"])
     assert run["drift"]["users_inconsistent"] == 0, run["drift"]
+    assert run["strategy_figures"]["fenced_off"] >= 0   # read back from the real fences
 
 
 @pytest.mark.real

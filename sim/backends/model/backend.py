@@ -87,6 +87,9 @@ class SimDeployment(Deployment):
                 figures["driver_wakes"] = driver.driver_wakes   # as the real driver's loop thread counts them
         if self.scenario.server.topology == "cluster":
             figures.update(topology="cluster", shard_commands=driver.server.shard_commands())
+        own = driver.strategy_figures()
+        if own:
+            figures["strategy_figures"] = own
         return Execution(
             history=driver.history, timeline=driver.timeline, faults=nemesis.records(),
             counters=driver.counters(), reconnects=driver.reconnects, script_loads=driver.script_loads,

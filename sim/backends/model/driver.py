@@ -24,7 +24,7 @@ from sim.backends.model.server import Connection, Entry, Server
 from sim.checker import Counters, Drift, check, read_counters
 from sim.client import CAUSES, Client, ClientLoop, ConnectionRefused, Send, Sleep
 from sim.cluster import asked, refused_whole
-from sim.commands import CommandError, ConnectionLost, Pipeline, first_error, sent_commands
+from sim.commands import CommandError, ConnectionLost, Pipeline, first_error, run_now, sent_commands
 from sim.heap import cyclic_gc_paused
 from sim.history import History
 from sim.lua import forgotten, load_command, load_replies
@@ -137,6 +137,9 @@ class SimDriver:
 
     def counters(self) -> Counters:
         return read_counters(self.strategy, self.trace.users, self.trace.conversations, self.server.inspect)
+
+    def strategy_figures(self) -> dict[str, int]:
+        return run_now(self.strategy.run_figures(self.trace.users), self.server.inspect)
 
     def _ticker(self):
         span = self._t[-1]

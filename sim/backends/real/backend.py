@@ -77,6 +77,7 @@ class RedisDeployment(Deployment):
         driver_cpu, waits = time.process_time() - driver_cpu, _waits() - waits
         server_after = self._server_cpu()
         counters = driver.counters()
+        own = driver.strategy_figures()
         info = self.servers.primary.client().info("commandstats")
         return Execution(
             history=driver.history, timeline=driver.timeline, faults=nemesis.records(), counters=counters,
@@ -84,6 +85,7 @@ class RedisDeployment(Deployment):
             operations_cut_by_client_crash=driver.loop.crashed_operations, wait_replies=driver.loop.wait_replies,
             workers=driver.worker_stats.as_dict(len(driver.workers), driver.loop.lost_in_buffer),
             figures={
+                **({"strategy_figures": own} if own else {}),
                 # INFO commandstats of the last primary (a restart or a failover resets it)
                 "redis_commands": sum(stats["calls"] for stats in info.values()),
                 "resets_missed": driver.resets_missed,
@@ -161,6 +163,7 @@ class ClusterDeployment(Deployment):
         driver, nemesis, routes = event_loop.run(self._run(strategy, trace, progress))
         wall = time.perf_counter() - started
         counters = driver.counters()
+        own = driver.strategy_figures()
         shard_commands = {}
         for index, primary in enumerate(self.servers.primaries):   # named as the simulation names its shards
             info = primary.client().info("commandstats")
@@ -170,7 +173,8 @@ class ClusterDeployment(Deployment):
             reconnects=driver.reconnects, script_loads=driver.script_loads, noscript=driver.noscript,
             operations_cut_by_client_crash=driver.loop.crashed_operations, wait_replies=driver.loop.wait_replies,
             workers=driver.worker_stats.as_dict(len(driver.workers), driver.loop.lost_in_buffer),
-            figures={"topology": "cluster", "redis_commands": sum(shard_commands.values()),
+            figures={**({"strategy_figures": own} if own else {}), "topology": "cluster",
+                     "redis_commands": sum(shard_commands.values()),
                      "shard_commands": shard_commands,
                      "client_path": "toxiproxy" if self.servers.proxied else "direct",
                      "resets_missed": driver.resets_missed,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 import redis.exceptions
 
@@ -25,7 +25,7 @@ from sim.backends.real.toxics import Toxics
 from sim.checker import Counters, check, read_counters
 from sim.client import CAUSES, Client, ClientLoop, ConnectionRefused, Send, Sleep, next_instruction
 from sim.cluster import refused_whole
-from sim.commands import CommandError, ConnectionLost, first_error
+from sim.commands import CommandError, ConnectionLost, first_error, run_now
 from sim.history import History
 from sim.metrics import timeline_point
 from sim.nemesis import AckLog, StallTarget
@@ -36,6 +36,8 @@ from sim.truth import Memberships, truth_ranges
 from sim.worker import WorkerLoop, WorkerStats
 from sim.workload import Workload
 from strategies.base import Strategy
+
+T = TypeVar("T")
 
 CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError,
                      asyncio.IncompleteReadError)
@@ -158,10 +160,19 @@ class RealDriver:
             time.sleep(0.05)
 
     def _read_counters(self) -> Counters:
+        return self._read(lambda execute: read_counters(self.strategy, self.trace.users, self.trace.conversations,
+                                                        execute))
+
+    def strategy_figures(self) -> dict[str, int]:
+        """What only the strategy counts, read after the run (once the counters were)."""
+        return self._read(lambda execute: run_now(self.strategy.run_figures(self.trace.users), execute))
+
+    def _read(self, reading: Callable[[Callable], T]) -> T:
+        """``reading`` on the primary of the moment, directly (on a cluster, on every node it needs)."""
         reader = getattr(self.routes, "reader", None)
         connection = reader() if reader is not None else SyncConnection(*self.routes.primary_address())
         try:
-            return read_counters(self.strategy, self.trace.users, self.trace.conversations, connection.execute)
+            return reading(connection.execute)
         finally:
             connection.close()
 
