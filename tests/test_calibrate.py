@@ -1,5 +1,6 @@
-"""`countdrift calibrate`'s driver section: what the redis backend's own
-driver costs, for the simulation to model it."""
+"""`countdrift calibrate`: what the redis backend's own driver costs, for
+the simulation to model it, and the server probes (commands and scripts
+over spread keys, scripts pipelined)."""
 from __future__ import annotations
 
 import pytest
@@ -73,3 +74,16 @@ def test_the_driver_calibration_fits_its_runs(tmp_path):
     path.write_text(driver_toml(one_client, driver, contended))
     written = load_calibration(path, "driver", DRIVER_KEYS)
     assert written["request_us"] == driver["request_us"] and all(written[key] >= 0.0 for key in DRIVER_KEYS)
+
+
+@pytest.mark.real
+def test_the_server_probes_price_commands_and_scripts_over_spread_keys():
+    from sim.backends.real.service import KEYSPACE, PIPELINE, measure
+
+    calibration = measure(2000)
+    probes, server = calibration["probes"], calibration["server"]
+    for name in ("hincrby", "hincrby_x32", "script_1_call_x32", "script_8_calls_x32"):
+        assert probes[name]["keyspace"] == KEYSPACE
+    assert probes["script_8_calls_x32"]["pipeline"] == PIPELINE == probes["hincrby_x32"]["pipeline"]
+    assert server["request_us"] > server["command_us"] > 0 and server["script_us"] > 0
+    assert f"over {KEYSPACE:,} keys" in calibration["method"]

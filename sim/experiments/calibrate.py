@@ -10,7 +10,12 @@ simulation's costs are fitted from pairs of probes:
 - ``request_us``: a round trip's fixed cost (read, parse, reply, write): PING;
 - ``command_us``: each command a pipeline adds: HINCRBY 32 to a round trip against 1;
 - ``script_us`` and ``script_call_us``: EVALSHA of a script that makes 8
-  redis.call against one that makes 1: a script costs what it does;
+  redis.call against one that makes 1, 32 to a round trip: a script costs
+  what it does. HINCRBY and the scripts go to keys spread over 10,000
+  names, as a scenario's users' are: over one key, a script's cost was
+  half what a group's deliveries cost redis-server (Lua interns each new
+  key name), and the simulation of big_groups ran 1.2-1.5x faster than
+  the real servers;
 - ``byte_ns``: each byte of a request: HSET of a 1,000-byte value against a 10-byte one;
 - ``fsync_always_us``: the wall-clock time ``appendfsync always`` adds to a
   write (the fsync holds the server; it is not CPU time): HINCRBY's rate

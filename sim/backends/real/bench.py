@@ -27,12 +27,15 @@ from strategies import make_strategy
 from strategies.lua import DELIVER
 
 
-def redis_benchmark(port: int, clients: int, requests: int, command: list[str], pipeline: int = 1) -> float:
-    """Requests per second that redis-benchmark reports for ``command``."""
+def redis_benchmark(port: int, clients: int, requests: int, command: list[str], pipeline: int = 1,
+                    keyspace: int = 0) -> float:
+    """Requests per second that redis-benchmark reports for ``command``
+    (with ``keyspace``, each ``__rand_int__`` in it is a random number below it)."""
     binary = find_binary("redis-benchmark", "COUNTDRIFT_REDIS_BENCHMARK")
+    spread = ["-r", str(keyspace)] if keyspace else []
     output = subprocess.run([binary, "-h", "127.0.0.1", "-p", str(port), "-n", str(requests), "-c", str(clients),
-                             "-P", str(pipeline), "-q", *command], capture_output=True, text=True, timeout=300,
-                            check=True).stdout
+                             "-P", str(pipeline), *spread, "-q", *command], capture_output=True, text=True,
+                            timeout=300, check=True).stdout
     found = re.findall(r"([\d.]+) requests per second", output)
     if not found:
         raise RuntimeError(f"unexpected redis-benchmark output: {output!r}")
