@@ -15,12 +15,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from sim.causes import EVERY
 from sim.checker import Counters, Drift
 from sim.commands import Request
 from sim.errors import UsageError
 from sim.faults import Fault
 from sim.history import History
 from sim.scenario import Scenario
+from sim.story import Tracer
 from sim.traffic import Trace
 from strategies.base import Strategy
 
@@ -107,6 +109,13 @@ class Backend(ABC):
         simulation's drift by cause), from the results of its pieces (in
         their order); none by default."""
         return {}
+
+    def rerun(self, scenario: Scenario, trace: Trace, strategy_name: str, schedule: list[Fault],
+              causes: frozenset[str] = EVERY, tracer: Tracer | None = None) -> Execution:
+        """A deterministic backend's run again, exactly, with only ``causes``
+        on (sim/causes.py), and the tracer's operations followed request by
+        request (sim/story.py); no timeline. Only a deterministic backend can."""
+        raise BackendRefused(f"the {self.name} backend cannot run a run again the same way")
 
     def stop_all(self) -> None:
         """Stop every process this backend started in this process (a

@@ -43,6 +43,7 @@ from strategies.base import Strategy
 
 REPAIRS = ("repaired", "repaired_by_reconciler")
 ORDER = ("cut_in_half",) + CAUSES + REPAIRS
+EVERY = frozenset(CAUSES + REPAIRS)   # every mechanism on: the run itself
 ATTRIBUTED = ("abs_drift_sum", "users_wrong_total", "overcount", "undercount")
 
 

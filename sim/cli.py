@@ -130,33 +130,127 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_explain(args: argparse.Namespace) -> int:
+    """Print one user's story; a simulated run is run again to tell it (sim/experiments/explain.py)."""
+    from sim.experiments.explain import explain
+    from sim.report.stored_run import load_run
+    from sim.report.story import format_story
+
+    stored = load_run(Path(args.run), "explain")
+    print(format_story(explain(stored, args.strategy, args.user)), end="")
+    return 0
+
+
+def command_shrink(args: argparse.Namespace) -> int:
+    """Shrink one strategy's anomaly (sim/experiments/shrink.py) and write its reproduction."""
+    import dataclasses
+    import time
+
+    from sim import budget
+    from sim.experiments.explain import explain
+    from sim.experiments.shrink import ANOMALIES, NoAnomaly, Shrinker, shown_in, shrink
+    from sim.report.output import OutputFolder, write_text
+    from sim.report.stored_run import StoredRun
+    from sim.report.story import format_story
+    from sim.runner import run_scenario, schedule_for
+    from sim.scenario import load
+    from sim.traffic import Trace, generate
+    from strategies import STRATEGIES
+
+    started = time.perf_counter()
+    strategy = args.strategy
+    if strategy not in STRATEGIES:
+        raise UsageError(f"--strategy {strategy}: unknown strategy; allowed: {', '.join(STRATEGIES)}")
+    if args.anomaly is not None and args.anomaly not in ANOMALIES:
+        raise UsageError(f"--anomaly {args.anomaly}: unknown anomaly; allowed: {', '.join(ANOMALIES)}")
+    scenario = load(args.scenario)
+    seed = scenario.seed if args.seed is None else args.seed
+    out = Path(args.out) if args.out else Path("results") / f"shrink-{scenario.name}-{strategy}"
+    folder = OutputFolder(out, "--out", "shrink", args.force, writes=SHRINK_FILES)
+    simulation = backends.get(backends.SIMULATION)
+    budget.check(scenario.traffic, seed, str(scenario.path), 1)
+    trace = generate(scenario.traffic, seed)
+    scenario = dataclasses.replace(scenario, seed=seed)
+    schedule = schedule_for(scenario, trace)
+    bar = None if args.quiet else _shrink_bar()
+    try:
+        shrunk = shrink(simulation, scenario, trace, strategy, schedule, args.anomaly, bar)
+    except NoAnomaly as nothing:
+        print(f"countdrift: {nothing}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    best = shrunk.best
+    shrunk_scenario = dataclasses.replace(
+        Shrinker(simulation, scenario, strategy, shrunk.anomaly).scenario_for(best),
+        name=f"{scenario.name}-shrunk", description=f"{strategy}'s {shrunk.anomaly} anomaly on {scenario.name} "
+                                                     f"(seed {seed}), shrunk by countdrift shrink")
+    with folder:
+        best.trace.save(folder.partial / "shrunk-trace.npz")
+        toml = shrunk_scenario.to_toml(f"Run it: countdrift run shrunk.toml --trace shrunk-trace.npz\n"
+                                       f"{len(best.trace.t)} operations, {len(best.schedule)} fault(s), "
+                                       f"{best.clients} client(s)")
+        write_text(folder.partial / "shrunk.toml", toml)
+        # The files as written, run as a user would run them: the reproduction is what they hold.
+        reloaded = load(folder.partial / "shrunk.toml")
+        histories: dict = {}
+        results = run_scenario(reloaded, [strategy], Trace.load(folder.partial / "shrunk-trace.npz"),
+                               backend=backends.SIMULATION, histories=histories)
+        if not shown_in(results["runs"][0], shrunk.anomaly):
+            raise UsageError(f"the shrunk scenario did not show {shrunk.anomaly} when run from its files: "
+                             f"a bug of countdrift's; please report it with {args.scenario} and seed {seed}")
+        story = format_story(explain(StoredRun(out, results, best.trace, histories), strategy))
+        write_text(folder.partial / "story.md", f"```\n{story}```\n")
+        folder.commit()
+    Done.written = f"reproduction in {out}"
+    whole = shrunk.whole
+    print(f"{strategy}'s {shrunk.anomaly} anomaly ({shrunk.cause or 'any cause'}) on {scenario.name} (seed {seed}): "
+          f"{len(whole.trace.t):,} operations, {len(whole.schedule)} fault(s), {whole.clients} clients -> "
+          f"{len(best.trace.t)} operations, {len(best.schedule)} fault(s), {best.clients} client(s); "
+          f"{shrunk.runs} simulated runs, {time.perf_counter() - started:.0f} s"
+          + (" (interrupted: the smallest found so far)" if shrunk.interrupted else ""))
+    print(f"\n{story}")
+    if args.confirm_real:
+        shows = 0
+        for _ in range(args.confirm_real):
+            real = run_scenario(reloaded, [strategy], Trace.load(out / "shrunk-trace.npz"), backend=backends.REAL,
+                                explain=False)
+            shows += shown_in(real["runs"][0], shrunk.anomaly)
+        print(f"real servers: {shrunk.anomaly} in {shows} of {args.confirm_real} runs of the shrunk scenario "
+              f"(real timing varies from run to run: a rate, not a promise)")
+    print(f"reproduction: {out / 'shrunk.toml'}")
+    return 0
+
+
+SHRINK_FILES = ("shrunk.toml", "shrunk-trace.npz", "story.md")
+
+
+def _shrink_bar():
+    """A progress line for shrink: the smallest reproduction so far, and the runs."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc="shrink", unit=" runs", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def progress(shrinker) -> None:
+        best = shrinker.best
+        bar.set_postfix_str(f"smallest: {len(best.trace.t):,} operations, {len(best.schedule)} fault(s), "
+                            f"{best.clients} client(s)", refresh=False)
+        bar.update(1)
+
+    progress.close = bar.close
+    return progress
+
+
 def command_judge(args: argparse.Namespace) -> int:
     """Judge a stored run's shown values again, with this version's checker; writes nothing."""
-    from sim.report.history_file import HISTORY_FILE, HistoryError
-    from sim.report.history_file import load as load_histories
-    from sim.report.summary import ReportError, load_results
+    from sim.report.stored_run import load_run
     from sim.report.table import format_table
     from sim.seen import client_view, figures, judge_values
-    from sim.traffic import Trace, TraceError
     from sim.truth import Memberships
 
-    folder = Path(args.run)
-    if not folder.is_dir():
-        raise UsageError(f"{folder}: not a folder; judge takes a run's folder (results.json, trace.npz and "
-                         f"{HISTORY_FILE}, as `countdrift run` writes them)")
-    path = folder / "results.json"
-    if not path.is_file():
-        raise UsageError(f"{folder}: not a run's folder: it has no results.json")
-    try:
-        results = load_results(path)
-        trace_path = folder / Path(results["trace"].get("file", "trace.npz")).name
-        trace = Trace.load(trace_path)
-        if trace.sha256() != results["trace"]["sha256"]:
-            raise UsageError(f"{trace_path}: not the trace of {path} (their checksums differ)")
-        strategies = [run["strategy"] for run in results["runs"]]
-        histories = load_histories(folder / HISTORY_FILE, trace, strategies)
-    except (ReportError, TraceError, HistoryError) as error:
-        raise UsageError(str(error)) from None
+    stored = load_run(Path(args.run), "judge")
+    results, trace, histories = stored.results, stored.trace, stored.histories
     pairs = Memberships(trace)
     differences = []
     for run in results["runs"]:
@@ -209,6 +303,7 @@ def command_report(args: argparse.Namespace) -> int:
         capacity_against_real,
         find_documents,
         find_results,
+        find_stories,
         load_results,
         write_report,
     )
@@ -228,7 +323,8 @@ def command_report(args: argparse.Namespace) -> int:
             raise UsageError(f"nothing to report under {', '.join(args.results)}: no results.json, sweep or "
                              "fidelity.json, nor a capacity.json measured on both backends (real, and simulated "
                              "with --model-driver)")
-        markdown, page = write_report(documents, folder.partial, fidelities, capacities, sweeps, sources)
+        markdown, page = write_report(documents, folder.partial, fidelities, capacities, sweeps, sources,
+                                      find_stories(args.results))
         folder.commit()
     Done.written = f"the report in {out}"
     print(f"report: {out / page.name} (and {markdown.name}, charts as PNG and SVG in {out})")
@@ -578,6 +674,28 @@ def parser() -> argparse.ArgumentParser:
                                               "version's checker; print the run's table")
     judge.add_argument("run", help="a run's folder (results.json, trace.npz, history.npz)")
     judge.set_defaults(handler=command_judge)
+
+    explain = commands.add_parser("explain", help="the story of one drifting user of a stored run: each operation "
+                                                  "that touched them, the faults around, and the cause")
+    explain.add_argument("run", help="a run's folder (results.json, trace.npz, history.npz)")
+    explain.add_argument("--strategy", help="whose story (default: the strategy that drifted most)")
+    explain.add_argument("--user", type=int, help="which user (default: the one whose total drifted most)")
+    explain.set_defaults(handler=command_explain)
+
+    shrink = commands.add_parser("shrink", help="the smallest trace and fault schedule that still show a "
+                                                "strategy's anomaly (simulation); write shrunk.toml, its trace, "
+                                                "and the story")
+    shrink.add_argument("scenario", help="a scenario TOML file")
+    shrink.add_argument("--strategy", required=True, help="the strategy whose anomaly to shrink")
+    shrink.add_argument("--seed", type=seed_number, help="the trace's seed (default: the scenario's)")
+    shrink.add_argument("--anomaly", help="inconsistent, over, under or wrong_badge (default: the first of them "
+                                          "the run shows)")
+    shrink.add_argument("--out", help="output folder (default: results/shrink-<scenario>-<strategy>)")
+    shrink.add_argument("--force", action="store_true", help=FORCE_FOLDER)
+    shrink.add_argument("--confirm-real", type=whole(1000), default=0, metavar="N",
+                        help="replay the shrunk scenario N times on real servers and say how often it shows")
+    shrink.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    shrink.set_defaults(handler=command_shrink)
 
     trace = commands.add_parser("trace", help="generate a scenario's trace and save it")
     trace.add_argument("scenario")

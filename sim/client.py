@@ -16,6 +16,7 @@ from sim.faults import SPECS
 from sim.history import FAIL, OK, UNKNOWN, History
 from sim.nemesis import AckLog, StallTarget
 from sim.scenario import ClientConfig
+from sim.story import Tracer
 from sim.traffic import KIND_NAMES
 from sim.workload import Workload
 from strategies.base import GaveUp, Strategy
@@ -150,6 +151,7 @@ class ClientLoop:
         self.crashed_operations = 0
         self.lost_in_buffer = 0   # changes lost with a crashed process's memory
         self.wait_replies: dict[int, int] = {}    # replicas WAIT confirmed -> how many times
+        self.tracer: Tracer | None = None         # follows some operations request by request (sim/story.py)
 
     def run(self, client: Client):
         """The client's operations, in order of their start (see
@@ -157,6 +159,7 @@ class ClientLoop:
         ops = self.workload.dealt(client.index, self.config.count, self.config.route)
         clock, history, paced, start_at = self.clock, self.history, self.paced, self.workload.t
         attempt_operation = self._attempt
+        traced = self.tracer.ops if self.tracer is not None else frozenset()
         first = True
         for op in ops:
             if paced:
@@ -173,8 +176,10 @@ class ClientLoop:
             if self.no_single_moment:
                 history.spread[op] = True
             attempt = 0
+            follow = op in traced
             while True:
-                result = yield from attempt_operation(client, op, attempt)
+                result = yield from (self._traced(client, op, attempt) if follow
+                                     else attempt_operation(client, op, attempt))
                 if result.crashed:
                     self.crashed_operations += 1
                     if "lost_in_buffer" in self.causes:
@@ -191,6 +196,31 @@ class ClientLoop:
                 history.retries += 1
                 yield Sleep(self.config.backoff(attempt))
             history.completed(op, clock(), result.outcome)
+            if follow:
+                self.tracer.completed(op, result.outcome, clock())
+
+    def _traced(self, client: Client, op: int, attempt: int):
+        """One attempt, with each request it sends and what came back told to the tracer."""
+        inner = self._attempt(client, op, attempt)
+        answer: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                instruction = inner.send(answer) if error is None else inner.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            exchange = (self.tracer.sent(op, client.index, attempt, instruction.request, self.clock())
+                        if type(instruction) is Send else None)
+            try:
+                answer, error = (yield instruction), None
+            except ConnectionLost as lost:
+                answer, error = None, lost
+            if exchange is not None:
+                exchange.answered_at = self.clock()
+                if error is None:
+                    exchange.reply = answer[0]
+                else:
+                    exchange.lost = str(error) or type(error).__name__
 
     def _shown(self, op: int, value: Any) -> None:
         """What the operation showed the user: an int, or a bug of the strategy's."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import math
 import re
 import stat
@@ -192,6 +193,54 @@ class Scenario:
             "faults": [fault.to_dict() for fault in self.faults],
             "fault_rates": [asdict(rate) for rate in self.fault_rates],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Scenario":
+        """A scenario as a results.json stores it (``to_dict``), rebuilt."""
+        return cls(path=Path(data["path"]), sha256=data["sha256"], name=data["name"],
+                   description=data["description"], seed=data["seed"], strategies=tuple(data["strategies"]),
+                   **{name: config(**data[name]) for name, config in SECTIONS.items()},
+                   strategy_options=data["strategy_options"],
+                   faults=tuple(Fault(fault["kind"], fault["at"], fault["duration"], fault["params"])
+                                for fault in data["faults"]),
+                   fault_rates=tuple(FaultRate(**rate) for rate in data["fault_rates"]))
+
+    def to_toml(self, header: str = "") -> str:
+        """The scenario as a file ``load`` reads back to an equal scenario
+        (the keys that differ from their defaults; the faults explicit, none drawn)."""
+        lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+        lines += [f"name = {_toml(self.name)}", f"description = {_toml(self.description)}", f"seed = {self.seed}",
+                  f"strategies = {_toml(list(self.strategies))}"]
+        for name in SECTIONS:
+            lines += ["", f"[{name}]"]
+            config = getattr(self, name)
+            lines += [f"{key} = {_toml(value)}" for key, value in asdict(config).items()
+                      if value != getattr(type(config)(), key)]
+        for strategy, options in self.strategy_options.items():
+            if options:
+                lines += ["", f"[strategy_options.{strategy}]", *(f"{key} = {_toml(value)}"
+                                                                  for key, value in options.items())]
+        for fault in self.faults:
+            lines += ["", "[[faults]]", f"kind = {_toml(fault.kind)}", f"at = {_toml(float(fault.at))}",
+                      f"duration = {_toml(float(fault.duration))}"]
+            if fault.params:
+                lines.append(f"params = {_toml(fault.params)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    """One TOML value (strings, numbers, booleans, lists and inline tables of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {_toml(item)}" for key, item in value.items()) + " }"
+    raise TypeError(f"no TOML for {type(value).__name__}")
 
 
 SECTIONS = {"traffic": TrafficConfig, "clients": ClientConfig, "server": ServerConfig, "sentinel": SentinelConfig,

@@ -34,6 +34,11 @@ count = 16
 timeline_points = 5
 """
 
+# faults_failover, shorter: the primary dies at 1 s, a replica 50 ms behind is promoted 1 s later.
+SHORT_FAILOVER = ((Path(__file__).parent.parent / "scenarios" / "faults_failover.toml").read_text()
+                  .replace("messages = 5000", "messages = 2500").replace("at = 2.0", "at = 1.0")
+                  .replace("timeline_points = 50", "timeline_points = 5"))
+
 
 def short_trace(scenario):
     """The scenario's trace without the reads that trail its last message by

@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import statistics
+import tomllib
 from pathlib import Path
 
 from sim.backends import DEFAULT
@@ -69,6 +70,46 @@ def find_documents(paths: list[str], file_name: str) -> list[dict]:
                                   "sha256, slo_p99_ms, strategies with capacity_ops_per_s expected)")
             found.append(document)
     return found
+
+
+def find_stories(paths: list[str]) -> list[dict]:
+    """The shrunk reproductions (`countdrift shrink`'s shrunk.toml and
+    story.md) under the folders named: each one's scenario, strategy, seed
+    and story."""
+    stories = []
+    for name in paths:
+        path = Path(name)
+        for scenario in sorted(path.rglob("shrunk.toml")) if path.is_dir() else []:
+            story = scenario.with_name("story.md")
+            try:
+                data = tomllib.loads(scenario.read_text())
+                text = story.read_text()
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                continue   # not a reproduction countdrift wrote whole: nothing to show
+            shrunk_of = str(data.get("name", "")).removesuffix("-shrunk")
+            strategies = data.get("strategies") or [""]
+            stories.append({"scenario": shrunk_of, "strategy": strategies[0], "seed": data.get("seed"),
+                            "story": text.strip().strip("`").strip(), "folder": str(scenario.parent)})
+    return stories
+
+
+def _explain_lines(document: dict, stories: list[dict]) -> list[str]:
+    """For each strategy that drifted: how to tell its story and shrink it,
+    and its shrunk story when one was given."""
+    drifted = [run for run in document["runs"] if run["drift"]["abs_drift_sum"] or run["drift"]["users_inconsistent"]]
+    if not drifted:
+        return []
+    scenario = document["scenario"]
+    lines = ["", "How it drifted: the story of a strategy's worst user, `countdrift explain RUN_DIR --strategy S`; "
+                 "the smallest run that still shows it, on the simulation:", ""]
+    for run in drifted:
+        lines.append(f"- {run['strategy']}: `countdrift shrink {scenario.get('path', 'SCENARIO')} "
+                     f"--strategy {run['strategy']} --seed {document['seed']}`")
+        for story in stories:
+            if (story["scenario"], story["strategy"], story["seed"]) == (scenario["name"], run["strategy"],
+                                                                         document["seed"]):
+                lines += ["", f"  shrunk ({story['folder']}):", "", "```", story["story"], "```", ""]
+    return lines
 
 
 def _is_capacity(document: object) -> bool:
@@ -190,7 +231,8 @@ def _what_users_saw(document: dict) -> list[str]:
     return lines
 
 
-def _section(document: dict, capacity: dict | None = None, title: str | None = None) -> list[str]:
+def _section(document: dict, capacity: dict | None = None, title: str | None = None,
+             stories: list[dict] = ()) -> list[str]:
     scenario = document["scenario"]
     lines = [f"## {title or charts.title_of(document)}", "",
              f"- scenario: `{scenario['name']}` from `{scenario.get('path', '?')}` "
@@ -241,6 +283,7 @@ def _section(document: dict, capacity: dict | None = None, title: str | None = N
             shares = run["drift_by_cause"]["abs_drift_sum"]
             lines.append(f"| {run['strategy']} | {run['drift']['abs_drift_sum']} | "
                          + " | ".join(str(shares[name]) for name in names) + " |")
+    lines += _explain_lines(document, list(stories))
     return lines + [""]
 
 
@@ -301,8 +344,9 @@ def _fidelity_section(document: dict, index: int, folder: Path, drawn: list[tupl
 
 def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = (),
                  capacities: list[dict] = (), sweeps: list[dict] = (),
-                 sources: list[Path] | None = None) -> tuple[Path, Path]:
-    """``sources``: the file each document was read from, named where two documents would read alike."""
+                 sources: list[Path] | None = None, stories: list[dict] = ()) -> tuple[Path, Path]:
+    """``sources``: the file each document was read from, named where two
+    documents would read alike; ``stories``: shrunk reproductions (find_stories)."""
     folder.mkdir(parents=True, exist_ok=True)
     drawn = draw_all(documents, folder, capacities, sources)
     markdown = ["# countdrift report", "",
@@ -315,7 +359,7 @@ def write_report(documents: list[dict], folder: Path, fidelities: list[dict] = (
         markdown += sweep_sections(sweep, folder, index, drawn)
     markdown += capacity_against_real(list(capacities))
     for document, title in zip(documents, titles(documents, sources)):
-        markdown += _section(document, capacity_of(document, capacities), title)
+        markdown += _section(document, capacity_of(document, capacities), title, stories)
     markdown += ["## Charts", ""] if drawn else []
     for caption, png in drawn:
         markdown += [f"### {caption}", "", f"![{caption}]({png.name})", ""]

@@ -15,13 +15,14 @@ from sim.backend import Backend, CostTarget, Deployment, Execution, Progress
 from sim.backends.model.driver import SimDriver
 from sim.backends.model.nemesis import SimNemesis
 from sim.backends.model.target import make_server
-from sim.causes import attribute, relevant, steps
+from sim.causes import EVERY, attribute, relevant, steps
 from sim.checker import Drift, check
 from sim.client import CAUSES
 from sim.faults import Fault
 from sim.heap import begin_run, collect_finished_runs
 from sim.nemesis import StallTarget, ack_log, promotes, rollback_horizon, tears_aof
 from sim.scenario import Scenario, ServerConfig
+from sim.story import Tracer
 from sim.traffic import Trace
 from sim.truth import truth_ranges
 from strategies import make_strategy
@@ -30,11 +31,13 @@ from strategies.base import Strategy
 
 def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: list[Fault],
              causes: frozenset[str] = frozenset(CAUSES), timeline_points: int = 0,
-             progress: Progress | None = None, drift_only: bool = False) -> tuple[SimDriver, SimNemesis]:
+             progress: Progress | None = None, drift_only: bool = False,
+             tracer: Tracer | None = None) -> tuple[SimDriver, SimNemesis]:
     """One replay of the trace through one strategy, with the nemesis;
     ``drift_only``: only the counters and the history will be read (a replay
     of the attribution), so the clients log no acknowledged writes, which
-    only the faults' records count."""
+    only the faults' records count; ``tracer``: follows its operations, and
+    reads its user's counters as each completes."""
     # What earlier runs left in cycles (a finished driver, its store and
     # workload) goes before this run's structures are made, not beside
     # them: a replay's peak memory is then one run's, not two.
@@ -52,6 +55,8 @@ def simulate(scenario: Scenario, trace: Trace, strategy: Strategy, schedule: lis
     driver = SimDriver(trace, strategy, scenario.clients, server, trace.seed, timeline_points, causes, progress,
                        None if drift_only else acks, target, run.load == "open", run.think_time_ms / 1000.0)
     nemesis = SimNemesis(driver, schedule, trace.seed, scenario.server, scenario.sentinel, acks, target)
+    if tracer is not None:
+        driver.follow(tracer)
     driver.run(tuple(nemesis.processes()))
     return driver, nemesis
 
@@ -139,6 +144,20 @@ class SimBackend(Backend):
         switchable = list(pieces[0].switchable) if pieces else []
         return {"drift_by_cause": attribute(drift, switchable, [replayed for replayed, _ in results]),
                 "wall_seconds_attribution": round(sum(seconds for _, seconds in results), 3)}
+
+    def rerun(self, scenario: Scenario, trace: Trace, strategy_name: str, schedule: list[Fault],
+              causes: frozenset[str] = EVERY, tracer: Tracer | None = None) -> Execution:
+        """The run again, exactly (the same seed gives the same run), with
+        ``causes`` on and the tracer's operations followed."""
+        options = scenario.strategy_options.get(strategy_name, {})
+        options = {**options, **make_strategy(strategy_name, **options).repairs_off(causes)}
+        driver, nemesis = simulate(scenario, trace, make_strategy(strategy_name, **options), schedule, causes,
+                                   tracer=tracer)
+        execution = Execution(history=driver.history, timeline=[], faults=nemesis.records(),
+                              counters=driver.counters())
+        del driver, nemesis
+        collect_finished_runs()
+        return execution
 
     def cost_target(self, strategy: Strategy) -> CostTarget:
         from sim.backends.model.cost import SimCostTarget

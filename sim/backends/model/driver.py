@@ -24,7 +24,7 @@ from sim.backends.model.server import Connection, Entry, Server
 from sim.checker import Counters, Drift, check, read_counters
 from sim.client import CAUSES, Client, ClientLoop, ConnectionRefused, Send, Sleep
 from sim.cluster import asked, refused_whole
-from sim.commands import CommandError, ConnectionLost, Pipeline, first_error, run_now, sent_commands
+from sim.commands import CommandError, ConnectionLost, Pipeline, first_error, run_batch, run_now, sent_commands
 from sim.heap import cyclic_gc_paused
 from sim.history import History
 from sim.lua import forgotten, load_command, load_replies
@@ -32,6 +32,7 @@ from sim.metrics import timeline_point
 from sim.nemesis import AckLog, Split, StallTarget
 from sim.network import Network
 from sim.scenario import ClientConfig
+from sim.story import Tracer
 from sim.traffic import Trace
 from sim.truth import Memberships, truth_ranges
 from sim.worker import WorkerLoop, WorkerStats
@@ -134,6 +135,17 @@ class SimDriver:
     def drift(self, at: float = np.inf) -> Drift:
         truth = truth_ranges(self.trace, self.history, self.pairs, at)
         return check(self.pairs, truth, self.counters())
+
+    def follow(self, tracer: Tracer) -> None:
+        """Let ``tracer`` follow its operations, and read its user's counters
+        when each completes (simulated time stands still while it reads)."""
+        def read(user: int) -> tuple[dict[int, int], int]:
+            self.server.advance(self.env.now)
+            counts, total, _ = run_batch([self.strategy.counters(user)], self.server.inspect)[0]
+            return counts, total
+
+        self.loop.tracer = tracer
+        tracer.read = read
 
     def counters(self) -> Counters:
         return read_counters(self.strategy, self.trace.users, self.trace.conversations, self.server.inspect)
