@@ -296,6 +296,33 @@ def command_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stories_of(sources: list[Path], documents: list[dict]) -> list[dict]:
+    """`report --explain`: the story of each drifted strategy's worst user,
+    of every run whose folder holds its history."""
+    from sim.experiments.explain import explain
+    from sim.report.history_file import HISTORY_FILE
+    from sim.report.stored_run import load_run
+    from sim.report.story import format_story
+
+    stories = []
+    for source, document in zip(sources, documents):
+        if not (source.parent / HISTORY_FILE).is_file():
+            continue
+        stored = None
+        for run in document["runs"]:
+            if not (run["drift"]["abs_drift_sum"] or run["drift"]["users_inconsistent"]):
+                continue
+            stored = stored or load_run(source.parent, "report --explain")
+            try:
+                story = format_story(explain(stored, run["strategy"]))
+            except UsageError as nothing:   # a real run whose totals are right: nothing its history can tell
+                story = str(nothing)
+            stories.append({"scenario": document["scenario"]["name"], "strategy": run["strategy"],
+                            "seed": document["seed"], "story": story.strip(),
+                            "title": f"the story of its worst user (countdrift explain {source.parent})"})
+    return stories
+
+
 def command_report(args: argparse.Namespace) -> int:
     from sim.report.output import OutputFolder
     from sim.report.summary import (
@@ -323,8 +350,8 @@ def command_report(args: argparse.Namespace) -> int:
             raise UsageError(f"nothing to report under {', '.join(args.results)}: no results.json, sweep or "
                              "fidelity.json, nor a capacity.json measured on both backends (real, and simulated "
                              "with --model-driver)")
-        markdown, page = write_report(documents, folder.partial, fidelities, capacities, sweeps, sources,
-                                      find_stories(args.results))
+        stories = find_stories(args.results) + (_stories_of(sources, documents) if args.explain else [])
+        markdown, page = write_report(documents, folder.partial, fidelities, capacities, sweeps, sources, stories)
         folder.commit()
     Done.written = f"the report in {out}"
     print(f"report: {out / page.name} (and {markdown.name}, charts as PNG and SVG in {out})")
@@ -708,6 +735,9 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("results", nargs="+", help="results.json or sweep.json files, or folders to search for them")
     report.add_argument("--out", default="results/report", help="output folder (default: results/report)")
     report.add_argument("--force", action="store_true", help=FORCE_FOLDER)
+    report.add_argument("--explain", action="store_true",
+                        help="tell the story of each drifted strategy's worst user (`countdrift explain`: a "
+                             "simulated run is run again, which takes a while)")
     report.set_defaults(handler=command_report)
 
     comparison = commands.add_parser("compare", help="what got worse between two results, or two sweeps; "

@@ -141,3 +141,18 @@ def test_the_report_offers_the_shrink_and_shows_the_shrunk_story(shrunk_failover
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert f"`countdrift shrink {shrunk_failover / 'failover.toml'} --strategy lua --seed 11`" in summary
     assert "how lua counted too many: user 0, faults_failover-shrunk" in summary
+    assert "the story of its worst user" not in summary
+    # --explain: the story of the worst user of each strategy that drifted, beside it.
+    assert main(["report", str(shrunk_failover / "whole"), "--explain", "--out", str(tmp_path / "told")]) == 0
+    told = (tmp_path / "told" / "summary.md").read_text()
+    assert "the story of its worst user (countdrift explain" in told
+    assert "how lua counted too many: user 166, faults_failover (seed 11, sim)" in told
+
+
+def test_an_anomaly_the_run_does_not_show_is_named(shrunk_failover, capsys):
+    assert main(["shrink", str(shrunk_failover / "failover.toml"), "--strategy", "lua", "--anomaly", "inconsistent",
+                 "-q", "--out", str(shrunk_failover / "none")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("countdrift: lua shows no inconsistent anomaly on faults_failover with seed 11 (it shows over, "
+                   "under, wrong_badge): nothing to shrink")
+    assert not (shrunk_failover / "none").exists()

@@ -169,6 +169,7 @@ class Shrinker:
             current = self._clients(current)
             current = self._fault_parameters(current)
             current = self._window(current)
+            current = self._turns(current)
             current = self._operations(current)
         current = self._members(current)
         return self._shifted(current)
@@ -183,8 +184,28 @@ class Shrinker:
             return lambda: Candidate(subtrace(trace, np.arange(start, end)), current.schedule, current.clients)
 
         end = _first(1, n, lambda end: self._try(make(0, end)))
-        start = _last(0, end - 1, lambda start: self._try(make(start, end)))
+        # The start a whole turn of the clients at a time, so that every
+        # operation kept stays with its client (they take them in turn).
+        turn = current.clients
+        start = turn * _last(0, (end - 1) // turn, lambda turns: self._try(make(turns * turn, end)))
         return (self._built(make(start, end)) if (start, end) != (0, n) else None) or current
+
+    def _turns(self, current: Candidate) -> Candidate:
+        """Whole turns of the clients removed (the clients take operations in
+        turn: removing one deals every later one to another client, removing
+        a turn deals none elsewhere)."""
+        base, turn = current.trace, current.clients
+        n = len(base.t)
+        if turn < 2 or n <= turn:
+            return current
+        turns = [list(range(start, min(start + turn, n))) for start in range(0, n, turn)]
+
+        def make(kept: list[int]) -> Candidate | None:
+            ops = [op for index in kept for op in turns[index]]
+            return Candidate(subtrace(base, np.array(ops)), current.schedule, current.clients) if ops else None
+
+        kept = ddmin(list(range(len(turns))), lambda indexes: self._try(lambda: make(indexes)))
+        return make(kept) if len(kept) < len(turns) else current
 
     def _operations(self, current: Candidate) -> Candidate:
         base = current.trace

@@ -89,7 +89,7 @@ def find_stories(paths: list[str]) -> list[dict]:
             shrunk_of = str(data.get("name", "")).removesuffix("-shrunk")
             strategies = data.get("strategies") or [""]
             stories.append({"scenario": shrunk_of, "strategy": strategies[0], "seed": data.get("seed"),
-                            "story": text.strip().strip("`").strip(), "folder": str(scenario.parent)})
+                            "story": text.strip().strip("`").strip(), "title": f"shrunk ({scenario.parent})"})
     return stories
 
 
@@ -108,7 +108,7 @@ def _explain_lines(document: dict, stories: list[dict]) -> list[str]:
         for story in stories:
             if (story["scenario"], story["strategy"], story["seed"]) == (scenario["name"], run["strategy"],
                                                                          document["seed"]):
-                lines += ["", f"  shrunk ({story['folder']}):", "", "```", story["story"], "```", ""]
+                lines += ["", f"  {story['title']}:", "", "```", story["story"], "```", ""]
     return lines
 
 
