@@ -131,7 +131,8 @@ def _replayed(stored: StoredRun, name: str, user: int | None, drifted: list[dict
             user = int(np.argmax(gap))
     ops = touching(trace, user)
     if len(ops) < len(trace.t):
-        notes.append(f"the run's other {len(trace.t) - len(ops):,} operations touched other users only")
+        others = len(trace.t) - len(ops)
+        notes.append(f"{others:,} other operation{'s' if others != 1 else ''} of the run touched other users only")
     tracer = Tracer(user, ops)
     execution = backend.rerun(scenario, trace, name, schedule, tracer=tracer)
     history = execution.history

@@ -132,4 +132,5 @@ def format_story(story: Story) -> str:
     events.sort(key=lambda event: (event[0], event[1]))
     for _, _, block in events:
         lines += block
+    lines += ["", f"so: {story.cause}" + (f" ({story.drift:+d})" if story.drift else "")]
     return "\n".join(lines) + "\n"
