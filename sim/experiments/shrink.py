@@ -138,13 +138,14 @@ class Shrinker:
         ``cause`` off there is less of it; for cut_in_half: some stays with
         every mechanism off; with ``needs_faults``, there is less of it
         without the faults); the smallest that does is kept."""
-        found = self.size(candidate)
+        size = self.size(candidate)
+        found = size > 0
         if found and self.needs_faults:
-            found = found > self.size(candidate, faults=False)
+            found = size > self.size(candidate, faults=False)
         if found and self.cause == "cut_in_half":
-            found = self.size(candidate, frozenset())
+            found = self.size(candidate, frozenset()) > 0
         elif found and self.cause is not None:
-            found = found > self.size(candidate, EVERY - {self.cause})
+            found = size > self.size(candidate, EVERY - {self.cause})
         if found and (self.best is None or candidate.size <= self.best.size):
             self.best = candidate
         if self.progress:
