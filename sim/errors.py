@@ -12,3 +12,11 @@ class StrategyError(UsageError):
 
 class ReportError(ValueError):
     """Results that reports and compare cannot read."""
+
+
+class NotModelled(UsageError):
+    """A request the simulation does not model: the run ends, naming it,
+    rather than answer otherwise than Redis would."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"not modelled by the simulation: {what}")

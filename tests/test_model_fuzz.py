@@ -39,6 +39,12 @@ COMMANDS = st.one_of(
     st.tuples(st.just("SET"), KEYS, VALUES),
     st.tuples(st.just("SET"), KEYS, VALUES, st.sampled_from(["NX", "XX"])),
     st.tuples(st.just("SET"), KEYS, VALUES, st.just("PX"), st.sampled_from(["100000", "0", "x"])),
+    # Options two at a time, of one kind or two (NX with XX, EX with PX or KEEPTTL: a syntax error), and GET.
+    st.tuples(st.just("SET"), KEYS, VALUES, st.sampled_from(["NX", "XX", "GET", "KEEPTTL", "EX", "PX"]),
+              st.sampled_from(["NX", "XX", "GET", "KEEPTTL"])),
+    st.tuples(st.just("SET"), KEYS, VALUES, st.sampled_from(["EX", "PX"]), st.just("100000"),
+              st.sampled_from(["PX", "KEEPTTL", "GET", "NX"]), st.just("100000")),
+
     st.tuples(st.just("INCR"), KEYS),
     st.tuples(st.just("INCRBY"), KEYS, AMOUNTS),
     st.tuples(st.just("DECRBY"), KEYS, AMOUNTS),
@@ -182,6 +188,23 @@ def real(tmp_path_factory):
     yield connection
     connection.close()
     server.stop()
+
+
+@pytest.mark.parametrize("requests", [
+    [("SET", "a", "1", "PX", "100000"), ("SET", "a", "2", "KEEPTTL", "GET"), ("GET", "a")],
+    [("SET", "a", "1", "NX", "XX"), ("SET", "a", "1", "EX", "1", "PX", "1"), ("SET", "a", "1", "KEEPTTL", "EX", "1")],
+    [("SADD", "b", "x"), ("SET", "b", "1", "GET"), ("SET", "c", "1", "NX", "GET"), ("SET", "c", "2", "NX", "GET")],
+    [("watch", "a"), ("unwatch",), ("Watch", "a", "b")],
+])
+def test_set_options_and_commands_in_lower_case_as_redis_server_takes_them(real, requests):
+    compare(Server(), real, requests)
+
+
+def test_a_set_at_a_wall_clock_moment_is_refused_as_not_modelled():
+    from sim.errors import NotModelled
+
+    with pytest.raises(NotModelled, match="not modelled by the simulation: SET ... EXAT"):
+        Server().inspect(("SET", "a", "1", "EXAT", "99999999999"))
 
 
 def test_the_model_answers_as_redis_server_does(real):

@@ -50,6 +50,13 @@ NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
 _CONNECTION_COMMANDS = frozenset({"WATCH", "UNWATCH", "SCRIPT", "ASKING", "FUNCTION", "FCALL"})
 
 
+def _connection(name: object) -> bool:
+    """Whether a command is one of the server's, not the store's: in any
+    case, as Redis takes names (one test for the upper case the strategies send)."""
+    return name in _CONNECTION_COMMANDS or (type(name) is str and not name.isupper()
+                                            and name.upper() in _CONNECTION_COMMANDS)
+
+
 @dataclass(frozen=True)
 class ServiceTimes:
     """What each part of a request costs the server, in seconds (`countdrift
@@ -414,7 +421,7 @@ class Server:
         plain = 0
         try:
             for command in commands:
-                if type(command) is tuple and command[0] not in _CONNECTION_COMMANDS:
+                if type(command) is tuple and not _connection(command[0]):
                     plain += 1
                     try:
                         append(store_execute(command))
@@ -444,7 +451,7 @@ class Server:
                     raise CommandError(refused)
             if kind is tuple:
                 self.requests += 1
-                if request[0] in _CONNECTION_COMMANDS:
+                if _connection(request[0]):
                     return self._connection_command(connection, request)
                 return self.store.execute(request)
             if kind is Script:
@@ -476,7 +483,7 @@ class Server:
 
     def _connection_command(self, connection: Connection, words: tuple) -> Any:
         """WATCH, UNWATCH and SCRIPT: what the server does, not the store."""
-        name = words[0]
+        name = words[0].upper()
         if name == "WATCH":
             self.store.watch(connection, words[1:])
             return OK

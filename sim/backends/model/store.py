@@ -27,6 +27,7 @@ from sim.backends.model.values import (
     to_int,
 )
 from sim.commands import READ_ONLY, CommandError
+from sim.errors import NotModelled
 
 # Redis arity: n means exactly n words, -n at least n (the name included).
 ARITY = {
@@ -278,34 +279,47 @@ class Store(StreamCommands):
         return self._string(key)
 
     def cmd_set(self, key: str, value: Any, *options: Any) -> str | None:
-        nx = xx = False
-        ttl = None
+        """SET with NX or XX, one of EX, PX or KEEPTTL, and GET, as Redis 7
+        parses them (two of a kind: a syntax error); EXAT and PXAT name a
+        moment of the wall clock, which the simulation does not have."""
+        nx = xx = get = keep = False
+        unit, amount = None, None   # EX or PX, and its amount as given (parsed once every option is read)
         i = 0
         while i < len(options):
             option = str(options[i]).upper()
-            if option == "NX":
+            if option == "NX" and not xx:
                 nx = True
-            elif option == "XX":
+            elif option == "XX" and not nx:
                 xx = True
-            elif option in ("EX", "PX") and i + 1 < len(options):
-                amount = to_int(options[i + 1])
-                if amount <= 0:
-                    raise CommandError("ERR invalid expire time in 'set' command")
-                ttl = amount if option == "EX" else amount / 1000.0
+            elif option == "GET":
+                get = True
+            elif option == "KEEPTTL" and unit is None:
+                keep = True
+            elif option in ("EX", "PX") and i + 1 < len(options) and unit in (None, option) and not keep:
+                unit, amount = option, options[i + 1]
                 i += 1
+            elif option in ("EXAT", "PXAT"):
+                raise NotModelled(f"SET ... {option}: a moment of the wall clock, which the simulation does not have")
             else:
                 raise CommandError("ERR syntax error")
             i += 1
+        ttl = None
+        if unit is not None:
+            ttl = to_int(amount)
+            if ttl <= 0:
+                raise CommandError("ERR invalid expire time in 'set' command")
+            ttl = ttl if unit == "EX" else ttl / 1000.0
+        old = self._string(key) if get else None
         exists = self._lookup(key) is not None
         if (nx and exists) or (xx and not exists):
-            return None
+            return old
         self._write(key)
         self.data[key] = value if type(value) is str else str(value)
-        if ttl is None:
-            self.expires.pop(key, None)
-        else:
+        if ttl is not None:
             self.expires[key] = self.now + ttl
-        return OK
+        elif not keep:
+            self.expires.pop(key, None)
+        return old if get else OK
 
     def cmd_incrby(self, key: str, amount: Any) -> int:
         return self._increment(key, to_int(amount))
