@@ -148,7 +148,7 @@ def command_shrink(args: argparse.Namespace) -> int:
 
     from sim import budget
     from sim.experiments.explain import explain
-    from sim.experiments.shrink import ANOMALIES, NoAnomaly, Shrinker, shown_in, shrink
+    from sim.experiments.shrink import ANOMALIES, NoAnomaly, scenario_of, shown_in, shrink
     from sim.report.output import OutputFolder, write_text
     from sim.report.stored_run import StoredRun
     from sim.report.story import format_story
@@ -183,7 +183,7 @@ def command_shrink(args: argparse.Namespace) -> int:
             bar.close()
     best = shrunk.best
     shrunk_scenario = dataclasses.replace(
-        Shrinker(simulation, scenario, strategy, shrunk.anomaly).scenario_for(best),
+        scenario_of(scenario, strategy, best),
         name=f"{scenario.name}-shrunk", description=f"{strategy}'s {shrunk.anomaly} anomaly on {scenario.name} "
                                                      f"(seed {seed}), shrunk by countdrift shrink")
     with folder:

@@ -392,4 +392,3 @@ def strike_clients(fault: Any, clients: list[Client], rng: Any, now: float) -> d
         else:
             client.crash(now, fault.duration)
     return {spec.strikes: [client.index for client in chosen]}
-

@@ -195,6 +195,7 @@ def real(tmp_path_factory):
     [("SET", "a", "1", "NX", "XX"), ("SET", "a", "1", "EX", "1", "PX", "1"), ("SET", "a", "1", "KEEPTTL", "EX", "1")],
     [("SADD", "b", "x"), ("SET", "b", "1", "GET"), ("SET", "c", "1", "NX", "GET"), ("SET", "c", "2", "NX", "GET")],
     [("watch", "a"), ("unwatch",), ("Watch", "a", "b")],
+    [Script(ONE_CALL, (), ("WATCH", "a")), Script(ONE_CALL, (), ("unwatch",)), ("SET", "a", "1")],
 ])
 def test_set_options_and_commands_in_lower_case_as_redis_server_takes_them(real, requests):
     compare(Server(), real, requests)

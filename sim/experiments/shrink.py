@@ -40,23 +40,32 @@ from sim.truth import Memberships, truth_ranges
 ANOMALIES = ("inconsistent", "over", "under", "wrong_badge")
 
 
-def anomalies(trace: Trace, execution: Execution) -> dict:
-    """Each anomaly's size in one run, and each user's share of it (``users``)."""
+def sizes(drift: dict[str, int], badges_wrong: int) -> dict[str, int]:
+    """Each anomaly's size, from a run's drift (Drift.as_dict, or a record's
+    ``drift``) and its wrong badges."""
+    return {"inconsistent": drift["users_inconsistent"], "over": drift["overcount"] + drift["total_over"],
+            "under": drift["undercount"] + drift["total_under"], "wrong_badge": badges_wrong}
+
+
+def anomalies(trace: Trace, execution: Execution, only: str | None = None) -> dict:
+    """Each anomaly's size in one run, and each user's share of it
+    (``users``); with ``only``, what the others need is not computed (what
+    users were shown is judged for wrong_badge alone)."""
     pairs = Memberships(trace)
     truth = truth_ranges(trace, execution.history, pairs)
     drift = check(pairs, truth, execution.counters)
-    judged = judge_values(trace, execution.history, pairs)
-    wrong = judged.badge & (judged.error != 0)
+    badges = only in (None, "wrong_badge")
+    judged = judge_values(trace, execution.history, pairs) if badges else None
+    wrong = judged.badge & (judged.error != 0) if badges else None
     counters = execution.counters
     sums = np.bincount(counters.entry_user, weights=counters.entry_value, minlength=trace.users).astype(np.int64)
     total = counters.total
     off = np.where(total > truth.user_hi, total - truth.user_hi, np.where(total < truth.user_lo,
                                                                           total - truth.user_lo, 0))
-    return {"inconsistent": drift.users_inconsistent, "over": drift.overcount + drift.total_over,
-            "under": drift.undercount + drift.total_under, "wrong_badge": int(wrong.sum()),
-            "users": {"inconsistent": np.abs(total - sums), "over": np.maximum(off, 0),
-                      "under": np.maximum(-off, 0),
-                      "wrong_badge": np.bincount(trace.user[judged.op[wrong]], minlength=trace.users)}}
+    users = {"inconsistent": np.abs(total - sums), "over": np.maximum(off, 0), "under": np.maximum(-off, 0)}
+    if badges:
+        users["wrong_badge"] = np.bincount(trace.user[judged.op[wrong]], minlength=trace.users)
+    return {**sizes(drift.as_dict(), int(wrong.sum()) if badges else 0), "users": users}
 
 
 def subtrace(trace: Trace, ops: np.ndarray, members: Callable[[int, np.ndarray], np.ndarray] | None = None) -> Trace:
@@ -105,6 +114,13 @@ class Candidate:
         return len(self.trace.t), len(self.schedule)
 
 
+def scenario_of(scenario: Scenario, strategy: str, candidate: Candidate) -> Scenario:
+    """The scenario that runs ``candidate``: its traffic, faults and clients, the strategy alone."""
+    return dataclasses.replace(scenario, faults=tuple(candidate.schedule), fault_rates=(),
+                               clients=dataclasses.replace(scenario.clients, count=candidate.clients),
+                               traffic=candidate.trace.config, strategies=(strategy,))
+
+
 class Shrinker:
     """Searches for the smallest candidate that shows ``anomaly``; ``best``
     is always the smallest one seen showing it."""
@@ -119,9 +135,7 @@ class Shrinker:
         self.best: Candidate | None = None
 
     def scenario_for(self, candidate: Candidate) -> Scenario:
-        return dataclasses.replace(self.scenario, faults=tuple(candidate.schedule), fault_rates=(),
-                                   clients=dataclasses.replace(self.scenario.clients, count=candidate.clients),
-                                   traffic=candidate.trace.config, strategies=(self.strategy,))
+        return scenario_of(self.scenario, self.strategy, candidate)
 
     def size(self, candidate: Candidate, causes: frozenset[str] = EVERY, faults: bool = True) -> int:
         """The anomaly's size in the candidate's run, with ``causes`` on
@@ -131,7 +145,7 @@ class Shrinker:
             candidate = Candidate(candidate.trace, [], candidate.clients)
         execution = self.backend.rerun(self.scenario_for(candidate), candidate.trace, self.strategy,
                                        candidate.schedule, causes)
-        return anomalies(candidate.trace, execution)[self.anomaly]
+        return anomalies(candidate.trace, execution, self.anomaly)[self.anomaly]
 
     def shows(self, candidate: Candidate) -> bool:
         """Whether the candidate shows the anomaly, by the same cause (with
@@ -373,9 +387,9 @@ class NoAnomaly(Exception):
 
 
 def find_anomaly(trace: Trace, execution: Execution, strategy: str, scenario: Scenario,
-                 anomaly: str | None) -> tuple[str, int]:
+                 anomaly: str | None) -> tuple[str, np.ndarray]:
     """The anomaly to shrink (``anomaly``, or the first of ANOMALIES the run
-    shows) and the user who shows it most; NoAnomaly when there is none."""
+    shows) and each user's share of it; NoAnomaly when there is none."""
     found = anomalies(trace, execution)
     shown = [name for name in ANOMALIES if found[name] > 0]
     if anomaly is None:
@@ -386,7 +400,7 @@ def find_anomaly(trace: Trace, execution: Execution, strategy: str, scenario: Sc
     elif anomaly not in shown:
         raise NoAnomaly(f"{strategy} shows no {anomaly} anomaly on {scenario.name} with seed {trace.seed}"
                         f"{' (it shows ' + ', '.join(shown) + ')' if shown else ' (nor any other)'}: nothing to shrink")
-    return anomaly, int(np.argmax(found["users"][anomaly]))
+    return anomaly, found["users"][anomaly]
 
 
 def shrink(backend: Backend, scenario: Scenario, trace: Trace, strategy: str, schedule: list[Fault],
@@ -396,17 +410,17 @@ def shrink(backend: Backend, scenario: Scenario, trace: Trace, strategy: str, sc
     user: sim/experiments/explain.py); Ctrl-C stops the search and keeps the
     smallest reproduction found so far."""
     execution = backend.rerun(scenario, trace, strategy, schedule)
-    anomaly, user = find_anomaly(trace, execution, strategy, scenario, anomaly)
-    per_user = anomalies(trace, execution)["users"][anomaly]
+    anomaly, per_user = find_anomaly(trace, execution, strategy, scenario, anomaly)
+    user = int(np.argmax(per_user))
     needs_faults = False
     if schedule:   # an anomaly the faults made (naive cut in half by a power loss): its worst victim, and a fault kept
         calm = backend.rerun(dataclasses.replace(scenario, faults=(), fault_rates=()), trace, strategy, [])
-        made = per_user - anomalies(trace, calm)["users"][anomaly]
+        made = per_user - anomalies(trace, calm, anomaly)["users"][anomaly]
         if made.max() > 0:
             user, needs_faults = int(np.argmax(made)), True
     value = int(per_user[user])
     shares = user_shares(backend, scenario, trace, strategy, schedule, execution.history, value,
-                         lambda again: int(anomalies(trace, again)["users"][anomaly][user]))
+                         lambda again: int(anomalies(trace, again, anomaly)["users"][anomaly][user]))
     cause = main_cause({cause: share for cause, share in shares.items() if share > 0})
     shrinker = Shrinker(backend, scenario, strategy, anomaly, cause, progress)
     shrinker.needs_faults = needs_faults
@@ -423,7 +437,4 @@ def shrink(backend: Backend, scenario: Scenario, trace: Trace, strategy: str, sc
 def shown_in(record: dict, anomaly: str) -> bool:
     """Whether a run's record (results.json) shows ``anomaly``: how
     `--confirm-real` judges a real run of the shrunk scenario."""
-    drift, seen = record["drift"], record.get("seen") or {}
-    return {"inconsistent": drift["users_inconsistent"], "over": drift["overcount"] + drift["total_over"],
-            "under": drift["undercount"] + drift["total_under"],
-            "wrong_badge": seen.get("badges_wrong", 0)}[anomaly] > 0
+    return sizes(record["drift"], (record.get("seen") or {}).get("badges_wrong", 0))[anomaly] > 0

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from lupa import lua51
 
-from sim.backends.model.store import Store
+from sim.backends.model.store import ServerCommand, Store
 from sim.backends.model.values import INT64_MAX, INT64_MIN, Status
 from sim.commands import CommandError
 from sim.lua import FUNCTION_NOT_FOUND, LuaScript
@@ -273,7 +273,10 @@ class ScriptEngine:
             refused = self.call_guard(words)
             if refused is not None:
                 raise CommandError(refused)
-        reply = self.store.execute(words)
+        try:
+            reply = self.store.execute(words)
+        except ServerCommand:   # WATCH, SCRIPT, FUNCTION...: refused inside a script, as Redis refuses them
+            raise CommandError("ERR This Redis command is not allowed from script") from None
         kind = type(reply)
         if kind is int or kind is str:
             return reply

@@ -34,7 +34,7 @@ from sim.backends.model.aof import AppendOnlyFile
 from sim.backends.model.journal import Journal
 from sim.backends.model.persistence import Persistence
 from sim.backends.model.scripting import ScriptEngine
-from sim.backends.model.store import WALKS, Store, check_arity
+from sim.backends.model.store import SERVER_COMMANDS, WALKS, ServerCommand, Store, check_arity
 from sim.backends.model.values import OK
 from sim.commands import CommandError, Pipeline, Request, Script, Stall, Transaction, may_write, wire_size
 from sim.lua import LuaScript
@@ -47,14 +47,7 @@ READ_CHUNK_BYTES = 16 * 1024   # PROTO_IOBUF_LEN: what Redis reads from a socket
 REPLICA_CRON_S = 1.0
 NOREPLICAS = "NOREPLICAS Not enough good replicas to write."
 # The server runs these, not the store.
-_CONNECTION_COMMANDS = frozenset({"WATCH", "UNWATCH", "SCRIPT", "ASKING", "FUNCTION", "FCALL"})
-
-
-def _connection(name: object) -> bool:
-    """Whether a command is one of the server's, not the store's: in any
-    case, as Redis takes names (one test for the upper case the strategies send)."""
-    return name in _CONNECTION_COMMANDS or (type(name) is str and not name.isupper()
-                                            and name.upper() in _CONNECTION_COMMANDS)
+_CONNECTION_COMMANDS = SERVER_COMMANDS   # in upper case, as the strategies send them: one test in the hot path
 
 
 @dataclass(frozen=True)
@@ -421,12 +414,15 @@ class Server:
         plain = 0
         try:
             for command in commands:
-                if type(command) is tuple and not _connection(command[0]):
+                if type(command) is tuple and command[0] not in _CONNECTION_COMMANDS:
                     plain += 1
                     try:
                         append(store_execute(command))
                     except CommandError as error:
                         append(self._error_reply(error))
+                    except ServerCommand:   # one of the server's, not in upper case
+                        plain -= 1
+                        append(execute(connection, command))
                 elif type(command) is Pipeline:
                     append(self._pipeline(connection, command.commands))
                 else:
@@ -451,9 +447,12 @@ class Server:
                     raise CommandError(refused)
             if kind is tuple:
                 self.requests += 1
-                if _connection(request[0]):
+                if request[0] in _CONNECTION_COMMANDS:
                     return self._connection_command(connection, request)
-                return self.store.execute(request)
+                try:
+                    return self.store.execute(request)
+                except ServerCommand:   # one of the server's, not in upper case
+                    return self._connection_command(connection, request)
             if kind is Script:
                 self.requests += 1
                 script = request.script

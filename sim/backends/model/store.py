@@ -55,6 +55,16 @@ def _sum(current: int, amount: int) -> int:
 WALKS = frozenset({"HGETALL", "HVALS", "HKEYS", "SMEMBERS", "XRANGE", "XREADGROUP", "XAUTOCLAIM"})
 
 
+# The commands the server runs itself (a connection's WATCH, the script
+# cache, functions), not the keyspace.
+SERVER_COMMANDS = frozenset({"WATCH", "UNWATCH", "SCRIPT", "ASKING", "FUNCTION", "FCALL"})
+
+
+class ServerCommand(Exception):
+    """A command of the server's that reached the store under another case
+    than upper (Redis takes any): the server runs it."""
+
+
 def check_arity(words: tuple) -> None:
     """Raise the error Redis gives at queue time for an unknown command or wrong arity."""
     name = str(words[0]).upper()
@@ -183,6 +193,8 @@ class Store(StreamCommands):
         """Run one command given as its words, e.g. ``("HGET", "k", "f")``."""
         dispatch = self._dispatch.get(words[0])
         if dispatch is None:
+            if str(words[0]).upper() in SERVER_COMMANDS:
+                raise ServerCommand(words[0])
             check_arity(words)
             handler = self.commands[str(words[0]).upper()]
         else:
