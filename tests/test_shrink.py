@@ -156,3 +156,19 @@ def test_an_anomaly_the_run_does_not_show_is_named(shrunk_failover, capsys):
     assert err == ("countdrift: lua shows no inconsistent anomaly on faults_failover with seed 11 (it shows over, "
                    "under, wrong_badge): nothing to shrink")
     assert not (shrunk_failover / "none").exists()
+
+
+def test_shrink_never_removes_or_replaces_a_file_it_did_not_write(shrunk_failover, tmp_path, capsys):
+    scenario = str(shrunk_failover / "failover.toml")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    assert main(["shrink", scenario, "--strategy", "lua", "-q", "--out", str(out)]) == 2
+    assert "holds files countdrift did not write" in capsys.readouterr().err
+    (out / "story.md").write_text("the user's story")
+    assert main(["shrink", scenario, "--strategy", "lua", "-q", "--out", str(out), "--force"]) == 2
+    assert "story.md exist(s) there and `countdrift shrink` did not write them" in capsys.readouterr().err
+    (out / "story.md").unlink()
+    assert main(["shrink", scenario, "--strategy", "lua", "-q", "--out", str(out), "--force"]) == 0
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert (out / "shrunk.toml").is_file() and (out / "story.md").is_file()
