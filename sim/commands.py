@@ -77,7 +77,7 @@ Operation = Generator[Request, Any, Any]
 
 READ_ONLY = frozenset({"GET", "HGET", "HGETALL", "HVALS", "HKEYS", "HLEN", "HEXISTS", "EXISTS",
                        "TYPE", "PTTL", "SISMEMBER", "SMEMBERS", "SCARD", "KEYS", "DBSIZE", "PING",
-                       "WATCH", "UNWATCH", "SCRIPT", "WAIT"})
+                       "WATCH", "UNWATCH", "SCRIPT", "WAIT", "SELECT"})
 
 
 def may_write(request: Request) -> bool:
@@ -114,6 +114,19 @@ def sent_commands(request: Request) -> int:
     if kind is Transaction:
         return 2 + sum([sent_commands(item) for item in request.commands])
     return 1
+
+
+def reply_elements(request: Request, reply: object) -> int:
+    """The items of the arrays in a request's reply (a stream read's entries
+    and their fields, HVALS's values...): what a client's CPU reads and walks
+    beyond a reply per command."""
+    if type(request) is Pipeline and type(reply) is list:
+        return sum([reply_elements(part, item) for part, item in zip(request.commands, reply)])
+    return _items(reply) if type(reply) is list else 0
+
+
+def _items(array: list) -> int:
+    return len(array) + sum([_items(item) for item in array if type(item) is list])
 
 
 def wire_size(request: Request) -> int:

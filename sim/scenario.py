@@ -28,11 +28,13 @@ class ScenarioError(ValueError):
 
 
 CALIBRATION = Path(__file__).with_name("calibration.toml")   # the committed one (see its header)
-SERVICE_KEYS = ("request_us", "command_us", "script_us", "script_call_us", "fsync_always_us", "element_us")
+SERVICE_KEYS = ("request_us", "command_us", "script_us", "script_call_us", "fsync_always_us", "element_us",
+                "stream_read_us", "stream_ack_us", "stream_delete_us")
 # The redis backend's driver on the calibrated machine: its loopback round
-# trip, its CPU per request, per command and per timed wait, and what waking
+# trip, its CPU per request, per command, per array item of a reply and per
+# timed wait, and what waking
 # up costs it and the server (`countdrift capacity --model-driver`).
-DRIVER_KEYS = ("rtt_us", "request_us", "command_us", "sleep_us", "wake_us", "server_wake_us")
+DRIVER_KEYS = ("rtt_us", "request_us", "command_us", "element_us", "sleep_us", "wake_us", "server_wake_us")
 
 
 def load_calibration(path: Path, section: str = "server", keys: tuple[str, ...] = SERVICE_KEYS) -> dict[str, float]:
@@ -69,12 +71,14 @@ class ClientConfig:
     # seen by that user's reads.
     route: str = "round_robin"
     # The CPU of one client process that every client shares, per request
-    # and per command it sends (0: not modelled, every client as if on a
-    # machine of its own). The simulation only: `countdrift capacity
-    # --model-driver` sets them from the calibration, to model the redis
-    # backend's driver (one Python process) on this machine.
+    # and per command it sends, and per array item of the replies it reads
+    # (0: not modelled, every client as if on a machine of its own). The
+    # simulation only: `countdrift capacity --model-driver` sets them from
+    # the calibration, to model the redis backend's driver (one Python
+    # process) on this machine.
     driver_request_us: float = 0.0
     driver_command_us: float = 0.0
+    driver_element_us: float = 0.0
     # What a reply costs that process on top when it finds it idle (waking up
     # from its wait for the network): busy, replies are picked up on the way.
     driver_wake_us: float = 0.0
@@ -102,6 +106,10 @@ class ServerConfig:
     # Each element a command walks (a field HGETALL returns, a set's member,
     # a stream entry read): what makes HGETALL of 10,000 cost more than of 5.
     element_us: float = _DEFAULT_SERVICE["element_us"]
+    # Each stream entry a read returns, each id XACK acknowledges, each XDEL deletes.
+    stream_read_us: float = _DEFAULT_SERVICE["stream_read_us"]
+    stream_ack_us: float = _DEFAULT_SERVICE["stream_ack_us"]
+    stream_delete_us: float = _DEFAULT_SERVICE["stream_delete_us"]
     # What a request that finds the server idle costs it on top (the process
     # waking up): 0, except when `countdrift capacity --model-driver` models this machine.
     wake_us: float = 0.0
@@ -168,8 +176,8 @@ class Scenario:
     def driver_modelled(self) -> bool:
         """Whether its clients model the real driver's process (``with_driver``)."""
         clients = self.clients
-        return bool(clients.driver_request_us or clients.driver_command_us or clients.driver_wake_us
-                    or clients.driver_sleep_us or self.server.wake_us)
+        return bool(clients.driver_request_us or clients.driver_command_us or clients.driver_element_us
+                    or clients.driver_wake_us or clients.driver_sleep_us or self.server.wake_us)
 
     def throughput_basis(self, deterministic: bool) -> str:
         """What a run's throughput is, run on a backend that is ``deterministic``
@@ -273,12 +281,14 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "clients.count": (1, 100_000), "clients.rtt_ms": (0.000001, 60_000), "clients.timeout_ms": (0.001, 3_600_000),
     "clients.retries": (0, 1000), "clients.backoff_ms": (0, 3_600_000), "clients.max_backoff_ms": (0, 3_600_000),
     "clients.wait_timeout_ms": (0, 3_600_000), "clients.driver_request_us": (0, 1_000_000),
-    "clients.driver_command_us": (0, 1_000_000), "clients.driver_wake_us": (0, 1_000_000),
+    "clients.driver_command_us": (0, 1_000_000), "clients.driver_element_us": (0, 1_000_000),
+    "clients.driver_wake_us": (0, 1_000_000),
     "clients.driver_sleep_us": (0, 1_000_000),
     "server.wake_us": (0, 1_000_000),
     "server.request_us": (0, 1_000_000), "server.command_us": (0, 1_000_000), "server.script_us": (0, 1_000_000),
     "server.script_call_us": (0, 1_000_000), "server.fsync_always_us": (0, 1_000_000),
-    "server.element_us": (0, 1_000_000),
+    "server.element_us": (0, 1_000_000), "server.stream_read_us": (0, 1_000_000),
+    "server.stream_ack_us": (0, 1_000_000), "server.stream_delete_us": (0, 1_000_000),
     "server.rdb_interval_s": (0.001, 86_400), "server.replicas": (0, 5),
     "server.min_replicas_to_write": (0, 5), "server.min_replicas_max_lag": (1, 3600),
     "server.replication_lag_ms": (0, 600_000),
@@ -304,8 +314,8 @@ def with_driver(scenario: Scenario, driver: dict[str, float]) -> Scenario:
     return replace(
         scenario, clients=replace(
             scenario.clients, rtt_ms=driver["rtt_us"] / 1000.0, driver_request_us=driver["request_us"],
-            driver_command_us=driver["command_us"], driver_sleep_us=driver["sleep_us"],
-            driver_wake_us=driver["wake_us"]),
+            driver_command_us=driver["command_us"], driver_element_us=driver["element_us"],
+            driver_sleep_us=driver["sleep_us"], driver_wake_us=driver["wake_us"]),
         server=replace(scenario.server, wake_us=driver["server_wake_us"]))
 
 

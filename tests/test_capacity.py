@@ -104,6 +104,39 @@ def test_a_modelled_driver_bounds_the_simulated_capacity(tmp_path):
     assert most * 0.8 < bound["throughput_ops_per_s"] <= most * 1.01
 
 
+def test_a_replys_array_items_are_counted_as_the_client_reads_them():
+    """A stream read's entries and their fields, HVALS's values: each array
+    item, however deep; a pipeline's own list of replies is no item, nor is
+    a number or an error."""
+    from sim.commands import CommandError, Pipeline, Transaction, reply_elements
+
+    # XREADGROUP: the streams (1), a stream and its entries (2), the entries (2), each an id and its fields (2x2)
+    entries = [["stream", [["1-0", ["user", "7"]], ["2-0", ["user", "8"]]]]]
+    assert reply_elements(("XREADGROUP",), entries) == 1 + 2 + 2 + 2 * 2 + 2 * 2 == 13
+    assert reply_elements(("HVALS", "h"), ["1", "2", "3"]) == 3 and reply_elements(("GET", "k"), "5") == 0
+    pipeline = Pipeline((("HVALS", "h"), ("INCR", "k"), ("HVALS", "g")))
+    assert reply_elements(pipeline, [["1", "2"], 3, CommandError("WRONGTYPE")]) == 2
+    assert reply_elements(Transaction((("HVALS", "h"),)), [["1", "2"]]) == 3   # EXEC's array and its items
+    assert reply_elements(pipeline, None) == 0
+
+
+def test_the_modelled_driver_pays_for_the_stream_entries_it_reads(tmp_path):
+    """async_total's consumers read their stream back: with a cost per
+    reply item the driver is busier and the run slower; lua, whose replies
+    are numbers, costs the same."""
+    scenario = closed_loop(parse(tmp_path / "small.toml", SMALL_SCENARIO), 16)
+
+    def run(strategy, element_us):
+        clients = dataclasses.replace(scenario.clients, driver_request_us=20.0, driver_command_us=2.0,
+                                      driver_element_us=element_us)
+        return run_scenario(dataclasses.replace(scenario, clients=clients), [strategy], explain=False)["runs"][0]
+
+    free, paid = run("async_total", 0.0), run("async_total", 5.0)
+    assert paid["driver_cpu_share"] > free["driver_cpu_share"]
+    assert paid["throughput_ops_per_s"] < free["throughput_ops_per_s"]
+    assert run("lua", 0.0)["throughput_ops_per_s"] == run("lua", 5.0)["throughput_ops_per_s"]
+
+
 def test_each_timed_wait_is_an_event_the_modelled_driver_spends_its_sleep_cost_on(tmp_path):
     """One client with a think time between operations: every reply and
     every timer finds the driver idle, so each think time (a sleep) delays

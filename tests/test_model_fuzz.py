@@ -98,8 +98,27 @@ COMMANDS = st.one_of(
 # the script with what ran so far kept), or two, returning the last reply.
 ONE_CALL = LuaScript("one_call", "return redis.call(unpack(ARGV))")
 TWO_CALLS = LuaScript("two_calls", 'redis.call(ARGV[1], KEYS[1], ARGV[2])\nreturn redis.call("TYPE", KEYS[1])')
+# Lua bodies beyond one call: how numbers come back (NaN, out of range,
+# fractions), what pcall and error() give, an argument that is a number, the
+# helpers Redis's Lua has; each may run a drawn command first.
+LUA_BODIES = st.sampled_from([
+    "return 0/0", "return 1/0", "return -1e20", "return 3.99", "return {1, 2.5, -3.9, 'x', false}",
+    "return type(ARGV[1])", "return tonumber(ARGV[1]) or -1", "return redis.call()",
+    "local ok, e = pcall(redis.call, 'INCR', KEYS[1]) return {ok and 1 or 0, type(e)}",
+    "local ok, e = pcall(redis.call, 'INCR', KEYS[1]) if ok then return e end return redis.error_reply(e)",
+    "error({err = 'MYCODE failed on purpose'})", "error('a script of its own')",
+    "return redis.pcall('INCR', KEYS[1])", "return redis.sha1hex(ARGV[1])",
+    "return redis.status_reply('FINE')", "return redis.call('TYPE', KEYS[1])",
+])
+LUA = st.tuples(LUA_BODIES, KEYS, st.one_of(VALUES, st.integers(-3, 3)), st.booleans()).map(
+    lambda drawn: Script(LuaScript("body", ("redis.call('INCR', KEYS[1])\n" if drawn[3] else "") + drawn[0]),
+                         (drawn[1],), (drawn[2],)))
+# The server's own commands inside MULTI: WATCH refused at once (the rest runs), UNWATCH and SCRIPT queued.
+SERVER_IN_MULTI = st.sampled_from([("WATCH", "a"), ("UNWATCH",), ("SCRIPT", "LOAD", "return 1"), ("watch", "b")])
 REQUESTS = st.one_of(
     COMMANDS,
+    LUA,
+    st.tuples(COMMANDS, SERVER_IN_MULTI, COMMANDS).map(lambda drawn: Transaction(drawn)),
     st.lists(COMMANDS, min_size=1, max_size=3).map(lambda commands: Transaction(tuple(commands))),
     st.lists(COMMANDS, min_size=1, max_size=3).map(
         lambda commands: Transaction((*commands, ("INCRBY", "a")))),          # a command Redis refuses: EXECABORT
@@ -163,6 +182,7 @@ def name_of(request) -> str:
 
 
 def compare(sim: Server, real: SyncConnection, requests: list) -> None:
+    real.execute(("UNWATCH",))   # (the connection is shared: an earlier sequence may have left a WATCH)
     real.execute(("FLUSHALL",))
     sim.inspect(("FLUSHALL",))
     for request in requests:
@@ -199,6 +219,39 @@ def real(tmp_path_factory):
 ])
 def test_set_options_and_commands_in_lower_case_as_redis_server_takes_them(real, requests):
     compare(Server(), real, requests)
+
+
+@pytest.mark.parametrize("requests", [
+    [Script(LuaScript("nan", "return 0/0"), (), ()), Script(LuaScript("none", "return redis.call()"), (), ())],
+    [Script(LuaScript("arg", "return {type(ARGV[1]), ARGV[1]}"), (), (5,)),
+     Script(LuaScript("arg", "return {type(ARGV[1]), ARGV[1]}"), (), (0.1,))],
+    [("SADD", "s", "x"), Script(LuaScript("pcall", "local ok, e = pcall(redis.call, 'INCR', KEYS[1]) "
+                                                   "return {ok and 1 or 0, type(e)}"), ("s",), ())],
+    [Script(LuaScript("table", "error({err = 'MYCODE boom'})"), (), ()),
+     Script(LuaScript("sha", "return redis.sha1hex('abc')"), (), ())],
+    [("SET", "a", "1"), Transaction((("INCR", "a"), ("WATCH", "a"), ("UNWATCH",), ("SCRIPT", "LOAD", "return 1"))),
+     ("GET", "a")],
+])
+def test_the_lua_and_multi_cases_the_fuzz_found_answer_as_redis_server_does(real, requests):
+    compare(Server(), real, requests)
+
+
+@pytest.mark.parametrize("request_, refused", [
+    (("INCRBYFLOAT", "a", "1.5"), "INCRBYFLOAT: a Redis command the simulated server does not have"),
+    (Script(LuaScript("json", "return cjson.encode({1, 2})"), (), ()), "the Lua library cjson"),
+    (Script(LuaScript("bits", "local ok = pcall(function() return bit.band(1, 3) end) return 1"), (), ()),
+     "the Lua library bit"),
+    (Script(LuaScript("float", "return redis.pcall('INCRBYFLOAT', 'a', '1')"), (), ()), "INCRBYFLOAT"),
+])
+def test_what_the_model_lacks_is_refused_as_not_modelled_never_answered_otherwise(request_, refused):
+    from sim.errors import NotModelled
+
+    server = Server()
+    if type(request_) is Script:
+        server.scripts.load(request_.script)
+    with pytest.raises(NotModelled, match=refused):
+        server.inspect(request_)
+    assert str(Server().inspect(("NOSUCHCOMMAND", "a"))) == "ERR unknown command 'NOSUCHCOMMAND'"
 
 
 def test_a_set_at_a_wall_clock_moment_is_refused_as_not_modelled():

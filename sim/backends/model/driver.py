@@ -24,7 +24,16 @@ from sim.backends.model.server import Connection, Entry, Server
 from sim.checker import Counters, Drift, check, read_counters
 from sim.client import CAUSES, Client, ClientLoop, ConnectionRefused, Send, Sleep
 from sim.cluster import asked, refused_whole
-from sim.commands import CommandError, ConnectionLost, Pipeline, first_error, run_batch, run_now, sent_commands
+from sim.commands import (
+    CommandError,
+    ConnectionLost,
+    Pipeline,
+    first_error,
+    reply_elements,
+    run_batch,
+    run_now,
+    sent_commands,
+)
 from sim.heap import cyclic_gc_paused
 from sim.history import History
 from sim.lua import forgotten, load_command, load_replies
@@ -68,11 +77,12 @@ class SimDriver:
         # The clients' shared process, when modelled: a FIFO CPU that every reply and timer passes through.
         self._driver_request = clients.driver_request_us / 1e6
         self._driver_command = clients.driver_command_us / 1e6
+        self._driver_element = clients.driver_element_us / 1e6
         self._driver_wake = clients.driver_wake_us / 1e6
         self._driver_sleep = clients.driver_sleep_us / 1e6
         # Whether the shared process is modelled at all: one test per reply and per timer.
-        self._driver_modelled = bool(self._driver_request or self._driver_command or self._driver_wake
-                                     or self._driver_sleep)
+        self._driver_modelled = bool(self._driver_request or self._driver_command or self._driver_element
+                                     or self._driver_wake or self._driver_sleep)
         self.driver_free = 0.0
         self.driver_busy = 0.0   # seconds of the shared process's CPU
         self.driver_wakes = 0    # the times it was idle when an event came
@@ -239,7 +249,11 @@ class SimDriver:
             raise self._lose(client, "timeout", request)
         yield env.timeout(reply_at - sent)
         if self._driver_modelled:
-            yield from self._driver_job(self._driver_request + self._driver_command * sent_commands(request))
+            cost = self._driver_request + self._driver_command * sent_commands(request)
+            if self._driver_element and entry is not None:   # the reply's arrays, read and walked
+                server.advance(env.now)
+                cost += self._driver_element * reply_elements(request, entry.reply)
+            yield from self._driver_job(cost)
         if entry is None:
             if connection.incarnation != server.incarnation or (self._cluster and server.dead_links(
                     connection, server.shards_of(request))):

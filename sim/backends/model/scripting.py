@@ -14,7 +14,9 @@ load (see :meth:`ScriptEngine.keep_libraries`).
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Callable
@@ -24,33 +26,51 @@ from lupa import lua51
 from sim.backends.model.store import ServerCommand, Store
 from sim.backends.model.values import INT64_MAX, INT64_MIN, Status
 from sim.commands import CommandError
+from sim.errors import NotModelled
 from sim.lua import FUNCTION_NOT_FOUND, LuaScript
 
 _PRELUDE = """
-local call_py = ...
+local call_py, sha1hex, not_modelled, error_text = ...
 redis = {}
 -- redis.call is the Python function itself: an error reply raises
 -- CommandError, which aborts the script and comes out of the call unchanged.
 redis.call = call_py
+local raw_pcall = pcall
 function redis.pcall(...)
-  local ok, reply = pcall(call_py, ...)
+  local ok, reply = raw_pcall(call_py, ...)
   if ok then return reply end
-  return {err = tostring(reply)}
+  return {err = error_text(reply)}
+end
+-- A script's own pcall sees an error reply as Redis gives it: a string.
+function pcall(f, ...)
+  local results = {raw_pcall(f, ...)}
+  if not results[1] and type(results[2]) == "userdata" then results[2] = error_text(results[2]) end
+  return unpack(results, 1, table.maxn(results))
 end
 function redis.error_reply(message) return {err = message} end
 function redis.status_reply(message) return {ok = message} end
 function redis.log(...) end
 redis.LOG_DEBUG, redis.LOG_VERBOSE, redis.LOG_NOTICE, redis.LOG_WARNING = 0, 1, 2, 3
+redis.sha1hex = sha1hex
+-- Libraries Redis embeds that the simulation does not: any use of one is refused.
+for _, name in ipairs({"cjson", "cmsgpack", "bit", "struct"}) do
+  _G[name] = setmetatable({}, {__index = function() not_modelled(name) end})
+end
 """
 
 _INVOKE = """
-function(script, nkeys, ...)
+local pcall = ...
+return function(script, nkeys, ...)
   local KEYS, ARGV = {...}, {}
   for i = nkeys + 1, select("#", ...) do
     ARGV[i - nkeys] = KEYS[i]
     KEYS[i] = nil
   end
-  return script(KEYS, ARGV)
+  local ok, reply = pcall(script, KEYS, ARGV)
+  if ok then return reply end
+  -- error({err = "CODE ..."}): that error reply, as Redis gives it
+  if type(reply) == "table" and reply.err ~= nil then return {err = reply.err} end
+  error(reply, 0)
 end
 """
 
@@ -112,8 +132,43 @@ def _words_from_lua(words: tuple) -> tuple:
     return tuple(converted)
 
 
+def _error_text(error: Any) -> str:
+    """An error a redis.call raised, as the string a script's pcall gets;
+    what the simulation does not model is never swallowed."""
+    if isinstance(error, NotModelled):
+        raise error
+    return str(error)
+
+
+def _sha1hex(text: Any) -> str:
+    return hashlib.sha1(str(text).encode()).hexdigest()
+
+
+def _client_words(words: tuple) -> tuple:
+    """Arguments as a client (redis-py) sends them: numbers as their text."""
+    return tuple(word if type(word) is str else word.decode() if type(word) is bytes else
+                 repr(word) if type(word) is float else str(word) for word in words)
+
+
+def _not_modelled(name: str) -> None:
+    raise NotModelled(f"the Lua library {name} (Redis embeds it in scripts; the simulation does not)")
+
+
 def _work_key(script: LuaScript) -> str:
     return f"fn:{script.name}" if script.library else script.sha
+
+
+_LUA_PLACE = re.compile(r'(?:error loading code: )?\[string "[^"]*"\]:(\d+): (.*?)(?:\nstack traceback:.*)?', re.DOTALL)
+
+
+def _lua_place(message: str, header_lines: int) -> tuple[str, str]:
+    """The line in the script's own text (the chunk the VM ran has
+    ``header_lines`` before it) and the message without lupa's place or
+    stack; ``?`` when the message names no place."""
+    found = _LUA_PLACE.fullmatch(message)
+    if found is None:
+        return "?", message
+    return str(max(int(found[1]) - header_lines, 1)), found[2]
 
 
 def _has_error_code(message: str) -> bool:
@@ -127,9 +182,10 @@ class ScriptEngine:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.runtime = lua51.LuaRuntime(unpack_returned_tuples=True, register_eval=False)
-        self.runtime.execute(_PRELUDE, self._call)
+        raw_pcall = self.runtime.globals().pcall   # the prelude gives scripts their own
+        self.runtime.execute(_PRELUDE, self._call, _sha1hex, _not_modelled, _error_text)
         # Builds KEYS and ARGV inside Lua: cheaper than two table_from calls.
-        self._invoke = self.runtime.eval(_INVOKE)
+        self._invoke = self.runtime.execute(_INVOKE, raw_pcall)
         self._table_from = self.runtime.table_from
         self._lua_type = lua51.lua_type
         self.cache: dict[str, Any] = {}
@@ -163,7 +219,9 @@ class ScriptEngine:
                 self.cache[script.sha] = self.runtime.eval(
                     f"function(KEYS, ARGV)\n{script.source}\nend")
             except lua51.LuaSyntaxError as error:
-                raise CommandError(f"ERR Error compiling script: {error}") from None
+                line, message = _lua_place(str(error), 1)
+                raise CommandError(f"ERR Error compiling script (new function): user_script:{line}: {message}") \
+                    from None
         return script.sha
 
     def flush(self) -> None:
@@ -244,13 +302,19 @@ class ScriptEngine:
     def _run(self, function: Any, key: str, keys: tuple, args: tuple, origin: str) -> Any:
         calls, walked = self.calls, self.store.walked
         try:
+            for word in (*keys, *args):
+                if type(word) is not str:   # a client sends every argument as a string
+                    keys, args = _client_words(keys), _client_words(args)
+                    break
             reply = self._invoke(function, len(keys), *keys, *args)
         except CommandError:
             raise
         except lua51.LuaError as error:
             message = str(error.args[0] if error.args else error)
-            if not _has_error_code(message):
-                message = f"ERR {origin}: {message}"
+            if not _has_error_code(message):   # a runtime error of the script's own, placed as Redis 7 places it
+                line, message = _lua_place(message, 1 if origin == "user_script" else 0)
+                name = key.removeprefix("fn:")
+                message = f"ERR {origin}:{line}: {message} script: {name}, on @{origin}:{line}."
             raise CommandError(message) from None
         finally:
             work = self._work[key]   # made when the script was loaded
@@ -269,6 +333,9 @@ class ScriptEngine:
             if type(word) is not str:
                 words = _words_from_lua(words)
                 break
+        else:
+            if not words:
+                words = _words_from_lua(words)   # (raises: no command)
         if self.call_guard is not None:
             refused = self.call_guard(words)
             if refused is not None:
@@ -296,8 +363,10 @@ class ScriptEngine:
 
     def _to_redis(self, value: Any) -> Any:
         kind = type(value)
-        if kind is float or kind is int:
-            return _long_long(int(value))
+        if kind is int:
+            return _long_long(value)
+        if kind is float:   # NaN and the infinities cast as any number out of range does
+            return _long_long(int(value)) if math.isfinite(value) else INT64_MIN
         if value is None or value is False:
             return None
         if value is True:

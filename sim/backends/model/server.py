@@ -66,9 +66,20 @@ class ServiceTimes:
     # each, four (idle about 4 us) 8.0 us, fifty 7.1 us.
     wake: float = 0.0
     # Each element a command walks: a field of HGETALL, HVALS or HKEYS, a
-    # member of SMEMBERS, an entry XRANGE, XREADGROUP or XAUTOCLAIM goes
-    # through (HGETALL of a 1,000-field hash against HGET of one field).
+    # member of SMEMBERS (HGETALL of a 1,000-field hash against HGET of one
+    # field); a stream's entry XRANGE, XREADGROUP or XAUTOCLAIM reads, an id
+    # XACK acknowledges, an id XDEL deletes (each its own probe: a stream
+    # entry costs Redis far more than a hash's field).
     element: float = 0.0
+    stream_read: float = 0.0
+    stream_ack: float = 0.0
+    stream_delete: float = 0.0
+
+    def walk_costs(self) -> dict[str, float]:
+        """What one element costs each command of WALKS."""
+        return {"HGETALL": self.element, "HVALS": self.element, "HKEYS": self.element, "SMEMBERS": self.element,
+                "XRANGE": self.stream_read, "XREADGROUP": self.stream_read, "XAUTOCLAIM": self.stream_read,
+                "XACK": self.stream_ack, "XDEL": self.stream_delete}
 
 
 class Connection:
@@ -117,6 +128,7 @@ class Server:
                  name: str = "primary") -> None:
         self.name = name
         self.service = service or ServiceTimes()
+        self._walk_costs = self.service.walk_costs()
         self._one_command_s = self.service.request + self.service.command   # a round trip of one command
         self.persistence = persistence or Persistence()
         self._fsync_always = self.persistence.appendonly and self.persistence.appendfsync == "always"
@@ -156,7 +168,8 @@ class Server:
         """What the elements a command of WALKS will walk cost, from the
         keyspace as the command arrives (the queue ahead of it may still
         change it)."""
-        return self.service.element * self.store.elements(command) if self.service.element else 0.0
+        unit = self._walk_costs.get(command[0], 0.0)
+        return unit * self.store.elements(command) if unit else 0.0
 
     def _busy(self, request: Request, writes: bool) -> float:
         if type(request) is tuple:
@@ -556,12 +569,17 @@ class Server:
 
     def _transaction(self, connection: Connection, commands: tuple) -> Any:
         self.requests += 2  # MULTI and EXEC; the queued commands count as they run
+        queued = []
         try:
             for words in commands:
                 if type(words) is not Script:
                     check_arity(words)
+                    if str(words[0]).upper() == "WATCH":   # refused at once ("WATCH inside MULTI is not
+                        self.requests += 1                 # allowed"), not queued: the transaction goes on
+                        continue
                     if self.store.refusal is not None and may_write(words):   # refused as it is queued
                         raise CommandError(self.store.refusal)
+                queued.append(words)
         except CommandError:
             self.requests += len(commands)
             self.store.unwatch(connection)
@@ -569,6 +587,6 @@ class Server:
         aborted = connection.dirty
         self.store.unwatch(connection)
         if aborted:
-            self.requests += len(commands)
+            self.requests += len(queued)
             return None
-        return [self._execute(connection, command) for command in commands]
+        return [self._execute(connection, command) for command in queued]

@@ -15,6 +15,7 @@ import math
 from typing import Any, Callable
 
 from sim.backends.model.journal import Journal
+from sim.backends.model.redis_commands import REDIS_COMMANDS
 from sim.backends.model.streams import Stream, StreamCommands
 from sim.backends.model.values import (
     HASH_NOT_INTEGER,
@@ -31,7 +32,7 @@ from sim.errors import NotModelled
 
 # Redis arity: n means exactly n words, -n at least n (the name included).
 ARITY = {
-    "PING": -1, "GET": 2, "SET": -3, "DEL": -2, "EXISTS": -2, "TYPE": 2,
+    "PING": -1, "SELECT": 2, "GET": 2, "SET": -3, "DEL": -2, "EXISTS": -2, "TYPE": 2,
     "INCR": 2, "INCRBY": 3, "DECRBY": 3, "HGET": 3, "HSET": -4, "HDEL": -3,
     "HINCRBY": 4, "HGETALL": 2, "HVALS": 2, "HKEYS": 2, "HLEN": 2,
     "HEXISTS": 3, "SADD": -3, "SREM": -3, "SISMEMBER": 3, "SMEMBERS": 2,
@@ -51,8 +52,10 @@ def _sum(current: int, amount: int) -> int:
 
 
 # Commands whose work grows with their data: each element they walk costs
-# the server (ServiceTimes.element). HLEN, SCARD and XLEN are O(1) in Redis.
-WALKS = frozenset({"HGETALL", "HVALS", "HKEYS", "SMEMBERS", "XRANGE", "XREADGROUP", "XAUTOCLAIM"})
+# the server (ServiceTimes: a field or member ``element``, a stream entry
+# read ``stream_read``, an id acknowledged or deleted ``stream_ack``,
+# ``stream_delete``). HLEN, SCARD and XLEN are O(1) in Redis.
+WALKS = frozenset({"HGETALL", "HVALS", "HKEYS", "SMEMBERS", "XRANGE", "XREADGROUP", "XAUTOCLAIM", "XACK", "XDEL"})
 
 
 # The commands the server runs itself (a connection's WATCH, the script
@@ -65,11 +68,18 @@ class ServerCommand(Exception):
     than upper (Redis takes any): the server runs it."""
 
 
+# The server's own commands' arity (run by the server, not the store).
+SERVER_ARITY = {"WATCH": -2, "UNWATCH": 1, "SCRIPT": -2, "ASKING": 1, "FUNCTION": -2, "FCALL": -3}
+
+
 def check_arity(words: tuple) -> None:
-    """Raise the error Redis gives at queue time for an unknown command or wrong arity."""
+    """Raise the error Redis gives at queue time for an unknown command or
+    wrong arity; NotModelled for a command Redis has that the model lacks."""
     name = str(words[0]).upper()
-    arity = ARITY.get(name)
+    arity = ARITY.get(name) or SERVER_ARITY.get(name)
     if arity is None:
+        if name in REDIS_COMMANDS:
+            raise NotModelled(f"{name}: a Redis command the simulated server does not have")
         raise CommandError(f"ERR unknown command '{words[0]}'")
     n = len(words)
     if (arity >= 0 and n != arity) or (arity < 0 and n < -arity):
@@ -214,8 +224,11 @@ class Store(StreamCommands):
     def elements(self, words: tuple) -> int:
         """How many elements a command of WALKS would walk now: the hash's
         fields, the set's members, the stream's entries (at most what its
-        COUNT asks for; XAUTOCLAIM scans up to ten times that)."""
+        COUNT asks for; XAUTOCLAIM scans up to ten times that), the ids
+        XACK and XDEL name."""
         upper = [str(word).upper() for word in words]
+        if upper[0] == "XACK" or upper[0] == "XDEL":   # XACK key group id..., XDEL key id...
+            return max(len(words) - (3 if upper[0] == "XACK" else 2), 0)
         key = words[1]
         if upper[0] == "XREADGROUP":   # GROUP g c [COUNT n] STREAMS key id: the key follows STREAMS
             key = words[upper.index("STREAMS") + 1] if "STREAMS" in upper[:-1] else ""
@@ -229,6 +242,12 @@ class Store(StreamCommands):
         return size
 
     # -- generic ----------------------------------------------------------
+    def cmd_select(self, index: str) -> Status:
+        """One database, 0 (an AOF's SELECT 0, a client's): another is not modelled."""
+        if str(index).strip() != "0":
+            raise NotModelled(f"SELECT {index}: databases other than 0")
+        return OK
+
     def cmd_ping(self, *message: str) -> str:
         return message[0] if message else Status("PONG")
 

@@ -19,6 +19,7 @@ def make_server(config: ServerConfig) -> Server:
 def _server(config: ServerConfig, replicas: int, name: str = "primary") -> Server:
     return Server(ServiceTimes(config.request_us / 1e6, config.command_us / 1e6, config.script_us / 1e6,
                                config.script_call_us / 1e6, config.fsync_always_us / 1e6, config.wake_us / 1e6,
-                               config.element_us / 1e6),
+                               config.element_us / 1e6, config.stream_read_us / 1e6, config.stream_ack_us / 1e6,
+                               config.stream_delete_us / 1e6),
                   Persistence(config.appendonly, config.appendfsync, config.rdb_interval_s),
                   replicas, config.replication_lag_ms / 1000.0, config.min_replicas_to_write, name)

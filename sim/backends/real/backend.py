@@ -98,6 +98,7 @@ class RedisDeployment(Deployment):
                 "driver_cpu_share": round(driver_cpu / wall, 3) if wall > 0 else None,
                 "driver_requests": driver.requests_sent,
                 "driver_commands": driver.commands_sent,
+                "driver_elements": driver.elements_read,
                 # How often the event loop found nothing to do and slept in epoll (each time it pays a
                 # wake-up), and how many timed waits the clients made: `countdrift calibrate` prices both.
                 "driver_wakes": waits,

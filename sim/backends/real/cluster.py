@@ -390,6 +390,7 @@ class ClusterConnection:
         self._noscript = 0
         self._requests = 0   # of links closed since
         self._commands = 0
+        self._elements = 0
         self._timed_out = False
 
     @property
@@ -404,6 +405,10 @@ class ClusterConnection:
     @property
     def commands(self) -> int:
         return self._commands + sum(getattr(link, "commands", 0) for link in self.links.values())
+
+    @property
+    def elements(self) -> int:
+        return self._elements + sum(getattr(link, "elements", 0) for link in self.links.values())
 
     @property
     def timed_out(self) -> bool:
@@ -473,6 +478,7 @@ class ClusterConnection:
             self._noscript += link.noscript
             self._requests += link.requests
             self._commands += link.commands
+            self._elements += getattr(link, "elements", 0)
             await link.close()
 
     async def _stale(self) -> None:

@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from sim.backends.real.protocol import assemble, flatten
 from sim.client import ConnectionRefused
-from sim.commands import CommandError, Pipeline, Request, Script
+from sim.commands import CommandError, Pipeline, Request, Script, reply_elements
 from sim.lua import Code, forgotten, load_command, load_replies
 
 
@@ -126,8 +126,9 @@ class AsyncConnection:
         self.loaded = False   # its handshake loaded code the server lacked
         self.noscript = 0
         self.timed_out = False
-        self.requests = 0   # sent on it, and the commands in them: what the driver's CPU handled
-        self.commands = 0
+        self.requests = 0   # sent on it, the commands in them, and their replies' array items:
+        self.commands = 0   # what the driver's CPU handled
+        self.elements = 0
 
     async def connect(self, code: tuple[Code, ...]) -> None:
         """Connect and shake hands; raise HandshakeFailed if the server is not ready."""
@@ -153,6 +154,7 @@ class AsyncConnection:
         protocol.waiting.append((len(commands), [], waiter))
         protocol.transport.write(b"".join(map(pack_command, commands)))
         reply = assemble(request, await waiter)
+        self.elements += reply_elements(request, reply)
         if _is_noscript(reply) or (type(request) is Pipeline and any(map(_is_noscript, reply))):
             return await self._run_forgotten(request, reply)
         return reply

@@ -88,8 +88,9 @@ class RealDriver:
         self.script_loads = 0
         self.noscript = 0
         self.resets_missed = 0   # armed resets whose reply came back whole anyway
-        self.requests_sent = 0   # by every connection of the run, and the commands in them
-        self.commands_sent = 0
+        self.requests_sent = 0   # by every connection of the run, the commands in them,
+        self.commands_sent = 0   # and the array items of their replies
+        self.elements_read = 0
         self.sleeps = 0   # the clients' timed waits (backoffs, start times): each a timer the loop handles
         self.run_end = 0.0
         self._timeout = config.timeout_ms / 1000.0
@@ -323,6 +324,7 @@ class RealDriver:
             self.noscript += client.connection.noscript
             self.requests_sent += client.connection.requests
             self.commands_sent += client.connection.commands
+            self.elements_read += client.connection.elements
             await client.connection.close()
             client.connection = None
 

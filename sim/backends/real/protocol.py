@@ -70,33 +70,36 @@ def _reply(value: Any) -> Any:
 
 def assemble(request: Request, replies: list) -> Any:
     """The replies to ``flatten(request)`` in the request's shape."""
-    reply, rest = _take(request, [_reply(value) for value in replies])
-    assert not rest
+    replies = [_reply(value) for value in replies]
+    reply, end = _take(request, replies, 0)
+    assert end == len(replies)
     return reply
 
 
-def _take(request: Request, replies: list) -> tuple[Any, list]:
+def _take(request: Request, replies: list, at: int) -> tuple[Any, int]:
+    """The reply to ``request`` from ``replies[at:]``, and where the next
+    begins (an index, not a slice: a pipeline of n parts stays linear)."""
     kind = type(request)
     if kind is tuple or kind is Script or kind is Stall:
-        return replies[0], replies[1:]
+        return replies[at], at + 1
     if kind is Pipeline:
         out = []
         for part in request.commands:
-            value, replies = _take(part, replies)
+            value, at = _take(part, replies, at)
             out.append(value)
-        return out, replies
+        return out, at
     count = len(flatten(request))
-    block, rest = replies[:count], replies[count:]
+    block, end = replies[at:at + count], at + count
     queued_errors = [value for value in block[1:-1] if isinstance(value, CommandError)]
     exec_reply = block[-1]
     if isinstance(exec_reply, CommandError):
         if queued_errors and str(queued_errors[0]).startswith("CLUSTERDOWN"):
-            return queued_errors[0], rest   # EXECABORT because the cluster was down: say so (sim/cluster.py)
+            return queued_errors[0], end   # EXECABORT because the cluster was down: say so (sim/cluster.py)
         if len(queued_errors) == count - 2 and all(str(error).startswith("MOVED") for error in queued_errors):
             # every queued command lives elsewhere (its slot moved): nothing ran, and the
             # cluster client follows the MOVED (a new slot map, the transaction sent there)
-            return queued_errors[0], rest
-        return exec_reply, rest
+            return queued_errors[0], end
+        return exec_reply, end
     if queued_errors and exec_reply is None:
-        return queued_errors[0], rest
-    return exec_reply, rest
+        return queued_errors[0], end
+    return exec_reply, end

@@ -45,6 +45,53 @@ def probe(servers: Servers, command: list[str], requests: int, pipeline: int = 1
             "requests_per_s": rate}
 
 
+STREAM_BATCH = 100   # entries a consumer reads, acknowledges and deletes at a time (async_total's default)
+STREAM_BACKLOG = 1000   # entries waiting in the queue as it is drained: a consumer keeps its queue short
+
+
+def stream_probes(servers: Servers, rounds: int) -> dict:
+    """Server CPU per call of STREAM_BATCH entries as a queue's consumer
+    handles them, on a queue kept STREAM_BACKLOG long (a long stream costs
+    more per entry: deleting from one of 100,000 entries cost 2.6 us an
+    entry here): each round appends a batch, then reads it (XREADGROUP
+    COUNT), acknowledges it (XACK of its ids) and deletes it (XDEL of its
+    ids), each call between two readings of the server's CPU, beside an
+    XLEN so read (the round trip and the readings, taken off)."""
+    client = servers.primary.client()
+    stream, group = "probe:stream", "probe"
+    client.execute_command("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+
+    def append(count: int) -> None:
+        pipeline = client.pipeline(transaction=False)
+        for _ in range(count):
+            pipeline.execute_command("XADD", stream, "*", "user", "1")
+        pipeline.execute()
+
+    append(STREAM_BACKLOG)
+    spent = dict.fromkeys(("xlen", "xreadgroup_100", "xack_100", "xdel_100"), 0.0)
+
+    def timed(name: str, *call) -> object:
+        before = _cpu(client)
+        reply = client.execute_command(*call)
+        spent[name] += _cpu(client) - before
+        return reply
+
+    for _ in range(rounds):
+        append(STREAM_BATCH)
+        timed("xlen", "XLEN", stream)
+        read = timed("xreadgroup_100", "XREADGROUP", "GROUP", group, "c", "COUNT", str(STREAM_BATCH), "STREAMS",
+                     stream, ">")
+        ids = [entry[0] for entry in read[0][1]]
+        timed("xack_100", "XACK", stream, group, *ids)
+        timed("xdel_100", "XDEL", stream, *ids)
+    client.delete(stream)
+    base = spent.pop("xlen") * 1e6 / rounds
+    return {name: {"command": name.split("_")[0].upper(), "batch": STREAM_BATCH, "backlog": STREAM_BACKLOG,
+                   "calls": rounds, "cpu_us_per_call": round(total * 1e6 / rounds, 3),
+                   "xlen_us_per_call": round(base, 3)}
+            for name, total in spent.items()}
+
+
 def measure(requests: int) -> dict:
     with Servers(appendonly=False) as servers:
         client = servers.primary.client()
@@ -63,6 +110,7 @@ def measure(requests: int) -> dict:
             "hset_10_bytes": probe(servers, ["HSET", "s", "f", "x" * 10], requests),
             "hset_1000_bytes": probe(servers, ["HSET", "s", "f", "x" * 1000], requests),
         }
+        streams = stream_probes(servers, max(requests // 400, 10))
         version = client.info("server")["redis_version"]
     with Servers(appendonly=True, appendfsync="always") as servers:
         probes["hincrby_always"] = probe(servers, ["HINCRBY", "h", "f", "1"], requests // 4)
@@ -75,6 +123,8 @@ def measure(requests: int) -> dict:
     byte = (cpu["hset_1000_bytes"] - cpu["hset_10_bytes"]) / 990
     element = (cpu["hgetall_wide"] - cpu["hget_wide"]) / ELEMENTS
     fsync = 1e6 / probes["hincrby_always"]["requests_per_s"] - 1e6 / probes["hincrby"]["requests_per_s"]
+    per_entry = {name: max((probe["cpu_us_per_call"] - probe["xlen_us_per_call"]) / STREAM_BATCH, 0.0)
+                 for name, probe in streams.items()}
     return {
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": _cpus(), "redis_version": version,
@@ -84,8 +134,11 @@ def measure(requests: int) -> dict:
         "server": {"request_us": round(request, 3), "command_us": round(max(command, 0.001), 3),
                    "script_us": round(max(script, 0.001), 3), "script_call_us": round(max(call, 0.0), 3),
                    "byte_ns": round(max(byte * 1000, 0.0), 3), "fsync_always_us": round(max(fsync, 0.0), 3),
-                   "element_us": round(max(element, 0.0), 4)},
-        "probes": probes,
+                   "element_us": round(max(element, 0.0), 4),
+                   "stream_read_us": round(per_entry["xreadgroup_100"], 4),
+                   "stream_ack_us": round(per_entry["xack_100"], 4),
+                   "stream_delete_us": round(per_entry["xdel_100"], 4)},
+        "probes": probes, "stream_probes": streams,
     }
 
 
