@@ -57,6 +57,8 @@ def _saved_trace(args: argparse.Namespace, scenario):
         trace = Trace.load(Path(args.trace))
     except TraceError as error:
         raise UsageError(f"--trace {error}") from None
+    if trace.source:   # imported from an event log: its own traffic, whatever the scenario draws
+        return trace
     if trace.config != scenario.traffic:
         ours, theirs = asdict(scenario.traffic), asdict(trace.config)
         key = next(key for key in ours if ours[key] != theirs.get(key))
@@ -283,16 +285,74 @@ def command_trace(args: argparse.Namespace) -> int:
     from sim.scenario import load
     from sim.traffic import generate, is_trace
 
+    action = {"import": _trace_import, "export": _trace_export, "stats": _trace_stats}.get(args.scenario)
+    if action is not None:
+        if not args.source:
+            raise UsageError(f"trace {args.scenario}: name the file to {args.scenario} (see countdrift trace --help)")
+        return action(args)
+    if args.source or args.members:
+        raise UsageError("trace SCENARIO: takes one scenario file, and --out")
+    if not args.out:
+        raise UsageError("trace SCENARIO: --out T.npz is required")
     scenario = load(args.scenario)
     out = check_file(Path(args.out), "--out", is_trace, args.force)
     seed = scenario.seed if args.seed is None else args.seed
     budget.check(scenario.traffic, seed, str(scenario.path))
-    trace = generate(scenario.traffic, seed)
+    return _save_trace(generate(scenario.traffic, seed), out)
+
+
+def _save_trace(trace, out: Path) -> int:
     trace.save(out)
     Done.written = f"the trace in {out}"
     for key, value in trace.summary().items():
         print(f"{key:>14}: {value}")
     print(f"trace: {out}")
+    return 0
+
+
+def _trace_import(args: argparse.Namespace) -> int:
+    from sim.events import import_events
+    from sim.report.output import check_file
+    from sim.traffic import TraceError, is_trace
+
+    if not args.out:
+        raise UsageError("trace import: --out T.npz is required")
+    out = check_file(Path(args.out), "--out", is_trace, args.force)
+    try:
+        trace = import_events(Path(args.source), Path(args.members) if args.members else None)
+    except TraceError as error:
+        raise UsageError(str(error)) from None
+    return _save_trace(trace, out)
+
+
+def _load_trace(path: str):
+    from sim.traffic import Trace, TraceError
+
+    try:
+        return Trace.load(Path(path))
+    except TraceError as error:
+        raise UsageError(str(error)) from None
+
+
+def _trace_export(args: argparse.Namespace) -> int:
+    from sim.events import export_events
+    from sim.report.output import check_file
+
+    if not args.out or not args.out.endswith(".csv"):
+        raise UsageError("trace export: --out EVENTS.csv is required (its membership table is written beside it)")
+    trace = _load_trace(args.source)
+    out = check_file(Path(args.out), "--out", lambda path: False, args.force)
+    members = check_file(out.with_name(f"{out.stem}-members.csv"), "--out", lambda path: False, args.force)
+    export_events(trace, out)
+    Done.written = f"the events in {out} and {members}"
+    print(f"events: {out}\nmembers: {members}")
+    return 0
+
+
+def _trace_stats(args: argparse.Namespace) -> int:
+    from sim.report.trace_stats import format_trace_stats, trace_stats
+
+    print(format_trace_stats(trace_stats(_load_trace(args.source))))
     return 0
 
 
@@ -391,8 +451,10 @@ def command_list(args: argparse.Namespace) -> int:
     from strategies import STRATEGIES
 
     print("strategies:")
+    from sim.strategy_code import BUILT_IN, origin
+
     for name, cls in STRATEGIES.items():
-        print(f"  {name:<15} {cls.summary}")
+        print(f"  {name:<15} {cls.summary}" + ("" if name in BUILT_IN else f" ({origin(name)})"))
     print("\nbackends:")
     for name in backends.BACKENDS:
         print(f"  {name:<15} {backends.get(name).summary}")
@@ -403,6 +465,40 @@ def command_list(args: argparse.Namespace) -> int:
         for param in spec.params:
             print(f"  {'':<24}{param.name}: {param.describe()}")
     return 0
+
+
+def command_new_strategy(args: argparse.Namespace) -> int:
+    from sim.skeleton import write_skeleton
+
+    out = Path(args.out)
+    for path in write_skeleton(args.name, out):
+        print(f"wrote {path}")
+    print(f"next: countdrift check-strategy {out / (args.name + '.py')}; then name it in a scenario "
+          f"([strategy_code.{args.name}] path = \"...\") or pass --strategy-file")
+    return 0
+
+
+def command_check_strategy(args: argparse.Namespace) -> int:
+    from sim import strategy_code
+    from sim.experiments.check_strategy import check_strategy
+    from strategies import STRATEGIES
+
+    target = args.strategy
+    if target.endswith(".py") or Path(target).is_file():
+        names = [cls.name for cls in strategy_code.load_file(target)]
+    elif target in STRATEGIES:
+        names = [target]
+    else:
+        raise UsageError(f"check-strategy: {target!r} is neither a Python file nor a strategy countdrift knows; "
+                         f"known: {', '.join(STRATEGIES)}")
+    failed = 0
+    for name in names:
+        print(f"check-strategy {name} ({strategy_code.origin(name)}):")
+        verdicts = check_strategy(name, seeds=args.seeds, sim_only=args.sim_only,
+                                  progress=lambda verdict: print(f"  {verdict.line()}", flush=True))
+        failed += sum(not verdict.passed for verdict in verdicts)
+    print(f"{failed} check(s) failed" if failed else "every check passed")
+    return 1 if failed else 0
 
 
 def command_fidelity(args: argparse.Namespace) -> int:
@@ -677,6 +773,11 @@ MODEL_DRIVER = ("the simulation only: model the real backend's driver on the cal
                 "scenario's calibration, else the committed one), so that the figures compare with real servers")
 
 
+# The commands that run or read strategies: each takes --strategy-file.
+TAKE_STRATEGY_FILES = ("run", "judge", "explain", "shrink", "report", "fidelity", "sweep", "capacity", "cost", "list",
+                       "bench")
+
+
 def parser() -> argparse.ArgumentParser:
     top = OneLineParser(prog="countdrift", description=__doc__)
     top.add_argument("--version", action="version", version=f"countdrift {__version__}")
@@ -724,10 +825,16 @@ def parser() -> argparse.ArgumentParser:
     shrink.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     shrink.set_defaults(handler=command_shrink)
 
-    trace = commands.add_parser("trace", help="generate a scenario's trace and save it")
-    trace.add_argument("scenario")
+    trace = commands.add_parser(
+        "trace", help="a trace: generate a scenario's (trace SCENARIO --out T.npz), import one from an event log "
+                      "(trace import EVENTS [--members TABLE] --out T.npz), export one (trace export T.npz --out "
+                      "EVENTS.csv), or print its figures (trace stats T.npz)")
+    trace.add_argument("scenario", metavar="SCENARIO|import|export|stats")
+    trace.add_argument("source", nargs="?", help="import: the events (.csv, .jsonl, .parquet); export, stats: a "
+                                                 "trace (.npz)")
     trace.add_argument("--seed", type=seed_number)
-    trace.add_argument("--out", required=True, help="the .npz file to write")
+    trace.add_argument("--members", help="import: the membership table (conversation, user per row)")
+    trace.add_argument("--out", help="the file to write (.npz; export: .csv, its membership table beside it)")
     trace.add_argument("--force", action="store_true", help=FORCE_FILE)
     trace.set_defaults(handler=command_trace)
 
@@ -820,6 +927,20 @@ def parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list strategies and fault kinds")
     listing.set_defaults(handler=command_list)
 
+    new = commands.add_parser("new-strategy", help="write a strategy of your own to start from (a class, its Lua, "
+                                                   "a test), which runs as it is")
+    new.add_argument("name", help="the strategy's name: lower-case letters, digits, '_'")
+    new.add_argument("--out", default=".", help="the folder to write it into (default: here)")
+    new.set_defaults(handler=command_new_strategy)
+
+    check = commands.add_parser("check-strategy", help="the conformance checks every built-in strategy passes, "
+                                                       "for one strategy (exit 1 if any fails)")
+    check.add_argument("strategy", help="a strategy file (.py) or the name of a strategy countdrift knows")
+    check.add_argument("--seeds", type=whole(1000), default=20, help="simulated runs without faults (default 20)")
+    check.add_argument("--sim-only", action="store_true",
+                       help="leave out the comparison with a real redis-server")
+    check.set_defaults(handler=command_check_strategy)
+
     clean = commands.add_parser("clean", help="stop the servers and remove the folders of earlier runs that were "
                                               "killed outright (found by the marker each run writes)")
     clean.add_argument("--dry-run", action="store_true", help="only list them")
@@ -837,7 +958,20 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--operations", type=whole(10_000_000), default=50_000,
                        help="(redis) deliveries the driver makes")
     bench.set_defaults(handler=command_bench)
+    for name in TAKE_STRATEGY_FILES:
+        commands.choices[name].add_argument(
+            "--strategy-file", action="append", default=[], metavar="PATH",
+            help="a Python file that defines strategies of your own (repeatable; README: 'Write your own strategy')")
     return top
+
+
+def _load_strategy_code(args: argparse.Namespace) -> None:
+    """Strategies from outside the package: installed packages' entry points, and --strategy-file."""
+    from sim import strategy_code
+
+    strategy_code.load_installed()
+    for path in getattr(args, "strategy_file", ()):
+        strategy_code.load_file(path)
 
 
 def _keep_traceback() -> str:
@@ -878,6 +1012,7 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         args = parser().parse_args(argv)
+        _load_strategy_code(args)
         return args.handler(args)
     except (ScenarioError, UsageError) as error:
         print(f"countdrift: error: {error}", file=sys.stderr)

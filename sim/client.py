@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from sim import stall
-from sim.commands import Backoff, CommandError, ConnectionLost, Pipeline, Transaction, may_write
+from sim.commands import Backoff, CommandError, ConnectionLost, Pipeline, Script, Transaction, may_write
 from sim.errors import StrategyError
 from sim.faults import SPECS
 from sim.history import FAIL, OK, UNKNOWN, History
+from sim.lua import LuaScript, script_bug
 from sim.nemesis import AckLog, StallTarget
 from sim.scenario import ClientConfig
 from sim.story import Tracer
@@ -253,7 +254,11 @@ class ClientLoop:
             while True:
                 request = operation.send(reply) if error is None else operation.throw(error)
                 reply = error = None
-                if type(request) is Backoff:
+                kind = type(request)
+                if kind not in YIELDED or (kind is tuple and not (request and type(request[0]) is str)):
+                    raise self._bug(op, f"yielded {kind.__name__} {str(request)[:60]!r}, not a request (a command "
+                                        f"tuple, Script, Pipeline or Transaction)", _yield_site(operation))
+                if kind is Backoff:
                     history.retries += 1
                     yield Sleep(request.seconds)
                     continue
@@ -319,6 +324,8 @@ class ClientLoop:
                     self.wait_replies[replicas] = self.wait_replies.get(replicas, 0) + 1
                     if acked is not None and replicas >= self.wait_replicas:
                         acked.confirmed = True
+                if inside is not None or isinstance(reply, CommandError):
+                    self._check_script_error(op, inside if inside is not None else reply)
                 if isinstance(reply, CommandError):
                     error, reply = reply, None
                     continue
@@ -352,8 +359,34 @@ class ClientLoop:
             where = _in_strategy(bug, self.strategy)
             if where is None:
                 raise
-            raise StrategyError(f"strategy {self.strategy.name}: {KIND_NAMES[self.workload.kind[op]]} (operation "
-                                f"{op}) raised {type(bug).__name__}: {str(bug)[:200]} at {where}") from bug
+            raise self._bug(op, f"raised {type(bug).__name__}: {str(bug)[:200]}", where) from bug
+
+    def _bug(self, op: int, what: str, where: str) -> StrategyError:
+        return StrategyError(f"strategy {self.strategy.name}: {KIND_NAMES[self.workload.kind[op]]} (operation {op}) "
+                             f"{what} at {where}")
+
+    def _check_script_error(self, op: int, error: CommandError) -> None:
+        """An error a script made itself (its Lua's, not a command's) ends the run."""
+        line = script_bug(error)
+        if line is None:
+            return
+        text = str(error)
+        script = next((code for code in self.strategy.code if isinstance(code, LuaScript) and code.sha in text),
+                      None)
+        raise self._bug(op, f"got an error from its Lua: {text.split(' script: ')[0][:200]}",
+                        script.place(line) if script is not None else f"line {line} of one of its scripts")
+
+
+# What an operation may yield: a request, or a wait before it tries again.
+YIELDED = frozenset({tuple, Script, Pipeline, Transaction, Backoff})
+
+
+def _yield_site(operation) -> str:
+    """``file:line`` where a generator (the innermost it yields from) stands."""
+    while getattr(operation, "gi_yieldfrom", None) is not None and hasattr(operation.gi_yieldfrom, "gi_frame"):
+        operation = operation.gi_yieldfrom
+    frame = getattr(operation, "gi_frame", None)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
 
 
 def _in_strategy(error: BaseException, strategy: Strategy) -> str | None:

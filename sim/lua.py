@@ -6,7 +6,9 @@ Function (FCALL), which is part of the dataset: persisted and replicated.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -17,6 +19,7 @@ class LuaScript:
     name: str
     source: str
     library: str = ""   # the library it is a function of ("": a script, run by EVALSHA)
+    path: str = field(default="", compare=False)   # the file it was read from, to name in an error
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -24,7 +27,11 @@ class LuaScript:
 
     @classmethod
     def from_file(cls, path: Path) -> "LuaScript":
-        return cls(path.stem, path.read_text())
+        return cls(path.stem, path.read_text(), path=str(path))
+
+    def place(self, line: str = "") -> str:
+        """Where the script is (its file, or its name), at ``line``."""
+        return f"{self.path or self.name}{f':{line}' if line else ''}"
 
 
 def load_script(module_file: str, name: str) -> LuaScript:
@@ -78,6 +85,33 @@ def load_replies(code: tuple[Code, ...], replies: list) -> tuple[bool, object | 
 
 
 FUNCTION_NOT_FOUND = "ERR Function not found"
+# An error a script made itself (Lua's own: a nil called, a syntax error; a
+# redis.call without its arguments): a bug of the script, never a failed
+# operation. Errors a redis.call answered (WRONGTYPE, READONLY, NOREPLICAS...)
+# carry their own code; an error a script returns on purpose
+# (redis.error_reply) names no place in the script.
+_SCRIPT_BUG = re.compile(r"ERR (?:Error compiling script \(new function\): )?user_(?:script|function):(\d+|\?): "
+                         r"|ERR (?:Wrong number of args calling Redis command from script"
+                         r"|Unknown Redis command called from script)")
+
+
+def script_bug(reply: object) -> str | None:
+    """The line of the script's own error a reply carries ('' when it names
+    none), or None when the reply is no such error."""
+    found = _SCRIPT_BUG.match(str(reply))
+    return None if found is None else found[1] or ""
+
+
+@functools.lru_cache(maxsize=256)
+def compile_problem(script: LuaScript) -> str | None:
+    """Why the script's text would not compile on Redis (Lua 5.1: the line
+    and the message), or None."""
+    from lupa import lua51
+
+    loaded = lua51.LuaRuntime().globals().loadstring(script.source, "=user_script")
+    if isinstance(loaded, tuple) and loaded[0] is None:
+        return str(loaded[1]).removeprefix("user_script:")
+    return None
 
 
 def forgotten(reply: object) -> bool:

@@ -169,6 +169,8 @@ class Scenario:
     sentinel: SentinelConfig
     run: RunConfig
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Strategies from outside the package: name -> {"path": a file} or {"module": a module's name}.
+    strategy_code: dict[str, dict[str, str]] = field(default_factory=dict)
     faults: tuple[Fault, ...] = ()
     fault_rates: tuple[FaultRate, ...] = ()
 
@@ -197,18 +199,21 @@ class Scenario:
             "sha256": self.sha256, "seed": self.seed, "strategies": list(self.strategies),
             "traffic": asdict(self.traffic), "clients": asdict(self.clients),
             "server": asdict(self.server), "sentinel": asdict(self.sentinel), "run": asdict(self.run),
-            "strategy_options": self.strategy_options,
+            "strategy_options": self.strategy_options, "strategy_code": self.strategy_code,
             "faults": [fault.to_dict() for fault in self.faults],
             "fault_rates": [asdict(rate) for rate in self.fault_rates],
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Scenario":
-        """A scenario as a results.json stores it (``to_dict``), rebuilt."""
-        return cls(path=Path(data["path"]), sha256=data["sha256"], name=data["name"],
+        """A scenario as a results.json stores it (``to_dict``), rebuilt; the
+        strategies it names from outside the package are loaded again."""
+        path = Path(data["path"])
+        code = load_strategy_code(path, data.get("strategy_code", {}))
+        return cls(path=path, sha256=data["sha256"], name=data["name"],
                    description=data["description"], seed=data["seed"], strategies=tuple(data["strategies"]),
                    **{name: config(**data[name]) for name, config in SECTIONS.items()},
-                   strategy_options=data["strategy_options"],
+                   strategy_options=data["strategy_options"], strategy_code=code,
                    faults=tuple(Fault(fault["kind"], fault["at"], fault["duration"], fault["params"])
                                 for fault in data["faults"]),
                    fault_rates=tuple(FaultRate(**rate) for rate in data["fault_rates"]))
@@ -223,7 +228,10 @@ class Scenario:
             lines += ["", f"[{name}]"]
             config = getattr(self, name)
             lines += [f"{key} = {_toml(value)}" for key, value in asdict(config).items()
-                      if value != getattr(type(config)(), key)]
+                      if value != getattr(type(config)(), key) and (name != "traffic" or not self.traffic.file
+                                                                     or key == "file")]
+        for strategy, where in self.strategy_code.items():
+            lines += ["", f"[strategy_code.{strategy}]", *(f"{key} = {_toml(value)}" for key, value in where.items())]
         for strategy, options in self.strategy_options.items():
             if options:
                 lines += ["", f"[strategy_options.{strategy}]", *(f"{key} = {_toml(value)}"
@@ -258,7 +266,7 @@ REPLACED = {"server.auto_failover": "write [sentinel] enabled = true (real redis
                                     "backend, their model in the simulation)",
             "server.failover_detection_s": "write [sentinel] down_after_ms (Sentinel's down-after-milliseconds)"}
 TOP_LEVEL = {"name": str, "description": str, "seed": int, "strategies": list,
-             "strategy_options": dict, "faults": list, "fault_rates": list,
+             "strategy_options": dict, "strategy_code": dict, "faults": list, "fault_rates": list,
              **{name: dict for name in SECTIONS}}
 APPENDFSYNC = ("always", "everysec", "no")
 TOPOLOGIES = ("single", "cluster")
@@ -272,6 +280,9 @@ FAULT_TIMING = {"at": (0.0, 1e6), "duration": (0.0, 3600.0), "per_minute": (0.0,
 BOUNDS: dict[str, tuple[float, float]] = {
     "traffic.users": (2, 2_000_000), "traffic.messages": (1, 5_000_000),
     "traffic.message_rate": (0.001, 10_000_000), "traffic.dm_per_user": (0, 1000),
+    "traffic.daily_amplitude": (0, 0.99), "traffic.day_s": (1, 31_536_000), "traffic.peak_at_s": (0, 31_536_000),
+    "traffic.burst_every_s": (0, 31_536_000), "traffic.burst_s": (0.001, 31_536_000),
+    "traffic.burst_factor": (0.01, 1000),
     "traffic.groups": (0, 1_000_000), "traffic.group_size_min": (3, 1_000_000),
     "traffic.group_size_alpha": (0.001, 100), "traffic.max_group_size": (3, 1_000_000),
     "traffic.activity_zipf": (0, 10), "traffic.group_weight_exponent": (0, 10),
@@ -389,6 +400,12 @@ def parse(path: Path, text: str) -> Scenario:
         raise ScenarioError(f"{path}: key 'server.appendfsync' must be one of {', '.join(APPENDFSYNC)}, "
                             f"got {sections['server'].appendfsync!r}")
     traffic: TrafficConfig = sections["traffic"]
+    if traffic.file:
+        traffic = sections["traffic"] = _traffic_file(path, traffic, tables["traffic"])
+    if traffic.burst_every_s and traffic.burst_s >= traffic.burst_every_s:
+        raise ScenarioError(f"{path}: key 'traffic.burst_s' ({traffic.burst_s:g}) must be below "
+                            f"'traffic.burst_every_s' ({traffic.burst_every_s:g}): a burst that never ends is a "
+                            f"higher message_rate")
     if traffic.max_group_size < traffic.group_size_min:
         raise ScenarioError(f"{path}: key 'traffic.max_group_size' ({traffic.max_group_size}) must be >= "
                             f"'traffic.group_size_min' ({traffic.group_size_min})")
@@ -412,6 +429,7 @@ def parse(path: Path, text: str) -> Scenario:
                             f"not starting with '.' or '-', at most 100), got {scenario_name!r}: results are written "
                             f"to results/<name>-s<seed>")
 
+    code = load_strategy_code(path, data.get("strategy_code", {}))
     names = data.get("strategies", list(STRATEGIES))
     strategies = tuple(_strategy_name(path, "strategies", name) for name in names)
     if not strategies:
@@ -458,8 +476,56 @@ def parse(path: Path, text: str) -> Scenario:
     return Scenario(
         path=path, sha256=hashlib.sha256(text.encode()).hexdigest(),
         name=scenario_name, description=data.get("description", ""),
-        seed=data.get("seed", 1), strategies=strategies, strategy_options=options,
+        seed=data.get("seed", 1), strategies=strategies, strategy_options=options, strategy_code=code,
         faults=faults, fault_rates=rates, **sections)
+
+
+def _traffic_file(path: Path, traffic: TrafficConfig, table: dict) -> TrafficConfig:
+    """``[traffic] file``: a trace to replay (from the scenario's folder),
+    checked now; the other traffic keys would be unused, so they are refused."""
+    from sim.traffic import Trace, TraceError
+
+    others = sorted(set(table) - {"file"})
+    if others:
+        raise ScenarioError(f"{path}: key 'traffic.{others[0]}' has no effect with 'traffic.file' (the trace is "
+                            f"replayed as it is); remove it, or remove 'traffic.file' to draw traffic")
+    trace_path = (path.parent / traffic.file).resolve()
+    try:
+        trace = Trace.load(trace_path)
+    except TraceError as error:
+        raise ScenarioError(f"{path}: key 'traffic.file': {error} (make one with `countdrift trace import`)") from None
+    return replace(trace.config, file=str(trace_path))
+
+
+def load_strategy_code(path: Path, tables: dict) -> dict[str, dict[str, str]]:
+    """Load the strategies ``[strategy_code.<name>]`` names (``path``: a
+    Python file, relative to the scenario's folder; or ``module``: an
+    importable module's name), each of which must define strategy <name>;
+    the tables with every path made absolute."""
+    from sim import strategy_code
+
+    code = {}
+    for name, table in tables.items():
+        where = f"strategy_code.{name}"
+        if not isinstance(table, dict) or len(table) != 1 or not isinstance(next(iter(table.values())), str) \
+                or next(iter(table)) not in ("path", "module"):
+            raise ScenarioError(f"{path}: key '{where}' must be a table of one key, path = \"a file.py\" (from the "
+                                f"scenario's folder) or module = \"a.module\", got {table!r}")
+        (kind, value), = table.items()
+        try:
+            if kind == "path":
+                value = str((path.parent / value).resolve())
+                found = strategy_code.load_file(value)
+            else:
+                found = strategy_code.load_module(value)
+        except strategy_code.StrategyCodeError as error:
+            raise ScenarioError(f"{path}: key '{where}.{kind}': {error}") from None
+        if name not in {cls.name for cls in found}:
+            raise ScenarioError(f"{path}: key '{where}.{kind}': {value} defines strategy "
+                                f"{', '.join(repr(cls.name) for cls in found)}, not {name!r}; name the table after "
+                                f"the strategy's name")
+        code[name] = {kind: value}
+    return code
 
 
 def _check_cluster(path: Path, server: dict, sentinel: SentinelConfig, kinds: set[str]) -> None:

@@ -55,6 +55,18 @@ class TrafficConfig:
     badge_delay_s: float = 0.005
     dm_partner_zipf: float = 0.0          # Zipf exponent of 1:1 partners (0: all alike; above: heavy users)
     logins_per_s: float = 0.0             # logins (the app opened: its badge shown), Poisson over the trace
+    # The message rate's profile (1 by default: a flat Poisson rate): a daily
+    # cycle, rate x (1 + daily_amplitude x cos(2 pi (t - peak_at_s) / day_s)),
+    # and bursts, burst_factor x the rate for burst_s every burst_every_s
+    # (0: none), so that drawn traffic can match what `trace stats` shows.
+    daily_amplitude: float = 0.0
+    day_s: float = 86_400.0
+    peak_at_s: float = 0.0
+    burst_every_s: float = 0.0
+    burst_s: float = 1.0
+    burst_factor: float = 5.0
+    # A trace to replay instead of drawing one (`countdrift trace import` of an event log): the keys above unused.
+    file: str = ""
 
 
 @dataclass
@@ -68,6 +80,7 @@ class Trace:
     user: np.ndarray           # int32: sender, reader, badge owner, or who logged in
     conv: np.ndarray           # int32: conversation (-1 for a badge fetch or a login)
     message: np.ndarray        # int32: message id for a delivery, else -1
+    source: str = ""           # the event log it was imported from ("": drawn from its config and seed)
 
     @property
     def users(self) -> int:
@@ -117,7 +130,7 @@ class Trace:
         from sim.report.output import write_file
 
         meta = json.dumps({"format": TRACE_FORMAT, "seed": self.seed, "config": asdict(self.config),
-                           "sha256": self.sha256()})
+                           "sha256": self.sha256(), "source": self.source})
         write_file(path, lambda out: np.savez_compressed(out, meta=np.array(meta), **self._arrays()), binary=True)
 
     @classmethod
@@ -166,7 +179,7 @@ class Trace:
             if arrays[name].ndim != 1 or arrays[name].dtype != kind:
                 raise TraceError(f"{path}: array {name} is {arrays[name].dtype} of {arrays[name].ndim} "
                                  f"dimension(s), not a row of {np.dtype(kind)}")
-        trace = cls(config=config, seed=seed, **arrays)
+        trace = cls(config=config, seed=seed, **arrays, source=str(meta.get("source", "")))
         if meta.get("sha256") != trace.sha256():
             raise TraceError(f"{path}: its arrays do not match the checksum in its metadata (edited or damaged); "
                              f"make it again with `countdrift trace`")
@@ -239,7 +252,9 @@ def expected_memberships(config: TrafficConfig) -> float:
     traffic holds: its 1:1 pairs, and its groups at the mean of their capped
     Pareto size, E[min(X, cap)] = min + integral of (min/x)^alpha from min to
     cap (the floor of each draw ignored: a little over), plus the forced
-    largest group."""
+    largest group. (A trace from a file is sized by its arrays, in ``work``.)"""
+    if config.file:
+        return 0.0
     low, alpha = config.group_size_min, config.group_size_alpha
     cap = min(config.max_group_size, config.users)
     if cap <= low:
@@ -264,6 +279,8 @@ class Work:
 def work(config: TrafficConfig, seed: int) -> Work:
     """The work a trace of this traffic and seed holds (drawing its
     conversations and messages: fast, and bounded by the memberships)."""
+    if config.file:
+        return Trace.load(Path(config.file)).work()
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7261]))
     offsets, members = _conversations(config, rng)
     _, conv = _messages(config, rng, offsets, members)
@@ -287,6 +304,9 @@ MAX_DELIVERIES = 200_000_000
 
 
 def generate(config: TrafficConfig, seed: int) -> Trace:
+    """The trace of this traffic and seed: drawn, or the file it names (whatever the seed)."""
+    if config.file:
+        return Trace.load(Path(config.file))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7261]))
     offsets, members = _conversations(config, rng)
     sender, conv = _messages(config, rng, offsets, members)
@@ -294,7 +314,7 @@ def generate(config: TrafficConfig, seed: int) -> Trace:
     if drawn.deliveries > MAX_DELIVERIES:
         raise TooMuchWork(f"traffic.messages x the recipients of each message give {drawn.deliveries:,} deliveries; "
                           f"at most {MAX_DELIVERIES:,}")
-    msg_t = np.cumsum(rng.exponential(1.0 / config.message_rate, len(sender)))
+    msg_t = _message_times(config, rng, len(sender))
     read_t, read_user, read_conv, badge_t, badge_user = _reads_and_badges(
         config, rng, offsets, members, msg_t, sender, conv)
 
@@ -372,6 +392,31 @@ def _messages(config: TrafficConfig, rng: np.random.Generator, offsets: np.ndarr
     target = before[start] + rng.random(config.messages) * (before[end] - before[start])
     slot = np.clip(np.searchsorted(cum, target, side="right"), start, end - 1)
     return members[slot].astype(np.int32), conv.astype(np.int32)
+
+
+def _message_times(config: TrafficConfig, rng: np.random.Generator, count: int) -> np.ndarray:
+    """Poisson arrivals at the message rate, shaped by the profile: unit-rate
+    arrivals mapped through the inverse of the cumulative rate (the same
+    draws as a flat rate, which keeps every flat trace as it was)."""
+    if not config.daily_amplitude and not config.burst_every_s:
+        return np.cumsum(rng.exponential(1.0 / config.message_rate, count))
+    unit = np.cumsum(rng.exponential(1.0, count))
+    lowest = config.message_rate * (1.0 - config.daily_amplitude)
+    horizon = (unit[-1] if count else 0.0) / lowest * 1.01 + 1.0
+    finest = min(config.day_s / 200.0, config.burst_s / 20.0 if config.burst_every_s else np.inf)
+    grid = np.linspace(0.0, horizon, int(min(max(horizon / finest, 1000), 5_000_000)) + 1)
+    middle = (grid[:-1] + grid[1:]) / 2.0
+    rate = rate_profile(config, middle) * config.message_rate
+    cumulative = np.concatenate([[0.0], np.cumsum(rate * np.diff(grid))])
+    return np.interp(unit, cumulative, grid)
+
+
+def rate_profile(config: TrafficConfig, t: np.ndarray) -> np.ndarray:
+    """The message rate's multiplier at times ``t`` (1: the flat rate)."""
+    profile = 1.0 + config.daily_amplitude * np.cos(2.0 * np.pi * (t - config.peak_at_s) / config.day_s)
+    if config.burst_every_s:
+        profile = profile * np.where(np.mod(t, config.burst_every_s) < config.burst_s, config.burst_factor, 1.0)
+    return profile
 
 
 def _logins(config: TrafficConfig, rng: np.random.Generator, span: float) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ class AsyncTotal(Strategy):
     bounds = {**Strategy.bounds, "consumers": (1, 64), "batch": (1, 100_000), "poll_ms": (0.1, 60_000),
               "claim_idle_ms": (1, 3_600_000)}
     shared_keys = (keys.RECOUNT,)
+    total_lags = True
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

@@ -75,6 +75,13 @@ class Strategy:
     buffers: bool = False
     # Keys it keeps for no one user (a queue, a set of users): not stray.
     shared_keys: ClassVar[tuple[str, ...]] = ()
+    # total_lags: its total is brought up to date after the operation, by
+    # background work (a queue's consumer): exact once that work is done,
+    # its badges in between may be stale (check-strategy holds its end only).
+    total_lags: ClassVar[bool] = False
+    # cross_slot: a command or script of it touches several users' slots,
+    # so it cannot run on a Redis Cluster (check-strategy does not hold it to one slot).
+    cross_slot: ClassVar[bool] = False
     # Options this strategy accepts, with their defaults.
     defaults: ClassVar[dict[str, Any]] = {}
     # Options every strategy accepts: after each write, WAIT for this many

@@ -8,71 +8,38 @@ from sim.backends.model.server import Server
 from sim.backends.real.connection import SyncConnection
 from sim.backends.real.deployment import Servers
 from sim.commands import CommandError, Pipeline, Script, Transaction, run_now
+from sim.differential import Both, normalise
 from sim.lua import LuaLibrary, LuaScript, load_command
 from strategies import STRATEGIES, make_strategy
 
 pytestmark = pytest.mark.real
 
 
-def dump(execute) -> dict:
-    """Every key: its type and value, and whether it has a TTL (a stream:
-    its entries' fields, in order; their ids take each server's clock)."""
-    state = {}
-    for key in sorted(execute(("KEYS", "*"))):
-        kind = execute(("TYPE", key))
-        value = {"string": ("GET", key), "hash": ("HGETALL", key), "set": ("SMEMBERS", key),
-                 "stream": ("XRANGE", key, "-", "+")}[kind]
-        raw = execute(value)
-        if kind == "hash":
-            raw = dict(zip(raw[::2], raw[1::2]))
-        elif kind == "set":
-            raw = sorted(raw)
-        elif kind == "stream":
-            raw = [fields for _, fields in raw]
-        state[key] = (kind, raw, execute(("PTTL", key)) > 0)
-    return state
-
-
-def normalise(reply):
-    if isinstance(reply, CommandError):
-        return ("error", str(reply).split(" ", 1)[0])
-    if isinstance(reply, list):
-        return [normalise(item) for item in reply]
-    return reply
-
-
-class Both:
-    """Run each request on the simulated server and on the real one."""
+class BothServers(Both):
+    """A fresh simulated server and the session's redis-server (emptied),
+    every strategy's code loaded on both."""
 
     def __init__(self, real: SyncConnection) -> None:
-        self.sim = Server()
-        self.real = real
-        self.real.execute(("FLUSHALL",))
-        self.real.execute(("FUNCTION", "FLUSH"))
+        self.server = Server()
+        self.connection = real
+        real.execute(("FLUSHALL",))
+        real.execute(("FUNCTION", "FLUSH"))
         for strategy in STRATEGIES.values():
             for code in (*strategy.scripts, *strategy.libraries):
-                self.sim.inspect(load_command(code))
-                self.real.execute(load_command(code))
+                self.server.inspect(load_command(code))
+                real.execute(load_command(code))
+        super().__init__(self.sim_execute, real.execute)
 
     def sim_execute(self, request):
         if type(request) is Script and not request.script.library:
-            self.sim.scripts.load(request.script)
-        return self.sim.inspect(request)
-
-    def run(self, operation_factory):
-        sim_reply = run_now(operation_factory(), self.sim_execute)
-        real_reply = run_now(operation_factory(), self.real.execute)
-        assert normalise(sim_reply) == normalise(real_reply)
-        return sim_reply
-
-    def assert_same_state(self):
-        assert dump(self.sim.inspect) == dump(self.real.execute)
+            self.server.scripts.load(request.script)
+        return self.server.inspect(request)
 
 
 @pytest.fixture
 def both(redis_server):
     connection = SyncConnection("127.0.0.1", redis_server.port)
-    yield Both(connection)
+    yield BothServers(connection)
     connection.close()
 
 
@@ -117,7 +84,7 @@ def test_each_background_strategy_ends_in_the_same_keys(both, name, options):
 
     def step(make):
         replies = [run_now(make(*side), execute)
-                   for side, execute in zip(sides, (both.sim_execute, both.real.execute))]
+                   for side, execute in zip(sides, (both.sim, both.real))]
         assert normalise(replies[0]) == normalise(replies[1])
 
     sequence = [

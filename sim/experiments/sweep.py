@@ -41,6 +41,7 @@ class Task:
     seed: int
     strategy: str
     backend: str
+    code: bytes = b""   # the strategy's classes by value, when it comes from outside the package
 
     def where(self, folder: Path) -> Path:
         return run_file(folder, self.scenario.name, self.seed, self.strategy)
@@ -52,8 +53,11 @@ class Task:
 def run_task(task: Task) -> dict:
     """One run, on a worker: the trace of the seed, replayed through one strategy."""
     from sim.runner import run_scenario
+    from sim.strategy_code import unpack
     from sim.traffic import generate
 
+    if task.code:   # a worker knows the package's strategies; this one travelled with the task
+        unpack(task.code)
     return run_scenario(task.scenario, [task.strategy], generate(task.scenario.traffic, task.seed),
                         backend=task.backend)
 
@@ -66,7 +70,9 @@ def plan_tasks(scenarios: list[Scenario], seeds: Callable[[Scenario], list[int]]
     if twice:
         raise UsageError(f"sweep: two scenarios are named {', '.join(twice)}; a sweep keeps runs by scenario "
                          f"name: give each a distinct `name`")
-    return [Task(scenario, seed, strategy, backend)
+    from sim.strategy_code import BUILT_IN, packed
+
+    return [Task(scenario, seed, strategy, backend, b"" if strategy in BUILT_IN else packed([strategy]))
             for scenario in scenarios for seed in seeds(scenario) for strategy in strategies(scenario)]
 
 
