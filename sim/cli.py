@@ -966,9 +966,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _load_strategy_code(args: argparse.Namespace) -> None:
-    """Strategies from outside the package: installed packages' entry points, and --strategy-file."""
+    """Strategies from outside the package, for the commands that run or
+    read strategies: installed packages' entry points, and --strategy-file."""
     from sim import strategy_code
 
+    if args.command not in (*TAKE_STRATEGY_FILES, "check-strategy"):
+        return
     strategy_code.load_installed()
     for path in getattr(args, "strategy_file", ()):
         strategy_code.load_file(path)

@@ -356,7 +356,7 @@ class ClientLoop:
             history.errors[type(gave_up).__name__] += 1
             return _FAILED
         except Exception as bug:   # raised by the strategy's code: a bug of its own, never a failed operation
-            where = _in_strategy(bug, self.strategy)
+            where = in_strategy(bug, type(self.strategy))
             if where is None:
                 raise
             raise self._bug(op, f"raised {type(bug).__name__}: {str(bug)[:200]}", where) from bug
@@ -389,14 +389,18 @@ def _yield_site(operation) -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
 
 
-def _in_strategy(error: BaseException, strategy: Strategy) -> str | None:
+def in_strategy(error: BaseException, strategy: type[Strategy]) -> str | None:
     """``file:line`` of the innermost place in the strategy's own code that
     the error went through (its class's module or any strategy module), or
     None if it did not come from there."""
-    own = {inspect.getfile(cls) for cls in type(strategy).__mro__ if cls not in (Strategy, object)}
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if frame.filename in own or Path(frame.filename).parent == _STRATEGIES]
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+    own = {inspect.getfile(cls) for cls in strategy.__mro__ if cls not in (Strategy, object)}
+    while error is not None:   # (SimPy raises a process's error anew, the original as its cause)
+        frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+                  if frame.filename in own or Path(frame.filename).parent == _STRATEGIES]
+        if frames:
+            return f"{frames[-1].filename}:{frames[-1].lineno}"
+        error = error.__cause__
+    return None
 
 
 _STRATEGIES = Path(inspect.getfile(Strategy)).parent

@@ -59,8 +59,8 @@ class Both:
         """The operation ``make`` gives, on each server (each its own
         generator; ``other``'s on the real one, if given); Mismatch when
         their replies differ."""
-        sim_reply = run_now(make(), self.sim)
-        real_reply = run_now((other or make)(), self.real)
+        sim_reply = _outcome(make, self.sim)
+        real_reply = _outcome(other or make, self.real)
         if normalise(sim_reply) != normalise(real_reply):
             raise Mismatch(f"simulated {normalise(sim_reply)!r}, redis-server {normalise(real_reply)!r}")
         return sim_reply
@@ -72,3 +72,12 @@ class Both:
             first = differ[0]
             raise Mismatch(f"the keyspaces differ at {', '.join(differ[:5])}: {first} simulated {sim.get(first)}, "
                            f"on redis-server {real.get(first)}")
+
+
+def _outcome(make: Callable[[], Operation], execute: Execute) -> Any:
+    """The operation's result, or the error reply it let through (one side's
+    error is a difference to report, not a crash)."""
+    try:
+        return run_now(make(), execute)
+    except CommandError as error:
+        return error

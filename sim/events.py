@@ -16,6 +16,7 @@ first bad one is named with its line, and nothing is written.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import replace
@@ -30,6 +31,7 @@ KINDS = {"deliver": DELIVER, "open": READ, "badge": BADGE, "login": LOGIN,
          **{name: index for index, name in enumerate(KIND_NAMES)}}
 EXPORT_NAMES = ("deliver", "open", "badge", "login")
 EVENT_COLUMNS = ("time", "kind", "user", "conversation", "recipients")
+REQUIRED = ("time", "kind", "user")   # a badge's or a login's row needs no conversation
 MEMBER_COLUMNS = ("conversation", "user")
 FORMATS = {".csv": "CSV", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines", ".parquet": "Parquet"}
 
@@ -48,21 +50,22 @@ def rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
     if kind == "Parquet":
         yield from _parquet_rows(path, required)
         return
+    raw = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8-sig")   # (a spreadsheet's byte order mark is no part of the header)
     except UnicodeDecodeError as error:
-        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        line = raw[:error.start].count(b"\n") + 1
         raise EventError(f"{path}: line {line}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     if not text.strip():
         raise EventError(f"{path}: empty: no rows")
     if kind == "CSV":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [column for column in required if column not in (reader.fieldnames or ())]
         if missing:
             raise EventError(f"{path}: line 1: column(s) {', '.join(missing)} missing; the header must name "
                              f"{', '.join(required)} (found {', '.join(reader.fieldnames or ())})")
-        for number, row in enumerate(reader, start=2):
-            yield f"line {number}", row
+        for row in reader:   # (its line: a blank line skipped, a quoted field over two lines, counted)
+            yield f"line {reader.line_num}", row
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -142,7 +145,7 @@ def import_events(path: Path, members_path: Path | None = None) -> Trace:
     t, kind, user, conv = [], [], [], []
     places = []   # each event's row, to name it
     last = 0.0
-    for where, row in rows(path, EVENT_COLUMNS[:4]):
+    for where, row in rows(path, REQUIRED):
         where = f"{path}: {where}"
         try:
             moment = float(row["time"])
@@ -160,30 +163,32 @@ def import_events(path: Path, members_path: Path | None = None) -> Trace:
         code = KINDS[name]
         who = _whole(row["user"], where, "user")
         talks = code in (DELIVER, READ)
-        where_conv = _whole(row.get("conversation"), where, "conversation", empty=not talks)
-        if not talks and where_conv is not None:
+        conversation = _whole(row.get("conversation"), where, "conversation", empty=not talks)
+        if not talks and conversation is not None:
             raise EventError(f"{where}: a {name} has no conversation; leave conversation empty")
         if code == DELIVER:
             recipients = _ids(row.get("recipients"), where)
-            known = members.get(where_conv)
-            if known is None and not table_given:
+            if len(set(recipients)) < len(recipients) or who in recipients:
+                raise EventError(f"{where}: recipients name a user twice, or the sender {who}")
+            group = members.get(conversation)
+            if group is None and not table_given:
                 if not recipients:
                     raise EventError(f"{where}: a deliver names its recipients (or give a membership table)")
-                members[where_conv] = known = [who, *recipients]
-            if known is None:
-                raise EventError(f"{where}: conversation {where_conv} is not in the membership table")
-            if who not in known:
-                raise EventError(f"{where}: sender {who} is not a member of conversation {where_conv}")
-            strangers = [other for other in recipients if other not in known]
+                members[conversation] = group = [who, *recipients]
+            if group is None:
+                raise EventError(f"{where}: conversation {conversation} is not in the membership table")
+            if who not in group:
+                raise EventError(f"{where}: sender {who} is not a member of conversation {conversation}")
+            strangers = [other for other in recipients if other not in group]
             if strangers:
-                raise EventError(f"{where}: recipient {strangers[0]} is not a member of conversation {where_conv}")
-            if recipients and sorted(recipients) != sorted(other for other in known if other != who):
-                raise EventError(f"{where}: recipients must be every member of conversation {where_conv} but the "
-                                 f"sender ({len(known) - 1} of them), got {len(recipients)}")
+                raise EventError(f"{where}: recipient {strangers[0]} is not a member of conversation {conversation}")
+            if recipients and len(recipients) != len(group) - 1:
+                raise EventError(f"{where}: recipients must be every member of conversation {conversation} but the "
+                                 f"sender ({len(group) - 1} of them), got {len(recipients)}")
         t.append(moment)
         kind.append(code)
         user.append(who)
-        conv.append(-1 if where_conv is None else where_conv)
+        conv.append(-1 if conversation is None else conversation)
         places.append(where)
     known = {member for group in members.values() for member in group}
     for index, code in enumerate(kind):
@@ -212,7 +217,7 @@ def _trace(path: Path, t: list, kind: list, user: list, conv: list, members: dic
     offsets = np.concatenate([[0], np.cumsum([len(members[c]) for c in range(count)])]).astype(np.int64)
     flat = np.array([member for c in range(count) for member in members[c]], np.int32)
     sizes = np.diff(offsets)
-    span = t[-1] if t else 0.0
+    span = t[-1]
     n_messages = int((kinds == DELIVER).sum())
     config = replace(TrafficConfig(), users=max(users, 2), messages=n_messages,
                      message_rate=float(n_messages / span) if span > 0 and n_messages else 1.0,

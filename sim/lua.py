@@ -92,7 +92,9 @@ FUNCTION_NOT_FOUND = "ERR Function not found"
 # (redis.error_reply) names no place in the script.
 _SCRIPT_BUG = re.compile(r"ERR (?:Error compiling script \(new function\): )?user_(?:script|function):(\d+|\?): "
                          r"|ERR (?:Wrong number of args calling Redis command from script"
-                         r"|Unknown Redis command called from script)")
+                         r"|Unknown Redis command called from script|Please specify at least one argument"
+                         r"|Lua redis lib command arguments must be strings or integers"
+                         r"|This Redis command is not allowed from script)")
 
 
 def script_bug(reply: object) -> str | None:
@@ -108,9 +110,12 @@ def compile_problem(script: LuaScript) -> str | None:
     and the message), or None."""
     from lupa import lua51
 
-    loaded = lua51.LuaRuntime().globals().loadstring(script.source, "=user_script")
+    # inside the function Redis wraps a script's body in (line 1 is that header)
+    loaded = lua51.LuaRuntime().globals().loadstring(f"return function(KEYS, ARGV)\n{script.source}\nend",
+                                                     "=user_script")
     if isinstance(loaded, tuple) and loaded[0] is None:
-        return str(loaded[1]).removeprefix("user_script:")
+        line, _, message = str(loaded[1]).removeprefix("user_script:").partition(": ")
+        return f"{max(int(line) - 1, 1) if line.isdigit() else line}: {message}"
     return None
 
 

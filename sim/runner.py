@@ -18,7 +18,9 @@ from tqdm import tqdm
 from sim import __version__, backends, seen
 from sim.backend import Backend, BackendRefused, Execution, Progress
 from sim.checker import Drift, check, drift_by_shard
+from sim.client import in_strategy
 from sim.cluster import SlotMap, user_shards
+from sim.errors import StrategyError
 from sim.faults import Fault, draw_schedule
 from sim.history import History
 from sim.record import run_record
@@ -115,8 +117,14 @@ def _run(backend: Backend, scenario: Scenario, trace: Trace, name: str, schedule
     """The run's record and drift, the pieces of work that explaining it
     takes (none unless ``explain``), and its history as stored."""
     strategy = make_strategy(name, **scenario.strategy_options.get(name, {}))
-    with backend.deploy(scenario, schedule) as deployment:
-        execution = deployment.run(strategy, trace, progress(name, trace) if progress else None)
+    try:
+        with backend.deploy(scenario, schedule) as deployment:
+            execution = deployment.run(strategy, trace, progress(name, trace) if progress else None)
+    except Exception as bug:   # out of the strategy's code beyond an operation (its counters, its jobs)?
+        place = in_strategy(bug, type(strategy))
+        if place is None or isinstance(bug, StrategyError):
+            raise
+        raise StrategyError(f"strategy {name} raised {type(bug).__name__}: {str(bug)[:200]} at {place}") from bug
     record, drift, stored = judge(scenario, trace, strategy, execution)
     record["throughput_basis"] = scenario.throughput_basis(backend.deterministic)
     return record, drift, backend.explanation(scenario, name, schedule, execution) if explain else [], stored

@@ -402,16 +402,8 @@ def parse(path: Path, text: str) -> Scenario:
     traffic: TrafficConfig = sections["traffic"]
     if traffic.file:
         traffic = sections["traffic"] = _traffic_file(path, traffic, tables["traffic"])
-    if traffic.burst_every_s and traffic.burst_s >= traffic.burst_every_s:
-        raise ScenarioError(f"{path}: key 'traffic.burst_s' ({traffic.burst_s:g}) must be below "
-                            f"'traffic.burst_every_s' ({traffic.burst_every_s:g}): a burst that never ends is a "
-                            f"higher message_rate")
-    if traffic.max_group_size < traffic.group_size_min:
-        raise ScenarioError(f"{path}: key 'traffic.max_group_size' ({traffic.max_group_size}) must be >= "
-                            f"'traffic.group_size_min' ({traffic.group_size_min})")
-    if round(traffic.users * traffic.dm_per_user / 2) < 1 and traffic.groups == 0:
-        raise ScenarioError(f"{path}: key 'traffic.dm_per_user' ({traffic.dm_per_user:g}) with 'traffic.groups' = 0 "
-                            f"gives no conversation to send to; raise one of them")
+    else:
+        _check_drawn_traffic(path, traffic)
     clients = sections["clients"]
     if clients.timeout_ms <= clients.rtt_ms:
         raise ScenarioError(f"{path}: key 'clients.timeout_ms' ({clients.timeout_ms:g}) must be above "
@@ -478,6 +470,19 @@ def parse(path: Path, text: str) -> Scenario:
         name=scenario_name, description=data.get("description", ""),
         seed=data.get("seed", 1), strategies=strategies, strategy_options=options, strategy_code=code,
         faults=faults, fault_rates=rates, **sections)
+
+
+def _check_drawn_traffic(path: Path, traffic: TrafficConfig) -> None:
+    if traffic.burst_every_s and traffic.burst_s >= traffic.burst_every_s:
+        raise ScenarioError(f"{path}: key 'traffic.burst_s' ({traffic.burst_s:g}) must be below "
+                            f"'traffic.burst_every_s' ({traffic.burst_every_s:g}): a burst that never ends is a "
+                            f"higher message_rate")
+    if traffic.max_group_size < traffic.group_size_min:
+        raise ScenarioError(f"{path}: key 'traffic.max_group_size' ({traffic.max_group_size}) must be >= "
+                            f"'traffic.group_size_min' ({traffic.group_size_min})")
+    if round(traffic.users * traffic.dm_per_user / 2) < 1 and traffic.groups == 0:
+        raise ScenarioError(f"{path}: key 'traffic.dm_per_user' ({traffic.dm_per_user:g}) with 'traffic.groups' = 0 "
+                            f"gives no conversation to send to; raise one of them")
 
 
 def _traffic_file(path: Path, traffic: TrafficConfig, table: dict) -> TrafficConfig:

@@ -18,13 +18,21 @@ HERE = SCRIPTS / "skeleton"   # the templates of its Python files
 NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
+TAKEN_CLASS_NAMES = {"Operation", "Pipeline", "Script", "Sequence", "Strategy"}   # what the skeleton imports
+
+
+def values(name: str) -> dict[str, str]:
+    """What the templates are filled with: the strategy's name and its class's."""
+    return {"name": name, "cls": "".join(part.capitalize() for part in name.split("_"))}
+
+
 def files(name: str) -> dict[str, str]:
     """The skeleton's files (name: text) for strategy ``name``."""
-    values = {"name": name, "cls": "".join(part.capitalize() for part in name.split("_"))}
-    return {f"{name}.py": Template((HERE / "strategy.py.txt").read_text()).substitute(values),
+    filled = values(name)
+    return {f"{name}.py": Template((HERE / "strategy.py.txt").read_text()).substitute(filled),
             f"{name}_deliver.lua": (SCRIPTS / "deliver.lua").read_text(),
             f"{name}_read.lua": (SCRIPTS / "read.lua").read_text(),
-            f"test_{name}.py": Template((HERE / "test_strategy.py.txt").read_text()).substitute(values)}
+            f"test_{name}.py": Template((HERE / "test_strategy.py.txt").read_text()).substitute(filled)}
 
 
 def write_skeleton(name: str, out: Path) -> list[Path]:
@@ -37,6 +45,9 @@ def write_skeleton(name: str, out: Path) -> list[Path]:
         raise UsageError(f"new-strategy: {name!r} is not a strategy name: lower-case letters, digits and '_', "
                          f"starting with a letter, at most 40 (it names the class, the files and the scenario's "
                          f"[strategy_options.<name>])")
+    if values(name)["cls"] in TAKEN_CLASS_NAMES:
+        raise UsageError(f"new-strategy: {name!r} would name its class {values(name)['cls']}, which the skeleton "
+                         f"imports; choose another name")
     if name in STRATEGIES:
         raise UsageError(f"new-strategy: {name!r} is taken by a strategy countdrift knows; choose another name")
     texts = files(name)

@@ -47,6 +47,8 @@ def load_file(path: str | Path) -> list[type[Strategy]]:
     if not path.is_file():
         raise StrategyCodeError(f"strategy file {path}: not found (a Python file that defines a Strategy; "
                                 f"`countdrift new-strategy NAME` writes one)")
+    if path.suffix != ".py":
+        raise StrategyCodeError(f"strategy file {path}: not a Python file (.py)")
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     module_name = f"countdrift_strategy_{path.stem}_{digest}"
     module = sys.modules.get(module_name)
@@ -124,25 +126,30 @@ def _register(module, where: str) -> list[type[Strategy]]:
 
 
 def _add(classes: list[type[Strategy]], where: str) -> list[type[Strategy]]:
+    """Register the classes, all or none: each checked first."""
+    names = [cls.name for cls in classes]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise StrategyCodeError(f"{where}: two strategies are named {twice[0]!r}; give each a name of its own")
     for cls in classes:
         name = cls.name
-        for script in cls.scripts:
+        for script in (*cls.scripts, *(script for library in cls.libraries for script in library.scripts)):
             problem = compile_problem(script)
             if problem is not None:
                 line, _, message = problem.partition(": ")
                 raise StrategyCodeError(f"strategy {name}: Lua script {script.place(line)} does not compile: "
                                         f"{message}")
         known = STRATEGIES.get(name)
-        if known is cls:
-            continue
-        if name in BUILT_IN:
+        if name in BUILT_IN and known is not cls:
             raise StrategyCodeError(f"{where}: strategy name {name!r} is a built-in strategy's; "
                                     f"give yours a name of its own")
-        if known is not None and _FROM.get(name) != where:
+        if known is not None and known is not cls and _FROM.get(name) != where:
             raise StrategyCodeError(f"{where}: strategy name {name!r} is taken by "
                                     f"{_FROM.get(name, 'another strategy')}")
-        STRATEGIES[name] = cls
-        _FROM[name] = where
+    for cls in classes:
+        if STRATEGIES.get(cls.name) is not cls:
+            STRATEGIES[cls.name] = cls
+            _FROM[cls.name] = where
     return classes
 
 

@@ -85,8 +85,8 @@ def test_trace_stats_prints_rates_peaks_and_distributions(trace, capsys):
 HEADER = "time,kind,user,conversation,recipients\n"
 GOOD = HEADER + "0.0,deliver,0,0,1 2\n0.5,open,1,0,\n0.7,badge,2,,\n"
 MALFORMED = {
-    "a column missing": ("events.csv", "time,kind,user,recipients\n0.0,deliver,0,1\n",
-                         "line 1: column(s) conversation"),
+    "a column missing": ("events.csv", "time,user,conversation,recipients\n0.0,0,0,1\n",
+                         "line 1: column(s) kind missing"),
     "time out of order": ("events.csv", GOOD + "0.6,open,2,0,\n", "line 5: time 0.6 comes before"),
     "an unknown user": ("events.csv", GOOD + "0.8,badge,7,,\n", "line 5: user 7 is in no conversation"),
     "a recipient not a member": ("events.csv", GOOD + "0.9,deliver,0,0,1 5\n",
@@ -189,3 +189,39 @@ def test_a_burst_that_never_ends_is_refused(tmp_path):
 
     with pytest.raises(ScenarioError, match="'traffic.burst_s' .* must be below 'traffic.burst_every_s'"):
         parse(tmp_path / "b.toml", SMALL.replace("message_rate = 1500.0", "burst_every_s = 1.0\nburst_s = 2.0"))
+
+
+def test_a_spreadsheets_csv_reads_as_written(tmp_path, capsys):
+    """A byte order mark before the header, a blank line, a quoted field over
+    two lines: read, and a bad row still named by its line in the file."""
+    path = tmp_path / "events.csv"
+    path.write_text("\ufeff" + GOOD.replace("0.5,open,1,0,\n", "0.5,open,1,0,\n\n") + '0.8,badge,"2\n",,\n'
+                    + "0.9,typing,1,0,\n", encoding="utf-8")
+    assert main(["trace", "import", str(path), "--out", str(tmp_path / "t.npz")]) == 2
+    assert "line 8: kind 'typing'" in capsys.readouterr().err
+
+
+def test_json_lines_rows_of_badges_and_logins_need_no_conversation(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"time": 0, "kind": "deliver", "user": 0, "conversation": 0, "recipients": [1]}\n'
+                    '{"time": 1, "kind": "badge", "user": 1}\n{"time": 2, "kind": "login", "user": 0}\n')
+    trace = import_events(path)
+    assert list(trace.kind) == [0, 2, 3] and list(trace.conv) == [0, -1, -1]
+
+
+def test_recipients_that_repeat_a_user_or_name_the_sender_are_refused(tmp_path, capsys):
+    for recipients in ("1 1", "0 1"):
+        path = tmp_path / "events.csv"
+        path.write_text(HEADER + f"0.0,deliver,0,0,{recipients}\n")
+        assert main(["trace", "import", str(path), "--out", str(tmp_path / "t.npz")]) == 2
+        assert "line 2: recipients name a user twice, or the sender 0" in capsys.readouterr().err
+
+
+def test_a_log_of_one_to_one_chats_runs_as_a_scenarios_traffic(tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text(HEADER + "0.0,deliver,0,0,1\n0.1,deliver,2,1,3\n0.2,open,1,0,\n0.3,badge,3,,\n")
+    import_events(events).save(tmp_path / "chats.npz")
+    scenario = tmp_path / "chats.toml"
+    scenario.write_text('name = "chats"\n[traffic]\nfile = "chats.npz"\n[clients]\ncount = 2\n')
+    run = run_scenario(load(scenario), ["lua"], explain=False)["runs"][0]
+    assert run["operations"] == 4 and run["drift"]["abs_drift_sum"] == 0

@@ -231,6 +231,11 @@ def test_set_options_and_commands_in_lower_case_as_redis_server_takes_them(real,
      Script(LuaScript("sha", "return redis.sha1hex('abc')"), (), ())],
     [("SET", "a", "1"), Transaction((("INCR", "a"), ("WATCH", "a"), ("UNWATCH",), ("SCRIPT", "LOAD", "return 1"))),
      ("GET", "a")],
+    [Script(LuaScript("arity", "return redis.call('GET')"), (), ()),
+     Script(LuaScript("unknown", "return redis.call('NOSUCH', 'a')"), (), ()),
+     Script(LuaScript("coded", "error('MYCODE x', 0)"), (), ()), Script(LuaScript("plain", "error('boom', 0)"), (), ()),
+     Script(LuaScript("caught", "local ok, e = pcall(function() error(redis.error_reply('XY z')) end) return e"),
+            (), ())],
 ])
 def test_the_lua_and_multi_cases_the_fuzz_found_answer_as_redis_server_does(real, requests):
     compare(Server(), real, requests)
@@ -242,6 +247,8 @@ def test_the_lua_and_multi_cases_the_fuzz_found_answer_as_redis_server_does(real
     (Script(LuaScript("bits", "local ok = pcall(function() return bit.band(1, 3) end) return 1"), (), ()),
      "the Lua library bit"),
     (Script(LuaScript("float", "return redis.pcall('INCRBYFLOAT', 'a', '1')"), (), ()), "INCRBYFLOAT"),
+    (Script(LuaScript("repl", "redis.set_repl(redis.REPL_ALL) return 1"), (), ()), "redis.set_repl"),
+    (("SELECT", "1"), "SELECT 1: databases other than 0"),
 ])
 def test_what_the_model_lacks_is_refused_as_not_modelled_never_answered_otherwise(request_, refused):
     from sim.errors import NotModelled

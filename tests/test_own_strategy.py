@@ -228,3 +228,30 @@ def test_an_installed_package_registers_strategies_by_entry_point(own, tmp_path)
                           env={**__import__("os").environ, "PYTHONPATH": str(site)})
     assert done.returncode == 0, done.stderr
     assert "my_counter" in done.stdout and "entry point team_counters.my_counter" in done.stdout
+
+
+def test_a_strategy_file_must_be_python_and_name_each_strategy_once(own, tmp_path, capsys):
+    text = tmp_path / "counter.txt"
+    text.write_text((own / "my_counter.py").read_text())
+    assert main(["list", "--strategy-file", str(text)]) == 2
+    assert "not a Python file (.py)" in capsys.readouterr().err
+    code = own / "my_counter.py"
+    code.write_text(code.read_text() + "\n\nclass Again(MyCounter):\n    name = \"my_counter\"\n")
+    assert main(["list", "--strategy-file", str(code)]) == 2
+    assert "two strategies are named 'my_counter'" in capsys.readouterr().err
+    assert "my_counter" not in STRATEGIES
+
+
+def test_a_strategy_whose_checker_read_raises_fails_that_check_in_a_verdict(own, capsys):
+    code = own / "my_counter.py"
+    code.write_text(code.read_text() + "\n    def counters(self, user):\n        yield ('GET', 'x')\n"
+                                       "        return {}[1]\n")
+    assert main(["check-strategy", str(code), "--seeds", "1", "--sim-only"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  exact without faults: " in out and "KeyError" in out and str(code.resolve()) in out, out
+    assert "FAIL  one Cluster slot per user: " in out
+
+
+def test_new_strategy_refuses_a_name_whose_class_the_skeleton_imports(tmp_path, capsys):
+    assert main(["new-strategy", "script", "--out", str(tmp_path / "x")]) == 2
+    assert "would name its class Script" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -31,9 +31,11 @@ from typing import Callable
 from sim import backends
 from sim.backend import BackendRefused
 from sim.backends import REAL, SIMULATION
+from sim.client import in_strategy
 from sim.cluster import key_slot, request_keys
 from sim.commands import Pipeline, Script, Transaction, run_now
 from sim.differential import Both, Mismatch
+from sim.errors import StrategyError
 from sim.runner import run_scenario
 from sim.scenario import parse
 from strategies import STRATEGIES
@@ -61,8 +63,8 @@ count = 8
 [run]
 timeline_points = 5
 """
-# Conversations of the differential sequence: 0-6 one user's alone, 7 a group of three, 8 of four, 9 of two.
-MEMBERS = [[]] * 7 + [[0, 1, 2], [0, 1, 2, 3], [0, 2]]
+# Conversations of the differential sequence: 0-6 unused, 7 a group of three, 8 of four, 9 of two.
+MEMBERS = [[] for _ in range(7)] + [[0, 1, 2], [0, 1, 2, 3], [0, 2]]
 USERS = 4
 
 
@@ -83,7 +85,7 @@ def check_options(name: str) -> Verdict:
         strategy = cls()
     except StrategyOptionError as error:
         return Verdict(check, False, f"its defaults are refused: {error}")
-    refused = []
+    accepted = []
     for option, default in strategy.options.items():
         if type(default) is bool:
             tries = [("a string", "yes")]
@@ -98,14 +100,14 @@ def check_options(name: str) -> Verdict:
                 cls(**{option: value})
             except StrategyOptionError:
                 continue
-            refused.append(f"'{option}' = {value!r} ({what}) was accepted")
+            accepted.append(f"'{option}' = {value!r} ({what}) was accepted")
     try:
         cls(no_such_option=1)
-        refused.append("an unknown option was accepted")
+        accepted.append("an unknown option was accepted")
     except StrategyOptionError:
         pass
-    if refused:
-        return Verdict(check, False, "; ".join(refused[:3]))
+    if accepted:
+        return Verdict(check, False, "; ".join(accepted[:3]))
     return Verdict(check, True, f"{len(strategy.options)} options, each refused out of bounds and of the wrong type")
 
 
@@ -231,14 +233,30 @@ def check_strategy(name: str, seeds: int = 20, sim_only: bool = False,
         verdicts.append(verdict)
         progress(verdict)
 
-    record(check_options(name))
+    cls = STRATEGIES[name]
+    record(_guarded("options", cls, lambda: check_options(name)))
     with tempfile.TemporaryDirectory(prefix="countdrift-check-") as folder:
-        for verdict in check_runs(name, seeds, Path(folder)):
+        runs = _guarded("exact without faults", cls, lambda: check_runs(name, seeds, Path(folder)))
+        for verdict in runs if isinstance(runs, list) else [runs]:
             record(verdict)
-    record(check_slots(name))
+    record(_guarded("one Cluster slot per user", cls, lambda: check_slots(name)))
     if not sim_only:
-        record(check_differential(name))
+        record(_guarded("the same on redis-server", cls, lambda: check_differential(name)))
     return verdicts
+
+
+def _guarded(check: str, cls: type[Strategy], run: Callable):
+    """A check's verdict(s); a bug of the strategy's (its code raised, or
+    the run ended on it) fails the check, naming the place."""
+    try:
+        return run()
+    except (StrategyError, StrategyOptionError) as error:
+        return Verdict(check, False, str(error))
+    except Exception as bug:   # noqa: BLE001 - the strategy's own code: name where, or let ours through
+        place = in_strategy(bug, cls)
+        if place is None:
+            raise
+        return Verdict(check, False, f"raised {type(bug).__name__}: {str(bug)[:200]} at {place}")
 
 
 def _atomic_parts(request) -> list:

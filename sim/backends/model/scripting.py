@@ -45,6 +45,7 @@ end
 function pcall(f, ...)
   local results = {raw_pcall(f, ...)}
   if not results[1] and type(results[2]) == "userdata" then results[2] = error_text(results[2]) end
+  if not results[1] and type(results[2]) == "table" and results[2].err ~= nil then results[2] = results[2].err end
   return unpack(results, 1, table.maxn(results))
 end
 function redis.error_reply(message) return {err = message} end
@@ -52,6 +53,9 @@ function redis.status_reply(message) return {ok = message} end
 function redis.log(...) end
 redis.LOG_DEBUG, redis.LOG_VERBOSE, redis.LOG_NOTICE, redis.LOG_WARNING = 0, 1, 2, 3
 redis.sha1hex = sha1hex
+function redis.replicate_commands() return true end
+-- The rest of Redis's redis.* (set_repl, setresp, breakpoint...): refused, never a nil to call.
+setmetatable(redis, {__index = function(_, name) not_modelled("redis." .. name) end})
 -- Libraries Redis embeds that the simulation does not: any use of one is refused.
 for _, name in ipairs({"cjson", "cmsgpack", "bit", "struct"}) do
   _G[name] = setmetatable({}, {__index = function() not_modelled(name) end})
@@ -133,15 +137,17 @@ def _words_from_lua(words: tuple) -> tuple:
 
 
 def _error_text(error: Any) -> str:
-    """An error a redis.call raised, as the string a script's pcall gets;
-    what the simulation does not model is never swallowed."""
-    if isinstance(error, NotModelled):
+    """An error reply a redis.call raised, as the string a script's pcall
+    gets; anything else (not modelled, a bug of the model's) is never swallowed."""
+    if not isinstance(error, CommandError):
         raise error
     return str(error)
 
 
-def _sha1hex(text: Any) -> str:
-    return hashlib.sha1(str(text).encode()).hexdigest()
+def _sha1hex(*text: Any) -> str:
+    if len(text) != 1:
+        raise CommandError("ERR wrong number of arguments")
+    return hashlib.sha1(str(text[0]).encode()).hexdigest()
 
 
 def _client_words(words: tuple) -> tuple:
@@ -161,19 +167,14 @@ def _work_key(script: LuaScript) -> str:
 _LUA_PLACE = re.compile(r'(?:error loading code: )?\[string "[^"]*"\]:(\d+): (.*?)(?:\nstack traceback:.*)?', re.DOTALL)
 
 
-def _lua_place(message: str, header_lines: int) -> tuple[str, str]:
+def _lua_place(message: str, header_lines: int) -> tuple[str | None, str]:
     """The line in the script's own text (the chunk the VM ran has
     ``header_lines`` before it) and the message without lupa's place or
-    stack; ``?`` when the message names no place."""
+    stack; None when the message names no place."""
     found = _LUA_PLACE.fullmatch(message)
     if found is None:
-        return "?", message
+        return None, message.split("\nstack traceback:")[0]
     return str(max(int(found[1]) - header_lines, 1)), found[2]
-
-
-def _has_error_code(message: str) -> bool:
-    code = message.split(" ", 1)[0]
-    return code.isupper() and code.isalpha()
 
 
 class ScriptEngine:
@@ -220,8 +221,8 @@ class ScriptEngine:
                     f"function(KEYS, ARGV)\n{script.source}\nend")
             except lua51.LuaSyntaxError as error:
                 line, message = _lua_place(str(error), 1)
-                raise CommandError(f"ERR Error compiling script (new function): user_script:{line}: {message}") \
-                    from None
+                raise CommandError(f"ERR Error compiling script (new function): user_script:{line or 1}: "
+                                   f"{message}") from None
         return script.sha
 
     def flush(self) -> None:
@@ -302,20 +303,23 @@ class ScriptEngine:
     def _run(self, function: Any, key: str, keys: tuple, args: tuple, origin: str) -> Any:
         calls, walked = self.calls, self.store.walked
         try:
-            for word in (*keys, *args):
-                if type(word) is not str:   # a client sends every argument as a string
-                    keys, args = _client_words(keys), _client_words(args)
-                    break
+            for words in (keys, args):
+                for word in words:
+                    if type(word) is not str:   # a client sends every argument as a string
+                        keys, args = _client_words(keys), _client_words(args)
+                        break
             reply = self._invoke(function, len(keys), *keys, *args)
         except CommandError:
             raise
         except lua51.LuaError as error:
+            # An error of the script's own (Lua's, or error("text")): ERR in front, as Redis 7 puts it, and
+            # its place in the script when the message has one (error(text, 0) gives none).
             message = str(error.args[0] if error.args else error)
-            if not _has_error_code(message):   # a runtime error of the script's own, placed as Redis 7 places it
-                line, message = _lua_place(message, 1 if origin == "user_script" else 0)
-                name = key.removeprefix("fn:")
-                message = f"ERR {origin}:{line}: {message} script: {name}, on @{origin}:{line}."
-            raise CommandError(message) from None
+            line, message = _lua_place(message, 1 if origin == "user_script" else 0)
+            name = key.removeprefix("fn:")
+            if line is None:
+                raise CommandError(f"ERR {message} script: {name}, on @{origin}:1.") from None
+            raise CommandError(f"ERR {origin}:{line}: {message} script: {name}, on @{origin}:{line}.") from None
         finally:
             work = self._work[key]   # made when the script was loaded
             work[0] += self.calls - calls
@@ -344,6 +348,13 @@ class ScriptEngine:
             reply = self.store.execute(words)
         except ServerCommand:   # WATCH, SCRIPT, FUNCTION...: refused inside a script, as Redis refuses them
             raise CommandError("ERR This Redis command is not allowed from script") from None
+        except CommandError as error:   # a call Redis refuses before running it, in its script wording
+            text = str(error)
+            if text.startswith("ERR unknown command"):
+                raise CommandError("ERR Unknown Redis command called from script") from None
+            if text.startswith("ERR wrong number of arguments"):
+                raise CommandError("ERR Wrong number of args calling Redis command from script") from None
+            raise
         kind = type(reply)
         if kind is int or kind is str:
             return reply
