@@ -29,6 +29,21 @@ def small_results(tmp_path_factory) -> Path:
     return out / "results.json"
 
 
+def test_report_reads_a_fidelity_json_whose_cells_agree_on_what_users_saw(small_results, tmp_path):
+    """A cell's seen_disagreement is None when both sides agree: the schema
+    must take it (report once refused every fidelity.json fidelity wrote)."""
+    from sim.experiments.fidelity import FIDELITY_SCHEMA, SIZE_FACTOR, SIZE_FLOOR, cells_of
+    from sim.report.results import write_json
+
+    document = json.loads(small_results.read_text())
+    cells = cells_of({"sim": document, "redis": document})
+    assert cells and all(cell["seen_disagreement"] is None for cell in cells)
+    write_json(tmp_path / "fidelity" / "fidelity.json",
+               {"fidelity_schema": FIDELITY_SCHEMA, "backends": ["sim", "redis"], "size_floor": SIZE_FLOOR,
+                "size_factor": SIZE_FACTOR, "cells": cells, "disagreements": 0, "seen_disagreements": 0})
+    assert main(["report", str(small_results), str(tmp_path / "fidelity"), "--out", str(tmp_path / "report")]) == 0
+
+
 def test_report_writes_every_chart_and_the_page(small_results, tmp_path, capsys):
     second = tmp_path / "second" / "results.json"
     second.parent.mkdir()
