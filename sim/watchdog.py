@@ -225,12 +225,15 @@ _SCRATCH_OF: dict[int, Path] = {}    # PID -> the scratch folder whose marker li
 def scratch_folder(prefix: str) -> Path:
     """A private temporary folder, marked as this process's (so that
     `countdrift clean` knows whose it is), and removed by the watchdog
-    should this process be killed."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    should this process be killed. An interrupt waits until the folder is
+    made, marked and watched: one that came between the folder and its
+    marker left a folder with an empty marker, which nothing removed."""
     owner = {"tool": "countdrift", "pid": os.getpid(), "start": start_time(os.getpid()), "processes": [],
              "programs": []}
-    (folder / OWNER_FILE).write_text(json.dumps(owner))
-    WATCHDOG.folder(folder)
+    with signals_held():
+        folder = Path(tempfile.mkdtemp(prefix=prefix))
+        (folder / OWNER_FILE).write_text(json.dumps(owner))
+        WATCHDOG.folder(folder)
     return folder
 
 

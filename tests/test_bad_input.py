@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -256,6 +257,7 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
     longest = time.monotonic() - started
     rng = np.random.default_rng(7)
     outcomes = {0: 0, 130: 0}
+    before = set(Path(tempfile.gettempdir()).glob("countdrift-*"))
     for attempt in range(times):
         run = subprocess.Popen(command + ["--seed", str(2 + attempt)], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
@@ -275,6 +277,10 @@ def _interrupt_many(scenario: Path, tmp_path: Path, backend: str, times: int) ->
         assert seed in (1, *range(2, 3 + attempt)), seed
         assert not list(tmp_path.glob(".out.partial-*")), "a partial folder was left"
         assert not scratch_folders_of({run.pid}), "a server folder was left"
+        half_marked = [folder for folder in set(Path(tempfile.gettempdir()).glob("countdrift-*")) - before
+                       if (folder / "countdrift-owner.json").is_file()
+                       and not (folder / "countdrift-owner.json").read_text().strip()]
+        assert not half_marked, f"a folder with an empty marker was left: {half_marked}"
     return outcomes
 
 
