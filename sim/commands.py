@@ -125,6 +125,13 @@ def reply_elements(request: Request, reply: object) -> int:
     return _items(reply) if type(reply) is list else 0
 
 
+def array_items(replies: list) -> int:
+    """``reply_elements`` of a request, from its commands' replies as they
+    came (one per command: a pipeline's parts, MULTI ... EXEC's), before
+    they are put back in the request's shape."""
+    return sum([_items(reply) for reply in replies if type(reply) is list])
+
+
 def _items(array: list) -> int:
     return len(array) + sum([_items(item) for item in array if type(item) is list])
 

@@ -118,6 +118,16 @@ def test_a_replys_array_items_are_counted_as_the_client_reads_them():
     assert reply_elements(pipeline, [["1", "2"], 3, CommandError("WRONGTYPE")]) == 2
     assert reply_elements(Transaction((("HVALS", "h"),)), [["1", "2"]]) == 3   # EXEC's array and its items
     assert reply_elements(pipeline, None) == 0
+    # the real driver counts the same from its commands' replies as they came, before assembling them
+    from sim.backends.real.protocol import assemble, flatten
+    from sim.commands import array_items
+
+    raw = [["1", "2"], 3, ["x"]]
+    assert array_items(raw) == reply_elements(pipeline, assemble(pipeline, raw)) == 3
+    exec_raw = ["OK", "QUEUED", [["1", "2"]]]
+    transaction = Transaction((("HVALS", "h"),))
+    assert len(flatten(transaction)) == 3 and array_items(exec_raw) == reply_elements(
+        transaction, assemble(transaction, exec_raw)) == 3
 
 
 def test_the_modelled_driver_pays_for_the_stream_entries_it_reads(tmp_path):

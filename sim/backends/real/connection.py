@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from sim.backends.real.protocol import assemble, flatten
 from sim.client import ConnectionRefused
-from sim.commands import CommandError, Pipeline, Request, Script, reply_elements
+from sim.commands import CommandError, Pipeline, Request, Script, array_items
 from sim.lua import Code, forgotten, load_command, load_replies
 
 
@@ -153,8 +153,9 @@ class AsyncConnection:
         waiter = asyncio.get_running_loop().create_future()
         protocol.waiting.append((len(commands), [], waiter))
         protocol.transport.write(b"".join(map(pack_command, commands)))
-        reply = assemble(request, await waiter)
-        self.elements += reply_elements(request, reply)
+        replies = await waiter
+        self.elements += array_items(replies)   # counted as they came: assembling walks them once more
+        reply = assemble(request, replies)
         if _is_noscript(reply) or (type(request) is Pipeline and any(map(_is_noscript, reply))):
             return await self._run_forgotten(request, reply)
         return reply
